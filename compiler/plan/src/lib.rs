@@ -1,0 +1,21 @@
+//! Mars's file formats, shared by the compiler and the runtime: the plan, the profile and the
+//! target. Each format has one module that alone reads and writes it; loading errors name the
+//! file, the line and the key.
+//!
+//! ```
+//! let yaml = "mars_target: 1\nworkers:\n  - {name: w0, cpus: 4, memory_gb: 16}\n";
+//! let target = mars_plan::Target::from_yaml(yaml, "target.yaml").unwrap();
+//! assert_eq!(target.workers[0].cpus, 4.0);
+//! ```
+
+pub mod error;
+pub mod plan;
+pub mod profile;
+pub mod target;
+pub mod types;
+
+pub use error::{find_key_line, load_yaml, LoadError};
+pub use plan::*;
+pub use profile::*;
+pub use target::*;
+pub use types::{DataType, Dim, DType};

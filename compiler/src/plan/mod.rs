@@ -1,0 +1,1 @@
+//! The planner: cost model and plan search (being built).

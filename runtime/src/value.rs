@@ -1,0 +1,93 @@
+//! The runtime's data model: the values that travel on edges, and their JSON encoding
+//! (language.md §6).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A decoded image: 8-bit RGB, row-major.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageData {
+    pub width: u32,
+    pub height: u32,
+    /// `width * height * 3` bytes.
+    pub rgb: Vec<u8>,
+}
+
+/// An axis-aligned box in pixel coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BoxData {
+    pub x: f64,
+    pub y: f64,
+    pub w: f64,
+    pub h: f64,
+}
+
+/// A dense tensor; elements stored as f64 whatever the declared dtype (values are exact for
+/// every dtype Mars declares except i64 beyond 2^53).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorData {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// One value on an edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    Bytes(Arc<Vec<u8>>),
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Json(serde_json::Value),
+    Image(Arc<ImageData>),
+    Box(BoxData),
+    List(Vec<Value>),
+    Tensor(Arc<TensorData>),
+}
+
+impl Value {
+    /// A short name of the value's variant, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Bytes(_) => "Bytes",
+            Value::Text(_) => "Text",
+            Value::Int(_) => "Int",
+            Value::Float(_) => "Float",
+            Value::Bool(_) => "Bool",
+            Value::Json(_) => "Json",
+            Value::Image(_) => "Image",
+            Value::Box(_) => "Box",
+            Value::List(_) => "List",
+            Value::Tensor(_) => "Tensor",
+        }
+    }
+
+    pub fn as_text(&self) -> Result<&str, NodeError> {
+        match self {
+            Value::Text(s) => Ok(s),
+            other => Err(NodeError::new(format!("expected Text, got {}", other.kind()))),
+        }
+    }
+
+    pub fn as_list(&self) -> Result<&[Value], NodeError> {
+        match self {
+            Value::List(l) => Ok(l),
+            other => Err(NodeError::new(format!("expected List, got {}", other.kind()))),
+        }
+    }
+}
+
+/// Why one item failed inside a node. Becomes that request's error record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct NodeError {
+    pub message: String,
+}
+
+impl NodeError {
+    pub fn new(message: impl Into<String>) -> NodeError {
+        NodeError { message: message.into() }
+    }
+}

@@ -1,0 +1,13 @@
+//! One module per `marsc` command. Each exposes `Args` (clap) and `run(Args)`.
+
+pub mod bench;
+pub mod check;
+pub mod compile;
+pub mod fmt;
+pub mod graph;
+pub mod plan;
+pub mod profile;
+pub mod run;
+pub mod train_demo;
+pub mod weights;
+pub mod worker;

@@ -1,0 +1,76 @@
+//! `marsc`: the Mars command line. Thin: it parses arguments and calls one function per
+//! command in `cmd/`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Mars: compile pipelines of ML models and functions into planned, batched, pipelined dataflows.
+///
+/// A typical session:
+///   marsc check app.mars                       # parse and type-check
+///   marsc profile app.mars --target t.yaml -o app.profile.yaml
+///   marsc compile app.mars --profile app.profile.yaml --target t.yaml -o app.plan.yaml --explain
+///   marsc run app.plan.yaml --input requests.jsonl --output results.jsonl
+#[derive(Parser)]
+#[command(name = "marsc", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and type-check .mars files; exit 1 on errors.
+    Check(cmd::check::Args),
+    /// Rewrite .mars files in canonical layout (comments kept); `--check` only reports.
+    Fmt(cmd::fmt::Args),
+    /// Print a pipeline's DAG as Graphviz DOT or JSON.
+    Graph(cmd::graph::Args),
+    /// Plan a pipeline from profiles and a target: devices, replicas, batching.
+    Compile(cmd::compile::Args),
+    /// Work with plan files (`marsc plan diff A B`).
+    Plan(cmd::plan::Args),
+    /// Measure every node kind of a pipeline on every device the target offers.
+    Profile(cmd::profile::Args),
+    /// Run a plan over a JSONL file of requests.
+    Run(cmd::run::Args),
+    /// Start one process of a multi-process cluster running a plan.
+    Worker(cmd::worker::Args),
+    /// Benchmarks of whole pipelines and of the runtime.
+    Bench(cmd::bench::Args),
+    /// Make model weight files (`marsc weights init`).
+    Weights(cmd::weights::Args),
+    /// Train the tiny number-phrase translator used by the demo pipelines.
+    TrainDemo(cmd::train_demo::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MARS_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(a) => cmd::check::run(a),
+        Command::Fmt(a) => cmd::fmt::run(a),
+        Command::Graph(a) => cmd::graph::run(a),
+        Command::Compile(a) => cmd::compile::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Profile(a) => cmd::profile::run(a),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Worker(a) => cmd::worker::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Weights(a) => cmd::weights::run(a),
+        Command::TrainDemo(a) => cmd::train_demo::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
