@@ -512,7 +512,7 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// The JSON encoding of values exchanged with exec programs (language.md §6).
-mod codec {
+pub(crate) mod codec {
     use super::*;
     use mars_plan::Dim;
 

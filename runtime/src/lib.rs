@@ -3,6 +3,7 @@
 
 pub mod exec;
 pub mod node;
+pub mod profiler;
 pub mod value;
 
 pub use node::{Item, Node, NodeContext, NodeFactory, Outputs, Registry};
