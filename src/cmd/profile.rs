@@ -1,10 +1,208 @@
-//! `marsc profile` (being built; see the issue that owns it).
+//! `marsc profile FILE --target T -o F.profile.yaml`: measure every node kind of a pipeline on
+//! every device the target offers and the node supports, and write the profile the planner reads.
+//!
+//! FILE is a `.mars` source (compiled here to a plan without a profile) or a `*.plan.yaml`
+//! (profiled as it is). The measuring itself is `mars_runtime::profiler`; this file only reads
+//! the files, draws the progress bar and writes the result.
 
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use miette::{miette, IntoDiagnostic, WrapErr};
+
+use mars_plan::{Plan, Target};
+use mars_runtime::profiler::{self, ProfileOptions};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The `.mars` source (or a compiled `*.plan.yaml`) whose pipeline is profiled.
+    pub file: PathBuf,
+    /// Which pipeline of the file (needed when it has several).
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// The target: which devices exist to profile on.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Where to write the profile (`*.profile.yaml`).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Sample requests (JSONL, as for `marsc run`), run through the upstream nodes to give each
+    /// node realistic inputs and to measure the fan-out at map nodes. Without it, inputs are
+    /// synthesized from the declared types and no fan-out is written.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Use at most this many lines of `--input`.
+    #[arg(long, default_value_t = 256)]
+    pub samples: usize,
+    /// The largest batch size measured (sizes are 1, 2, 4, … and this).
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: u32,
+    /// Timed runs per batch size: at least this many ...
+    #[arg(long, default_value_t = 10)]
+    pub min_runs: u32,
+    /// ... and for at least this long (milliseconds) ...
+    #[arg(long, default_value_t = 500)]
+    pub min_time_ms: u64,
+    /// ... but no more runs than this.
+    #[arg(long, default_value_t = 1000)]
+    pub max_runs: u32,
+}
 
-pub fn run(_args: Args) -> miette::Result<ExitCode> {
-    Err(miette::miette!("`marsc profile` is not built yet"))
+pub fn run(args: Args) -> miette::Result<ExitCode> {
+    let target_text = read(&args.target)?;
+    let target = Target::from_yaml(&target_text, &args.target.display().to_string())
+        .map_err(|e| miette!(code = "mars::profile::target", "{e}"))?;
+    let (plan, base_dir) = load_plan(&args.file, args.pipeline.as_deref())?;
+
+    let (samples, sample_lines) = match &args.input {
+        Some(path) => {
+            let (samples, lines) = read_samples(path, args.samples)?;
+            (Some(samples), lines)
+        }
+        None => (None, Vec::new()),
+    };
+    let gpu = target
+        .workers
+        .iter()
+        .flat_map(|w| w.gpus.iter())
+        .next()
+        .cloned();
+    let mut notes = Vec::new();
+    if let Some(g) = &gpu {
+        if !cfg!(feature = "cuda") {
+            notes.push(format!(
+                "the target offers `{}`, but this marsc was built without the `cuda` feature: profiled on cpu only",
+                g.name
+            ));
+        }
+    }
+    let options = ProfileOptions {
+        max_batch: args.max_batch.max(1),
+        min_runs: args.min_runs.max(1),
+        min_time: Duration::from_millis(args.min_time_ms),
+        max_runs: args.max_runs.max(1),
+        gpu: gpu.filter(|_| cfg!(feature = "cuda")),
+        base_dir,
+        samples,
+    };
+
+    let registry = mars_stdlib::registry();
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} profiling [{bar:30}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let report = profiler::profile_plan(&plan, &registry, &options, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(
+            format!("{} on {:?} at batch {}", p.kind, p.device, p.batch).to_lowercase(),
+        );
+    });
+    bar.finish_and_clear();
+    let report = report.map_err(|e| match (e, &args.input) {
+        (profiler::ProfileError::Sample { line, message }, Some(path)) => miette!(
+            code = "mars::profile::sample",
+            "{}:{}: {message}",
+            path.display(),
+            sample_lines
+                .get(line.wrapping_sub(1))
+                .copied()
+                .unwrap_or(line)
+        ),
+        (e, _) => miette!(code = "mars::profile::measure", "{e}"),
+    })?;
+
+    std::fs::write(&args.output, report.profile.to_yaml())
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot write {}", args.output.display()))?;
+    for note in notes.iter().chain(&report.notes) {
+        eprintln!("note: {note}");
+    }
+    eprintln!(
+        "wrote {} ({} node kind{})",
+        args.output.display(),
+        report.profile.nodes.len(),
+        if report.profile.nodes.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &Path) -> miette::Result<String> {
+    std::fs::read_to_string(path)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read {}", path.display()))
+}
+
+/// The plan to profile and the folder its exec commands and relative paths resolve against.
+fn load_plan(file: &Path, pipeline: Option<&str>) -> miette::Result<(Plan, PathBuf)> {
+    let name = file.display().to_string();
+    let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    if name.ends_with(".yaml") || name.ends_with(".yml") {
+        let plan = Plan::from_yaml(&read(file)?, &name)
+            .map_err(|e| miette!(code = "mars::profile::plan", "{e}"))?;
+        if let Some(p) = pipeline {
+            if p != plan.pipeline {
+                return Err(miette!(
+                    code = "mars::profile::pipeline",
+                    "{name} is a plan of pipeline `{}`, not `{p}`",
+                    plan.pipeline
+                ));
+            }
+        }
+        // The plan names its source relative to the plan's folder; exec nodes run beside it.
+        let source = folder.join(&plan.inputs_of_plan.source);
+        let base = source.parent().map(Path::to_path_buf).unwrap_or(folder);
+        return Ok((plan, base));
+    }
+    Err(miette!(
+        code = "mars::profile::source",
+        help = "compile it first (`marsc compile {name} --target T -o app.plan.yaml`) and profile the plan file",
+        "profiling a .mars source directly needs the front end and planner, which this build does not have yet"
+    ))
+}
+
+/// Read up to `max` sample requests and the file line of each; errors name the file and line.
+fn read_samples(path: &Path, max: usize) -> miette::Result<(Vec<serde_json::Value>, Vec<usize>)> {
+    let file = std::fs::File::open(path)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read {}", path.display()))?;
+    let mut samples = Vec::new();
+    let mut lines = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        if samples.len() >= max {
+            break;
+        }
+        let line = line
+            .into_diagnostic()
+            .wrap_err_with(|| format!("cannot read {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let json = serde_json::from_str(&line).map_err(|e| {
+            miette!(
+                code = "mars::profile::sample",
+                "{}:{}: not a JSON object: {e}",
+                path.display(),
+                i + 1
+            )
+        })?;
+        samples.push(json);
+        lines.push(i + 1);
+    }
+    if samples.is_empty() {
+        return Err(miette!(
+            code = "mars::profile::sample",
+            "{} holds no sample requests",
+            path.display()
+        ));
+    }
+    Ok((samples, lines))
 }

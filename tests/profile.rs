@@ -1,0 +1,221 @@
+//! `marsc profile` end to end: real node kinds (std.bench nodes and a Python exec program from
+//! `tests/exec/`), measured by the real binary, written as a profile the planner accepts.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use mars_plan::Profile;
+
+fn exec_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/exec")
+}
+
+/// A plan (as `marsc compile` writes one without a profile) of: an exec node splitting text
+/// into words, a map of `std.bench.delay` over the words, and a `std.bench.spin` on the text.
+fn plan_yaml() -> String {
+    let source = exec_dir().join("app.mars");
+    format!(
+        r#"mars_plan: 1
+mars_version: "0.1.0"
+pipeline: app
+inputs_of_plan: {{source: "{}", source_hash: "sha256:00"}}
+inputs:
+  - {{name: text, type: Text}}
+outputs:
+  - {{name: out, type: List<Text>, from: {{node: slow}}}}
+  - {{name: loud, type: Text, from: {{node: burn}}}}
+nodes:
+  - id: stats
+    kind: stats
+    implementation: {{exec: "python3 stats.py"}}
+    args: [{{input: text}}]
+    in_types: [Text]
+    out_types: [Int, List<Text>]
+    device: cpu
+    worker: w0
+    replicas: 1
+    batch: {{policy: dynamic, max: 8, wait_ms: 1}}
+    predicted: {{latency_ms: 1, p99_ms: 1, throughput: 1, utilization: 0}}
+  - id: slow
+    kind: std.bench.delay
+    implementation: {{builtin: bench.delay}}
+    map_over: 0
+    args: [{{node: stats, port: 1}}]
+    params: {{batch_ms: 1.0, item_ms: 2.0}}
+    in_types: [Text]
+    out_types: [Text]
+    device: cpu
+    worker: w0
+    replicas: 1
+    batch: {{policy: dynamic, max: 8, wait_ms: 1}}
+    predicted: {{latency_ms: 1, p99_ms: 1, throughput: 1, utilization: 0}}
+  - id: burn
+    kind: std.bench.spin
+    implementation: {{builtin: bench.spin}}
+    args: [{{input: text}}]
+    params: {{item_ms: 1.0}}
+    in_types: [Text]
+    out_types: [Text]
+    device: cpu
+    worker: w0
+    replicas: 1
+    batch: {{policy: none, max: 1, wait_ms: 0}}
+    predicted: {{latency_ms: 1, p99_ms: 1, throughput: 1, utilization: 0}}
+predicted: {{throughput: 1, latency_p50_ms: 1, latency_p99_ms: 1, bottleneck: slow}}
+"#,
+        source.display()
+    )
+}
+
+const TARGET: &str = "mars_target: 1\nworkers:\n  - {name: w0, cpus: 2, memory_gb: 8}\n";
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(plan: &str, target: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("app.plan.yaml"), plan).expect("write plan");
+        std::fs::write(dir.path().join("target.yaml"), target).expect("write target");
+        Setup { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `marsc profile` with short measuring settings, so the test stays quick.
+    fn profile(&self, extra: &[&str]) -> assert_cmd::assert::Assert {
+        Command::cargo_bin("marsc")
+            .expect("marsc builds")
+            .current_dir(self.dir.path())
+            .args([
+                "profile",
+                "app.plan.yaml",
+                "--target",
+                "target.yaml",
+                "-o",
+                "app.profile.yaml",
+            ])
+            .args(["--max-batch", "4", "--min-runs", "3", "--min-time-ms", "0"])
+            .args(extra)
+            .assert()
+    }
+
+    fn read_profile(&self) -> Profile {
+        let text = std::fs::read_to_string(self.path("app.profile.yaml")).expect("profile written");
+        Profile::from_yaml(&text, "app.profile.yaml").expect("the profile is valid")
+    }
+}
+
+#[test]
+fn profiles_every_kind_with_samples_and_fanout() {
+    let s = Setup::new(&plan_yaml(), TARGET);
+    std::fs::write(
+        s.path("samples.jsonl"),
+        "{\"text\": \"a b c\"}\n\n{\"text\": \"d e f g h i\"}\n{\"text\": \"x\"}\n",
+    )
+    .expect("write samples");
+    let out = s.profile(&["--input", "samples.jsonl"]).success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("wrote app.profile.yaml (3 node kinds)"),
+        "{stderr}"
+    );
+
+    let p = s.read_profile();
+    assert_eq!(
+        p.nodes.keys().map(String::as_str).collect::<Vec<_>>(),
+        vec!["stats", "std.bench.delay", "std.bench.spin"]
+    );
+    for kind in p.nodes.values() {
+        let cpu = kind.cpu.as_ref().expect("measured on cpu");
+        assert_eq!(cpu.batch, vec![1, 2, 4]);
+        assert!(kind.gpu.is_none(), "the target has no GPU");
+    }
+    // delay sleeps batch_ms + item_ms × b and never wakes early: lower bounds only.
+    let delay = p.nodes["std.bench.delay"].cpu.as_ref().expect("cpu");
+    for (b, l) in delay.batch.iter().zip(&delay.latency_ms) {
+        assert!(*l >= 1.0 + 2.0 * f64::from(*b), "batch {b}: {l} ms");
+    }
+    let p99 = delay.p99_ms.as_ref().expect("p99 measured");
+    assert!(p99.iter().zip(&delay.latency_ms).all(|(p, m)| p >= m));
+    // spin keeps a core busy, delay does not.
+    let spin_cores = p.nodes["std.bench.spin"]
+        .cpu
+        .as_ref()
+        .and_then(|d| d.cpu_cores)
+        .expect("cores");
+    let delay_cores = delay.cpu_cores.expect("cores");
+    assert!(
+        spin_cores > delay_cores,
+        "spin {spin_cores} vs delay {delay_cores}"
+    );
+    // The exec program's resident memory is counted.
+    let stats_mem = p.nodes["stats"]
+        .cpu
+        .as_ref()
+        .and_then(|d| d.memory_mb.clone())
+        .expect("memory");
+    assert!(stats_mem.iter().all(|&m| m > 1.0), "{stats_mem:?}");
+    // Words per sample: 3, 6 and 1.
+    assert_eq!(p.fanout.get("slow"), Some(&3.333));
+}
+
+#[test]
+fn without_samples_inputs_are_synthesized_and_no_fanout_is_written() {
+    let s = Setup::new(&plan_yaml(), TARGET);
+    let out = s.profile(&[]).success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("synthesized requests"), "{stderr}");
+    let p = s.read_profile();
+    assert_eq!(p.nodes.len(), 3);
+    assert!(p.fanout.is_empty());
+}
+
+#[test]
+fn a_bad_sample_names_its_file_and_line() {
+    let s = Setup::new(&plan_yaml(), TARGET);
+    std::fs::write(
+        s.path("samples.jsonl"),
+        "{\"text\": \"ok\"}\n\n{\"text\": 42}\n",
+    )
+    .expect("write samples");
+    let out = s.profile(&["--input", "samples.jsonl"]).failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("samples.jsonl:3"), "{stderr}");
+    assert!(stderr.contains("expected Text"), "{stderr}");
+    assert!(!s.path("app.profile.yaml").exists());
+}
+
+#[test]
+fn a_node_without_an_implementation_is_an_error_naming_it() {
+    let plan = plan_yaml().replace("builtin: bench.spin", "builtin: bench.nope");
+    let s = Setup::new(&plan, TARGET);
+    let out = s.profile(&[]).failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("node `burn`"), "{stderr}");
+    assert!(stderr.contains("bench.nope"), "{stderr}");
+}
+
+#[test]
+fn a_gpu_target_without_cuda_is_profiled_on_cpu_and_says_so() {
+    let target = "mars_target: 1\nworkers:\n  - name: w0\n    cpus: 2\n    gpus:\n      - {name: gpu0, memory_gb: 16}\n";
+    let s = Setup::new(&plan_yaml(), target);
+    let out = s.profile(&[]).success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    if !cfg!(feature = "cuda") {
+        assert!(stderr.contains("without the `cuda` feature"), "{stderr}");
+    }
+    assert!(s.read_profile().nodes.values().all(|k| k.gpu.is_none()));
+}
+
+#[test]
+fn a_bad_target_names_its_file() {
+    let s = Setup::new(&plan_yaml(), "mars_target: 1\nworkers: []\n");
+    let out = s.profile(&[]).failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("target.yaml"), "{stderr}");
+    assert!(stderr.contains("workers"), "{stderr}");
+}
