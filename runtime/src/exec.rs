@@ -117,6 +117,15 @@ impl ExecNode {
     /// Send the encoded items and wait for the response line; on any failure the process is
     /// dropped (killed) and the error applies to every item of the batch.
     fn exchange(&mut self, request: String) -> Result<String, NodeError> {
+        if let Some(p) = self.process.as_mut() {
+            // A program that died after answering its last batch is restarted, not blamed on
+            // this batch.
+            if let Ok(Some(status)) = p.child.try_wait() {
+                p.reaped = true;
+                tracing::warn!(node = %self.node_id, replica = self.replica, "exec program exited between batches ({}); restarting", describe(status));
+                self.process = None;
+            }
+        }
         if self.process.is_none() {
             tracing::info!(node = %self.node_id, replica = self.replica, "starting exec program `{}`", self.command);
             self.process = Some(self.start()?);
@@ -321,6 +330,8 @@ struct Process {
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     stderr_done: Receiver<()>,
     threads: Vec<JoinHandle<()>>,
+    /// Set once the child has been waited for; its pid must not be signalled after that.
+    reaped: bool,
 }
 
 impl Process {
@@ -406,6 +417,7 @@ impl Process {
             stderr_tail,
             stderr_done,
             threads: vec![writer, reader, drainer],
+            reaped: false,
         })
     }
 
@@ -415,7 +427,10 @@ impl Process {
         let deadline = Instant::now() + grace;
         let status = loop {
             match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
+                Ok(Some(status)) => {
+                    self.reaped = true;
+                    break Some(status);
+                }
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5))
                 }
@@ -457,11 +472,15 @@ impl Process {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.reaped = true;
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
         // Closing stdin asks a well-behaved program to exit; give it a moment, then kill.
         let (closed, _) = crossbeam_channel::bounded(0);
         self.requests = closed;
@@ -475,14 +494,10 @@ impl Drop for Process {
                 _ => break false,
             }
         };
+        // A program that exited on its own is reaped, and its pid may be reused at once: only
+        // a live one has its group signalled.
         if !exited {
             self.kill_group();
-        } else if let Ok(pid) = i32::try_from(self.child.id()) {
-            // The group may hold children the program left behind.
-            // SAFETY: as in `kill_group`.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
         }
         // The threads end once the pipes close; they are detached rather than joined so that
         // a grandchild holding a pipe open cannot stall the drop.
