@@ -260,7 +260,7 @@ fn measure_kind(
     };
     // One untimed run first: lazy initialisation (weight repacking, a program's imports)
     // is not the steady state the planner models.
-    let warm = node.run_batch(take(1));
+    let warm = guarded_run(node.as_mut(), take(1));
     let mut failed = warm.iter().filter(|r| r.is_err()).count();
     let mut ran = warm.len();
     let mut first_error = warm
@@ -282,7 +282,7 @@ fn measure_kind(
         {
             let batch = take(b);
             let t0 = Instant::now();
-            let out = node.run_batch(batch);
+            let out = guarded_run(node.as_mut(), batch);
             times.push(t0.elapsed());
             ran += out.len();
             for r in &out {
@@ -327,6 +327,35 @@ fn measure_kind(
         all_failed: ran > 0 && failed == ran,
         first_error,
     })
+}
+
+/// Run a batch, turning a panic inside the node into an error for each of its items (a panic is
+/// a bug in the node, but it must not take the profiler down), and checking the node returned
+/// one result per item.
+fn guarded_run(
+    node: &mut dyn crate::node::Node,
+    batch: Vec<Item>,
+) -> Vec<Result<Outputs, NodeError>> {
+    let n = batch.len();
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run_batch(batch)));
+    match out {
+        Ok(results) if results.len() == n => results,
+        Ok(results) => {
+            let e = NodeError::new(format!(
+                "the node returned {} results for {n} items",
+                results.len()
+            ));
+            vec![Err(e); n]
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string());
+            vec![Err(NodeError::new(format!("the node panicked: {what}"))); n]
+        }
+    }
 }
 
 /// Nearest-rank percentile of sorted durations.
@@ -463,7 +492,10 @@ fn propagate(
         };
         let mut results: Vec<(usize, Result<Outputs, NodeError>)> = Vec::with_capacity(items.len());
         for part in items.chunks(chunk) {
-            let out = instance.run_batch(part.iter().map(|(_, i)| i.clone()).collect());
+            let out = guarded_run(
+                instance.as_mut(),
+                part.iter().map(|(_, i)| i.clone()).collect(),
+            );
             results.extend(part.iter().map(|(r, _)| *r).zip(out));
         }
         drop(instance);
@@ -1000,6 +1032,29 @@ mod tests {
         assert!(
             matches!(&e, ProfileError::Instantiate { node, .. } if node == "up"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_panicking_node_is_measured_not_fatal() {
+        let mut r = test_registry();
+        r.builtin(
+            "test.panics",
+            Arc::new(|_ctx: &NodeContext| {
+                Ok(crate::node::per_item(|_item: Item| panic!("bug in node")))
+            }),
+        );
+        let mut p = plan();
+        p.nodes[1].implementation.builtin = Some("test.panics".into());
+        let report = profile_plan(&p, &r, &quick(), &mut |_| {}).expect("profiles");
+        assert!(report.profile.nodes["up"].cpu.is_some());
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains("every item failed") && n.contains("bug in node")),
+            "{:?}",
+            report.notes
         );
     }
 
