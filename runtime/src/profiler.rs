@@ -108,9 +108,9 @@ pub fn batch_sizes(max: u32) -> Vec<u32> {
     sizes
 }
 
-/// Profile every node kind of `plan`. Kinds are keyed as the plan names them (`PlanNode::kind`);
-/// where several nodes share a kind, the first in plan order is measured and a note names the
-/// others whose parameters differ.
+/// Profile every node kind of `plan`. Kinds are keyed as the plan names them (`PlanNode::kind`).
+/// Where nodes of one kind differ in parameters or implementation, the first node's variant is
+/// written under the kind and each node of another variant under `kind@node_id`.
 pub fn profile_plan(
     plan: &Plan,
     registry: &Registry,
@@ -119,20 +119,40 @@ pub fn profile_plan(
 ) -> Result<ProfileReport, ProfileError> {
     let mut notes = Vec::new();
 
-    // One representative node per kind, in plan order.
-    let mut representatives: BTreeMap<&str, &PlanNode> = BTreeMap::new();
+    // One measurement per kind and distinct (parameters, implementation). The first such
+    // variant of a kind is written under the kind; every node of another variant gets an entry
+    // `kind@node_id` of its own (see SPEC, "Node kinds").
+    let mut variants: Vec<Variant<'_>> = Vec::new();
     for node in &plan.nodes {
-        match representatives.get(node.kind.as_str()) {
-            None => {
-                representatives.insert(&node.kind, node);
+        let same = |v: &Variant<'_>| {
+            v.node.kind == node.kind
+                && v.node.params == node.params
+                && v.node.implementation == node.implementation
+        };
+        if let Some(i) = variants.iter().position(same) {
+            if variants[i].keys[0] != node.kind {
+                variants[i].keys.push(format!("{}@{}", node.kind, node.id));
             }
-            Some(first) if first.params != node.params || first.implementation != node.implementation => notes.push(format!(
-                "nodes `{}` and `{}` are both of kind `{}` but differ in parameters; the profile has one entry per kind, measured on `{}`",
-                first.id, node.id, node.kind, first.id
-            )),
-            Some(_) => {}
+            continue;
+        }
+        match variants.iter().find(|v| v.node.kind == node.kind) {
+            None => variants.push(Variant {
+                node,
+                keys: vec![node.kind.clone()],
+            }),
+            Some(first) => {
+                notes.push(format!(
+                    "nodes `{}` and `{}` are both of kind `{}` but differ in parameters; `{}` is measured on its own as `{}@{}`",
+                    first.node.id, node.id, node.kind, node.id, node.kind, node.id
+                ));
+                variants.push(Variant {
+                    node,
+                    keys: vec![format!("{}@{}", node.kind, node.id)],
+                });
+            }
         }
     }
+    variants.sort_by(|a, b| a.keys[0].cmp(&b.keys[0]));
 
     let flows = propagate(plan, registry, options)?;
     let sizes = batch_sizes(options.max_batch);
@@ -143,9 +163,9 @@ pub fn profile_plan(
         }
         d
     };
-    let total: usize = representatives
-        .values()
-        .map(|n| devices_of(n).len() * sizes.len())
+    let total: usize = variants
+        .iter()
+        .map(|v| devices_of(v.node).len() * sizes.len())
         .sum();
     let mut done = 0;
 
@@ -154,7 +174,8 @@ pub fn profile_plan(
         nodes: BTreeMap::new(),
         fanout: BTreeMap::new(),
     };
-    for (&kind, &node) in &representatives {
+    for variant in &variants {
+        let (kind, node) = (variant.keys[0].as_str(), variant.node);
         let (pool, source) = match flows.items.get(&node.id) {
             Some(items) if !items.is_empty() => (items.clone(), flows.source),
             _ => (
@@ -216,7 +237,9 @@ pub fn profile_plan(
                 Device::Gpu => kp.gpu = Some(measured.profile),
             }
         }
-        profile.nodes.insert(kind.to_string(), kp);
+        for key in &variant.keys {
+            profile.nodes.insert(key.clone(), kp.clone());
+        }
     }
     if options.samples.is_some() {
         profile.fanout = flows.fanout;
@@ -229,6 +252,13 @@ fn device_name(d: Device) -> &'static str {
         Device::Cpu => "cpu",
         Device::Gpu => "gpu",
     }
+}
+
+/// Nodes of one kind with the same parameters and implementation: measured once, on `node`,
+/// and written under each of `keys`.
+struct Variant<'a> {
+    node: &'a PlanNode,
+    keys: Vec<String>,
 }
 
 /// The measurements of one kind on one device.
@@ -1032,6 +1062,59 @@ mod tests {
         assert!(
             matches!(&e, ProfileError::Instantiate { node, .. } if node == "up"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn nodes_of_one_kind_with_other_params_get_entries_of_their_own() {
+        let mut r = test_registry();
+        r.builtin(
+            "test.sleep",
+            Arc::new(|ctx: &NodeContext| {
+                let us = ctx
+                    .node
+                    .params
+                    .get("us")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                Ok(crate::node::per_item(move |item: Item| {
+                    std::thread::sleep(Duration::from_micros(us));
+                    Ok(item)
+                }))
+            }),
+        );
+        let mut p = plan();
+        p.nodes.truncate(1);
+        for (id, us) in [("a", 100), ("b", 3000), ("c", 3000), ("d", 100)] {
+            let mut n = node(
+                id,
+                "test.sleep",
+                vec![Arg::input("text")],
+                None,
+                "Text",
+                "Text",
+            );
+            n.kind = "sleep".into();
+            n.params.insert("us".into(), us.into());
+            p.nodes.push(n);
+        }
+        let report = profile_plan(&p, &r, &quick(), &mut |_| {}).expect("profiles");
+        let keys: Vec<&str> = report.profile.nodes.keys().map(String::as_str).collect();
+        assert_eq!(keys, vec!["sleep", "sleep@b", "sleep@c", "words"]);
+        let lat = |k: &str| {
+            report.profile.nodes[k]
+                .cpu
+                .as_ref()
+                .expect("cpu")
+                .latency_ms[0]
+        };
+        // sleep@b and sleep@c are one measurement of the 3 ms variant.
+        assert_eq!(lat("sleep@b"), lat("sleep@c"));
+        assert!(lat("sleep@b") >= 3.0, "{}", lat("sleep@b"));
+        assert!(
+            report.notes.iter().any(|n| n.contains("`a` and `b`")),
+            "{:?}",
+            report.notes
         );
     }
 
