@@ -14,7 +14,7 @@ pub mod profile;
 pub mod target;
 pub mod types;
 
-pub use error::{find_key_line, load_yaml, LoadError};
+pub use error::{find_key_line, find_key_path, load_yaml, LoadError};
 pub use plan::*;
 pub use profile::*;
 pub use target::*;

@@ -44,38 +44,80 @@ impl Target {
         if t.mars_target != TARGET_VERSION {
             return Err(LoadError::invalid(
                 path,
-                crate::find_key_line(text, "mars_target"),
+                crate::find_key_path(text, &["mars_target"]),
                 "mars_target",
-                format!("unsupported target version {} (this Mars reads {TARGET_VERSION})", t.mars_target),
+                format!(
+                    "unsupported target version {} (this Mars reads {TARGET_VERSION})",
+                    t.mars_target
+                ),
             ));
         }
         if t.workers.is_empty() {
-            return Err(LoadError::invalid(path, crate::find_key_line(text, "workers"), "workers", "needs at least one worker"));
+            return Err(LoadError::invalid(
+                path,
+                crate::find_key_path(text, &["workers"]),
+                "workers",
+                "needs at least one worker",
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, w) in t.workers.iter().enumerate() {
-            let key = format!("workers[{i}]");
-            let line = crate::find_key_line(text, &format!("workers.{}", "name")).map(|_| ()).and_then(|_| line_of_value(text, &w.name));
+            let idx = i.to_string();
+            let at = |field: &str| crate::find_key_path(text, &["workers", &idx, field]);
+            let key = |field: &str| format!("workers[{i}].{field}");
             if !names.insert(w.name.clone()) {
-                return Err(LoadError::invalid(path, line, &format!("{key}.name"), format!("worker name `{}` appears twice", w.name)));
+                return Err(LoadError::invalid(
+                    path,
+                    at("name"),
+                    &key("name"),
+                    format!("the name `{}` appears twice", w.name),
+                ));
             }
             if !w.cpus.is_finite() || w.cpus <= 0.0 {
-                return Err(LoadError::invalid(path, line, &format!("{key}.cpus"), format!("value {} must be positive", w.cpus)));
+                return Err(LoadError::invalid(
+                    path,
+                    at("cpus"),
+                    &key("cpus"),
+                    format!("value {} must be positive", w.cpus),
+                ));
             }
             if !w.memory_gb.is_finite() || w.memory_gb < 0.0 {
-                return Err(LoadError::invalid(path, line, &format!("{key}.memory_gb"), format!("value {} must be non-negative", w.memory_gb)));
+                return Err(LoadError::invalid(
+                    path,
+                    at("memory_gb"),
+                    &key("memory_gb"),
+                    format!("value {} must be non-negative", w.memory_gb),
+                ));
             }
             for (j, g) in w.gpus.iter().enumerate() {
-                let gkey = format!("{key}.gpus[{j}]");
-                let gline = line_of_value(text, &g.name);
+                let jdx = j.to_string();
+                let gat = |field: &str| {
+                    crate::find_key_path(text, &["workers", &idx, "gpus", &jdx, field])
+                };
+                let gkey = |field: &str| format!("workers[{i}].gpus[{j}].{field}");
                 if !names.insert(g.name.clone()) {
-                    return Err(LoadError::invalid(path, gline, &format!("{gkey}.name"), format!("name `{}` appears twice", g.name)));
+                    return Err(LoadError::invalid(
+                        path,
+                        gat("name"),
+                        &gkey("name"),
+                        format!("the name `{}` appears twice", g.name),
+                    ));
                 }
                 if !g.memory_gb.is_finite() || g.memory_gb <= 0.0 {
-                    return Err(LoadError::invalid(path, gline, &format!("{gkey}.memory_gb"), format!("value {} must be positive", g.memory_gb)));
+                    return Err(LoadError::invalid(
+                        path,
+                        gat("memory_gb"),
+                        &gkey("memory_gb"),
+                        format!("value {} must be positive", g.memory_gb),
+                    ));
                 }
                 if !g.share.is_finite() || g.share <= 0.0 || g.share > 1.0 {
-                    return Err(LoadError::invalid(path, gline, &format!("{gkey}.share"), format!("value {} must be in (0, 1]", g.share)));
+                    return Err(LoadError::invalid(
+                        path,
+                        gat("share"),
+                        &gkey("share"),
+                        format!("value {} must be in (0, 1]", g.share),
+                    ));
                 }
             }
         }
@@ -92,7 +134,56 @@ impl Target {
     }
 }
 
-/// The 1-based line where `name:`'s value `value` first appears (workers and GPUs are named).
-fn line_of_value(text: &str, value: &str) -> Option<usize> {
-    text.lines().position(|l| l.contains("name") && l.contains(value)).map(|i| i + 1)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> LoadError {
+        Target::from_yaml(text, "t.yaml").expect_err("must be rejected")
+    }
+
+    #[test]
+    fn a_valid_target_loads_with_default_share() {
+        let t = Target::from_yaml(
+            "mars_target: 1\nworkers:\n  - name: w0\n    cpus: 4\n    memory_gb: 32\n    gpus:\n      - {name: gpu0, memory_gb: 16}\n",
+            "t.yaml",
+        )
+        .expect("valid");
+        assert_eq!(t.workers[0].gpus[0].share, 1.0);
+        assert!(t.has_gpu());
+    }
+
+    #[test]
+    fn bad_values_name_file_key_and_line() {
+        let e =
+            err("mars_target: 1\nworkers:\n  - name: w0\n    cpus: 4\n  - name: w1\n    cpus: 0\n");
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("workers[1].cpus"), Some(6))
+        );
+        assert!(
+            e.to_string().starts_with("t.yaml:6: `workers[1].cpus`"),
+            "{e}"
+        );
+        let e = err("mars_target: 1\nworkers:\n  - name: w0\n    cpus: 4\n    gpus:\n      - {name: g0, memory_gb: 16, share: 1.5}\n");
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("workers[0].gpus[0].share"), Some(6))
+        );
+        let e =
+            err("mars_target: 1\nworkers:\n  - name: w0\n    cpus: 4\n  - name: w0\n    cpus: 2\n");
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("workers[1].name"), Some(5))
+        );
+        let e = err("mars_target: 1\nworkers: []\n");
+        assert_eq!((e.key.as_deref(), e.line), (Some("workers"), Some(2)));
+    }
+
+    #[test]
+    fn missing_fields_carry_a_line() {
+        let e = err("mars_target: 1\nworkers:\n  - name: w0\n    memory_gb: 4\n");
+        assert!(e.message.contains("cpus"), "{e}");
+        assert!(e.line.is_some(), "{e}");
+    }
 }

@@ -1,0 +1,80 @@
+//! What can stop the planner. Each error has a stable code; those caused by something in the
+//! source carry its span (the CLI attaches the source text so they render as `path:line:col`),
+//! those caused by the profile name the profile file, key and line.
+
+use miette::{Diagnostic, SourceSpan};
+
+/// One reason the planner could not produce a plan.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Diagnostic)]
+pub enum PlanError {
+    /// `@device(gpu)` (or a profile that lists a kind on the GPU only) on a target without a GPU.
+    #[error("node `{node}` must run on the gpu, but the target has no GPU")]
+    #[diagnostic(
+        code(mars::plan::device_unavailable),
+        help("use a target with a GPU (`gpus:` under a worker), or change the annotation to `@device(cpu)` or `@device(any)`")
+    )]
+    DeviceUnavailable {
+        node: String,
+        #[label("this needs a GPU")]
+        span: Option<SourceSpan>,
+    },
+
+    /// The profile has no measurements for a node kind the pipeline uses (or none on the
+    /// device an annotation demands).
+    #[error("{location}: the profile has no entry `{key}` for node `{node}` (kind `{kind}`)")]
+    #[diagnostic(
+        code(mars::plan::missing_profile),
+        help(
+            "profile the pipeline again (`marsc profile`), or add `{key}` to the profile by hand"
+        )
+    )]
+    MissingProfile {
+        /// `path:line` of the profile (the line of the closest enclosing key that exists).
+        location: String,
+        key: String,
+        node: String,
+        kind: String,
+        #[label("node `{node}` is of kind `{kind}`")]
+        span: Option<SourceSpan>,
+    },
+
+    /// The annotations leave no measured option (e.g. `@batch(none)` where the profile has
+    /// no batch size 1, or `@batch(max = 4)` where its smallest size is 8).
+    #[error("node `{node}` has no option that its annotations allow: {reason}")]
+    #[diagnostic(
+        code(mars::plan::no_option),
+        help("relax the annotation, or profile the batch sizes it allows")
+    )]
+    NoOption {
+        node: String,
+        reason: String,
+        #[label("here")]
+        span: Option<SourceSpan>,
+    },
+
+    /// No placement fits in memory, even with one replica per node.
+    #[error("the pipeline does not fit the target: {reason}")]
+    #[diagnostic(
+        code(mars::plan::does_not_fit),
+        help("use a target with more memory, or nodes that need less")
+    )]
+    DoesNotFit {
+        reason: String,
+        #[label("this pipeline")]
+        span: Option<SourceSpan>,
+    },
+
+    /// An SLO that no plan meets.
+    #[error("no plan meets `slo {slo}`: the best reachable is {best}; the binding constraint is {binding}")]
+    #[diagnostic(
+        code(mars::plan::slo_unmet),
+        help("relax the SLO, give the target more resources, or pass `--allow-slo-miss` to write the best plan anyway")
+    )]
+    SloUnmet {
+        slo: String,
+        best: String,
+        binding: String,
+        #[label("not met")]
+        span: Option<SourceSpan>,
+    },
+}

@@ -1,0 +1,372 @@
+//! Evaluating one assignment of options to nodes under the cost model: the most throughput it
+//! sustains and what bounds it, its replicas, its latencies, how far it misses the SLOs and the
+//! resources it takes. The search compares assignments only through [`Evaluation::key`].
+
+use std::cmp::Ordering;
+
+use mars_plan::Device;
+
+use super::model::{CostModel, MAX_REPLICAS, MAX_THROUGHPUT};
+
+/// What bounds a plan's throughput.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// A node at its replica limit (64, or its `@replicas(N)`), by position.
+    Replicas(usize),
+    /// A worker's CPU pool, by worker index.
+    Cpu(usize),
+    /// A GPU's share, by GPU index.
+    Gpu(usize),
+    /// A GPU's memory.
+    GpuMemory(usize),
+    /// A worker's memory.
+    Memory(usize),
+    /// Nothing: the pipeline has no node that takes time.
+    Unbounded,
+}
+
+/// Resources taken at the operating rate; fewer is better, compared in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Cost {
+    pub gpus_used: usize,
+    /// Σ u·k over CPU nodes (cores busy).
+    pub cpu_busy: f64,
+    /// Σ u over GPU nodes (GPU shares busy).
+    pub gpu_busy: f64,
+    pub replicas: u32,
+}
+
+/// The cost model's verdict on one assignment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// The most requests/s the plan sustains, with its replicas.
+    pub capacity: f64,
+    pub bound: Bound,
+    /// The rate latencies are judged at: the throughput SLO's N when there is one (and it is
+    /// reached), else `capacity`.
+    pub rate: f64,
+    pub replicas: Vec<u32>,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// The nodes (positions) of the path with the largest p99, from source to sink.
+    pub critical_path: Vec<usize>,
+    /// 0 when every SLO holds and the plan fits; otherwise the relative miss, summed.
+    pub violation: f64,
+    /// Whether every node fits in memory with at least one replica.
+    pub fits: bool,
+    pub cost: Cost,
+}
+
+/// Whether two floats are equal up to rounding noise.
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// Lexicographic comparison of keys, floats equal up to rounding noise.
+pub fn compare_keys(a: &[f64], b: &[f64]) -> Ordering {
+    for (x, y) in a.iter().zip(b) {
+        if !close(*x, *y) {
+            return x.partial_cmp(y).unwrap_or(Ordering::Equal);
+        }
+    }
+    Ordering::Equal
+}
+
+/// Replicas needed for `x` requests/s at `per_request` busy replicas per request/s (at least 1).
+pub fn replicas_for(x: f64, per_request: f64) -> u32 {
+    let u = x * per_request;
+    let r = (u - 1e-9 * u.max(1.0)).ceil();
+    if r.is_finite() {
+        (r.max(1.0)).min(f64::from(u32::MAX)) as u32
+    } else {
+        u32::MAX
+    }
+}
+
+impl Evaluation {
+    /// The search's order: smaller is better. Maximizing throughput: SLO misses, then
+    /// throughput, then p99 latency, then resources. Under a throughput SLO: misses, then
+    /// resources, then latency, then spare throughput.
+    pub fn key(&self, model: &CostModel) -> [f64; 7] {
+        let c = &self.cost;
+        if model.objectives.throughput.is_some() {
+            [
+                self.violation,
+                c.gpus_used as f64,
+                c.cpu_busy,
+                c.gpu_busy,
+                f64::from(c.replicas),
+                self.p99_ms,
+                -self.capacity,
+            ]
+        } else {
+            [
+                self.violation,
+                -self.capacity,
+                self.p99_ms,
+                c.gpus_used as f64,
+                c.cpu_busy,
+                c.gpu_busy,
+                f64::from(c.replicas),
+            ]
+        }
+    }
+}
+
+/// Evaluate `choice` (an option index per node).
+pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
+    let free: Vec<Option<u32>> = model.nodes.iter().map(|n| n.fixed_replicas).collect();
+    let (hi, hi_bound) = capacity(model, choice, &free);
+    let mut violation = 0.0;
+    let fits = hi > 0.0;
+    if !fits {
+        violation += 10.0;
+    }
+    let (rate, replicas, capacity_now, bound) = match model.objectives.throughput {
+        Some(n) if hi >= n || close(hi, n) => {
+            let fixed: Vec<Option<u32>> = model
+                .nodes
+                .iter()
+                .zip(choice)
+                .map(|(node, &o)| {
+                    Some(node.fixed_replicas.unwrap_or_else(|| {
+                        replicas_for(n, node.options[o].per_request).min(MAX_REPLICAS)
+                    }))
+                })
+                .collect();
+            let (cap, bound) = capacity(model, choice, &fixed);
+            let replicas = fixed.iter().map(|r| r.unwrap_or(1)).collect();
+            (n, replicas, cap.max(n), bound)
+        }
+        other => {
+            if let Some(n) = other {
+                violation += (n - hi) / n;
+            }
+            let replicas = replicas_at(model, choice, hi);
+            (hi, replicas, hi, hi_bound)
+        }
+    };
+    let (p50_ms, _) = longest_path(model, choice, rate, false);
+    let (p99_ms, critical_path) = longest_path(model, choice, rate, true);
+    if let Some(s) = model.objectives.p50_ms {
+        violation += ((p50_ms - s) / s).clamp(0.0, 1e6);
+    }
+    if let Some(s) = model.objectives.p99_ms {
+        violation += ((p99_ms - s) / s).clamp(0.0, 1e6);
+    }
+    let mut cost = Cost::default();
+    let mut gpu_used = vec![false; model.gpus.len()];
+    for ((node, &o), &r) in model.nodes.iter().zip(choice).zip(&replicas) {
+        let opt = &node.options[o];
+        let u = rate * opt.per_request;
+        match opt.gpu {
+            Some(g) => {
+                gpu_used[g] = true;
+                cost.gpu_busy += u;
+                cost.cpu_busy += u * opt.cores;
+            }
+            None => cost.cpu_busy += u * opt.cores,
+        }
+        cost.replicas = cost.replicas.saturating_add(r);
+    }
+    cost.gpus_used = gpu_used.iter().filter(|&&u| u).count();
+    Evaluation {
+        capacity: capacity_now,
+        bound,
+        rate,
+        replicas,
+        p50_ms,
+        p99_ms,
+        critical_path,
+        violation,
+        fits,
+        cost,
+    }
+}
+
+/// The replicas each node needs at `x` requests/s (its `@replicas(N)` where fixed).
+pub fn replicas_at(model: &CostModel, choice: &[usize], x: f64) -> Vec<u32> {
+    model
+        .nodes
+        .iter()
+        .zip(choice)
+        .map(|(node, &o)| {
+            node.fixed_replicas
+                .unwrap_or_else(|| replicas_for(x, node.options[o].per_request).min(MAX_REPLICAS))
+        })
+        .collect()
+}
+
+/// The most requests/s `choice` sustains when each node's replicas are `fixed` where `Some`
+/// and free (at most 64) where `None`; and what bounds it. 0 when it does not fit in memory.
+pub fn capacity(model: &CostModel, choice: &[usize], fixed: &[Option<u32>]) -> (f64, Bound) {
+    let mut x = MAX_THROUGHPUT;
+    let mut bound = Bound::Unbounded;
+    let tighten = |value: f64, b: Bound, x: &mut f64, bound: &mut Bound| {
+        if value < *x && !close(value, *x) {
+            *x = value;
+            *bound = b;
+        }
+    };
+    let mut cpu_load = vec![0.0; model.workers.len()];
+    let mut gpu_load = vec![0.0; model.gpus.len()];
+    for (i, (node, &o)) in model.nodes.iter().zip(choice).enumerate() {
+        let opt = &node.options[o];
+        if opt.per_request > 0.0 {
+            let limit = fixed[i].unwrap_or(MAX_REPLICAS);
+            tighten(
+                f64::from(limit) / opt.per_request,
+                Bound::Replicas(i),
+                &mut x,
+                &mut bound,
+            );
+        }
+        match opt.gpu {
+            Some(g) => gpu_load[g] += opt.per_request,
+            None => cpu_load[opt.worker] += opt.per_request * opt.cores,
+        }
+    }
+    for (w, &load) in cpu_load.iter().enumerate() {
+        if load > 0.0 {
+            tighten(
+                model.workers[w].cpus / load,
+                Bound::Cpu(w),
+                &mut x,
+                &mut bound,
+            );
+        }
+    }
+    for (g, &load) in gpu_load.iter().enumerate() {
+        if load > 0.0 {
+            tighten(
+                model.gpus[g].share / load,
+                Bound::Gpu(g),
+                &mut x,
+                &mut bound,
+            );
+        }
+    }
+    // Memory: replicas grow in steps with x, so the largest x that fits is a step boundary.
+    let mut pools: Vec<(Bound, f64, Vec<usize>)> = Vec::new();
+    for (g, gpu) in model.gpus.iter().enumerate() {
+        let members = (0..model.nodes.len())
+            .filter(|&i| model.nodes[i].options[choice[i]].gpu == Some(g))
+            .collect();
+        pools.push((Bound::GpuMemory(g), gpu.memory_mb, members));
+    }
+    for (w, worker) in model.workers.iter().enumerate() {
+        if let Some(mem) = worker.memory_mb {
+            let members = (0..model.nodes.len())
+                .filter(|&i| {
+                    let o = &model.nodes[i].options[choice[i]];
+                    o.device == Device::Cpu && o.worker == w
+                })
+                .collect();
+            pools.push((Bound::Memory(w), mem, members));
+        }
+    }
+    for (b, mem, members) in pools {
+        let used = |at: f64| -> f64 {
+            members
+                .iter()
+                .map(|&i| {
+                    let o = &model.nodes[i].options[choice[i]];
+                    let r = fixed[i].unwrap_or_else(|| replicas_for(at, o.per_request));
+                    f64::from(r) * o.memory_mb
+                })
+                .sum()
+        };
+        if used(x) <= mem {
+            continue;
+        }
+        if used(0.0) > mem {
+            return (0.0, b);
+        }
+        let (mut lo, mut hi) = (0.0, x);
+        for _ in 0..200 {
+            let mid = 0.5 * (lo + hi);
+            if mid <= lo || mid >= hi {
+                break;
+            }
+            if used(mid) <= mem {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        // The next step boundary at or above `lo`: up to it the replicas do not change.
+        let step = members
+            .iter()
+            .filter(|&&i| fixed[i].is_none())
+            .filter_map(|&i| {
+                let o = &model.nodes[i].options[choice[i]];
+                (o.per_request > 0.0)
+                    .then(|| f64::from(replicas_for(lo, o.per_request)) / o.per_request)
+            })
+            .fold(x, f64::min);
+        x = step.min(x);
+        bound = b;
+    }
+    (x, bound)
+}
+
+/// The longest path (by p99 when `p99`, else by median) at `rate` requests/s, and its nodes.
+/// Each node adds its batch latency plus the time its batch takes to fill, 1000·(b−1)/λ; an
+/// edge between workers adds [`super::model::CROSS_WORKER_MS`].
+pub fn longest_path(
+    model: &CostModel,
+    choice: &[usize],
+    rate: f64,
+    p99: bool,
+) -> (f64, Vec<usize>) {
+    let n = model.nodes.len();
+    let mut dist = vec![0.0f64; n];
+    let mut from: Vec<Option<usize>> = vec![None; n];
+    for i in 0..n {
+        let node = &model.nodes[i];
+        let opt = &node.options[choice[i]];
+        let own =
+            if p99 { opt.p99_ms } else { opt.latency_ms } + fill_ms(opt.batch, rate * node.fanout);
+        let mut best = 0.0;
+        for &p in &node.preds {
+            let hop = if model.nodes[p].options[choice[p]].worker != opt.worker {
+                super::model::CROSS_WORKER_MS
+            } else {
+                0.0
+            };
+            let d = dist[p] + hop;
+            if from[i].is_none() || d > best {
+                best = d;
+                from[i] = Some(p);
+            }
+        }
+        dist[i] = best + own;
+    }
+    let mut end = None;
+    let mut longest = 0.0;
+    for (i, &d) in dist.iter().enumerate() {
+        if end.is_none() || d > longest {
+            longest = d;
+            end = Some(i);
+        }
+    }
+    let mut path = Vec::new();
+    let mut at = end;
+    while let Some(i) = at {
+        path.push(i);
+        at = from[i];
+    }
+    path.reverse();
+    (longest, path)
+}
+
+/// The time a batch of `batch` items takes to fill at `items_per_s` (ms); 0 for batches of one.
+pub fn fill_ms(batch: u32, items_per_s: f64) -> f64 {
+    if batch <= 1 {
+        0.0
+    } else if items_per_s > 0.0 {
+        1000.0 * f64::from(batch - 1) / items_per_s
+    } else {
+        f64::INFINITY
+    }
+}

@@ -1,0 +1,267 @@
+//! `marsc compile --explain`: a plan for humans. A table of the nodes, the bottleneck and the
+//! binding constraint, the headroom of every CPU pool and GPU, the SLO verdicts, and what the
+//! next resource would buy (found by planning again on a target with one more GPU, or more
+//! cores).
+
+use std::fmt::Write;
+
+use mars_plan::{BatchPolicy, Gpu, Profile, Target};
+
+use super::evaluate::Bound;
+use super::lower::{describe_bound, describe_critical_path, round3};
+use super::{plan_pipeline_explained, PlanOptions, Planned};
+use crate::ir::Pipeline;
+
+/// Cores added to a worker by the "more cores" what-if.
+pub const EXTRA_CORES: f64 = 4.0;
+
+/// The explanation of `planned`, as text. `profile`, `target` and `options` are those it was
+/// planned with (the what-ifs plan again with one resource more).
+pub fn explain(
+    planned: &Planned,
+    pipeline: &Pipeline,
+    profile: Option<&Profile>,
+    target: &Target,
+    options: &PlanOptions,
+) -> String {
+    let plan = &planned.plan;
+    let model = &planned.model;
+    let e = &planned.solution.eval;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "pipeline `{}`: {}/s, latency p50 {} ms, p99 {} ms",
+        plan.pipeline,
+        plan.predicted.throughput,
+        plan.predicted.latency_p50_ms,
+        plan.predicted.latency_p99_ms
+    );
+    if model.objectives.throughput.is_some() {
+        let _ = writeln!(s, "objective: sustain the throughput SLO with the fewest resources (latencies judged at {}/s)", round3(e.rate));
+    } else {
+        let _ = writeln!(s, "objective: the most throughput the target allows");
+    }
+    for note in &plan.notes {
+        let _ = writeln!(s, "note: {note}");
+    }
+    let _ = writeln!(s);
+
+    let header = [
+        "node",
+        "kind",
+        "device",
+        "batch",
+        "replicas",
+        "util",
+        "latency ms",
+        "p99 ms",
+        "items/s",
+    ];
+    let mut rows: Vec<[String; 9]> = Vec::new();
+    for n in &plan.nodes {
+        let device = match &n.gpu {
+            Some(g) => format!("gpu {}@{}", g, n.worker),
+            None => format!("cpu@{}", n.worker),
+        };
+        let batch = match n.batch.policy {
+            BatchPolicy::None => "none".to_string(),
+            BatchPolicy::Dynamic => format!("≤{} wait {}ms", n.batch.max, n.batch.wait_ms),
+            BatchPolicy::Continuous => format!("cont. ≤{}", n.batch.max),
+        };
+        rows.push([
+            n.id.clone(),
+            n.kind.clone(),
+            device,
+            batch,
+            n.replicas.to_string(),
+            format!("{:.2}", n.predicted.utilization),
+            n.predicted.latency_ms.to_string(),
+            n.predicted.p99_ms.to_string(),
+            n.predicted.throughput.to_string(),
+        ]);
+    }
+    let mut widths = header.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            l.push_str(c);
+            l.push_str(&" ".repeat(w - c.chars().count()));
+        }
+        l.trim_end().to_string()
+    };
+    let _ = writeln!(s, "{}", line(&header.map(String::from)));
+    for r in &rows {
+        let _ = writeln!(s, "{}", line(r));
+    }
+    let _ = writeln!(s);
+
+    let _ = writeln!(
+        s,
+        "bottleneck: {} — {}",
+        plan.predicted.bottleneck,
+        describe_bound(model, &planned.solution)
+    );
+    let binding = match (e.bound, model.objectives.throughput) {
+        (_, Some(n)) => format!(
+            "`slo throughput >= {n}/s` (the plan keeps the fewest resources that sustain it)"
+        ),
+        (Bound::Unbounded, None) => "none".to_string(),
+        (_, None) => describe_bound(model, &planned.solution),
+    };
+    let _ = writeln!(s, "binding constraint: {binding}");
+    if !e.critical_path.is_empty() {
+        let _ = writeln!(
+            s,
+            "critical path: {}",
+            describe_critical_path(model, &planned.solution)
+        );
+    }
+    let _ = writeln!(s);
+
+    let _ = writeln!(s, "headroom at {}/s:", plan.predicted.throughput);
+    let mut cpu = vec![0.0; model.workers.len()];
+    let mut gpu = vec![0.0; model.gpus.len()];
+    let mut gpu_mem = vec![0.0; model.gpus.len()];
+    let mut host_mem = vec![0.0; model.workers.len()];
+    for (i, node) in model.nodes.iter().enumerate() {
+        let o = &node.options[planned.solution.choice[i]];
+        let u = e.capacity * o.per_request;
+        let r = f64::from(e.replicas[i]);
+        match o.gpu {
+            Some(g) => {
+                gpu[g] += u;
+                gpu_mem[g] += r * o.memory_mb;
+            }
+            None => {
+                cpu[o.worker] += u * o.cores;
+                host_mem[o.worker] += r * o.memory_mb;
+            }
+        }
+    }
+    for (w, worker) in model.workers.iter().enumerate() {
+        let mut l = format!(
+            "  {}.cpu: {} of {} cores busy, {} free",
+            worker.name,
+            round3(cpu[w]),
+            worker.cpus,
+            round3((worker.cpus - cpu[w]).max(0.0))
+        );
+        if let Some(m) = worker.memory_mb {
+            let _ = write!(l, "; memory {} of {} MB", round3(host_mem[w]), round3(m));
+        }
+        let _ = writeln!(s, "{l}");
+    }
+    for (g, res) in model.gpus.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "  {} ({}): {} of {} share busy, {} free; memory {} of {} MB",
+            res.name,
+            model.workers[res.worker].name,
+            round3(gpu[g]),
+            res.share,
+            round3((res.share - gpu[g]).max(0.0)),
+            round3(gpu_mem[g]),
+            round3(res.memory_mb)
+        );
+    }
+    if !plan.slos.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "SLOs:");
+        for v in &plan.slos {
+            let _ = writeln!(
+                s,
+                "  {}: predicted {} — {}",
+                v.slo,
+                v.predicted,
+                if v.met { "met" } else { "MISSED" }
+            );
+        }
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "what the next resource would buy:");
+    for (what, t) in what_ifs(pipeline, profile, target, options, planned) {
+        let now = plan.predicted.throughput;
+        let gain = if now > 0.0 {
+            format!(" ({:+.1}%)", 100.0 * (t - now) / now)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(s, "  {what}: {t}/s{gain}");
+    }
+    s
+}
+
+/// Throughput of the plan on targets with one resource more: another GPU like the first (or a
+/// 16 GB one), and [`EXTRA_CORES`] more cores on the worker whose CPU binds (or the first).
+pub fn what_ifs(
+    pipeline: &Pipeline,
+    profile: Option<&Profile>,
+    target: &Target,
+    options: &PlanOptions,
+    planned: &Planned,
+) -> Vec<(String, f64)> {
+    let mut options = options.clone();
+    options.allow_slo_miss = true;
+    options.notes.clear();
+    let mut out = Vec::new();
+
+    let mut more_gpu = target.clone();
+    let (wi, template) = target
+        .workers
+        .iter()
+        .enumerate()
+        .find_map(|(i, w)| w.gpus.first().map(|g| (i, g.clone())))
+        .unwrap_or((
+            0,
+            Gpu {
+                name: "gpu".to_string(),
+                memory_gb: 16.0,
+                share: 1.0,
+            },
+        ));
+    let mut name = format!("{}_extra", template.name);
+    while target
+        .workers
+        .iter()
+        .any(|w| w.name == name || w.gpus.iter().any(|g| g.name == name))
+    {
+        name.push('_');
+    }
+    let label = if target.has_gpu() {
+        format!(
+            "another GPU like `{}` on `{}`",
+            template.name, target.workers[wi].name
+        )
+    } else {
+        format!(
+            "a {} GB GPU on `{}`",
+            template.memory_gb, target.workers[wi].name
+        )
+    };
+    more_gpu.workers[wi].gpus.push(Gpu { name, ..template });
+    if let Ok(p) = plan_pipeline_explained(pipeline, profile, &more_gpu, &options) {
+        out.push((label, p.plan.predicted.throughput));
+    }
+
+    let w = match planned.solution.eval.bound {
+        Bound::Cpu(w) | Bound::Memory(w) => w,
+        _ => 0,
+    };
+    let mut more_cpu = target.clone();
+    more_cpu.workers[w].cpus += EXTRA_CORES;
+    if let Ok(p) = plan_pipeline_explained(pipeline, profile, &more_cpu, &options) {
+        out.push((
+            format!("{EXTRA_CORES} more cores on `{}`", target.workers[w].name),
+            p.plan.predicted.throughput,
+        ));
+    }
+    out
+}

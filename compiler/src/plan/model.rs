@@ -1,0 +1,351 @@
+//! The cost model (SPEC.md, "The cost model"): for every node the options it may take (device,
+//! placement, batch size) with their measured costs, and the resources of the target. Building
+//! it checks the pipeline against the profile and the target; it does not search.
+
+use std::collections::BTreeSet;
+
+use mars_plan::{Device, DeviceProfile, Profile, Target};
+use petgraph::stable_graph::NodeIndex;
+use petgraph::Direction;
+
+use super::error::PlanError;
+use super::PlanOptions;
+use crate::ir::{BatchHint, DeviceHint, Pipeline, SloKind};
+
+/// The most replicas any node may have.
+pub const MAX_REPLICAS: u32 = 64;
+/// Latency added to a path each time it crosses from one worker to another, in ms.
+pub const CROSS_WORKER_MS: f64 = 1.0;
+/// The largest throughput the planner reports (requests/s), for pipelines that nothing bounds.
+pub const MAX_THROUGHPUT: f64 = 1.0e9;
+/// Without a profile, every node is assumed to take this long per item (ms).
+pub const DEFAULT_ITEM_MS: f64 = 1.0;
+
+/// One way to run a node: where, and with which batch size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeOption {
+    pub device: Device,
+    /// Index into the target's workers.
+    pub worker: usize,
+    /// Index into [`CostModel::gpus`], for a GPU option.
+    pub gpu: Option<usize>,
+    pub batch: u32,
+    /// Median and p99 latency of one batch (ms).
+    pub latency_ms: f64,
+    pub p99_ms: f64,
+    /// Memory of one replica (MB).
+    pub memory_mb: f64,
+    /// Cores busy while a batch runs (0 on a GPU unless the profile says otherwise).
+    pub cores: f64,
+    /// Busy replicas per request/s: m·L / (1000·b).
+    pub per_request: f64,
+}
+
+/// A node as the cost model sees it.
+#[derive(Debug, Clone)]
+pub struct ModelNode {
+    pub index: NodeIndex,
+    pub id: String,
+    /// Mean items per request (the fan-out at a map node; 1 elsewhere).
+    pub fanout: f64,
+    /// `@replicas(N)`.
+    pub fixed_replicas: Option<u32>,
+    pub options: Vec<NodeOption>,
+    /// Positions (in [`CostModel::nodes`]) of the nodes feeding this one.
+    pub preds: Vec<usize>,
+}
+
+/// A CPU pool: one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerResource {
+    pub name: String,
+    pub cpus: f64,
+    /// `None` when the target does not state the worker's memory.
+    pub memory_mb: Option<f64>,
+}
+
+/// One GPU.
+#[derive(Debug, Clone)]
+pub struct GpuResource {
+    pub name: String,
+    pub worker: usize,
+    pub share: f64,
+    pub memory_mb: f64,
+}
+
+/// What the planner is asked to achieve.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Objectives {
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// `slo throughput >= N/s`: sustain N with the fewest resources.
+    pub throughput: Option<f64>,
+}
+
+/// The whole search space of one pipeline on one target.
+#[derive(Debug, Clone)]
+pub struct CostModel {
+    /// In the pipeline's topological order.
+    pub nodes: Vec<ModelNode>,
+    pub workers: Vec<WorkerResource>,
+    pub gpus: Vec<GpuResource>,
+    pub objectives: Objectives,
+}
+
+impl CostModel {
+    /// Build the options of every node from the profile (or the defaults, without one) and the
+    /// target, honouring the annotations. Collects every error rather than stopping at the first.
+    pub fn build(
+        pipeline: &Pipeline,
+        profile: Option<&Profile>,
+        target: &Target,
+        options: &PlanOptions,
+    ) -> Result<CostModel, Vec<PlanError>> {
+        let workers: Vec<WorkerResource> = target
+            .workers
+            .iter()
+            .map(|w| WorkerResource {
+                name: w.name.clone(),
+                cpus: w.cpus,
+                memory_mb: (w.memory_gb > 0.0).then_some(w.memory_gb * 1024.0),
+            })
+            .collect();
+        let mut gpus = Vec::new();
+        for (wi, w) in target.workers.iter().enumerate() {
+            for g in &w.gpus {
+                gpus.push(GpuResource {
+                    name: g.name.clone(),
+                    worker: wi,
+                    share: g.share,
+                    memory_mb: g.memory_gb * 1024.0,
+                });
+            }
+        }
+
+        let order = pipeline.topo_order();
+        let position = |n: NodeIndex| {
+            order
+                .iter()
+                .position(|&m| m == n)
+                .expect("every node is in the order")
+        };
+        let mut errors = Vec::new();
+        let mut nodes = Vec::with_capacity(order.len());
+        for &index in &order {
+            let node = &pipeline.graph[index];
+            let fanout = if node.map_over.is_some() {
+                profile
+                    .and_then(|p| p.fanout.get(&node.id).copied())
+                    .unwrap_or(1.0)
+            } else {
+                1.0
+            };
+            let mut preds: Vec<usize> = pipeline
+                .graph
+                .neighbors_directed(index, Direction::Incoming)
+                .map(position)
+                .collect();
+            preds.sort_unstable();
+            preds.dedup();
+            match node_options(pipeline, index, fanout, profile, &workers, &gpus, options) {
+                Ok(opts) => nodes.push(ModelNode {
+                    index,
+                    id: node.id.clone(),
+                    fanout,
+                    fixed_replicas: node.annotations.replicas.map(|r| r.max(1)),
+                    options: opts,
+                    preds,
+                }),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+
+        let mut objectives = Objectives::default();
+        for slo in &pipeline.slos {
+            match slo.kind {
+                SloKind::LatencyP50Ms(ms) => {
+                    objectives.p50_ms = Some(objectives.p50_ms.map_or(ms, |o: f64| o.min(ms)))
+                }
+                SloKind::LatencyP99Ms(ms) => {
+                    objectives.p99_ms = Some(objectives.p99_ms.map_or(ms, |o: f64| o.min(ms)))
+                }
+                SloKind::ThroughputPerS(n) => {
+                    objectives.throughput = Some(objectives.throughput.map_or(n, |o: f64| o.max(n)))
+                }
+            }
+        }
+        Ok(CostModel {
+            nodes,
+            workers,
+            gpus,
+            objectives,
+        })
+    }
+}
+
+/// The options of one node, or why it has none.
+fn node_options(
+    pipeline: &Pipeline,
+    index: NodeIndex,
+    fanout: f64,
+    profile: Option<&Profile>,
+    workers: &[WorkerResource],
+    gpus: &[GpuResource],
+    options: &PlanOptions,
+) -> Result<Vec<NodeOption>, PlanError> {
+    let node = &pipeline.graph[index];
+    let ann = &node.annotations;
+    let device_span = ann.device_span.or(Some(node.span));
+    let max_batch: Option<u32> = match &ann.batch {
+        Some(BatchHint::None) => Some(1),
+        Some(BatchHint::Dynamic { max, .. }) | Some(BatchHint::Continuous { max }) => *max,
+        None => None,
+    };
+
+    if ann.device == Some(DeviceHint::Gpu) && gpus.is_empty() {
+        return Err(PlanError::DeviceUnavailable {
+            node: node.id.clone(),
+            span: device_span,
+        });
+    }
+    // The devices, with their measurements: from the profile, or the defaults.
+    let mut measured: Vec<(Device, DeviceProfile)> = Vec::new();
+    match profile {
+        Some(profile) => {
+            // A node whose parameters differ from its kind's first node is profiled on its own.
+            let own_key = format!("{}@{}", node.kind, node.id);
+            let found_key = if profile.nodes.contains_key(&own_key) {
+                own_key
+            } else {
+                node.kind.clone()
+            };
+            let Some(kp) = profile.nodes.get(&found_key) else {
+                return Err(missing_profile(options, &["nodes", &node.kind], node));
+            };
+            let wanted: &[Device] = match ann.device {
+                Some(DeviceHint::Cpu) => &[Device::Cpu],
+                Some(DeviceHint::Gpu) => &[Device::Gpu],
+                _ => &[Device::Cpu, Device::Gpu],
+            };
+            for &d in wanted {
+                let dp = if d == Device::Cpu { &kp.cpu } else { &kp.gpu };
+                if let Some(dp) = dp {
+                    measured.push((d, dp.clone()));
+                }
+            }
+            if measured.is_empty() {
+                let dev = if wanted == [Device::Gpu] {
+                    "gpu"
+                } else {
+                    "cpu"
+                };
+                return Err(missing_profile(options, &["nodes", &found_key, dev], node));
+            }
+        }
+        None => {
+            let device = if ann.device == Some(DeviceHint::Gpu) {
+                Device::Gpu
+            } else {
+                Device::Cpu
+            };
+            let b = max_batch.unwrap_or(1).max(1);
+            let ms = DEFAULT_ITEM_MS * f64::from(b);
+            measured.push((
+                device,
+                DeviceProfile {
+                    batch: vec![b],
+                    latency_ms: vec![ms],
+                    p99_ms: None,
+                    memory_mb: None,
+                    cpu_cores: None,
+                },
+            ));
+        }
+    }
+
+    let mut out = Vec::new();
+    let mut rejected_batches = BTreeSet::new();
+    for (device, dp) in &measured {
+        let p99 = dp.p99_ms.as_ref().unwrap_or(&dp.latency_ms);
+        let zeros = vec![0.0; dp.batch.len()];
+        let mem = dp.memory_mb.as_ref().unwrap_or(&zeros);
+        let cores = dp
+            .cpu_cores
+            .unwrap_or(if *device == Device::Cpu { 1.0 } else { 0.0 });
+        let placements: Vec<(usize, Option<usize>)> = match device {
+            Device::Cpu => (0..workers.len()).map(|w| (w, None)).collect(),
+            Device::Gpu => gpus
+                .iter()
+                .enumerate()
+                .map(|(g, gr)| (gr.worker, Some(g)))
+                .collect(),
+        };
+        for (k, &b) in dp.batch.iter().enumerate() {
+            if max_batch.is_some_and(|m| b > m) {
+                rejected_batches.insert(b);
+                continue;
+            }
+            let (Some(&l), Some(&p), Some(&m)) = (dp.latency_ms.get(k), p99.get(k), mem.get(k))
+            else {
+                continue; // mismatched lists are rejected when the profile loads
+            };
+            for &(worker, gpu) in &placements {
+                out.push(NodeOption {
+                    device: *device,
+                    worker,
+                    gpu,
+                    batch: b,
+                    latency_ms: l,
+                    p99_ms: p,
+                    memory_mb: m,
+                    cores,
+                    per_request: fanout * l / (1000.0 * f64::from(b)),
+                });
+            }
+        }
+    }
+    if out.is_empty() {
+        if measured.iter().all(|(d, _)| *d == Device::Gpu) && gpus.is_empty() {
+            return Err(PlanError::DeviceUnavailable {
+                node: node.id.clone(),
+                span: device_span,
+            });
+        }
+        let reason =
+            match max_batch {
+                Some(m) if !rejected_batches.is_empty() => format!(
+                "its annotation allows batches of at most {m}, but the profile measured only {}",
+                rejected_batches.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            ),
+                _ => "no device of the target is available to it".to_string(),
+            };
+        return Err(PlanError::NoOption {
+            node: node.id.clone(),
+            reason,
+            span: ann.batch_span.or(Some(node.span)),
+        });
+    }
+    Ok(out)
+}
+
+fn missing_profile(options: &PlanOptions, key: &[&str], node: &crate::ir::Node) -> PlanError {
+    // The line of the closest enclosing key that exists (`nodes:` for a missing kind).
+    let line = options
+        .profile_text
+        .as_deref()
+        .and_then(|t| mars_plan::find_key_path(t, key));
+    let location = match line {
+        Some(l) => format!("{}:{l}", options.profile_path),
+        None => options.profile_path.clone(),
+    };
+    PlanError::MissingProfile {
+        location,
+        key: key.join("."),
+        node: node.id.clone(),
+        kind: node.kind.clone(),
+        span: Some(node.span),
+    }
+}

@@ -1,0 +1,221 @@
+//! The search over assignments: a few deterministic starting points, each improved by local
+//! search (move one node to another option; on small pipelines also two nodes at once) until no
+//! move improves [`Evaluation::key`]. The best result wins; ties go to the earlier start.
+
+use std::cmp::Ordering;
+
+use mars_plan::Device;
+
+use super::evaluate::{compare_keys, evaluate, Evaluation};
+use super::model::CostModel;
+
+/// Knobs of the search (the defaults are what `marsc compile` uses).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchOptions {
+    /// Pipelines with at most this many nodes also try moving two nodes at once.
+    pub pair_moves_up_to: usize,
+    /// At most this many improvement passes per start.
+    pub max_passes: usize,
+}
+
+impl Default for SearchOptions {
+    fn default() -> SearchOptions {
+        SearchOptions {
+            pair_moves_up_to: 12,
+            max_passes: 200,
+        }
+    }
+}
+
+/// The chosen option of every node and its evaluation.
+#[derive(Debug, Clone)]
+pub struct Solution {
+    pub choice: Vec<usize>,
+    pub eval: Evaluation,
+}
+
+/// Search the best assignment of `model`.
+pub fn search(model: &CostModel, options: &SearchOptions) -> Solution {
+    let mut best: Option<(Solution, [f64; 7])> = None;
+    let mut seen: Vec<Vec<usize>> = Vec::new();
+    for start in starts(model) {
+        if seen.contains(&start) {
+            continue;
+        }
+        seen.push(start.clone());
+        let solution = improve(model, start, options);
+        let key = solution.eval.key(model);
+        let better = match &best {
+            None => true,
+            Some((_, k)) => compare_keys(&key, k) == Ordering::Less,
+        };
+        if better {
+            best = Some((solution, key));
+        }
+    }
+    best.map(|(s, _)| s)
+        .expect("there is always at least one start")
+}
+
+/// The starting assignments, in order.
+fn starts(model: &CostModel) -> Vec<Vec<usize>> {
+    vec![
+        balanced_start(model),
+        lightest_start(model, None),
+        lightest_start(model, Some(Device::Cpu)),
+        lightest_start(model, Some(Device::Gpu)),
+        fastest_start(model),
+    ]
+}
+
+/// The share of its resource one request/s of this option takes.
+fn relative_load(model: &CostModel, node: usize, option: usize) -> f64 {
+    let o = &model.nodes[node].options[option];
+    match o.gpu {
+        Some(g) => o.per_request / model.gpus[g].share,
+        None => o.per_request * o.cores / model.workers[o.worker].cpus,
+    }
+}
+
+/// Each node on the option lightest for its resource (preferring `device` where it can).
+fn lightest_start(model: &CostModel, device: Option<Device>) -> Vec<usize> {
+    (0..model.nodes.len())
+        .map(|i| {
+            let opts = &model.nodes[i].options;
+            let prefer = |o: usize| device.is_none_or(|d| opts[o].device == d);
+            let any_preferred = (0..opts.len()).any(prefer);
+            (0..opts.len())
+                .filter(|&o| !any_preferred || prefer(o))
+                .min_by(|&a, &b| {
+                    compare_keys(
+                        &[relative_load(model, i, a), opts[a].p99_ms],
+                        &[relative_load(model, i, b), opts[b].p99_ms],
+                    )
+                })
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Each node on its option with the lowest p99 latency.
+fn fastest_start(model: &CostModel) -> Vec<usize> {
+    (0..model.nodes.len())
+        .map(|i| {
+            let opts = &model.nodes[i].options;
+            (0..opts.len())
+                .min_by(|&a, &b| {
+                    compare_keys(
+                        &[opts[a].p99_ms, relative_load(model, i, a)],
+                        &[opts[b].p99_ms, relative_load(model, i, b)],
+                    )
+                })
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Longest-processing-time-first: heaviest nodes first, each where the most loaded resource
+/// stays least loaded.
+fn balanced_start(model: &CostModel) -> Vec<usize> {
+    let n = model.nodes.len();
+    let weight = |i: usize| {
+        (0..model.nodes[i].options.len())
+            .map(|o| relative_load(model, i, o))
+            .fold(f64::INFINITY, f64::min)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| compare_keys(&[-weight(a)], &[-weight(b)]).then(a.cmp(&b)));
+    let mut cpu = vec![0.0; model.workers.len()];
+    let mut gpu = vec![0.0; model.gpus.len()];
+    let mut choice = vec![0; n];
+    for i in order {
+        let after = |o: usize| -> f64 {
+            let opt = &model.nodes[i].options[o];
+            let load = relative_load(model, i, o);
+            match opt.gpu {
+                Some(g) => gpu[g] + load,
+                None => cpu[opt.worker] + load,
+            }
+        };
+        let opts = &model.nodes[i].options;
+        let best = (0..opts.len())
+            .min_by(|&a, &b| compare_keys(&[after(a), opts[a].p99_ms], &[after(b), opts[b].p99_ms]))
+            .unwrap_or(0);
+        let opt = &opts[best];
+        let load = relative_load(model, i, best);
+        match opt.gpu {
+            Some(g) => gpu[g] += load,
+            None => cpu[opt.worker] += load,
+        }
+        choice[i] = best;
+    }
+    choice
+}
+
+/// Local search from `choice` until no move improves it.
+fn improve(model: &CostModel, mut choice: Vec<usize>, options: &SearchOptions) -> Solution {
+    let n = model.nodes.len();
+    let mut current = evaluate(model, &choice);
+    let mut key = current.key(model);
+    for _ in 0..options.max_passes {
+        let mut improved = false;
+        for i in 0..n {
+            let keep = choice[i];
+            let mut best: Option<(usize, Evaluation, [f64; 7])> = None;
+            for o in 0..model.nodes[i].options.len() {
+                if o == keep {
+                    continue;
+                }
+                choice[i] = o;
+                let e = evaluate(model, &choice);
+                let k = e.key(model);
+                let bar = best.as_ref().map_or(&key, |b| &b.2);
+                if compare_keys(&k, bar) == Ordering::Less {
+                    best = Some((o, e, k));
+                }
+            }
+            match best {
+                Some((o, e, k)) => {
+                    choice[i] = o;
+                    current = e;
+                    key = k;
+                    improved = true;
+                }
+                None => choice[i] = keep,
+            }
+        }
+        if !improved && n <= options.pair_moves_up_to {
+            'pairs: for i in 0..n {
+                for j in i + 1..n {
+                    let (keep_i, keep_j) = (choice[i], choice[j]);
+                    for oi in 0..model.nodes[i].options.len() {
+                        for oj in 0..model.nodes[j].options.len() {
+                            if oi == keep_i || oj == keep_j {
+                                continue;
+                            }
+                            choice[i] = oi;
+                            choice[j] = oj;
+                            let e = evaluate(model, &choice);
+                            let k = e.key(model);
+                            if compare_keys(&k, &key) == Ordering::Less {
+                                current = e;
+                                key = k;
+                                improved = true;
+                                break 'pairs;
+                            }
+                        }
+                    }
+                    choice[i] = keep_i;
+                    choice[j] = keep_j;
+                }
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
+    Solution {
+        choice,
+        eval: current,
+    }
+}

@@ -1,0 +1,439 @@
+//! The planner on hand-built pipelines: each test states a case whose answer is worked out by
+//! hand from the cost model.
+
+use mars_plan::{BatchPolicy, Device};
+
+use super::testkit::{device, pipeline, profile, spec, target};
+use super::*;
+use crate::ir::{Annotations, BatchHint, DeviceHint, SloKind};
+
+fn plan_ok(p: &Pipeline, prof: Option<&Profile>, t: &Target) -> Plan {
+    match plan_pipeline(p, prof, t, &PlanOptions::default()) {
+        Ok(plan) => plan,
+        Err(e) => panic!("planning failed: {e:?}"),
+    }
+}
+
+fn plan_err(p: &Pipeline, prof: Option<&Profile>, t: &Target) -> Vec<PlanError> {
+    match plan_pipeline(p, prof, t, &PlanOptions::default()) {
+        Ok(plan) => panic!("planning should fail, got {}", plan.to_yaml()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_cpu_chain_fills_the_cpu_pool() {
+    // Two nodes of 10 ms on 4 cores: X·(0.01 + 0.01) ≤ 4 → 200/s, 2 replicas each.
+    let p = pipeline(&[spec("a", &[]), spec("b", &[0])], &[]);
+    let prof = profile(&[
+        ("a", Some(device(&[1], &[10.0])), None),
+        ("b", Some(device(&[1], &[10.0])), None),
+    ]);
+    let plan = plan_ok(&p, Some(&prof), &target(4.0, &[]));
+    assert_eq!(plan.predicted.throughput, 200.0);
+    assert_eq!(plan.predicted.bottleneck, "w0.cpu");
+    assert_eq!(plan.predicted.latency_p50_ms, 20.0);
+    for n in &plan.nodes {
+        assert_eq!(
+            (n.device, n.replicas, n.worker.as_str()),
+            (Device::Cpu, 2, "w0")
+        );
+        assert_eq!(n.batch.policy, BatchPolicy::None);
+        assert_eq!(n.predicted.utilization, 1.0);
+        assert_eq!(n.predicted.throughput, 200.0);
+    }
+}
+
+#[test]
+fn a_model_goes_to_the_gpu_with_the_batch_that_sustains_most() {
+    // cpu: 40 ms/item on 4 cores → 100/s. gpu b=8: 9 ms per 8 → 1/0.001125 = 888.889/s.
+    let p = pipeline(&[spec("Seg", &[])], &[]);
+    let prof = profile(&[(
+        "Seg",
+        Some(device(&[1, 2], &[40.0, 70.0])),
+        Some(device(&[1, 8], &[4.0, 9.0])),
+    )]);
+    let plan = plan_ok(&p, Some(&prof), &target(4.0, &[(16.0, 1.0)]));
+    let n = &plan.nodes[0];
+    assert_eq!(
+        (n.device, n.gpu.as_deref(), n.batch.max),
+        (Device::Gpu, Some("gpu0"), 8)
+    );
+    assert_eq!(n.batch.policy, BatchPolicy::Dynamic);
+    assert_eq!(plan.predicted.throughput, 888.889);
+    assert_eq!(plan.predicted.bottleneck, "gpu0");
+    // Batch fill at 888.9 items/s: 7 items take 7.875 ms; the wait is that.
+    assert_eq!(n.batch.wait_ms, 7.875);
+    assert_eq!(plan.predicted.latency_p99_ms, 16.875);
+}
+
+#[test]
+fn a_p99_slo_trades_batch_size_for_latency() {
+    // Under p99 < 10 ms the b=8 plan (16.875 ms) is out; b=1 on the GPU gives 250/s, 4 ms.
+    let p = pipeline(&[spec("Seg", &[])], &[SloKind::LatencyP99Ms(10.0)]);
+    let prof = profile(&[(
+        "Seg",
+        Some(device(&[1, 2], &[40.0, 70.0])),
+        Some(device(&[1, 8], &[4.0, 9.0])),
+    )]);
+    let plan = plan_ok(&p, Some(&prof), &target(4.0, &[(16.0, 1.0)]));
+    assert_eq!(plan.nodes[0].batch.max, 1);
+    assert_eq!(plan.predicted.throughput, 250.0);
+    assert_eq!(plan.slos.len(), 1);
+    assert!(plan.slos[0].met);
+    assert_eq!(plan.slos[0].predicted, 4.0);
+}
+
+#[test]
+fn a_throughput_slo_takes_the_fewest_resources() {
+    // 50/s is within the CPU's 100/s: no GPU is needed.
+    let p = pipeline(&[spec("Seg", &[])], &[SloKind::ThroughputPerS(50.0)]);
+    let prof = profile(&[(
+        "Seg",
+        Some(device(&[1], &[40.0])),
+        Some(device(&[1, 8], &[4.0, 9.0])),
+    )]);
+    let plan = plan_ok(&p, Some(&prof), &target(4.0, &[(16.0, 1.0)]));
+    let n = &plan.nodes[0];
+    assert_eq!((n.device, n.replicas), (Device::Cpu, 2));
+    assert_eq!(plan.predicted.throughput, 50.0);
+    assert!(plan.slos[0].met);
+    // 150/s is not: the GPU it is.
+    let p = pipeline(&[spec("Seg", &[])], &[SloKind::ThroughputPerS(150.0)]);
+    let plan = plan_ok(&p, Some(&prof), &target(4.0, &[(16.0, 1.0)]));
+    assert_eq!(plan.nodes[0].device, Device::Gpu);
+    assert!(plan.predicted.throughput >= 150.0);
+}
+
+#[test]
+fn an_unreachable_throughput_slo_names_the_best_and_the_binding_constraint() {
+    let p = pipeline(&[spec("a", &[])], &[SloKind::ThroughputPerS(500.0)]);
+    let prof = profile(&[("a", Some(device(&[1], &[10.0])), None)]);
+    let errs = plan_err(&p, Some(&prof), &target(2.0, &[]));
+    assert_eq!(errs.len(), 1);
+    let PlanError::SloUnmet {
+        slo,
+        best,
+        binding,
+        span,
+    } = &errs[0]
+    else {
+        panic!("{errs:?}")
+    };
+    assert_eq!(slo, "throughput >= 500/s");
+    assert_eq!(best, "200/s");
+    assert!(binding.contains("CPU pool of worker `w0`"), "{binding}");
+    assert_eq!(*span, Some((100, 1).into()));
+    // --allow-slo-miss writes the plan, with a note.
+    let options = PlanOptions {
+        allow_slo_miss: true,
+        ..PlanOptions::default()
+    };
+    let plan = plan_pipeline(&p, Some(&prof), &target(2.0, &[]), &options).expect("written anyway");
+    assert!(!plan.slos[0].met);
+    assert!(
+        plan.notes.iter().any(|n| n.contains("SLO missed")),
+        "{:?}",
+        plan.notes
+    );
+}
+
+#[test]
+fn an_unreachable_latency_slo_names_the_critical_path() {
+    let p = pipeline(
+        &[spec("a", &[]), spec("b", &[0])],
+        &[SloKind::LatencyP99Ms(15.0)],
+    );
+    let prof = profile(&[
+        ("a", Some(device(&[1], &[10.0])), None),
+        ("b", Some(device(&[1], &[8.0])), None),
+    ]);
+    let errs = plan_err(&p, Some(&prof), &target(2.0, &[]));
+    let PlanError::SloUnmet { best, binding, .. } = &errs[0] else {
+        panic!("{errs:?}")
+    };
+    assert_eq!(best, "18 ms");
+    assert!(binding.contains("a → b"), "{binding}");
+    assert!(binding.contains("slowest node is `a`"), "{binding}");
+}
+
+#[test]
+fn device_gpu_on_a_cpu_target_is_an_error_at_the_annotation() {
+    let mut s = spec("Seg", &[]);
+    s.annotations = Annotations {
+        device: Some(DeviceHint::Gpu),
+        device_span: Some((40, 12).into()),
+        ..Annotations::default()
+    };
+    let p = pipeline(&[s], &[]);
+    let prof = profile(&[(
+        "Seg",
+        Some(device(&[1], &[40.0])),
+        Some(device(&[1], &[4.0])),
+    )]);
+    let errs = plan_err(&p, Some(&prof), &target(4.0, &[]));
+    assert_eq!(
+        errs,
+        vec![PlanError::DeviceUnavailable {
+            node: "Seg".to_string(),
+            span: Some((40, 12).into())
+        }]
+    );
+    // Without a profile too.
+    assert_eq!(plan_err(&p, None, &target(4.0, &[])).len(), 1);
+}
+
+#[test]
+fn a_kind_missing_from_the_profile_names_file_key_and_line() {
+    let p = pipeline(&[spec("a", &[]), spec("Seg", &[0])], &[]);
+    let text = "mars_profile: 1\nnodes:\n  a:\n    cpu: {batch: [1], latency_ms: [1]}\n";
+    let prof = Profile::from_yaml(text, "app.profile.yaml").expect("valid");
+    let options = PlanOptions {
+        profile_path: "app.profile.yaml".to_string(),
+        profile_text: Some(text.to_string()),
+        ..PlanOptions::default()
+    };
+    let errs =
+        plan_pipeline(&p, Some(&prof), &target(4.0, &[]), &options).expect_err("Seg is missing");
+    let PlanError::MissingProfile {
+        location,
+        key,
+        node,
+        ..
+    } = &errs[0]
+    else {
+        panic!("{errs:?}")
+    };
+    assert_eq!(
+        (location.as_str(), key.as_str(), node.as_str()),
+        ("app.profile.yaml:2", "nodes.Seg", "Seg")
+    );
+    assert_eq!(
+        errs[0].to_string(),
+        "app.profile.yaml:2: the profile has no entry `nodes.Seg` for node `Seg` (kind `Seg`)"
+    );
+}
+
+#[test]
+fn a_node_with_its_own_profile_entry_uses_it() {
+    let p = pipeline(&[spec("a", &[])], &[]);
+    let prof = profile(&[
+        ("a", Some(device(&[1], &[10.0])), None),
+        ("a@a", Some(device(&[1], &[20.0])), None),
+    ]);
+    let plan = plan_ok(&p, Some(&prof), &target(1.0, &[]));
+    assert_eq!(plan.predicted.throughput, 50.0);
+}
+
+#[test]
+fn annotations_constrain_the_plan() {
+    let mut fixed = spec("a", &[]);
+    fixed.annotations.replicas = Some(3);
+    let mut none = spec("b", &[0]);
+    none.annotations.batch = Some(BatchHint::None);
+    let mut capped = spec("c", &[1]);
+    capped.annotations.batch = Some(BatchHint::Dynamic {
+        max: Some(4),
+        wait_ms: Some(5.0),
+    });
+    let mut cpu_only = spec("d", &[2]);
+    cpu_only.annotations.device = Some(DeviceHint::Cpu);
+    let p = pipeline(&[fixed, none, capped, cpu_only], &[]);
+    let both = || {
+        (
+            Some(device(&[1, 4, 16], &[10.0, 12.0, 20.0])),
+            Some(device(&[1, 4, 16], &[1.0, 1.2, 2.0])),
+        )
+    };
+    let entries: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|k| (*k, both().0, both().1))
+        .collect();
+    let plan = plan_ok(&p, Some(&profile(&entries)), &target(64.0, &[(16.0, 1.0)]));
+    let node = |id: &str| plan.node(id).expect("node exists");
+    assert_eq!(node("a").replicas, 3);
+    assert_eq!(
+        (node("b").batch.policy, node("b").batch.max),
+        (BatchPolicy::None, 1)
+    );
+    assert_eq!(
+        (
+            node("c").batch.policy,
+            node("c").batch.max,
+            node("c").batch.wait_ms
+        ),
+        (BatchPolicy::Dynamic, 4, 5.0)
+    );
+    assert_eq!(node("d").device, Device::Cpu);
+}
+
+#[test]
+fn replicas_stop_at_64() {
+    // 100 ms per item on a 1000-core machine: the node's 64 replicas bound it at 640/s.
+    let p = pipeline(&[spec("slow", &[])], &[]);
+    let prof = profile(&[("slow", Some(device(&[1], &[100.0])), None)]);
+    let plan = plan_ok(&p, Some(&prof), &target(1000.0, &[]));
+    assert_eq!(plan.nodes[0].replicas, 64);
+    assert_eq!(plan.predicted.throughput, 640.0);
+    assert_eq!(plan.predicted.bottleneck, "slow");
+}
+
+#[test]
+fn gpu_nodes_fit_with_one_replica_each() {
+    // Σ u ≤ share ≤ 1 on a GPU, so a GPU node never needs a second replica; 6 GB fits in 16.
+    let p = pipeline(&[spec("m", &[])], &[]);
+    let mut gpu = device(&[1], &[10.0]);
+    gpu.memory_mb = Some(vec![6144.0]);
+    let prof = profile(&[("m", None, Some(gpu))]);
+    let plan = plan_ok(&p, Some(&prof), &target(4.0, &[(16.0, 1.0)]));
+    assert_eq!(
+        (plan.predicted.throughput, plan.nodes[0].replicas),
+        (100.0, 1)
+    );
+}
+
+#[test]
+fn a_pipeline_that_does_not_fit_is_an_error() {
+    let p = pipeline(&[spec("m", &[])], &[]);
+    let mut gpu = device(&[1], &[10.0]);
+    gpu.memory_mb = Some(vec![6144.0]);
+    let prof = profile(&[("m", None, Some(gpu))]);
+    let errs = plan_err(&p, Some(&prof), &target(4.0, &[(4.0, 1.0)]));
+    assert!(
+        matches!(&errs[0], PlanError::DoesNotFit { reason, .. } if reason.contains("gpu0")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn worker_memory_bounds_replicas_in_steps() {
+    // 10 ms/item, 1 GB per replica, 8 cores: the cores allow 800/s (8 replicas), 2.5 GB only
+    // 2 replicas → 200/s.
+    let mut cpu = device(&[1], &[10.0]);
+    cpu.memory_mb = Some(vec![1024.0]);
+    let mut t = target(8.0, &[]);
+    t.workers[0].memory_gb = 2.5;
+    let p = pipeline(&[spec("a", &[])], &[]);
+    let plan = plan_ok(&p, Some(&profile(&[("a", Some(cpu.clone()), None)])), &t);
+    assert_eq!(
+        (plan.predicted.throughput, plan.nodes[0].replicas),
+        (200.0, 2)
+    );
+    assert_eq!(plan.predicted.bottleneck, "w0.memory");
+    // Two such nodes in 3.5 GB: three replicas in all, so one each → 100/s.
+    t.workers[0].memory_gb = 3.5;
+    let p = pipeline(&[spec("a", &[]), spec("b", &[0])], &[]);
+    let plan = plan_ok(
+        &p,
+        Some(&profile(&[
+            ("a", Some(cpu.clone()), None),
+            ("b", Some(cpu), None),
+        ])),
+        &t,
+    );
+    assert_eq!(plan.predicted.throughput, 100.0);
+    assert_eq!(
+        plan.nodes.iter().map(|n| n.replicas).collect::<Vec<_>>(),
+        vec![1, 1]
+    );
+}
+
+#[test]
+fn map_nodes_see_their_fanout() {
+    let mut m = spec("words", &[0]);
+    m.map = true;
+    let p = pipeline(&[spec("a", &[]), m], &[]);
+    let mut prof = profile(&[
+        ("a", Some(device(&[1], &[1.0])), None),
+        ("words", Some(device(&[1], &[10.0])), None),
+    ]);
+    prof.fanout.insert("words".to_string(), 6.0);
+    // X·(0.001 + 6·0.01) ≤ 1 → 16.393/s.
+    let plan = plan_ok(&p, Some(&prof), &target(1.0, &[]));
+    assert_eq!(plan.predicted.throughput, 16.393);
+    assert_eq!(plan.nodes[1].map_over, Some(0));
+}
+
+#[test]
+fn without_a_profile_nodes_take_a_millisecond_and_the_plan_says_so() {
+    let mut g = spec("g", &[0]);
+    g.annotations.device = Some(DeviceHint::Gpu);
+    let mut bat = spec("b", &[1]);
+    bat.annotations.batch = Some(BatchHint::Dynamic {
+        max: Some(8),
+        wait_ms: None,
+    });
+    let p = pipeline(&[spec("a", &[]), g, bat], &[]);
+    let plan = plan_ok(&p, None, &target(2.0, &[(16.0, 1.0)]));
+    assert!(
+        plan.notes.iter().any(|n| n.contains("without a profile")),
+        "{:?}",
+        plan.notes
+    );
+    assert_eq!(plan.node("g").map(|n| n.device), Some(Device::Gpu));
+    assert_eq!(
+        plan.node("b").map(|n| (n.batch.policy, n.batch.max)),
+        Some((BatchPolicy::Dynamic, 8))
+    );
+}
+
+#[test]
+fn multi_worker_targets_spread_the_load() {
+    let p = pipeline(
+        &[
+            spec("a", &[]),
+            spec("b", &[0]),
+            spec("c", &[1]),
+            spec("d", &[2]),
+        ],
+        &[],
+    );
+    let entries: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|k| (*k, Some(device(&[1], &[10.0])), None))
+        .collect();
+    let mut t = target(2.0, &[]);
+    let mut w1 = t.workers[0].clone();
+    w1.name = "w1".to_string();
+    t.workers.push(w1);
+    let plan = plan_ok(&p, Some(&profile(&entries)), &t);
+    // 4 nodes × 0.01 core·s per request over 2 × 2 cores → 100/s, two nodes on each worker.
+    assert_eq!(plan.predicted.throughput, 100.0);
+    let on_w1 = plan.nodes.iter().filter(|n| n.worker == "w1").count();
+    assert_eq!(on_w1, 2);
+}
+
+#[test]
+fn the_same_inputs_give_the_same_bytes() {
+    let p = pipeline(
+        &[
+            spec("a", &[]),
+            spec("b", &[0]),
+            spec("c", &[0]),
+            spec("d", &[1, 2]),
+        ],
+        &[SloKind::LatencyP99Ms(80.0)],
+    );
+    let entries: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|k| {
+            (
+                *k,
+                Some(device(&[1, 2, 4], &[10.0, 15.0, 24.0])),
+                Some(device(&[1, 8], &[2.0, 5.0])),
+            )
+        })
+        .collect();
+    let prof = profile(&entries);
+    let t = target(4.0, &[(8.0, 0.5), (8.0, 1.0)]);
+    let first = plan_ok(&p, Some(&prof), &t).to_yaml();
+    for _ in 0..3 {
+        assert_eq!(plan_ok(&p, Some(&prof), &t).to_yaml(), first);
+    }
+    assert_eq!(
+        Plan::from_yaml(&first, "p.plan.yaml")
+            .expect("reads back")
+            .to_yaml(),
+        first
+    );
+}
