@@ -11,7 +11,8 @@ fn exec_dir() -> PathBuf {
 }
 
 /// A plan (as `marsc compile` writes one without a profile) of: an exec node splitting text
-/// into words, a map of `std.bench.delay` over the words, and a `std.bench.spin` on the text.
+/// into words, a map of `std.bench.delay` over the words, a `std.bench.spin` on the text, and a
+/// second `std.bench.delay` with other parameters.
 fn plan_yaml() -> String {
     let source = exec_dir().join("app.mars");
     format!(
@@ -24,6 +25,7 @@ inputs:
 outputs:
   - {{name: out, type: List<Text>, from: {{node: slow}}}}
   - {{name: loud, type: Text, from: {{node: burn}}}}
+  - {{name: late, type: Text, from: {{node: slow2}}}}
 nodes:
   - id: stats
     kind: stats
@@ -54,6 +56,18 @@ nodes:
     implementation: {{builtin: bench.spin}}
     args: [{{input: text}}]
     params: {{item_ms: 1.0}}
+    in_types: [Text]
+    out_types: [Text]
+    device: cpu
+    worker: w0
+    replicas: 1
+    batch: {{policy: none, max: 1, wait_ms: 0}}
+    predicted: {{latency_ms: 1, p99_ms: 1, throughput: 1, utilization: 0}}
+  - id: slow2
+    kind: std.bench.delay
+    implementation: {{builtin: bench.delay}}
+    args: [{{input: text}}]
+    params: {{item_ms: 5.0}}
     in_types: [Text]
     out_types: [Text]
     device: cpu
@@ -120,15 +134,21 @@ fn profiles_every_kind_with_samples_and_fanout() {
     let out = s.profile(&["--input", "samples.jsonl"]).success();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(
-        stderr.contains("wrote app.profile.yaml (3 node kinds)"),
+        stderr.contains("wrote app.profile.yaml (4 node kinds)"),
         "{stderr}"
     );
 
     let p = s.read_profile();
     assert_eq!(
         p.nodes.keys().map(String::as_str).collect::<Vec<_>>(),
-        vec!["stats", "std.bench.delay", "std.bench.spin"]
+        vec![
+            "stats",
+            "std.bench.delay",
+            "std.bench.delay@slow2",
+            "std.bench.spin"
+        ]
     );
+    assert!(stderr.contains("`slow` and `slow2`"), "{stderr}");
     for kind in p.nodes.values() {
         let cpu = kind.cpu.as_ref().expect("measured on cpu");
         assert_eq!(cpu.batch, vec![1, 2, 4]);
@@ -138,6 +158,10 @@ fn profiles_every_kind_with_samples_and_fanout() {
     let delay = p.nodes["std.bench.delay"].cpu.as_ref().expect("cpu");
     for (b, l) in delay.batch.iter().zip(&delay.latency_ms) {
         assert!(*l >= 1.0 + 2.0 * f64::from(*b), "batch {b}: {l} ms");
+    }
+    let delay2 = p.nodes["std.bench.delay@slow2"].cpu.as_ref().expect("cpu");
+    for (b, l) in delay2.batch.iter().zip(&delay2.latency_ms) {
+        assert!(*l >= 5.0 * f64::from(*b), "slow2, batch {b}: {l} ms");
     }
     let p99 = delay.p99_ms.as_ref().expect("p99 measured");
     assert!(p99.iter().zip(&delay.latency_ms).all(|(p, m)| p >= m));
@@ -170,7 +194,7 @@ fn without_samples_inputs_are_synthesized_and_no_fanout_is_written() {
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(stderr.contains("synthesized requests"), "{stderr}");
     let p = s.read_profile();
-    assert_eq!(p.nodes.len(), 3);
+    assert_eq!(p.nodes.len(), 4);
     assert!(p.fanout.is_empty());
 }
 
