@@ -120,7 +120,8 @@ pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
     let mut violation = 0.0;
     let fits = hi > 0.0;
     if !fits {
-        violation += 10.0;
+        // Graded, so that the search can walk out of a placement that does not fit.
+        violation += 10.0 + memory_overflow(model, choice);
     }
     let (rate, replicas, capacity_now, bound) = match model.objectives.throughput {
         Some(n) if hi >= n || close(hi, n) => {
@@ -182,6 +183,31 @@ pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
         fits,
         cost,
     }
+}
+
+/// How far the nodes overflow memory with one replica each (or their fixed replicas): the
+/// relative excess, summed over every GPU and worker memory.
+pub fn memory_overflow(model: &CostModel, choice: &[usize]) -> f64 {
+    let mut gpu = vec![0.0; model.gpus.len()];
+    let mut host = vec![0.0; model.workers.len()];
+    for (node, &o) in model.nodes.iter().zip(choice) {
+        let opt = &node.options[o];
+        let m = f64::from(node.fixed_replicas.unwrap_or(1)) * opt.memory_mb;
+        match opt.gpu {
+            Some(g) => gpu[g] += m,
+            None => host[opt.worker] += m,
+        }
+    }
+    let mut over = 0.0;
+    for (g, res) in model.gpus.iter().enumerate() {
+        over += ((gpu[g] - res.memory_mb) / res.memory_mb.max(1.0)).max(0.0);
+    }
+    for (w, res) in model.workers.iter().enumerate() {
+        if let Some(mem) = res.memory_mb {
+            over += ((host[w] - mem) / mem.max(1.0)).max(0.0);
+        }
+    }
+    over
 }
 
 /// The replicas each node needs at `x` requests/s (its `@replicas(N)` where fixed).

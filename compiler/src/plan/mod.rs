@@ -18,6 +18,8 @@ pub mod evaluate;
 pub mod explain;
 pub mod lower;
 pub mod model;
+#[cfg(test)]
+mod optimality_tests;
 pub mod search;
 #[cfg(test)]
 mod testkit;

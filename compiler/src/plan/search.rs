@@ -16,6 +16,11 @@ pub struct SearchOptions {
     pub pair_moves_up_to: usize,
     /// At most this many improvement passes per start.
     pub max_passes: usize,
+    /// Rounds of perturbation (iterated local search) are limited so that rounds × nodes ×
+    /// options stays under this; large pipelines get few or none.
+    pub perturbation_budget: usize,
+    /// And at most this many rounds.
+    pub max_perturbations: usize,
 }
 
 impl Default for SearchOptions {
@@ -23,6 +28,8 @@ impl Default for SearchOptions {
         SearchOptions {
             pair_moves_up_to: 12,
             max_passes: 200,
+            perturbation_budget: 40_000,
+            max_perturbations: 200,
         }
     }
 }
@@ -53,8 +60,57 @@ pub fn search(model: &CostModel, options: &SearchOptions) -> Solution {
             best = Some((solution, key));
         }
     }
-    best.map(|(s, _)| s)
-        .expect("there is always at least one start")
+    let (mut best, mut best_key) = best.expect("there is always at least one start");
+
+    // Iterated local search: move a few nodes to other options at random (a fixed seed, so the
+    // result is deterministic) or, every fourth round, start from a random assignment; improve
+    // again, and keep the result if it is better. This escapes the local optima where several
+    // nodes must move at once (packing memory, balancing CPU against GPU).
+    let n = model.nodes.len();
+    let total_options: usize = model.nodes.iter().map(|node| node.options.len()).sum();
+    let rounds = if n == 0 {
+        0
+    } else {
+        (options.perturbation_budget / total_options.max(1)).min(options.max_perturbations)
+    };
+    let mut rng = SplitMix(0x6d61_7273_706c_616e);
+    for round in 0..rounds {
+        let mut choice = best.choice.clone();
+        if round % 4 == 3 {
+            for (i, c) in choice.iter_mut().enumerate() {
+                *c = (rng.next() % model.nodes[i].options.len() as u64) as usize;
+            }
+        } else {
+            for _ in 0..2 + round % 3 {
+                let i = (rng.next() % n as u64) as usize;
+                choice[i] = (rng.next() % model.nodes[i].options.len() as u64) as usize;
+            }
+        }
+        let quick = SearchOptions {
+            pair_moves_up_to: 0,
+            ..options.clone()
+        };
+        let solution = improve(model, choice, &quick);
+        let key = solution.eval.key(model);
+        if compare_keys(&key, &best_key) == Ordering::Less {
+            best = solution;
+            best_key = key;
+        }
+    }
+    best
+}
+
+/// splitmix64, for the perturbations.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
 }
 
 /// The starting assignments, in order.

@@ -1,0 +1,326 @@
+//! The search against brute force: on hundreds of random small pipelines (≤ 6 nodes, cpu and
+//! gpu) every assignment is enumerated and judged by an independent reading of the cost
+//! model's constraints; the planner must reach ≥ 99% of the optimum's throughput on each.
+
+use mars_plan::{DeviceProfile, Profile, Target};
+
+use super::model::{CostModel, MAX_REPLICAS};
+use super::testkit::{pipeline, spec, target, NodeSpec, Rng};
+use super::*;
+use crate::ir::{BatchHint, DeviceHint, SloKind};
+
+/// The most throughput `choice` sustains under the constraints as SPEC.md states them, or
+/// `None` when it meets no SLO at any rate (or does not fit).
+fn brute_force_throughput(model: &CostModel, choice: &[usize]) -> Option<f64> {
+    let opts: Vec<_> = model
+        .nodes
+        .iter()
+        .zip(choice)
+        .map(|(n, &o)| &n.options[o])
+        .collect();
+    let replicas = |x: f64, i: usize| -> f64 {
+        match model.nodes[i].fixed_replicas {
+            Some(r) => f64::from(r),
+            None => (x * opts[i].per_request * (1.0 - 1e-12)).ceil().max(1.0),
+        }
+    };
+    let feasible = |x: f64| -> bool {
+        for i in 0..opts.len() {
+            let u = x * opts[i].per_request;
+            let limit = f64::from(model.nodes[i].fixed_replicas.unwrap_or(MAX_REPLICAS));
+            if u > limit * (1.0 + 1e-12) {
+                return false;
+            }
+        }
+        for (w, worker) in model.workers.iter().enumerate() {
+            let busy: f64 = (0..opts.len())
+                .filter(|&i| opts[i].gpu.is_none() && opts[i].worker == w)
+                .map(|i| x * opts[i].per_request * opts[i].cores)
+                .sum();
+            if busy > worker.cpus * (1.0 + 1e-12) {
+                return false;
+            }
+        }
+        for (g, gpu) in model.gpus.iter().enumerate() {
+            let on: Vec<usize> = (0..opts.len())
+                .filter(|&i| opts[i].gpu == Some(g))
+                .collect();
+            let busy: f64 = on.iter().map(|&i| x * opts[i].per_request).sum();
+            let memory: f64 = on.iter().map(|&i| replicas(x, i) * opts[i].memory_mb).sum();
+            if busy > gpu.share * (1.0 + 1e-12) || memory > gpu.memory_mb {
+                return false;
+            }
+        }
+        true
+    };
+    if !feasible(1e-9) {
+        return None;
+    }
+    // Capacity is monotone in x: bisect.
+    let (mut lo, mut hi) = (1e-9, 1e9);
+    if feasible(hi) {
+        lo = hi;
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if feasible(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    // Latency along every path, enumerated explicitly, at that rate (the fill time only shrinks
+    // as the rate grows, so the largest feasible rate is the one to check).
+    let x = lo;
+    let succs: Vec<Vec<usize>> = (0..opts.len())
+        .map(|i| {
+            (0..opts.len())
+                .filter(|&j| model.nodes[j].preds.contains(&i))
+                .collect()
+        })
+        .collect();
+    let node_ms = |i: usize, p99: bool| -> f64 {
+        let o = opts[i];
+        let base = if p99 { o.p99_ms } else { o.latency_ms };
+        let lambda = x * model.nodes[i].fanout;
+        if o.batch > 1 {
+            base + 1000.0 * f64::from(o.batch - 1) / lambda
+        } else {
+            base
+        }
+    };
+    fn paths(i: usize, succs: &[Vec<usize>], acc: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        acc.push(i);
+        if succs[i].is_empty() {
+            out.push(acc.clone());
+        }
+        for &j in &succs[i] {
+            paths(j, succs, acc, out);
+        }
+        acc.pop();
+    }
+    let mut all = Vec::new();
+    for i in (0..opts.len()).filter(|&i| model.nodes[i].preds.is_empty()) {
+        paths(i, &succs, &mut Vec::new(), &mut all);
+    }
+    for path in &all {
+        let hops = path
+            .windows(2)
+            .filter(|w| opts[w[0]].worker != opts[w[1]].worker)
+            .count() as f64
+            * model::CROSS_WORKER_MS;
+        let p99: f64 = path.iter().map(|&i| node_ms(i, true)).sum::<f64>() + hops;
+        let p50: f64 = path.iter().map(|&i| node_ms(i, false)).sum::<f64>() + hops;
+        if model
+            .objectives
+            .p99_ms
+            .is_some_and(|s| p99 > s * (1.0 + 1e-9))
+            || model
+                .objectives
+                .p50_ms
+                .is_some_and(|s| p50 > s * (1.0 + 1e-9))
+        {
+            return None;
+        }
+    }
+    Some(lo)
+}
+
+fn optimum(model: &CostModel) -> Option<(f64, Vec<usize>)> {
+    let mut choice = vec![0; model.nodes.len()];
+    let mut best: Option<(f64, Vec<usize>)> = None;
+    loop {
+        if let Some(x) = brute_force_throughput(model, &choice) {
+            if best.as_ref().is_none_or(|(b, _)| x > *b) {
+                best = Some((x, choice.clone()));
+            }
+        }
+        // Next assignment, odometer-style.
+        let mut i = 0;
+        loop {
+            if i == choice.len() {
+                return best;
+            }
+            choice[i] += 1;
+            if choice[i] < model.nodes[i].options.len() {
+                break;
+            }
+            choice[i] = 0;
+            i += 1;
+        }
+    }
+}
+
+fn random_device(rng: &mut Rng, gpu: bool) -> DeviceProfile {
+    let sizes = [1u32, 2, 4, 8, 16];
+    let mut batch: Vec<u32> = sizes.iter().copied().filter(|_| rng.chance(0.45)).collect();
+    if batch.is_empty() {
+        batch.push(sizes[rng.below(5) as usize]);
+    }
+    batch.truncate(3);
+    let base = if gpu {
+        rng.float(0.5, 10.0)
+    } else {
+        rng.float(1.0, 50.0)
+    };
+    let alpha = rng.float(0.3, 1.0);
+    let latency: Vec<f64> = batch
+        .iter()
+        .map(|&b| base * f64::from(b).powf(alpha))
+        .collect();
+    let p99 = latency.iter().map(|l| l * rng.float(1.0, 1.5)).collect();
+    let memory = if gpu {
+        Some(
+            batch
+                .iter()
+                .map(|&b| rng.float(100.0, 3000.0) * (1.0 + 0.1 * f64::from(b)))
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let cores = if gpu {
+        None
+    } else {
+        Some([1.0, 0.5, 2.0][rng.below(3) as usize])
+    };
+    DeviceProfile {
+        batch,
+        latency_ms: latency,
+        p99_ms: Some(p99),
+        memory_mb: memory,
+        cpu_cores: cores,
+    }
+}
+
+/// A random case: pipeline specs, profile, target.
+fn random_case(rng: &mut Rng) -> (Pipeline, Profile, Target) {
+    let n = 1 + rng.below(6) as usize;
+    let mut profile = Profile {
+        mars_profile: 1,
+        nodes: Default::default(),
+        fanout: Default::default(),
+    };
+    let mut specs: Vec<NodeSpec> = Vec::new();
+    for i in 0..n {
+        let id = format!("n{i}");
+        let mut preds = Vec::new();
+        if i > 0 && rng.chance(0.85) {
+            preds.push(rng.below(i as u64) as usize);
+            if rng.chance(0.3) {
+                let p = rng.below(i as u64) as usize;
+                if !preds.contains(&p) {
+                    preds.push(p);
+                }
+            }
+        }
+        let mut s = spec(&id, &preds);
+        let has_gpu = rng.chance(0.6);
+        let has_cpu = !has_gpu || rng.chance(0.8);
+        let kp = mars_plan::KindProfile {
+            cpu: has_cpu.then(|| random_device(rng, false)),
+            gpu: has_gpu.then(|| random_device(rng, true)),
+        };
+        if rng.chance(0.2) {
+            s.map = true;
+            profile.fanout.insert(id.clone(), rng.float(0.5, 8.0));
+        }
+        if rng.chance(0.1) && has_cpu {
+            s.annotations.device = Some(DeviceHint::Cpu);
+        } else if rng.chance(0.1) && has_gpu {
+            s.annotations.device = Some(DeviceHint::Gpu);
+        }
+        if rng.chance(0.1) {
+            s.annotations.replicas = Some(1 + rng.below(4) as u32);
+        }
+        if rng.chance(0.1) {
+            // Only where some measured size stays allowed.
+            let smallest = [&kp.cpu, &kp.gpu]
+                .iter()
+                .filter_map(|d| d.as_ref().map(|d| d.batch[0]))
+                .max()
+                .unwrap_or(1);
+            s.annotations.batch = Some(BatchHint::Dynamic {
+                max: Some(smallest.max(4)),
+                wait_ms: None,
+            });
+        }
+        profile.nodes.insert(id, kp);
+        specs.push(s);
+    }
+    let slos = if rng.chance(0.35) {
+        vec![SloKind::LatencyP99Ms(rng.float(20.0, 200.0))]
+    } else {
+        vec![]
+    };
+    let cpus = [1.0, 2.0, 4.0, 8.0][rng.below(4) as usize];
+    let gpu_mem = [2.0, 4.0, 16.0][rng.below(3) as usize];
+    let share = [0.5, 1.0][rng.below(2) as usize];
+    (
+        pipeline(&specs, &slos),
+        profile,
+        target(cpus, &[(gpu_mem, share)]),
+    )
+}
+
+#[test]
+fn the_search_reaches_99_percent_of_the_brute_force_optimum() {
+    let mut rng = Rng(0x6d61_7273);
+    let mut compared = 0;
+    let mut infeasible = 0;
+    let mut worst: f64 = 1.0;
+    let options = PlanOptions {
+        allow_slo_miss: true,
+        ..PlanOptions::default()
+    };
+    for case in 0..500 {
+        let (p, prof, t) = random_case(&mut rng);
+        let model =
+            CostModel::build(&p, Some(&prof), &t, &options).expect("random cases are well-formed");
+        let solution = search::search(&model, &options.search);
+        match optimum(&model) {
+            Some((best, best_choice)) => {
+                compared += 1;
+                // The planner's own claim must hold under the brute-force reading...
+                let check = brute_force_throughput(&model, &solution.choice);
+                assert!(
+                    solution.eval.violation == 0.0,
+                    "case {case}: the planner misses an SLO that a plan meets: {:?}",
+                    solution.eval
+                );
+                let claimed = check.unwrap_or_else(|| {
+                    panic!(
+                        "case {case}: the planner's plan is infeasible: {:?}",
+                        solution.eval
+                    )
+                });
+                assert!(
+                    solution.eval.capacity <= claimed * (1.0 + 1e-6),
+                    "case {case}: claims {} but sustains {claimed}",
+                    solution.eval.capacity
+                );
+                // ... and be within 1% of the best.
+                let ratio = solution.eval.capacity / best;
+                worst = worst.min(ratio);
+                assert!(
+                    ratio >= 0.99,
+                    "case {case}: planner {} vs optimum {best} ({ratio})\nplanner {:?}: {:?}\noptimum {best_choice:?}: {:?}\n{:#?}",
+                    solution.eval.capacity,
+                    solution.choice,
+                    solution.eval,
+                    super::evaluate::evaluate(&model, &best_choice),
+                    model
+                );
+            }
+            None => {
+                infeasible += 1;
+                assert!(
+                    solution.eval.violation > 0.0,
+                    "case {case}: brute force finds no feasible plan, the planner claims one"
+                );
+            }
+        }
+    }
+    assert!(compared >= 300, "only {compared} comparable cases");
+    eprintln!("{compared} cases compared, {infeasible} infeasible, worst ratio {worst}");
+}
