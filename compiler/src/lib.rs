@@ -1,5 +1,98 @@
 //! The Mars compiler: `.mars` source → AST → checked IR → plan. Pure and deterministic: it
 //! takes text and returns results plus problems; only `marsc` touches files.
+//!
+//! The stages, in order: [`syntax`] (grammar, span-carrying AST), [`check`] (name
+//! resolution, types, the IR of [`ir`]), [`plan`] (cost model and planner); [`diagnostics`]
+//! collects the problems of every stage; [`format`] and [`graph`] print a file back as
+//! canonical source, DOT or JSON.
+//!
+//! ```
+//! use mars_compiler::{check_program, SourceFile};
+//!
+//! let stdlib = [SourceFile {
+//!     path: "std/text.mars".into(),
+//!     text: "fn lower(text: Text) -> Text = builtin \"text.lower\"".into(),
+//! }];
+//! let file = SourceFile {
+//!     path: "hello.mars".into(),
+//!     text: "use std.text.{lower}\n\
+//!            pipeline hello(t: Text) -> (out: Text) {\n  out = lower(t)\n}\n".into(),
+//! };
+//! let checked = check_program(&file, &stdlib);
+//! assert!(!checked.problems.has_errors(), "{}", checked.problems.render());
+//! let program = checked.program.expect("no errors");
+//! let pipeline = program.pipeline("hello").expect("declared");
+//! assert_eq!(pipeline.graph.node_count(), 1);
+//! ```
+
+pub mod check;
+pub mod diagnostics;
 
 pub mod ir;
 pub mod plan;
+pub mod syntax;
+
+use diagnostics::{Problem, Problems};
+
+/// One source file: its path (as shown in diagnostics) and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub path: String,
+    pub text: String,
+}
+
+impl SourceFile {
+    /// A file from raw bytes: text that is not UTF-8 is a `mars::syntax::invalid_utf8`
+    /// problem pointing at the first bad byte.
+    pub fn from_bytes(path: &str, bytes: &[u8]) -> Result<SourceFile, Problems> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(SourceFile {
+                path: path.to_string(),
+                text: text.to_string(),
+            }),
+            Err(e) => {
+                let good = e.valid_up_to();
+                // Show the file up to the bad byte, so the position still renders.
+                let shown = SourceFile {
+                    path: path.to_string(),
+                    text: String::from_utf8_lossy(&bytes[..good]).into_owned() + "\u{FFFD}",
+                };
+                let line = shown.text[..good].matches('\n').count() + 1;
+                let mut problems = Problems::for_file(&shown);
+                problems.push(
+                    Problem::error("mars::syntax::invalid_utf8", "the file is not valid UTF-8")
+                        .label(
+                            miette::SourceSpan::new(good.into(), "\u{FFFD}".len()),
+                            format!("invalid byte on line {line}"),
+                        )
+                        .help("save the file as UTF-8"),
+                );
+                Err(problems)
+            }
+        }
+    }
+}
+
+/// The result of [`check_program`].
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// `Some` when there are no errors (warnings allowed).
+    pub program: Option<ir::Program>,
+    pub problems: Problems,
+}
+
+/// Parse, resolve and type-check `file`, with the stdlib declarations (`stdlib`) visible as
+/// `std.*` (a stdlib file `std/image.mars` is the module `std.image`).
+pub fn check_program(file: &SourceFile, stdlib: &[SourceFile]) -> Checked {
+    check::check_program(file, stdlib)
+}
+
+/// Parse a file into its AST, with its syntax problems.
+pub fn parse(file: &SourceFile) -> (syntax::ast::File, Problems) {
+    let (ast, problems) = syntax::parse_file(&file.text);
+    let mut sink = Problems::for_file(file);
+    for p in problems {
+        sink.push(p);
+    }
+    (ast, sink)
+}
