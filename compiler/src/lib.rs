@@ -27,6 +27,8 @@
 
 pub mod check;
 pub mod diagnostics;
+pub mod format;
+pub mod graph;
 
 pub mod ir;
 pub mod plan;

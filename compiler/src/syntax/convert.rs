@@ -165,7 +165,10 @@ struct Conv {
 impl Conv {
     fn span(&self, p: &Pair<Rule>) -> Span {
         let s = p.as_span();
-        Span::new(self.offset + s.start(), self.offset + s.end())
+        // pest's implicit whitespace can leave the layout after a trailing repetition
+        // (`path`'s `("." ~ ident)*`) inside a rule's span: cut it off.
+        let end = s.start() + content_len(p.as_str());
+        Span::new(self.offset + s.start(), self.offset + end)
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
@@ -606,6 +609,35 @@ impl Conv {
             .unwrap_or_default();
         Annotation { name, args, span }
     }
+}
+
+/// The length of `s` without trailing whitespace and `//` comments.
+fn content_len(s: &str) -> usize {
+    let mut end = s.trim_end().len();
+    loop {
+        let line_start = s[..end].rfind('\n').map(|n| n + 1).unwrap_or(0);
+        match comment_start(&s[line_start..end]) {
+            Some(c) => end = s[..line_start + c].trim_end().len(),
+            None => return end,
+        }
+    }
+}
+
+/// Where a `//` comment starts in one line, outside string literals.
+fn comment_start(line: &str) -> Option<usize> {
+    let bytes = line.as_bytes();
+    let mut in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if in_string => i += 1,
+            b'"' => in_string = !in_string,
+            b'/' if !in_string && bytes.get(i + 1) == Some(&b'/') => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Resolve the escapes of a string literal: `\"`, `\\`, `\n`, `\t`; any other escaped
