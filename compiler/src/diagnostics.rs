@@ -276,19 +276,29 @@ pub fn render_problem(problem: &Problem) -> String {
     out
 }
 
-/// The closest of `candidates` to `name`, if one is close enough to suggest.
+/// The closest of `candidates` to `name`, if one is close enough to suggest: one edit away,
+/// or similar by Jaro-Winkler (ties go to the alphabetically first).
 pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    let mut best: Option<(f64, &str)> = None;
+    let lower = name.to_lowercase();
+    let mut best: Option<((usize, u64), &str)> = None;
     for c in candidates {
         if c == name {
             continue;
         }
-        let score = strsim::jaro_winkler(&name.to_lowercase(), &c.to_lowercase());
-        if score >= 0.8 && best.is_none_or(|(s, b)| score > s || (score == s && c < b)) {
-            best = Some((score, c));
+        let c_lower = c.to_lowercase();
+        let edits = strsim::osa_distance(&lower, &c_lower);
+        let score = strsim::jaro_winkler(&lower, &c_lower);
+        let close = (edits <= 1 && lower.len() >= 2) || score >= 0.8;
+        if !close {
+            continue;
+        }
+        // Fewer edits first, then the higher score.
+        let key = (edits, ((1.0 - score) * 1e9) as u64);
+        if best.is_none_or(|(k, b)| key < k || (key == k && c < b)) {
+            best = Some((key, c));
         }
     }
     best.map(|(_, c)| c)

@@ -39,6 +39,8 @@ struct Checker<'a, 's> {
     /// The values each statement produced (`None`: not yet, or failed).
     values: Vec<Option<Vec<Val>>>,
     used: BTreeSet<String>,
+    /// Outputs assigned so far, where (even by a statement with errors).
+    assigned: BTreeMap<String, Span>,
 }
 
 /// Ids of the nodes of one statement: the outermost call takes the statement's name, nested
@@ -82,6 +84,7 @@ pub(crate) fn check_pipeline(
         inputs: Vec::new(),
         values: vec![None; p.body.len()],
         used: BTreeSet::new(),
+        assigned: BTreeMap::new(),
     };
     c.declare_inputs(p);
     c.declare_outputs(p);
@@ -120,8 +123,11 @@ pub(crate) fn check_pipeline(
     }
     let mut out_list = Vec::new();
     for o in &p.outputs {
-        match outputs.remove(&o.name.name) {
-            Some((_, out)) => out_list.push(out),
+        if let Some((_, out)) = outputs.remove(&o.name.name) {
+            out_list.push(out);
+        }
+        match c.assigned.get(&o.name.name) {
+            Some(_) => {}
             None => c.sink.push(
                 Problem::error(
                     "mars::pipeline::output_missing",
@@ -481,7 +487,7 @@ impl Checker<'_, '_> {
                     return;
                 };
                 let vals = self.top_expr(expr, &name.name, annotations);
-                if let Some((first, _)) = outputs.get(&name.name) {
+                if let Some(first) = self.assigned.get(&name.name) {
                     self.sink.push(
                         Problem::error(
                             "mars::pipeline::output_twice",
@@ -493,6 +499,7 @@ impl Checker<'_, '_> {
                     );
                     return;
                 }
+                self.assigned.insert(name.name.clone(), name.span);
                 let Some(vals) = vals else { return };
                 let val = match vals.as_slice() {
                     [v] => v.clone(),

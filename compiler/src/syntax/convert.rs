@@ -95,32 +95,40 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
 }
 
 fn syntax_problem(e: &pest::error::Error<Rule>, text: &str, offset: usize) -> Problem {
-    let pos = match e.location {
+    let mut pos = match e.location {
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
     };
     let mut expected: Vec<String> = Vec::new();
-    if let ErrorVariant::ParsingError { positives, .. } = &e.variant {
-        for r in positives {
-            if let Some(d) = describe_rule(*r) {
-                expected.push(d.to_string());
+    match e.parse_attempts() {
+        // The tokens that would have let the parse go on at the furthest position reached.
+        Some(attempts) => {
+            pos = attempts.max_position;
+            for t in attempts.expected_tokens() {
+                // pest does not export its token type; its `Display` is the token itself
+                // (`a..z` for a range of characters).
+                let token = t.to_string();
+                let described = match token.as_str() {
+                    "a..z" | "A..Z" | "_" => "a name".to_string(),
+                    "0..9" => "a number".to_string(),
+                    "BUILTIN_RULE" | "//" => continue,
+                    t if t.trim().is_empty() || (t.len() == 4 && t.get(1..3) == Some("..")) => {
+                        continue
+                    }
+                    t => format!("`{t}`"),
+                };
+                expected.push(described);
             }
         }
-    }
-    if let Some(attempts) = e.parse_attempts() {
-        for t in attempts.expected_tokens() {
-            // pest does not export its token type; its `Display` is the token itself.
-            let token = t.to_string();
-            let is_range = token.len() == 4 && token.get(1..3) == Some("..");
-            if token.trim().is_empty()
-                || token == "//"
-                || token == "BUILTIN_RULE"
-                || token == "_"
-                || is_range
-            {
-                continue;
+        None => {
+            if let ErrorVariant::ParsingError { positives, .. } = &e.variant {
+                expected.extend(
+                    positives
+                        .iter()
+                        .filter_map(|r| describe_rule(*r))
+                        .map(str::to_string),
+                );
             }
-            expected.push(format!("`{token}`"));
         }
     }
     expected.sort();
