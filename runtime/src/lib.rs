@@ -1,6 +1,7 @@
 //! The Mars runtime: a plan lowered to a timely dataflow, with batching, replicas, flow
 //! control and executors. It never reads `.mars` source and never links the front end.
 
+pub mod codec;
 pub mod exec;
 pub mod node;
 pub mod profiler;

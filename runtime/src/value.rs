@@ -67,14 +67,31 @@ impl Value {
     pub fn as_text(&self) -> Result<&str, NodeError> {
         match self {
             Value::Text(s) => Ok(s),
-            other => Err(NodeError::new(format!("expected Text, got {}", other.kind()))),
+            other => Err(NodeError::new(format!(
+                "expected Text, got {}",
+                other.kind()
+            ))),
         }
+    }
+
+    /// Decode a request field of type `ty` (language.md §6); `$file` paths resolve against
+    /// the current directory and `Image` needs a codec (see [`crate::codec`]).
+    pub fn from_json(json: &serde_json::Value, ty: &mars_plan::DataType) -> Result<Value, String> {
+        crate::codec::decode(json, ty, &crate::codec::EdgeContext::plain())
+    }
+
+    /// Encode as JSON (language.md §6); `Bytes` as `{"$base64": …}`.
+    pub fn to_json(&self) -> Result<serde_json::Value, String> {
+        crate::codec::encode(self, &crate::codec::EdgeContext::plain())
     }
 
     pub fn as_list(&self) -> Result<&[Value], NodeError> {
         match self {
             Value::List(l) => Ok(l),
-            other => Err(NodeError::new(format!("expected List, got {}", other.kind()))),
+            other => Err(NodeError::new(format!(
+                "expected List, got {}",
+                other.kind()
+            ))),
         }
     }
 }
@@ -88,6 +105,8 @@ pub struct NodeError {
 
 impl NodeError {
     pub fn new(message: impl Into<String>) -> NodeError {
-        NodeError { message: message.into() }
+        NodeError {
+            message: message.into(),
+        }
     }
 }
