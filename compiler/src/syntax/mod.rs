@@ -12,7 +12,7 @@ mod convert;
 use crate::diagnostics::Problem;
 use ast::{Comment, File, Span};
 
-/// The deepest nesting of `(`, `[` and `<…>` a file may have.
+/// The deepest nesting of `(`, `[` and `<…>` a file may have (blocks `{…}` do not nest).
 pub const MAX_NESTING: usize = 100;
 
 #[derive(pest_derive::Parser)]
@@ -166,13 +166,13 @@ fn too_deep(text: &str) -> Option<usize> {
                 i = text[i..].find('\n').map(|n| i + n).unwrap_or(text.len());
                 continue;
             }
-            b'(' | b'[' | b'{' => depth += 1,
+            b'(' | b'[' => depth += 1,
             // `<` opens a type argument list only right after a name (`List<`), not as the
             // `<` of an SLO.
             b'<' if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_') => {
                 depth += 1
             }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b')' | b']' => depth = depth.saturating_sub(1),
             b'>' if i > 0 && bytes[i - 1] != b'-' && bytes.get(i + 1) != Some(&b'=') => {
                 depth = depth.saturating_sub(1)
             }
