@@ -75,7 +75,9 @@ impl SourceFile {
     }
 }
 
-/// The result of [`check_program`].
+/// The result of [`check_program`]. A later phase adds its own problems with
+/// `checked.problems.push(Problem::error(code, message).label(span, text))`: a problem
+/// pushed without a source points into the checked file.
 #[derive(Debug, Clone)]
 pub struct Checked {
     /// `Some` when there are no errors (warnings allowed).

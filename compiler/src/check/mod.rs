@@ -41,7 +41,8 @@ pub(crate) struct Parsed {
 
 /// See [`crate::check_program`].
 pub fn check_program(file: &SourceFile, stdlib: &[SourceFile]) -> Checked {
-    let mut problems = Problems::new();
+    // Problems pushed later without a source (the planner's) point into the user's file.
+    let mut problems = Problems::for_file(file);
     let mut syntax_broken = false;
     let mut parse = |f: &SourceFile, problems: &mut Problems| -> Parsed {
         let source = source_of(f);

@@ -247,3 +247,24 @@ fn warnings_alone_still_give_a_program() {
     assert!(checked.problems.has_warnings() && !checked.problems.has_errors());
     assert!(checked.program.is_some());
 }
+
+#[test]
+fn a_later_phase_reports_through_the_same_problems() {
+    let mut checked = check(EXAMPLE);
+    let program = checked.program.clone().expect("clean");
+    let p = &program.pipelines[0];
+    let mask = &p.graph[p.node_by_id("mask").expect("mask")];
+    let span = mask.annotations.device_span.expect("annotated");
+    checked.problems.push(
+        crate::diagnostics::Problem::error(
+            "mars::plan::device_unavailable",
+            "`mask` must run on a GPU, but the target has none",
+        )
+        .label(span, "asks for a GPU")
+        .help("remove `@device(gpu)` or use a target with a GPU"),
+    );
+    let text = checked.problems.render();
+    assert!(text.contains("mars::plan::device_unavailable"), "{text}");
+    assert!(text.contains("[t.mars:"), "{text}");
+    assert!(text.contains("@device(gpu)"), "{text}");
+}

@@ -51,7 +51,7 @@ pub fn parse_file(text: &str) -> (File, Vec<Problem>) {
             Err(problem) => {
                 let at = problem.offset();
                 problems.push(problem);
-                offset = skip_layout(text, next_item_start(text, at.max(offset)));
+                offset = skip_layout(text, next_item_start(text, at.max(offset), offset));
             }
         }
     }
@@ -116,13 +116,18 @@ fn skip_layout(text: &str, mut at: usize) -> usize {
 
 const ITEM_KEYWORDS: [&str; 6] = ["use", "const", "model", "arch", "fn", "pipeline"];
 
-/// The start of the first line after the line of `at` that begins with an item keyword at
-/// its first column (or the end of the text).
-fn next_item_start(text: &str, at: usize) -> usize {
-    let mut line_start = match text[at.min(text.len())..].find('\n') {
-        Some(n) => at + n + 1,
-        None => return text.len(),
-    };
+/// Where to resume after a syntax error at `at` in the item starting at `item_start`: the
+/// first line that begins with an item keyword at its first column, from the line of `at`
+/// on (that line itself only when it is not the broken item's first line), else the end.
+fn next_item_start(text: &str, at: usize, item_start: usize) -> usize {
+    let at = at.min(text.len());
+    let mut line_start = text[..at].rfind('\n').map(|n| n + 1).unwrap_or(0);
+    if line_start <= item_start {
+        line_start = match text[at..].find('\n') {
+            Some(n) => at + n + 1,
+            None => return text.len(),
+        };
+    }
     while line_start < text.len() {
         let line_end = text[line_start..]
             .find('\n')
@@ -184,4 +189,71 @@ fn too_deep(text: &str) -> Option<usize> {
         i += 1;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_shows_the_grammar_as_it_is() {
+        let spec = include_str!("../../../docs/spec/01-language.md");
+        assert!(
+            spec.contains(include_str!("grammar.pest")),
+            "docs/spec/01-language.md §1.2 must hold grammar.pest verbatim"
+        );
+    }
+
+    #[test]
+    fn spans_stop_at_the_code_not_the_layout_after_it() {
+        let text = "model M {\n  quantize = int8   // c\n  generate = true\n}\n";
+        let (file, problems) = parse_file(text);
+        assert!(problems.is_empty());
+        let ast::Item::Model(m) = &file.items[0] else {
+            panic!("a model")
+        };
+        let s = m.entries[0].span();
+        assert_eq!(&text[s.start..s.end], "quantize = int8");
+        assert_eq!(file.comments[0].text, "// c");
+    }
+
+    #[test]
+    fn one_broken_item_does_not_hide_the_next() {
+        let text = "fn f(x: Text) -> = builtin \"a\"\nconst A = 1\nfn g(x: Text) -> Text = builtin\nconst B = 2\n";
+        let (file, problems) = parse_file(text);
+        assert_eq!(problems.len(), 2);
+        let names: Vec<&str> = file
+            .items
+            .iter()
+            .filter_map(|i| i.name())
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(names, ["A", "B"]);
+    }
+
+    #[test]
+    fn literals_carry_their_values() {
+        let text = "const A = 5ms\nconst B = 2s\nconst C = 150us\nconst D = 50/s\nconst E = \"a\\\"b\\n\"\nconst F = -3\n";
+        let (file, problems) = parse_file(text);
+        assert!(problems.is_empty());
+        let kinds: Vec<ast::LitKind> = file
+            .items
+            .iter()
+            .map(|i| match i {
+                ast::Item::Const(c) => c.value.kind.clone(),
+                _ => panic!("consts only"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ast::LitKind::Duration(5.0),
+                ast::LitKind::Duration(2000.0),
+                ast::LitKind::Duration(0.15),
+                ast::LitKind::Rate(50.0),
+                ast::LitKind::Text("a\"b\n".into()),
+                ast::LitKind::Int(-3),
+            ]
+        );
+    }
 }
