@@ -189,6 +189,15 @@ impl Problems {
         if problem.source.is_none() {
             problem.source = self.default_source.clone();
         }
+        // Problems mostly arrive in order: appending is the common case.
+        let in_order = self
+            .items
+            .last()
+            .is_none_or(|last| last.sort_key() <= problem.sort_key());
+        if in_order {
+            self.items.push(problem);
+            return;
+        }
         let at = self
             .items
             .partition_point(|p| p.sort_key() <= problem.sort_key());
@@ -237,16 +246,58 @@ impl Problems {
     }
 
     /// Every problem rendered without colour at [`RENDER_WIDTH`] columns, each followed by a
-    /// blank line.
+    /// blank line. Past the first [`FULL_RENDERS`], problems are listed one per line
+    /// (`path:line:col: code: message`): rendering a snippet costs a scan of its file.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        for p in &self.items {
+        for p in self.items.iter().take(FULL_RENDERS) {
             out.push_str(&render_problem(p));
             out.push('\n');
+        }
+        let rest = &self.items[self.items.len().min(FULL_RENDERS)..];
+        if rest.is_empty() {
+            return out;
+        }
+        out.push_str(&format!(
+            "{} more problem{}:\n",
+            rest.len(),
+            if rest.len() == 1 { "" } else { "s" }
+        ));
+        let mut lines: std::collections::BTreeMap<String, Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for p in rest {
+            let kind = match p.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            };
+            let at = match &p.source {
+                Some(src) => {
+                    let starts = lines.entry(src.name().to_string()).or_insert_with(|| {
+                        let text = src.inner();
+                        std::iter::once(0)
+                            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                            .collect()
+                    });
+                    let offset = p.offset();
+                    let line = starts.partition_point(|&s| s <= offset).max(1);
+                    let col = src
+                        .inner()
+                        .get(starts[line - 1]..offset)
+                        .map(|t| t.chars().count())
+                        .unwrap_or(0)
+                        + 1;
+                    format!("{}:{line}:{col}: ", src.name())
+                }
+                None => String::new(),
+            };
+            out.push_str(&format!("{at}{kind}[{}]: {}\n", p.code, p.message));
         }
         out
     }
 }
+
+/// How many problems [`Problems::render`] shows with their source snippet.
+pub const FULL_RENDERS: usize = 200;
 
 impl IntoIterator for Problems {
     type Item = Problem;
@@ -333,6 +384,35 @@ mod tests {
     #[allow(non_snake_case)]
     fn Span(start: usize, len: usize) -> SourceSpan {
         SourceSpan::new(start.into(), len)
+    }
+
+    #[test]
+    fn many_problems_render_in_short_past_the_first() {
+        let text: String = (0..FULL_RENDERS + 2)
+            .map(|i| format!("line{i}\n"))
+            .collect();
+        let file = SourceFile {
+            path: "m.mars".into(),
+            text: text.clone(),
+        };
+        let mut ps = Problems::for_file(&file);
+        for i in 0..FULL_RENDERS + 2 {
+            let at = text.find(&format!("line{i}\n")).expect("line");
+            ps.push(
+                Problem::error("mars::test::many", format!("problem {i}"))
+                    .label(Span(at + 2, 1), "here"),
+            );
+        }
+        let out = ps.render();
+        assert!(out.contains("2 more problems:\n"), "{out}");
+        assert!(
+            out.ends_with(&format!(
+                "m.mars:{}:3: error[mars::test::many]: problem {}\n",
+                FULL_RENDERS + 2,
+                FULL_RENDERS + 1
+            )),
+            "{out}"
+        );
     }
 
     #[test]
