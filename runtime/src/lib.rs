@@ -1,11 +1,19 @@
 //! The Mars runtime: a plan lowered to a timely dataflow, with batching, replicas, flow
 //! control and executors. It never reads `.mars` source and never links the front end.
 
+pub mod batching;
 pub mod codec;
+pub mod dataflow;
 pub mod exec;
 pub mod node;
 pub mod profiler;
+pub mod replicas;
+pub mod run;
+pub mod stats;
+pub mod trace;
 pub mod value;
 
 pub use node::{Item, Node, NodeContext, NodeFactory, Outputs, Registry};
+pub use run::{run_plan, RunError, RunOptions, RunReport};
+pub use stats::RunStats;
 pub use value::{BoxData, ImageData, NodeError, TensorData, Value};

@@ -1,0 +1,148 @@
+//! The request source: admits parsed requests from the reader thread while fewer than
+//! `max_inflight` are in the dataflow, one admission round (timestamp) per activation.
+//!
+//! Flow control: the sink, on the same worker, counts requests out; the source counts them in.
+//! When the bound is reached the source marks itself throttled and the sink wakes it as
+//! requests leave, so memory stays flat however long the input is. The reader thread wakes the
+//! source when it queues a request (at most one wake-up pending at a time).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, Stream};
+use timely::scheduling::{Activator, SyncActivator};
+
+use super::Rec;
+use crate::value::Value;
+
+/// At most this many requests are admitted under one timestamp.
+pub const ROUND: usize = 1024;
+
+/// A parsed request.
+#[derive(Debug)]
+pub struct Request {
+    pub id: u64,
+    /// Values of the pipeline's inputs, in declaration order.
+    pub values: Vec<Value>,
+}
+
+/// What worker 0's source reads from.
+pub struct Feed {
+    pub requests: Receiver<Request>,
+    /// Set by the reader when it has asked for a wake-up; cleared by the source when it runs.
+    pub wake: Arc<AtomicBool>,
+    /// Set to stop admitting (`--fail-fast`).
+    pub stop: Arc<AtomicBool>,
+    /// Where the source sends its thread-safe activator once built.
+    pub activator: Sender<SyncActivator>,
+}
+
+/// Admission state shared by the source and the sink of worker 0.
+#[derive(Default)]
+pub struct Flow {
+    pub in_flight: Cell<usize>,
+    pub throttled: Cell<bool>,
+    pub admitted_at: RefCell<HashMap<u64, Instant>>,
+    pub source: RefCell<Option<Activator>>,
+}
+
+impl Flow {
+    /// A request left the dataflow: its admission time, and a wake-up for a throttled source.
+    pub fn finished(&self, id: u64) -> Option<Instant> {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        if self.throttled.replace(false) {
+            if let Some(a) = self.source.borrow().as_ref() {
+                a.activate();
+            }
+        }
+        self.admitted_at.borrow_mut().remove(&id)
+    }
+}
+
+/// The source operator. Only the worker given a `feed` produces anything.
+pub fn request_source<'s>(
+    scope: Scope<'s, u64>,
+    feed: Option<Feed>,
+    flow: Rc<Flow>,
+    max_inflight: usize,
+) -> Stream<'s, u64, Vec<Rec>> {
+    source::<_, CapacityContainerBuilder<Vec<Rec>>, _, _>(scope, "requests", move |cap, info| {
+        let mut cap = Some(cap);
+        let mut feed = feed;
+        let me = scope.activator_for(Rc::clone(&info.address));
+        if let Some(f) = &feed {
+            *flow.source.borrow_mut() = Some(me.clone());
+            // The receiver lives as long as the run; if it is gone the run is over anyway.
+            let _ = f
+                .activator
+                .send(scope.worker().sync_activator_for(info.address.to_vec()));
+        }
+        let max_inflight = max_inflight.max(1);
+        move |output| {
+            let Some(f) = feed.as_ref() else {
+                cap = None;
+                return;
+            };
+            let Some(c) = cap.as_mut() else { return };
+            f.wake.store(false, Ordering::SeqCst);
+            if f.stop.load(Ordering::SeqCst) {
+                cap = None;
+                feed = None;
+                return;
+            }
+            let room = max_inflight.saturating_sub(flow.in_flight.get());
+            let budget = room.min(ROUND);
+            if budget == 0 {
+                flow.throttled.set(true);
+                return;
+            }
+            let mut batch = Vec::new();
+            let mut closed = false;
+            while batch.len() < budget {
+                match f.requests.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            let n = batch.len();
+            if n > 0 {
+                let now = Instant::now();
+                let mut admitted = flow.admitted_at.borrow_mut();
+                let mut session = output.session(&*c);
+                for r in batch {
+                    admitted.insert(r.id, now);
+                    session.give(Rec {
+                        id: r.id,
+                        src: 0,
+                        body: Ok(r.values),
+                    });
+                }
+                drop(session);
+                flow.in_flight.set(flow.in_flight.get() + n);
+                let t = *c.time();
+                c.downgrade(&(t + 1));
+            }
+            if closed {
+                cap = None;
+                feed = None;
+            } else if n == budget {
+                if budget == room {
+                    flow.throttled.set(true);
+                } else {
+                    me.activate();
+                }
+            }
+        }
+    })
+}

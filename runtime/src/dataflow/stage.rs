@@ -1,0 +1,316 @@
+//! The operator of one plan node: joins its producers' records by request id, queues the
+//! request's item (or, for a `map` node, one item per list element), forms batches by the
+//! node's policy, and hands them to the node's replica threads without blocking the worker.
+//! It holds a capability for each timestamp with queued or running items and emits each
+//! request's record under it when the last of its items returns; replicas wake the operator
+//! when a batch is done, and a timer wakes it when a partial batch's wait runs out.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use super::{arg_value, first_failure, Body, Failure, Joiner, NodeSpec, Rec};
+use crate::batching::{Batcher, Decision};
+use crate::node::{Item, Node, Outputs};
+use crate::replicas::{Done, Job, Key, Pool};
+use crate::stats::NodeMeter;
+use crate::value::{NodeError, Value};
+
+struct Work {
+    key: Key,
+    item: Item,
+    since: Instant,
+}
+
+struct Pending {
+    time: u64,
+    left: usize,
+    outs: Vec<Option<Outputs>>,
+    /// The failed element with the lowest index, and why.
+    failure: Option<(u32, Failure)>,
+}
+
+struct Stage {
+    spec: NodeSpec,
+    me: u32,
+    joiner: Joiner,
+    queue: VecDeque<Work>,
+    pending: HashMap<u64, Pending>,
+    caps: BTreeMap<u64, (Capability<u64>, usize)>,
+    /// Records ready to leave, with their timestamps.
+    emits: Vec<(u64, Rec)>,
+    batcher: Batcher,
+    pool: Option<Pool>,
+}
+
+impl Stage {
+    fn hold(&mut self, time: u64, cap: impl FnOnce() -> Capability<u64>) {
+        self.caps.entry(time).or_insert_with(|| (cap(), 0)).1 += 1;
+    }
+
+    fn finish(&mut self, id: u64, time: u64, body: Body) {
+        self.emits.push((
+            time,
+            Rec {
+                id,
+                src: self.me,
+                body,
+            },
+        ));
+    }
+
+    /// A request whose producers have all spoken.
+    fn admit(&mut self, id: u64, time: u64, bodies: Vec<Body>) {
+        if let Some(f) = first_failure(&bodies) {
+            let f = f.clone();
+            return self.finish(id, time, Err(f));
+        }
+        let mut item: Item = self
+            .spec
+            .args
+            .iter()
+            .map(|a| arg_value(a, &bodies))
+            .collect();
+        drop(bodies);
+        let now = Instant::now();
+        match self.spec.map_over {
+            None => {
+                self.pending.insert(
+                    id,
+                    Pending {
+                        time,
+                        left: 1,
+                        outs: vec![None],
+                        failure: None,
+                    },
+                );
+                self.queue.push_back(Work {
+                    key: (id, 0),
+                    item,
+                    since: now,
+                });
+            }
+            Some(k) => {
+                let list = match std::mem::replace(&mut item[k], Value::Bool(false)) {
+                    Value::List(l) => l,
+                    Value::Json(serde_json::Value::Array(a)) => {
+                        a.into_iter().map(Value::Json).collect()
+                    }
+                    other => {
+                        let msg = format!("map over a {}, expected a List", other.kind());
+                        return self.finish(id, time, Err(Failure::new(&self.spec.id, msg)));
+                    }
+                };
+                if list.is_empty() {
+                    let empty = vec![Value::List(Vec::new()); self.spec.out_ports];
+                    return self.finish(id, time, Ok(empty));
+                }
+                let n = list.len();
+                self.pending.insert(
+                    id,
+                    Pending {
+                        time,
+                        left: n,
+                        outs: vec![None; n],
+                        failure: None,
+                    },
+                );
+                for (e, elem) in list.into_iter().enumerate() {
+                    let mut it = item.clone();
+                    it[k] = elem;
+                    self.queue.push_back(Work {
+                        key: (id, e as u32),
+                        item: it,
+                        since: now,
+                    });
+                }
+            }
+        }
+    }
+
+    fn completed(&mut self, done: Done) {
+        for ((id, elem), result) in done.keys.into_iter().zip(done.results) {
+            let Some(p) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            let result = result.and_then(|outs| {
+                if outs.len() == self.spec.out_ports {
+                    Ok(outs)
+                } else {
+                    Err(NodeError::new(format!(
+                        "node returned {} outputs, expected {}",
+                        outs.len(),
+                        self.spec.out_ports
+                    )))
+                }
+            });
+            match result {
+                Ok(outs) => p.outs[elem as usize] = Some(outs),
+                Err(e) => {
+                    if p.failure.as_ref().is_none_or(|(first, _)| elem < *first) {
+                        let message = match self.spec.map_over {
+                            Some(_) => format!("element {elem}: {}", e.message),
+                            None => e.message,
+                        };
+                        p.failure = Some((elem, Failure::new(&self.spec.id, message)));
+                    }
+                }
+            }
+            p.left -= 1;
+            if p.left == 0 {
+                let p = self.pending.remove(&id).expect("present above");
+                let body = match p.failure {
+                    Some((_, f)) => Err(f),
+                    None => Ok(self.assemble(p.outs)),
+                };
+                self.finish(id, p.time, body);
+            }
+        }
+    }
+
+    /// A request's output ports from its items' outputs (lists, for a map node).
+    fn assemble(&self, outs: Vec<Option<Outputs>>) -> Vec<Value> {
+        let mut outs = outs.into_iter().flatten();
+        if self.spec.map_over.is_none() {
+            return outs.next().unwrap_or_default();
+        }
+        let mut ports: Vec<Vec<Value>> = vec![Vec::new(); self.spec.out_ports];
+        for o in outs {
+            for (j, v) in o.into_iter().enumerate() {
+                ports[j].push(v);
+            }
+        }
+        ports.into_iter().map(Value::List).collect()
+    }
+
+    /// Hand batches to free replicas; `Some(wait)` when a partial batch should be looked at
+    /// again later.
+    fn dispatch(&mut self, draining: bool) -> Option<std::time::Duration> {
+        let Some(pool) = self.pool.as_mut() else {
+            // No replicas on this worker: placement sends this node's records elsewhere, so
+            // anything here is a wiring bug; fail it rather than hold it forever.
+            let stranded: Vec<Work> = self.queue.drain(..).collect();
+            for w in stranded {
+                let e = NodeError::new("no replica of this node on this worker");
+                self.completed(Done {
+                    keys: vec![w.key],
+                    results: vec![Err(e)],
+                });
+            }
+            return None;
+        };
+        while pool.has_free_replica() {
+            let waited = self
+                .queue
+                .front()
+                .map(|w| w.since.elapsed())
+                .unwrap_or_default();
+            match self.batcher.decide(self.queue.len(), waited, draining) {
+                Decision::Idle => return None,
+                Decision::WaitFor(d) => return Some(d),
+                Decision::Dispatch(n) => {
+                    let mut keys = Vec::with_capacity(n);
+                    let mut items = Vec::with_capacity(n);
+                    for w in self.queue.drain(..n) {
+                        keys.push(w.key);
+                        items.push(w.item);
+                    }
+                    pool.submit(Job { keys, items });
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Build the operator of node `spec` (stream number `me`), placed on worker `owner`. `nodes`
+/// holds its replicas on the owning worker and is `None` elsewhere.
+pub fn node_stage<'s>(
+    stream: Stream<'s, u64, Vec<Rec>>,
+    spec: NodeSpec,
+    me: u32,
+    owner: usize,
+    nodes: Option<Vec<Box<dyn Node>>>,
+    meter: Arc<NodeMeter>,
+) -> Stream<'s, u64, Vec<Rec>> {
+    let scope = stream.scope();
+    let name = spec.id.clone();
+    let pact = Exchange::new(move |_: &Rec| owner as u64);
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<Rec>>, _, _, _>(
+        pact,
+        &name,
+        move |_cap, info| {
+            let timer = scope.activator_for(Rc::clone(&info.address));
+            let pool = nodes.map(|nodes| {
+                let wake = scope.worker().sync_activator_for(info.address.to_vec());
+                Pool::start(&spec.id, nodes, meter, move || {
+                    let _ = wake.activate();
+                })
+            });
+            let mut st = Stage {
+                joiner: Joiner::new(spec.deps.clone()),
+                batcher: Batcher::new(&spec.batch),
+                spec,
+                me,
+                queue: VecDeque::new(),
+                pending: HashMap::new(),
+                caps: BTreeMap::new(),
+                emits: Vec::new(),
+                pool,
+            };
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(&time) = cap.least() else { return };
+                    for container in data {
+                        for rec in container.drain(..) {
+                            if let Some((id, bodies)) = st.joiner.offer(rec) {
+                                st.hold(time, || cap.delayed(&time, 0));
+                                st.admit(id, time, bodies);
+                            }
+                        }
+                    }
+                });
+                if let Some(pool) = st.pool.as_mut() {
+                    for done in pool.finished() {
+                        st.completed(done);
+                    }
+                }
+                let draining = frontier.frontier().is_empty();
+                if let Some(wait) = st.dispatch(draining) {
+                    timer.activate_after(wait);
+                }
+                if !st.emits.is_empty() {
+                    let mut emits = std::mem::take(&mut st.emits);
+                    emits.sort_by_key(|e| e.0);
+                    let mut it = emits.into_iter().peekable();
+                    while let Some((time, rec)) = it.next() {
+                        let (cap, _) = st
+                            .caps
+                            .get(&time)
+                            .expect("a record's time is held until it leaves");
+                        let mut session = output.session(cap);
+                        session.give(rec);
+                        let mut released = 1;
+                        while let Some((_, rec)) = it.next_if(|e| e.0 == time) {
+                            session.give(rec);
+                            released += 1;
+                        }
+                        drop(session);
+                        let entry = st.caps.get_mut(&time).expect("held above");
+                        entry.1 -= released;
+                        if entry.1 == 0 {
+                            st.caps.remove(&time);
+                        }
+                    }
+                }
+            }
+        },
+    )
+}

@@ -1,0 +1,720 @@
+//! Running a plan: [`run_plan`] reads JSONL requests, runs them through the plan's timely
+//! dataflow and writes one JSONL record per request.
+//!
+//! Threads: the caller's thread writes output; a reader thread parses input; `workers` timely
+//! worker threads run the dataflow (worker 0 holds the source and the sink); each node has
+//! `replicas` threads of its own (see [`crate::replicas`]).
+
+pub mod images;
+pub mod reader;
+pub mod writer;
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use mars_plan::Plan;
+use timely::dataflow::operators::Concatenate;
+
+use crate::codec::EdgeContext;
+use crate::dataflow::sink::{output_sink, Outcome};
+use crate::dataflow::source::{request_source, Feed, Flow, Request, ROUND};
+use crate::dataflow::stage::node_stage;
+use crate::dataflow::Lowered;
+use crate::node::{Node, NodeContext, Registry};
+use crate::stats::{latency_stats, peak_rss_mib, round3, NodeMeter, RunStats};
+
+pub use writer::{Progress, ProgressFn};
+
+/// How to run.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Timely worker threads (at least 1).
+    pub workers: usize,
+    /// At most this many requests inside the dataflow at once.
+    pub max_inflight: usize,
+    /// Write records in input order instead of completion order.
+    pub ordered: bool,
+    /// Stop admitting requests at the first error record.
+    pub fail_fast: bool,
+    /// Record one span per batch for [`RunReport::trace`].
+    pub trace: bool,
+    /// The folder `{"$file": …}` inputs resolve against (the input file's folder).
+    pub input_dir: Option<PathBuf>,
+    /// Called about every 100 ms with the run's progress.
+    pub progress: Option<Arc<ProgressFn>>,
+}
+
+/// The default bound on requests in flight.
+pub const DEFAULT_MAX_INFLIGHT: usize = 8192;
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions {
+            workers: 1,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            ordered: false,
+            fail_fast: false,
+            trace: false,
+            input_dir: None,
+            progress: None,
+        }
+    }
+}
+
+/// What a run reports.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub stats: RunStats,
+    /// The Chrome trace, when [`RunOptions::trace`] was set.
+    pub trace: Option<serde_json::Value>,
+}
+
+/// Why a run could not start or finish. Per-request failures are not errors: they are records.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the plan cannot run: {0}")]
+    Plan(String),
+    #[error("cannot build node `{node}`: {message}")]
+    Build { node: String, message: String },
+    #[error("reading input: {0}")]
+    Input(std::io::Error),
+    #[error("writing output: {0}")]
+    Output(std::io::Error),
+    #[error("the runtime failed: {0}")]
+    Runtime(String),
+}
+
+/// Build every replica of every node, in plan order.
+fn build_replicas(
+    plan: &Plan,
+    base_dir: &Path,
+    registry: &Registry,
+) -> Result<Vec<Vec<Box<dyn Node>>>, RunError> {
+    plan.nodes
+        .iter()
+        .map(|node| {
+            (0..node.replicas)
+                .map(|replica| {
+                    let ctx = NodeContext {
+                        node: node.clone(),
+                        replica,
+                        base_dir: base_dir.to_path_buf(),
+                    };
+                    registry.instantiate(&ctx).map_err(|e| RunError::Build {
+                        node: node.id.clone(),
+                        message: e.message,
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Run `plan` over the JSONL requests of `input`, writing one JSONL record per request to
+/// `output`. `base_dir` is where the plan's relative paths (exec commands, weights) resolve.
+pub fn run_plan(
+    plan: &Plan,
+    base_dir: &Path,
+    registry: &Registry,
+    opts: RunOptions,
+    input: impl BufRead + Send,
+    output: &mut dyn Write,
+) -> Result<RunReport, RunError> {
+    let cx = EdgeContext {
+        base_dir: opts.input_dir.clone(),
+        images: images::from_registry(registry, base_dir),
+    };
+    let lowered = Arc::new(Lowered::from_plan(plan, &cx).map_err(RunError::Plan)?);
+    let replicas = build_replicas(plan, base_dir, registry)?;
+    let start = Instant::now();
+    let meters: Arc<Vec<Arc<NodeMeter>>> = Arc::new(
+        plan.nodes
+            .iter()
+            .map(|n| Arc::new(NodeMeter::new(&n.id, n.replicas, start, opts.trace)))
+            .collect(),
+    );
+    let replicas: Arc<Mutex<Vec<Option<Vec<Box<dyn Node>>>>>> =
+        Arc::new(Mutex::new(replicas.into_iter().map(Some).collect()));
+
+    let (req_tx, req_rx) = crossbeam_channel::bounded::<Request>(2 * ROUND);
+    let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outcome>();
+    let (act_tx, act_rx) = crossbeam_channel::bounded(1);
+    let wake = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let feed = Arc::new(Mutex::new(Some(Feed {
+        requests: req_rx,
+        wake: Arc::clone(&wake),
+        stop: Arc::clone(&stop),
+        activator: act_tx,
+    })));
+
+    let workers = opts.workers.max(1);
+    let max_inflight = opts.max_inflight.max(1);
+    let guards = {
+        let lowered = Arc::clone(&lowered);
+        let meters = Arc::clone(&meters);
+        let out_tx = out_tx.clone();
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let index = worker.index();
+            let peers = worker.peers();
+            let feed = if index == 0 {
+                feed.lock().ok().and_then(|mut f| f.take())
+            } else {
+                None
+            };
+            let out = out_tx.clone();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let flow = Rc::new(Flow::default());
+                let mut streams = vec![request_source(scope, feed, Rc::clone(&flow), max_inflight)];
+                for (i, spec) in lowered.nodes.iter().enumerate() {
+                    let input = if spec.deps.len() == 1 {
+                        streams[spec.deps[0] as usize].clone()
+                    } else {
+                        scope.concatenate(spec.deps.iter().map(|&d| streams[d as usize].clone()))
+                    };
+                    let owner = i % peers;
+                    let nodes = if owner == index {
+                        replicas
+                            .lock()
+                            .ok()
+                            .and_then(|mut r| r.get_mut(i).and_then(Option::take))
+                    } else {
+                        None
+                    };
+                    let stream = node_stage(
+                        input,
+                        spec.clone(),
+                        i as u32 + 1,
+                        owner,
+                        nodes,
+                        Arc::clone(&meters[i]),
+                    );
+                    streams.push(stream);
+                }
+                let deps = &lowered.sink_deps;
+                let input = if deps.len() == 1 {
+                    streams[deps[0] as usize].clone()
+                } else {
+                    scope.concatenate(deps.iter().map(|&d| streams[d as usize].clone()))
+                };
+                output_sink(input, deps.clone(), lowered.outputs.clone(), flow, out);
+            });
+            while worker.step_or_park(None) {}
+        })
+        .map_err(RunError::Runtime)?
+    };
+    let reader_out = out_tx;
+
+    let Ok(source) = act_rx.recv() else {
+        let why = guards
+            .join()
+            .into_iter()
+            .find_map(Result::err)
+            .unwrap_or_else(|| "worker 0 did not start".into());
+        return Err(RunError::Runtime(why));
+    };
+
+    let output_names: Vec<String> = lowered.outputs.iter().map(|o| o.name.clone()).collect();
+    let (read, written) = std::thread::scope(|s| {
+        let reader = {
+            let link = reader::ReaderLink {
+                inputs: &lowered.inputs,
+                cx: &cx,
+                requests: req_tx,
+                outcomes: reader_out,
+                wake: &wake,
+                source: &source,
+                stop: &stop,
+            };
+            s.spawn(move || reader::read_requests(input, link))
+        };
+        let written = writer::write_outcomes(
+            out_rx,
+            output,
+            writer::WriterLink {
+                output_names,
+                cx: &cx,
+                ordered: opts.ordered,
+                fail_fast: opts.fail_fast,
+                stop: &stop,
+                source: &source,
+                progress: opts.progress.as_deref(),
+                start,
+                check_ids: true,
+            },
+        );
+        if written.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = source.activate();
+        }
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the reader thread panicked")));
+        (read, written)
+    });
+    let wall = start.elapsed();
+    for result in guards.join() {
+        result.map_err(RunError::Runtime)?;
+    }
+    let written = written.map_err(RunError::Output)?;
+    let requests = read.map_err(RunError::Input)?;
+    if written.stopped_at.is_none() && written.records != requests {
+        return Err(RunError::Runtime(format!(
+            "{requests} requests read but {} records written; this is a bug in the runtime",
+            written.records
+        )));
+    }
+
+    let stats = RunStats {
+        pipeline: plan.pipeline.clone(),
+        requests,
+        ok: written.ok,
+        errors: written.errors,
+        wall_s: round3(wall.as_secs_f64()),
+        throughput: if wall.as_secs_f64() > 0.0 {
+            round3(written.records as f64 / wall.as_secs_f64())
+        } else {
+            0.0
+        },
+        predicted_throughput: plan.predicted.throughput,
+        latency: latency_stats(written.latencies_ms),
+        errors_by_node: written.errors_by_node,
+        nodes: meters
+            .iter()
+            .map(|m| (m.id.clone(), m.stats(wall)))
+            .collect(),
+        stopped_at: written.stopped_at,
+        peak_rss_mib: peak_rss_mib(),
+    };
+    let trace = opts
+        .trace
+        .then(|| crate::trace::chrome_trace(&plan.pipeline, &meters));
+    Ok(RunReport { stats, trace })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::per_item;
+    use crate::value::{NodeError, Value};
+    use mars_plan::{
+        Arg, BatchPolicy, BatchSpec, Device, Implementation, NodePrediction, PipelinePrediction,
+        PlanInput, PlanNode, PlanOrigin, PlanOutput,
+    };
+
+    fn int(item: &[Value], k: usize) -> Result<i64, NodeError> {
+        match item.get(k) {
+            Some(Value::Int(i)) => Ok(*i),
+            other => Err(NodeError::new(format!("expected Int, got {other:?}"))),
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.builtin(
+            "t.inc",
+            Arc::new(|_: &NodeContext| Ok(per_item(|it| Ok(vec![Value::Int(int(&it, 0)? + 1)])))),
+        );
+        r.builtin(
+            "t.double",
+            Arc::new(|_: &NodeContext| Ok(per_item(|it| Ok(vec![Value::Int(int(&it, 0)? * 2)])))),
+        );
+        r.builtin(
+            "t.add",
+            Arc::new(|_: &NodeContext| {
+                Ok(per_item(|it| {
+                    Ok(vec![Value::Int(int(&it, 0)? + int(&it, 1)?)])
+                }))
+            }),
+        );
+        r.builtin(
+            "t.odd_fails",
+            Arc::new(|_: &NodeContext| {
+                Ok(per_item(|it| {
+                    let i = int(&it, 0)?;
+                    if i % 2 == 1 {
+                        Err(NodeError::new(format!("{i} is odd")))
+                    } else {
+                        Ok(vec![Value::Int(i)])
+                    }
+                }))
+            }),
+        );
+        r.builtin(
+            "t.panics_on_7",
+            Arc::new(|_: &NodeContext| {
+                Ok(per_item(|it| {
+                    let i = int(&it, 0)?;
+                    assert!(i != 7, "seven");
+                    Ok(vec![Value::Int(i)])
+                }))
+            }),
+        );
+        r
+    }
+
+    fn node(id: &str, builtin: &str, args: Vec<Arg>, batch: BatchSpec, replicas: u32) -> PlanNode {
+        PlanNode {
+            id: id.into(),
+            kind: builtin.into(),
+            implementation: Implementation {
+                builtin: Some(builtin.into()),
+                exec: None,
+                model: None,
+            },
+            map_over: None,
+            in_types: vec!["Int".into(); args.len()],
+            args,
+            params: Default::default(),
+            out_types: vec!["Int".into()],
+            device: Device::Cpu,
+            worker: "w0".into(),
+            gpu: None,
+            replicas,
+            batch,
+            timeout_ms: None,
+            predicted: NodePrediction {
+                latency_ms: 0.0,
+                p99_ms: 0.0,
+                throughput: 0.0,
+                utilization: 0.0,
+            },
+        }
+    }
+
+    fn none() -> BatchSpec {
+        BatchSpec {
+            policy: BatchPolicy::None,
+            max: 1,
+            wait_ms: 0.0,
+        }
+    }
+
+    fn dynamic(max: u32, wait_ms: f64) -> BatchSpec {
+        BatchSpec {
+            policy: BatchPolicy::Dynamic,
+            max,
+            wait_ms,
+        }
+    }
+
+    fn plan(
+        inputs: &[(&str, &str)],
+        nodes: Vec<PlanNode>,
+        outputs: Vec<(&str, &str, Arg)>,
+    ) -> Plan {
+        Plan {
+            mars_plan: mars_plan::PLAN_VERSION,
+            mars_version: "test".into(),
+            pipeline: "p".into(),
+            inputs_of_plan: PlanOrigin {
+                source: "p.mars".into(),
+                source_hash: "sha256:0".into(),
+                profile_hash: None,
+                target_hash: None,
+            },
+            inputs: inputs
+                .iter()
+                .map(|(n, t)| PlanInput {
+                    name: (*n).into(),
+                    ty: (*t).into(),
+                    default: None,
+                })
+                .collect(),
+            outputs: outputs
+                .into_iter()
+                .map(|(n, t, from)| PlanOutput {
+                    name: n.into(),
+                    ty: t.into(),
+                    from,
+                })
+                .collect(),
+            nodes,
+            predicted: PipelinePrediction {
+                throughput: 1.0,
+                latency_p50_ms: 0.0,
+                latency_p99_ms: 0.0,
+                bottleneck: "none".into(),
+            },
+            slos: vec![],
+            notes: vec![],
+        }
+    }
+
+    fn run(plan: &Plan, input: &str, opts: RunOptions) -> (Vec<serde_json::Value>, RunReport) {
+        let mut out = Vec::new();
+        let report = run_plan(
+            plan,
+            Path::new("."),
+            &registry(),
+            opts,
+            input.as_bytes(),
+            &mut out,
+        )
+        .expect("the run finishes");
+        let lines = String::from_utf8(out)
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        (lines, report)
+    }
+
+    fn by_id(lines: &[serde_json::Value]) -> BTreeMap<u64, serde_json::Value> {
+        let mut m = BTreeMap::new();
+        for l in lines {
+            let id = l["id"].as_u64().expect("id");
+            assert!(
+                m.insert(id, l.clone()).is_none(),
+                "request {id} written twice"
+            );
+        }
+        m
+    }
+
+    use std::collections::BTreeMap;
+
+    fn xs(n: i64) -> String {
+        (0..n).map(|i| format!("{{\"x\": {i}}}\n")).collect()
+    }
+
+    #[test]
+    fn a_chain_runs_every_request_once_in_order_when_asked() {
+        let p = plan(
+            &[("x", "Int")],
+            vec![
+                node("inc", "t.inc", vec![Arg::input("x")], dynamic(16, 1.0), 2),
+                node("double", "t.double", vec![Arg::node("inc", 0)], none(), 1),
+            ],
+            vec![("y", "Int", Arg::node("double", 0))],
+        );
+        let opts = RunOptions {
+            ordered: true,
+            max_inflight: 7,
+            trace: true,
+            ..RunOptions::default()
+        };
+        let (lines, report) = run(&p, &xs(500), opts);
+        assert_eq!(lines.len(), 500);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(l["id"], i as u64 + 1);
+            assert_eq!(l["ok"]["y"], (i as i64 + 1) * 2);
+            assert!(l["latency_ms"].as_f64().is_some());
+        }
+        assert_eq!(
+            (report.stats.requests, report.stats.ok, report.stats.errors),
+            (500, 500, 0)
+        );
+        assert_eq!(report.stats.nodes["inc"].items, 500);
+        let trace = report.trace.expect("trace");
+        let slices = trace["traceEvents"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["ph"] == "X")
+            .count();
+        assert_eq!(
+            slices as u64,
+            report.stats.nodes["inc"].batches + report.stats.nodes["double"].batches
+        );
+    }
+
+    #[test]
+    fn a_diamond_joins_its_branches_by_request() {
+        let p = plan(
+            &[("x", "Int")],
+            vec![
+                node("a", "t.inc", vec![Arg::input("x")], none(), 1),
+                node("b", "t.double", vec![Arg::input("x")], dynamic(8, 0.5), 1),
+                node(
+                    "sum",
+                    "t.add",
+                    vec![Arg::node("a", 0), Arg::node("b", 0)],
+                    none(),
+                    1,
+                ),
+            ],
+            vec![
+                ("s", "Int", Arg::node("sum", 0)),
+                ("x", "Int", Arg::input("x")),
+                ("k", "Int", Arg::value(5.into())),
+            ],
+        );
+        for workers in [1, 3] {
+            let (lines, _) = run(
+                &p,
+                &xs(300),
+                RunOptions {
+                    workers,
+                    ..RunOptions::default()
+                },
+            );
+            let m = by_id(&lines);
+            assert_eq!(m.len(), 300);
+            for (id, l) in m {
+                let x = id as i64 - 1;
+                assert_eq!(
+                    l["ok"],
+                    serde_json::json!({"s": 3 * x + 1, "x": x, "k": 5}),
+                    "workers {workers}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn failures_panics_and_bad_lines_are_records_exactly_once() {
+        let p = plan(
+            &[("x", "Int")],
+            vec![
+                node(
+                    "odd",
+                    "t.odd_fails",
+                    vec![Arg::input("x")],
+                    dynamic(4, 0.0),
+                    2,
+                ),
+                node("seven", "t.panics_on_7", vec![Arg::input("x")], none(), 1),
+                node(
+                    "sum",
+                    "t.add",
+                    vec![Arg::node("odd", 0), Arg::node("seven", 0)],
+                    none(),
+                    1,
+                ),
+            ],
+            vec![("s", "Int", Arg::node("sum", 0))],
+        );
+        let input =
+            "{\"x\": 2}\n{\"x\": 3}\nnot json\n{\"x\": \"a\"}\n{}\n{\"x\": 8}\n{\"x\": 7}\n";
+        let (lines, report) = run(&p, input, RunOptions::default());
+        let m = by_id(&lines);
+        assert_eq!(
+            m.keys().copied().collect::<Vec<_>>(),
+            (1..=7).collect::<Vec<_>>()
+        );
+        assert_eq!(m[&1]["ok"]["s"], 4);
+        assert_eq!(
+            m[&2]["error"],
+            serde_json::json!({"node": "odd", "message": "3 is odd"})
+        );
+        assert_eq!(m[&3]["error"]["node"], "input");
+        assert_eq!(
+            m[&4]["error"]["message"],
+            "field `x`: expected Int, got `\"a\"`"
+        );
+        assert_eq!(m[&5]["error"]["message"], "missing field `x` (Int)");
+        assert_eq!(m[&6]["ok"]["s"], 16);
+        // 7 is odd too: the first failing producer in argument order names the request's error.
+        assert_eq!(m[&7]["error"]["node"], "odd");
+        assert_eq!(report.stats.errors_by_node.get("input"), Some(&3));
+        assert_eq!(report.stats.nodes["seven"].item_errors, 1);
+    }
+
+    #[test]
+    fn a_panic_fails_only_its_batch() {
+        let p = plan(
+            &[("x", "Int")],
+            vec![node(
+                "seven",
+                "t.panics_on_7",
+                vec![Arg::input("x")],
+                none(),
+                1,
+            )],
+            vec![("y", "Int", Arg::node("seven", 0))],
+        );
+        let (lines, _) = run(&p, &xs(10), RunOptions::default());
+        let m = by_id(&lines);
+        assert_eq!(
+            m[&8]["error"],
+            serde_json::json!({"node": "seven", "message": "panic in node: seven"})
+        );
+        assert_eq!(m.values().filter(|l| l.get("ok").is_some()).count(), 9);
+    }
+
+    #[test]
+    fn map_nodes_keep_element_order_and_fail_as_a_whole() {
+        let mut inc = node(
+            "inc",
+            "t.odd_fails",
+            vec![Arg::input("xs"), Arg::value(0.into())],
+            dynamic(5, 0.0),
+            2,
+        );
+        inc.map_over = Some(0);
+        inc.in_types = vec!["Int".into(), "Int".into()];
+        let p = plan(
+            &[("xs", "List<Int>")],
+            vec![inc],
+            vec![("ys", "List<Int>", Arg::node("inc", 0))],
+        );
+        let input = "{\"xs\": [2, 4, 6, 8, 10, 12, 14]}\n{\"xs\": []}\n{\"xs\": [2, 5, 7]}\n";
+        let (lines, report) = run(&p, input, RunOptions::default());
+        let m = by_id(&lines);
+        assert_eq!(
+            m[&1]["ok"]["ys"],
+            serde_json::json!([2, 4, 6, 8, 10, 12, 14])
+        );
+        assert_eq!(m[&2]["ok"]["ys"], serde_json::json!([]));
+        assert_eq!(m[&3]["error"]["message"], "element 1: 5 is odd");
+        assert_eq!(report.stats.nodes["inc"].items, 10);
+    }
+
+    #[test]
+    fn fail_fast_stops_admitting_at_the_first_error() {
+        let p = plan(
+            &[("x", "Int")],
+            vec![node("odd", "t.odd_fails", vec![Arg::input("x")], none(), 1)],
+            vec![("y", "Int", Arg::node("odd", 0))],
+        );
+        let input: String = std::iter::once("{\"x\": 1}\n".to_string())
+            .chain((0..20000).map(|_| "{\"x\": 2}\n".into()))
+            .collect();
+        let opts = RunOptions {
+            fail_fast: true,
+            max_inflight: 4,
+            ..RunOptions::default()
+        };
+        let (lines, report) = run(&p, &input, opts);
+        assert_eq!(report.stats.stopped_at, Some(1));
+        assert!(lines.len() < 20001, "{} lines", lines.len());
+        assert_eq!(by_id(&lines)[&1]["error"]["node"], "odd");
+    }
+
+    #[test]
+    fn a_plan_with_a_dangling_edge_or_unknown_builtin_does_not_start() {
+        let p = plan(
+            &[("x", "Int")],
+            vec![node("a", "t.inc", vec![Arg::node("nope", 0)], none(), 1)],
+            vec![("y", "Int", Arg::node("a", 0))],
+        );
+        let e = run_plan(
+            &p,
+            Path::new("."),
+            &registry(),
+            RunOptions::default(),
+            &b""[..],
+            &mut Vec::new(),
+        );
+        assert!(matches!(e, Err(RunError::Plan(m)) if m.contains("`nope`")));
+        let p = plan(
+            &[("x", "Int")],
+            vec![node("a", "t.missing", vec![Arg::input("x")], none(), 1)],
+            vec![("y", "Int", Arg::node("a", 0))],
+        );
+        let e = run_plan(
+            &p,
+            Path::new("."),
+            &registry(),
+            RunOptions::default(),
+            &b""[..],
+            &mut Vec::new(),
+        );
+        assert!(matches!(e, Err(RunError::Build { node, .. }) if node == "a"));
+    }
+}

@@ -1,0 +1,136 @@
+//! The input side of a run: JSONL read line by line (never whole), each line decoded into the
+//! pipeline's inputs. A line that is not a JSON object, or lacks or mistypes a field without a
+//! default, becomes that request's error record (node `input`) and never enters the dataflow.
+
+use std::io::BufRead;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_channel::Sender;
+use timely::scheduling::SyncActivator;
+
+use crate::codec::{self, EdgeContext};
+use crate::dataflow::sink::Outcome;
+use crate::dataflow::source::Request;
+use crate::dataflow::{Failure, InputSpec};
+use crate::value::Value;
+
+/// Decode one input line into the pipeline's input values, in declaration order.
+pub fn parse_request(
+    line: &[u8],
+    inputs: &[InputSpec],
+    cx: &EdgeContext,
+) -> Result<Vec<Value>, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("the line is not UTF-8 ({e})"))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty line; expected a JSON object".into());
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| "expected a JSON object keyed by the pipeline's inputs".to_string())?;
+    inputs
+        .iter()
+        .map(|i| match (obj.get(&i.name), &i.default) {
+            (Some(j), _) => {
+                codec::decode(j, &i.ty, cx).map_err(|e| format!("field `{}`: {e}", i.name))
+            }
+            (None, Some(d)) => Ok(d.clone()),
+            (None, None) => Err(format!("missing field `{}` ({})", i.name, i.ty)),
+        })
+        .collect()
+}
+
+/// Everything the reader thread needs besides its input.
+pub struct ReaderLink<'a> {
+    pub inputs: &'a [InputSpec],
+    pub cx: &'a EdgeContext,
+    pub requests: Sender<Request>,
+    pub outcomes: Sender<Outcome>,
+    pub wake: &'a AtomicBool,
+    pub source: &'a SyncActivator,
+    pub stop: &'a AtomicBool,
+}
+
+/// Read requests until the input ends or the run stops; returns the number of lines read.
+pub fn read_requests(mut input: impl BufRead, link: ReaderLink<'_>) -> std::io::Result<u64> {
+    let mut line = Vec::with_capacity(256);
+    let mut id = 0u64;
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        if link.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        id += 1;
+        match parse_request(&line, link.inputs, link.cx) {
+            Ok(values) => {
+                if link.requests.send(Request { id, values }).is_err() {
+                    // The source is gone: the run stopped.
+                    break;
+                }
+                if !link.wake.swap(true, Ordering::SeqCst) {
+                    let _ = link.source.activate();
+                }
+            }
+            Err(message) => {
+                let _ = link.outcomes.send(Outcome {
+                    id,
+                    result: Err(Failure::new("input", message)),
+                    latency: None,
+                });
+            }
+        }
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> Vec<InputSpec> {
+        vec![
+            InputSpec {
+                name: "text".into(),
+                ty: mars_plan::DataType::Text,
+                default: None,
+            },
+            InputSpec {
+                name: "n".into(),
+                ty: mars_plan::DataType::Int,
+                default: Some(Value::Int(7)),
+            },
+        ]
+    }
+
+    #[test]
+    fn fields_decode_in_declaration_order_with_defaults() {
+        let cx = EdgeContext::plain();
+        let v = parse_request(br#"{"n": 2, "text": "a", "extra": 1}"#, &inputs(), &cx);
+        assert_eq!(v, Ok(vec![Value::Text("a".into()), Value::Int(2)]));
+        let v = parse_request(b"{\"text\": \"a\"}\r\n", &inputs(), &cx);
+        assert_eq!(v, Ok(vec![Value::Text("a".into()), Value::Int(7)]));
+    }
+
+    #[test]
+    fn bad_lines_say_what_is_wrong() {
+        let cx = EdgeContext::plain();
+        let err = |l: &[u8]| parse_request(l, &inputs(), &cx).unwrap_err();
+        assert!(err(b"{\"text\": ").starts_with("malformed JSON"));
+        assert_eq!(
+            err(b"[1]"),
+            "expected a JSON object keyed by the pipeline's inputs"
+        );
+        assert_eq!(err(b"{}"), "missing field `text` (Text)");
+        assert_eq!(
+            err(br#"{"text": 3}"#),
+            "field `text`: expected Text, got `3`"
+        );
+        assert_eq!(err(b"  \n"), "empty line; expected a JSON object");
+        assert!(err(b"\xff\xfe").contains("not UTF-8"));
+    }
+}

@@ -1,0 +1,242 @@
+//! The output side of a run: one JSON line per request, `{"id": N, "ok": {…}, "latency_ms": x}`
+//! or `{"id": N, "error": {"node": "…", "message": "…"}}`, in completion order or (ordered) in
+//! input order. Output keys follow the pipeline's output declaration order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use timely::scheduling::SyncActivator;
+
+use crate::codec::{self, EdgeContext};
+use crate::dataflow::sink::Outcome;
+use crate::dataflow::Failure;
+use crate::value::Value;
+
+/// Progress of a run, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub done: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+/// A progress callback.
+pub type ProgressFn = dyn Fn(&Progress) + Send + Sync;
+
+/// What the writer saw.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub records: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub errors_by_node: BTreeMap<String, u64>,
+    pub latencies_ms: Vec<f64>,
+    pub stopped_at: Option<u64>,
+    pub ids: HashMap<u64, ()>,
+}
+
+pub struct WriterLink<'a> {
+    pub output_names: Vec<String>,
+    pub cx: &'a EdgeContext,
+    pub ordered: bool,
+    pub fail_fast: bool,
+    pub stop: &'a AtomicBool,
+    pub source: &'a SyncActivator,
+    pub progress: Option<&'a ProgressFn>,
+    pub start: Instant,
+    /// Keep every id seen, to check exactly-once (tests).
+    pub check_ids: bool,
+}
+
+fn error_line(buf: &mut Vec<u8>, id: u64, f: &Failure) {
+    let _ = write!(buf, "{{\"id\":{id},\"error\":{{\"node\":");
+    let _ = serde_json::to_writer(&mut *buf, &f.node);
+    buf.extend_from_slice(b",\"message\":");
+    let _ = serde_json::to_writer(&mut *buf, &f.message);
+    buf.extend_from_slice(b"}}\n");
+}
+
+/// Format one outcome as a line; the failure (if any) it stands for.
+fn format_outcome(
+    buf: &mut Vec<u8>,
+    o: Outcome,
+    names: &[String],
+    cx: &EdgeContext,
+) -> Option<Failure> {
+    buf.clear();
+    match o.result {
+        Err(f) => {
+            error_line(buf, o.id, &f);
+            Some(f)
+        }
+        Ok(values) => {
+            let _ = write!(buf, "{{\"id\":{},\"ok\":{{", o.id);
+            for (i, (name, v)) in names.iter().zip(&values).enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                let _ = serde_json::to_writer(&mut *buf, name);
+                buf.push(b':');
+                if let Err(e) = write_value(buf, v, cx) {
+                    let f = Failure::new("output", format!("output `{name}`: {e}"));
+                    buf.clear();
+                    error_line(buf, o.id, &f);
+                    return Some(f);
+                }
+            }
+            let ms = o.latency.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+            let _ = writeln!(buf, "}},\"latency_ms\":{:.3}}}", ms);
+            None
+        }
+    }
+}
+
+/// Write one value's JSON; scalars directly, the rest through the codec.
+fn write_value(buf: &mut Vec<u8>, v: &Value, cx: &EdgeContext) -> Result<(), String> {
+    match v {
+        Value::Int(i) => {
+            let _ = write!(buf, "{i}");
+        }
+        Value::Text(s) => {
+            let _ = serde_json::to_writer(&mut *buf, s);
+        }
+        Value::Bool(b) => buf.extend_from_slice(if *b { b"true" } else { b"false" }),
+        other => {
+            let j = codec::encode(other, cx)?;
+            let _ = serde_json::to_writer(&mut *buf, &j);
+        }
+    }
+    Ok(())
+}
+
+/// Write outcomes until every sender is gone.
+pub fn write_outcomes(
+    rx: Receiver<Outcome>,
+    out: &mut dyn Write,
+    link: WriterLink<'_>,
+) -> std::io::Result<Written> {
+    let mut w = Written::default();
+    let mut buf = Vec::with_capacity(256);
+    let mut held: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut next = 1u64;
+    let mut last_progress = Instant::now();
+    let mut stopping = false;
+    loop {
+        let o = match rx.try_recv() {
+            Ok(o) => o,
+            Err(TryRecvError::Empty) => {
+                out.flush()?;
+                match rx.recv() {
+                    Ok(o) => o,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        let id = o.id;
+        let latency = o.latency;
+        if link.check_ids && w.ids.insert(id, ()).is_some() {
+            return Err(std::io::Error::other(format!(
+                "request {id} finished twice"
+            )));
+        }
+        w.records += 1;
+        match format_outcome(&mut buf, o, &link.output_names, link.cx) {
+            Some(f) => {
+                w.errors += 1;
+                *w.errors_by_node.entry(f.node).or_default() += 1;
+                if link.fail_fast && !stopping {
+                    stopping = true;
+                    w.stopped_at = Some(id);
+                    link.stop.store(true, Ordering::SeqCst);
+                    let _ = link.source.activate();
+                }
+            }
+            None => {
+                w.ok += 1;
+                if let Some(d) = latency {
+                    w.latencies_ms.push(d.as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        if link.ordered {
+            held.insert(id, std::mem::take(&mut buf));
+            while let Some(line) = held.remove(&next) {
+                out.write_all(&line)?;
+                next += 1;
+            }
+        } else {
+            out.write_all(&buf)?;
+        }
+        if let Some(p) = link.progress {
+            if last_progress.elapsed() >= Duration::from_millis(100) {
+                last_progress = Instant::now();
+                p(&Progress {
+                    done: w.records,
+                    errors: w.errors,
+                    elapsed: link.start.elapsed(),
+                });
+            }
+        }
+    }
+    // After a stop, ids may have gaps: write what is held in input order.
+    for line in held.into_values() {
+        out.write_all(&line)?;
+    }
+    out.flush()?;
+    if let Some(p) = link.progress {
+        p(&Progress {
+            done: w.records,
+            errors: w.errors,
+            elapsed: link.start.elapsed(),
+        });
+    }
+    Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_have_the_documented_shape() {
+        let cx = EdgeContext::plain();
+        let names = vec!["b".to_string(), "a".to_string()];
+        let mut buf = Vec::new();
+        let ok = Outcome {
+            id: 3,
+            result: Ok(vec![
+                Value::Text("x\"y".into()),
+                Value::List(vec![Value::Int(1)]),
+            ]),
+            latency: Some(Duration::from_micros(1500)),
+        };
+        assert_eq!(format_outcome(&mut buf, ok, &names, &cx), None);
+        assert_eq!(
+            String::from_utf8_lossy(&buf),
+            "{\"id\":3,\"ok\":{\"b\":\"x\\\"y\",\"a\":[1]},\"latency_ms\":1.500}\n"
+        );
+        let err = Outcome {
+            id: 4,
+            result: Err(Failure::new("n1", "bad")),
+            latency: None,
+        };
+        assert!(format_outcome(&mut buf, err, &names, &cx).is_some());
+        assert_eq!(
+            String::from_utf8_lossy(&buf),
+            "{\"id\":4,\"error\":{\"node\":\"n1\",\"message\":\"bad\"}}\n"
+        );
+        let nan = Outcome {
+            id: 5,
+            result: Ok(vec![Value::Float(f64::NAN), Value::Int(1)]),
+            latency: None,
+        };
+        let f = format_outcome(&mut buf, nan, &names, &cx).expect("fails");
+        assert_eq!(f.node, "output");
+        let line: serde_json::Value = serde_json::from_slice(&buf).expect("valid JSON");
+        assert_eq!(line["id"], 5);
+    }
+}

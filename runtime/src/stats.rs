@@ -1,0 +1,285 @@
+//! What a run measured: per-node counters kept by the replica threads, and the run's summary
+//! (`--stats-json` writes [`RunStats`] as JSON; the text summary is [`RunStats::summary`]).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// One batch as a replica ran it, for the trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Span {
+    pub replica: u32,
+    /// Start, relative to the run's start.
+    pub start: Duration,
+    pub duration: Duration,
+    pub items: u32,
+    pub errors: u32,
+}
+
+/// Counters of one node, shared by its replica threads.
+#[derive(Debug)]
+pub struct NodeMeter {
+    pub id: String,
+    pub replicas: u32,
+    epoch: Instant,
+    keep_spans: bool,
+    inner: Mutex<NodeCounts>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct NodeCounts {
+    batches: u64,
+    items: u64,
+    errors: u64,
+    busy: Duration,
+    spans: Vec<Span>,
+}
+
+impl NodeMeter {
+    pub fn new(id: &str, replicas: u32, epoch: Instant, keep_spans: bool) -> NodeMeter {
+        NodeMeter {
+            id: id.to_string(),
+            replicas,
+            epoch,
+            keep_spans,
+            inner: Mutex::new(NodeCounts::default()),
+        }
+    }
+
+    /// Record one finished batch.
+    pub fn batch(&self, replica: u32, start: Instant, end: Instant, items: usize, errors: usize) {
+        let mut c = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.batches += 1;
+        c.items += items as u64;
+        c.errors += errors as u64;
+        let duration = end.saturating_duration_since(start);
+        c.busy += duration;
+        if self.keep_spans {
+            c.spans.push(Span {
+                replica,
+                start: start.saturating_duration_since(self.epoch),
+                duration,
+                items: items as u32,
+                errors: errors as u32,
+            });
+        }
+    }
+
+    /// The spans recorded so far (empty unless spans are kept).
+    pub fn spans(&self) -> Vec<Span> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .spans
+            .clone()
+    }
+
+    /// The node's line of the summary over a run of `wall` time.
+    pub fn stats(&self, wall: Duration) -> NodeStats {
+        let c = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let capacity = wall.as_secs_f64() * f64::from(self.replicas.max(1));
+        NodeStats {
+            replicas: self.replicas,
+            batches: c.batches,
+            items: c.items,
+            item_errors: c.errors,
+            mean_batch: if c.batches == 0 {
+                0.0
+            } else {
+                round3(c.items as f64 / c.batches as f64)
+            },
+            busy_s: round3(c.busy.as_secs_f64()),
+            utilization: if capacity > 0.0 {
+                round3((c.busy.as_secs_f64() / capacity).min(1.0))
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// One node's summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeStats {
+    pub replicas: u32,
+    pub batches: u64,
+    /// Items run (a map node counts elements).
+    pub items: u64,
+    /// Items the node failed.
+    pub item_errors: u64,
+    pub mean_batch: f64,
+    /// Time the replicas spent running batches, summed over replicas.
+    pub busy_s: f64,
+    /// `busy_s / (replicas × wall_s)`.
+    pub utilization: f64,
+}
+
+/// Request latency from admission to the last output, over successful requests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencyStats {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+/// The summary of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunStats {
+    pub pipeline: String,
+    /// Input lines read (each yields exactly one output line).
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub wall_s: f64,
+    /// Requests written per second of wall time.
+    pub throughput: f64,
+    /// The plan's predicted throughput, for comparison.
+    pub predicted_throughput: f64,
+    pub latency: LatencyStats,
+    /// Error records by the node that failed them (`input` for malformed lines, `output` for
+    /// results with no JSON encoding).
+    pub errors_by_node: BTreeMap<String, u64>,
+    pub nodes: BTreeMap<String, NodeStats>,
+    /// Set when `--fail-fast` stopped the run: the first error's request id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<u64>,
+    /// Peak resident memory of the process (VmHWM), in MiB, where the OS reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
+}
+
+pub(crate) fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Nearest-rank percentile of sorted latencies in ms.
+pub(crate) fn latency_stats(mut ms: Vec<f64>) -> LatencyStats {
+    if ms.is_empty() {
+        return LatencyStats {
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            max_ms: 0.0,
+            mean_ms: 0.0,
+        };
+    }
+    ms.sort_by(f64::total_cmp);
+    let rank = |q: f64| {
+        let i = ((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1;
+        round3(ms[i])
+    };
+    LatencyStats {
+        p50_ms: rank(0.50),
+        p99_ms: rank(0.99),
+        max_ms: round3(ms[ms.len() - 1]),
+        mean_ms: round3(ms.iter().sum::<f64>() / ms.len() as f64),
+    }
+}
+
+/// The process's peak resident set size in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(round3(kb / 1024.0))
+}
+
+impl RunStats {
+    /// The human-readable summary `marsc run` prints.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{}: {} requests in {:.2}s: {} ok, {} errors; {:.1} req/s (plan predicted {:.1})",
+            self.pipeline,
+            self.requests,
+            self.wall_s,
+            self.ok,
+            self.errors,
+            self.throughput,
+            self.predicted_throughput
+        );
+        let _ = writeln!(
+            s,
+            "latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.latency.p50_ms, self.latency.p99_ms, self.latency.max_ms
+        );
+        if !self.errors_by_node.is_empty() {
+            let parts: Vec<String> = self
+                .errors_by_node
+                .iter()
+                .map(|(n, c)| format!("{n}: {c}"))
+                .collect();
+            let _ = writeln!(s, "errors by node: {}", parts.join(", "));
+        }
+        let width = self.nodes.keys().map(String::len).max().unwrap_or(4).max(4);
+        let _ = writeln!(
+            s,
+            "{:<width$}  replicas  batches  mean batch  utilization",
+            "node"
+        );
+        for (id, n) in &self.nodes {
+            let _ = writeln!(
+                s,
+                "{:<width$}  {:>8}  {:>7}  {:>10.2}  {:>10.1}%",
+                id,
+                n.replicas,
+                n.batches,
+                n.mean_batch,
+                n.utilization * 100.0
+            );
+        }
+        if let Some(id) = self.stopped_at {
+            let _ = writeln!(
+                s,
+                "stopped at the first error (request {id}) because of --fail-fast"
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let l = latency_stats((1..=100).map(f64::from).collect());
+        assert_eq!(
+            (l.p50_ms, l.p99_ms, l.max_ms, l.mean_ms),
+            (50.0, 99.0, 100.0, 50.5)
+        );
+        assert_eq!(latency_stats(vec![]).max_ms, 0.0);
+    }
+
+    #[test]
+    fn meter_counts_batches_and_utilization() {
+        let t0 = Instant::now();
+        let m = NodeMeter::new("a", 2, t0, true);
+        m.batch(0, t0, t0 + Duration::from_millis(500), 4, 1);
+        m.batch(1, t0, t0 + Duration::from_millis(500), 2, 0);
+        let s = m.stats(Duration::from_secs(1));
+        assert_eq!(
+            (
+                s.batches,
+                s.items,
+                s.item_errors,
+                s.mean_batch,
+                s.utilization
+            ),
+            (2, 6, 1, 3.0, 0.5)
+        );
+        assert_eq!(m.spans().len(), 2);
+    }
+}
