@@ -59,6 +59,8 @@ pub struct ExecNode {
     timeout: Duration,
     in_types: Vec<DataType>,
     out_types: Vec<DataType>,
+    /// How values cross the pipe; `$file` results resolve against the program's folder.
+    edge: crate::codec::EdgeContext,
     /// The id the next item gets; unique over the replica's lifetime, across restarts.
     next_id: u64,
     /// `None` after a crash, a kill or a desync; started again on the next batch.
@@ -89,6 +91,10 @@ impl ExecNode {
             timeout: Duration::from_millis(ctx.node.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
             in_types: parse(&ctx.node.in_types, "input")?,
             out_types: parse(&ctx.node.out_types, "output")?,
+            edge: crate::codec::EdgeContext {
+                base_dir: Some(ctx.base_dir.clone()),
+                images: None,
+            },
             next_id: 1,
             process: None,
             starts: 0,
@@ -192,7 +198,7 @@ impl Node for ExecNode {
                 ))));
                 continue;
             }
-            match codec::encode_args(item) {
+            match codec::encode_args(item, &self.edge) {
                 Ok(args) => {
                     let id = self.next_id;
                     self.next_id += 1;
@@ -242,13 +248,15 @@ impl Node for ExecNode {
                             }
                             results[index] = Some(match answer {
                                 Answer::Error(message) => Err(NodeError::new(message)),
-                                Answer::Ok(json) => codec::decode_outputs(&json, &self.out_types)
-                                    .map_err(|e| {
-                                        NodeError::new(format!(
-                                            "exec node `{}`: bad result: {e}",
-                                            self.node_id
-                                        ))
-                                    }),
+                                Answer::Ok(json) => {
+                                    codec::decode_outputs(&json, &self.out_types, &self.edge)
+                                        .map_err(|e| {
+                                            NodeError::new(format!(
+                                                "exec node `{}`: bad result: {e}",
+                                                self.node_id
+                                            ))
+                                        })
+                                }
                             });
                         }
                     }
@@ -526,70 +534,35 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// The JSON encoding of values exchanged with exec programs (language.md §6).
-pub(crate) mod codec {
+/// The JSON encoding of values exchanged with exec programs: that of the run's edges
+/// (language.md §6, [`crate::codec`]), with `$file` paths relative to the program's folder.
+mod codec {
     use super::*;
-    use mars_plan::Dim;
+    use crate::codec::{decode, encode, EdgeContext};
 
-    pub fn encode_args(item: &[Value]) -> Result<serde_json::Value, String> {
+    pub fn encode_args(item: &[Value], cx: &EdgeContext) -> Result<serde_json::Value, String> {
         item.iter()
-            .map(encode)
+            .map(|v| encode(v, cx))
             .collect::<Result<Vec<_>, _>>()
             .map(serde_json::Value::Array)
-    }
-
-    pub fn encode(v: &Value) -> Result<serde_json::Value, String> {
-        use serde_json::json;
-        Ok(match v {
-            Value::Bytes(b) => json!({ "$base64": base64_encode(b) }),
-            Value::Text(s) => json!(s),
-            Value::Int(i) => json!(i),
-            Value::Float(f) => {
-                if !f.is_finite() {
-                    return Err(format!("the float {f} has no JSON encoding"));
-                }
-                json!(f)
-            }
-            Value::Bool(b) => json!(b),
-            Value::Json(j) => j.clone(),
-            Value::Image(_) => {
-                return Err("Image values cannot be passed to exec programs yet; encode the image to Bytes first".into())
-            }
-            Value::Box(b) => json!({"x": b.x, "y": b.y, "w": b.w, "h": b.h}),
-            Value::List(items) => serde_json::Value::Array(items.iter().map(encode).collect::<Result<_, _>>()?),
-            Value::Tensor(t) => nest(&t.shape, &t.data),
-        })
-    }
-
-    fn nest(shape: &[usize], data: &[f32]) -> serde_json::Value {
-        match shape.split_first() {
-            None => data
-                .first()
-                .map_or(serde_json::Value::Null, |&x| serde_json::json!(x)),
-            Some((&n, rest)) => {
-                let step = rest.iter().product::<usize>();
-                serde_json::Value::Array(
-                    (0..n)
-                        .map(|i| nest(rest, &data[i * step..(i + 1) * step]))
-                        .collect(),
-                )
-            }
-        }
     }
 
     /// `ok` of a result: the value itself for one output port, an array of them for several.
     pub fn decode_outputs(
         json: &serde_json::Value,
         types: &[DataType],
+        cx: &EdgeContext,
     ) -> Result<Vec<Value>, String> {
         match types {
-            [one] => Ok(vec![decode(json, one).map_err(|e| format!("output: {e}"))?]),
+            [one] => Ok(vec![
+                decode(json, one, cx).map_err(|e| format!("output: {e}"))?
+            ]),
             many => {
                 let arr = json.as_array().ok_or_else(|| {
                     format!(
                         "expected an array of {} outputs, got `{}`",
                         many.len(),
-                        short(json)
+                        truncate(&json.to_string(), 60)
                     )
                 })?;
                 if arr.len() != many.len() {
@@ -602,152 +575,10 @@ pub(crate) mod codec {
                 arr.iter()
                     .zip(many)
                     .enumerate()
-                    .map(|(i, (j, t))| decode(j, t).map_err(|e| format!("output {i}: {e}")))
+                    .map(|(i, (j, t))| decode(j, t, cx).map_err(|e| format!("output {i}: {e}")))
                     .collect()
             }
         }
-    }
-
-    fn short(json: &serde_json::Value) -> String {
-        truncate(&json.to_string(), 60)
-    }
-
-    pub fn decode(json: &serde_json::Value, ty: &DataType) -> Result<Value, String> {
-        let mismatch = || format!("expected {ty}, got `{}`", short(json));
-        Ok(match ty {
-            DataType::Text => Value::Text(json.as_str().ok_or_else(mismatch)?.to_string()),
-            DataType::Int => Value::Int(json.as_i64().ok_or_else(mismatch)?),
-            DataType::Float => Value::Float(json.as_f64().ok_or_else(mismatch)?),
-            DataType::Bool => Value::Bool(json.as_bool().ok_or_else(mismatch)?),
-            DataType::Json | DataType::Var(_) => Value::Json(json.clone()),
-            DataType::Bytes => {
-                let b64 = json
-                    .get("$base64")
-                    .and_then(serde_json::Value::as_str)
-                    .ok_or_else(mismatch)?;
-                Value::Bytes(Arc::new(
-                    base64_decode(b64).ok_or_else(|| "invalid `$base64` text".to_string())?,
-                ))
-            }
-            DataType::Box => {
-                let f = |k: &str| {
-                    json.get(k)
-                        .and_then(serde_json::Value::as_f64)
-                        .ok_or_else(mismatch)
-                };
-                Value::Box(crate::value::BoxData {
-                    x: f("x")?,
-                    y: f("y")?,
-                    w: f("w")?,
-                    h: f("h")?,
-                })
-            }
-            DataType::List(elem) => Value::List(
-                json.as_array()
-                    .ok_or_else(mismatch)?
-                    .iter()
-                    .map(|j| decode(j, elem))
-                    .collect::<Result<_, _>>()?,
-            ),
-            DataType::Tensor(dtype, dims) => {
-                let mut shape = Vec::new();
-                let mut data = Vec::new();
-                flatten(json, 0, &mut shape, &mut data)?;
-                if shape.len() != dims.len() {
-                    return Err(format!(
-                        "expected a tensor of rank {}, got rank {}",
-                        dims.len(),
-                        shape.len()
-                    ));
-                }
-                for (i, (d, &n)) in dims.iter().zip(&shape).enumerate() {
-                    if let Dim::Fixed(want) = d {
-                        if *want != n as u64 {
-                            return Err(format!("tensor dimension {i} is {n}, expected {want}"));
-                        }
-                    }
-                }
-                Value::Tensor(Arc::new(crate::value::TensorData {
-                    dtype: dtype.name().to_string(),
-                    shape,
-                    data,
-                }))
-            }
-            DataType::Image => {
-                return Err(
-                    "Image results from exec programs are not supported yet; return Bytes".into(),
-                )
-            }
-        })
-    }
-
-    /// Walk a nested array; the first path down fixes the shape, every other must match it.
-    fn flatten(
-        json: &serde_json::Value,
-        depth: usize,
-        shape: &mut Vec<usize>,
-        data: &mut Vec<f32>,
-    ) -> Result<(), String> {
-        match json {
-            serde_json::Value::Array(items) => {
-                if depth < shape.len() {
-                    if shape[depth] != items.len() {
-                        return Err("ragged tensor".into());
-                    }
-                } else if data.is_empty() {
-                    shape.push(items.len());
-                } else {
-                    return Err("ragged tensor".into());
-                }
-                items
-                    .iter()
-                    .try_for_each(|j| flatten(j, depth + 1, shape, data))
-            }
-            serde_json::Value::Number(n) if depth == shape.len() => {
-                data.push(n.as_f64().ok_or("bad number")? as f32);
-                Ok(())
-            }
-            serde_json::Value::Number(_) => Err("ragged tensor".into()),
-            other => Err(format!("tensor element `{}` is not a number", short(other))),
-        }
-    }
-
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn base64_encode(bytes: &[u8]) -> String {
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-
-    pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-        let text = text.trim_end_matches('=');
-        let mut out = Vec::with_capacity(text.len() * 3 / 4);
-        let mut acc = 0u32;
-        let mut bits = 0;
-        for c in text.bytes() {
-            let v = B64.iter().position(|&x| x == c)? as u32;
-            acc = (acc << 6) | v;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-                acc &= (1 << bits) - 1;
-            }
-        }
-        Some(out)
     }
 }
 
@@ -891,47 +722,16 @@ mod tests {
     }
 
     #[test]
-    fn codec_round_trips() {
-        use codec::{base64_decode, base64_encode, decode, encode};
-        for s in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
-            assert_eq!(
-                base64_decode(&base64_encode(s.as_bytes())).as_deref(),
-                Some(s.as_bytes())
-            );
-        }
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        let cases: Vec<(Value, &str)> = vec![
-            (Value::Bytes(Arc::new(vec![0, 255, 7])), "Bytes"),
-            (
-                Value::List(vec![Value::Int(1), Value::Int(-2)]),
-                "List<Int>",
-            ),
-            (
-                Value::Box(crate::value::BoxData {
-                    x: 1.0,
-                    y: 2.0,
-                    w: 3.0,
-                    h: 4.5,
-                }),
-                "Box",
-            ),
-            (
-                Value::Tensor(Arc::new(crate::value::TensorData {
-                    dtype: "f32".into(),
-                    shape: vec![2, 3],
-                    data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-                })),
-                "Tensor<f32, [2, N]>",
-            ),
-        ];
-        for (v, ty) in cases {
-            let t: DataType = ty.parse().expect("type");
-            assert_eq!(decode(&encode(&v).expect("encodes"), &t), Ok(v));
-        }
-        let t: DataType = "Tensor<f32, [2, 2]>".parse().expect("type");
-        assert!(decode(&serde_json::json!([[1, 2], [3]]), &t).is_err());
-        assert!(decode(&serde_json::json!([[1, 2], [3, 4], [5, 6]]), &t).is_err());
-        assert!(decode(&serde_json::json!("x"), &DataType::Int).is_err());
+    fn file_results_resolve_in_the_programs_folder() {
+        let dir = std::env::temp_dir().join(format!("mars-exec-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp folder");
+        std::fs::write(dir.join("out.bin"), [1u8, 2, 3]).expect("write");
+        let cmd = canned(r#"{"results": [{"id": 1, "ok": {"$file": "out.bin"}}]}"#);
+        let mut c = ctx(&cmd, &["Text"], &["Bytes"], None);
+        c.base_dir = dir.clone();
+        let mut node = ExecNode::new(&c, &cmd).expect("starts");
+        let out = node.run_batch(texts(1));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(out, vec![Ok(vec![Value::Bytes(Arc::new(vec![1, 2, 3]))])]);
     }
 }

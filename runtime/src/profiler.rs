@@ -42,6 +42,8 @@ pub struct ProfileOptions {
     pub base_dir: PathBuf,
     /// Sample requests (JSON objects keyed by input name); `None` synthesizes them.
     pub samples: Option<Vec<serde_json::Value>>,
+    /// The folder `{"$file": …}` paths in the samples resolve against (the samples file's).
+    pub samples_dir: Option<PathBuf>,
 }
 
 impl Default for ProfileOptions {
@@ -54,6 +56,7 @@ impl Default for ProfileOptions {
             gpu: None,
             base_dir: PathBuf::from("."),
             samples: None,
+            samples_dir: None,
         }
     }
 }
@@ -425,7 +428,7 @@ fn propagate(
 ) -> Result<Flows, ProfileError> {
     let (requests, source) = match &options.samples {
         Some(samples) => (
-            decode_samples(plan, samples)?,
+            decode_samples(plan, samples, options.samples_dir.clone())?,
             "items from the sample requests",
         ),
         None => (
@@ -455,7 +458,9 @@ fn propagate(
                     } else {
                         in_types.get(i).cloned()
                     };
-                    ty.and_then(|t| crate::exec::codec::decode(lit, &t).ok())
+                    ty.and_then(|t| {
+                        crate::codec::decode(lit, &t, &crate::codec::EdgeContext::plain()).ok()
+                    })
                 } else {
                     None
                 };
@@ -592,7 +597,12 @@ fn parse_types(node: &PlanNode, types: &[String]) -> Result<Vec<DataType>, Profi
 fn decode_samples(
     plan: &Plan,
     samples: &[serde_json::Value],
+    samples_dir: Option<PathBuf>,
 ) -> Result<Vec<BTreeMap<String, Value>>, ProfileError> {
+    let edge = crate::codec::EdgeContext {
+        base_dir: samples_dir,
+        images: None,
+    };
     let mut requests = Vec::with_capacity(samples.len());
     for (i, sample) in samples.iter().enumerate() {
         let line = i + 1;
@@ -612,7 +622,7 @@ fn decode_samples(
                     line,
                     message: format!("missing input `{}`", input.name),
                 })?;
-            let v = crate::exec::codec::decode(json, &ty).map_err(|e| ProfileError::Sample {
+            let v = crate::codec::decode(json, &ty, &edge).map_err(|e| ProfileError::Sample {
                 line,
                 message: format!("input `{}`: {e}", input.name),
             })?;
@@ -632,9 +642,8 @@ fn synthetic_requests(plan: &Plan) -> Result<Vec<BTreeMap<String, Value>>, Profi
                 ProfileError::Plan(format!("input `{}`: bad type: {e}", input.name))
             })?;
             let v = match &input.default {
-                Some(d) => {
-                    crate::exec::codec::decode(d, &ty).unwrap_or_else(|_| synthesize(&ty, i))
-                }
+                Some(d) => crate::codec::decode(d, &ty, &crate::codec::EdgeContext::plain())
+                    .unwrap_or_else(|_| synthesize(&ty, i)),
                 None => synthesize(&ty, i),
             };
             request.insert(input.name.clone(), v);
@@ -858,9 +867,13 @@ mod tests {
         ] {
             let t: DataType = ty.parse().expect("type");
             let v = synthesize(&t, i);
-            let json = crate::exec::codec::encode(&v);
+            let json = crate::codec::encode(&v, &crate::codec::EdgeContext::plain());
             if let Ok(json) = json {
-                assert_eq!(crate::exec::codec::decode(&json, &t), Ok(v.clone()), "{ty}");
+                assert_eq!(
+                    crate::codec::decode(&json, &t, &crate::codec::EdgeContext::plain()),
+                    Ok(v.clone()),
+                    "{ty}"
+                );
             }
         }
         let Value::Tensor(t) = synthesize(&"Tensor<f32, [1, H, 3]>".parse().expect("type"), 0)
