@@ -41,10 +41,15 @@ pub fn diff_plans(a: &Plan, b: &Plan) -> Vec<String> {
         opt(&a.inputs_of_plan.target_hash),
         opt(&b.inputs_of_plan.target_hash),
     );
+    let (ta, tb) = (a.predicted.throughput, b.predicted.throughput);
     field(
         "throughput",
-        rate(a.predicted.throughput),
-        rate_change(a.predicted.throughput, b.predicted.throughput),
+        rate(ta),
+        if ta == tb {
+            rate(ta)
+        } else {
+            rate_change(ta, tb)
+        },
     );
     field(
         "latency_p50_ms",

@@ -78,3 +78,40 @@ pub enum PlanError {
         span: Option<SourceSpan>,
     },
 }
+
+impl PlanError {
+    /// The stable code (`mars::plan::…`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            PlanError::DeviceUnavailable { .. } => "mars::plan::device_unavailable",
+            PlanError::MissingProfile { .. } => "mars::plan::missing_profile",
+            PlanError::NoOption { .. } => "mars::plan::no_option",
+            PlanError::DoesNotFit { .. } => "mars::plan::does_not_fit",
+            PlanError::SloUnmet { .. } => "mars::plan::slo_unmet",
+        }
+    }
+
+    /// As a front-end [`Problem`](crate::diagnostics::Problem), so that it renders like every
+    /// other diagnostic, pointing into the source.
+    pub fn to_problem(&self) -> crate::diagnostics::Problem {
+        let mut p = crate::diagnostics::Problem::error(self.code(), self.to_string());
+        let label = match self {
+            PlanError::DeviceUnavailable { span, .. } => {
+                span.map(|s| (s, "this needs a GPU".to_string()))
+            }
+            PlanError::MissingProfile {
+                span, node, kind, ..
+            } => span.map(|s| (s, format!("node `{node}` is of kind `{kind}`"))),
+            PlanError::NoOption { span, .. } => span.map(|s| (s, "here".to_string())),
+            PlanError::DoesNotFit { span, .. } => span.map(|s| (s, "this pipeline".to_string())),
+            PlanError::SloUnmet { span, .. } => span.map(|s| (s, "not met".to_string())),
+        };
+        if let Some((span, text)) = label {
+            p = p.label(span, text);
+        }
+        if let Some(help) = miette::Diagnostic::help(self) {
+            p = p.help(help.to_string());
+        }
+        p
+    }
+}
