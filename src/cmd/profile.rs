@@ -1,8 +1,8 @@
 //! `marsc profile FILE --target T -o F.profile.yaml`: measure every node kind of a pipeline on
 //! every device the target offers and the node supports, and write the profile the planner reads.
 //!
-//! FILE is a `.mars` source (compiled here to a plan without a profile) or a `*.plan.yaml`
-//! (profiled as it is). The measuring itself is `mars_runtime::profiler`; this file only reads
+//! FILE is a `.mars` source (checked and planned here without a profile, to learn its nodes) or
+//! a `*.plan.yaml` (profiled as it is). The measuring itself is `mars_runtime::profiler`; this file only reads
 //! the files, draws the progress bar and writes the result.
 
 use std::io::BufRead;
@@ -54,7 +54,10 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     let target_text = read(&args.target)?;
     let target = Target::from_yaml(&target_text, &args.target.display().to_string())
         .map_err(|e| miette!(code = "mars::profile::target", "{e}"))?;
-    let (plan, base_dir) = load_plan(&args.file, args.pipeline.as_deref())?;
+    let (plan, base_dir) = match load_plan(&args.file, args.pipeline.as_deref(), &target)? {
+        Loaded::Plan(plan, base_dir) => (plan, base_dir),
+        Loaded::Failed(code) => return Ok(code),
+    };
 
     let (samples, sample_lines) = match &args.input {
         Some(path) => {
@@ -86,6 +89,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         gpu: gpu.filter(|_| cfg!(feature = "cuda")),
         base_dir,
         samples,
+        samples_dir: args.input.as_deref().map(folder_of),
     };
 
     let registry = mars_stdlib::registry();
@@ -141,10 +145,23 @@ fn read(path: &Path) -> miette::Result<String> {
         .wrap_err_with(|| format!("cannot read {}", path.display()))
 }
 
-/// The plan to profile and the folder its exec commands and relative paths resolve against.
-fn load_plan(file: &Path, pipeline: Option<&str>) -> miette::Result<(Plan, PathBuf)> {
+/// What to profile: a plan, and the folder its exec commands and relative paths resolve
+/// against; or diagnostics that stop the command (already rendered).
+enum Loaded {
+    Plan(Plan, PathBuf),
+    Failed(ExitCode),
+}
+
+/// The folder holding `path` (`.` for a bare file name).
+fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn load_plan(file: &Path, pipeline: Option<&str>, target: &Target) -> miette::Result<Loaded> {
     let name = file.display().to_string();
-    let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
     if name.ends_with(".yaml") || name.ends_with(".yml") {
         let plan = Plan::from_yaml(&read(file)?, &name)
             .map_err(|e| miette!(code = "mars::profile::plan", "{e}"))?;
@@ -158,15 +175,95 @@ fn load_plan(file: &Path, pipeline: Option<&str>) -> miette::Result<(Plan, PathB
             }
         }
         // The plan names its source relative to the plan's folder; exec nodes run beside it.
-        let source = folder.join(&plan.inputs_of_plan.source);
-        let base = source.parent().map(Path::to_path_buf).unwrap_or(folder);
-        return Ok((plan, base));
+        let source = folder_of(file).join(&plan.inputs_of_plan.source);
+        return Ok(Loaded::Plan(plan, folder_of(&source)));
     }
-    Err(miette!(
-        code = "mars::profile::source",
-        help = "compile it first (`marsc compile {name} --target T -o app.plan.yaml`) and profile the plan file",
-        "profiling a .mars source directly needs the front end and planner, which this build does not have yet"
-    ))
+    compile_source(file, pipeline, target)
+}
+
+/// Check a `.mars` file and plan the chosen pipeline without a profile (SLOs are not enforced:
+/// the plan only says which nodes exist and how they are wired).
+fn compile_source(file: &Path, pipeline: Option<&str>, target: &Target) -> miette::Result<Loaded> {
+    use mars_compiler::plan::{plan_pipeline, PlanOptions};
+    use mars_compiler::SourceFile;
+
+    let name = file.display().to_string();
+    let bytes = std::fs::read(file)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read {name}"))?;
+    let source = match SourceFile::from_bytes(&name, &bytes) {
+        Ok(f) => f,
+        Err(problems) => {
+            eprint!("{}", problems.render());
+            return Ok(Loaded::Failed(ExitCode::FAILURE));
+        }
+    };
+    let stdlib: Vec<SourceFile> = mars_stdlib::declarations::DECLARATIONS
+        .iter()
+        .map(|(path, text)| SourceFile {
+            path: (*path).to_string(),
+            text: (*text).to_string(),
+        })
+        .collect();
+    let checked = mars_compiler::check_program(&source, &stdlib);
+    if !checked.problems.is_empty() {
+        eprint!("{}", checked.problems.render());
+    }
+    let Some(program) = checked.program else {
+        return Ok(Loaded::Failed(ExitCode::FAILURE));
+    };
+    let names = || {
+        program
+            .pipelines
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let chosen = match pipeline {
+        Some(p) => program.pipeline(p).ok_or_else(|| {
+            miette!(
+                code = "mars::profile::pipeline",
+                "{name} has no pipeline `{p}`; it has: {}",
+                names()
+            )
+        })?,
+        None => match program.pipelines.as_slice() {
+            [only] => only,
+            [] => {
+                return Err(miette!(
+                    code = "mars::profile::pipeline",
+                    "{name} declares no pipeline"
+                ))
+            }
+            _ => {
+                return Err(miette!(
+                    code = "mars::profile::pipeline",
+                    "{name} declares several pipelines ({}); choose one with --pipeline",
+                    names()
+                ))
+            }
+        },
+    };
+    let mut options = PlanOptions {
+        allow_slo_miss: true,
+        ..PlanOptions::default()
+    };
+    options.origin.source = file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match plan_pipeline(chosen, None, target, &options) {
+        Ok(plan) => Ok(Loaded::Plan(plan, folder_of(file))),
+        Err(errors) => {
+            for e in errors {
+                let report = miette::Report::new(e)
+                    .with_source_code(miette::NamedSource::new(&name, source.text.clone()));
+                eprintln!("{report:?}");
+            }
+            Ok(Loaded::Failed(ExitCode::FAILURE))
+        }
+    }
 }
 
 /// Read up to `max` sample requests and the file line of each; errors name the file and line.
