@@ -243,3 +243,191 @@ fn a_bad_target_names_its_file() {
     assert!(stderr.contains("target.yaml"), "{stderr}");
     assert!(stderr.contains("workers"), "{stderr}");
 }
+
+/// A source using std.bench nodes and an exec program, two `delay` calls with different
+/// parameters among them.
+fn source() -> String {
+    let stats = exec_dir().join("stats.py");
+    format!(
+        r#"use std.bench.{{delay, spin}}
+
+fn stats(text: Text) -> (n: Int, words: List<Text>) = exec "python3 {}"
+
+pipeline app(text: Text) -> (out: List<Text>, loud: Text, n: Int) {{
+  let (count, words) = stats(text)
+  out  = map(delay, words, item_ms = 2.0)
+  loud = spin(delay(text, item_ms = 5.0), item_ms = 1.0)
+  n = count
+}}
+
+pipeline other(text: Text) -> (out: Text) {{
+  out = delay(text, item_ms = 1.0)
+}}
+"#,
+        stats.display()
+    )
+}
+
+#[test]
+fn a_profiled_source_round_trips_into_compile() {
+    let s = Setup::new("", TARGET);
+    std::fs::write(s.path("app.mars"), source()).expect("write source");
+    std::fs::write(
+        s.path("samples.jsonl"),
+        "{\"text\": \"a b c\"}\n{\"text\": \"d e\"}\n",
+    )
+    .expect("write samples");
+    Command::cargo_bin("marsc")
+        .expect("marsc builds")
+        .current_dir(s.dir.path())
+        .args([
+            "profile",
+            "app.mars",
+            "--pipeline",
+            "app",
+            "--target",
+            "target.yaml",
+            "-o",
+            "app.profile.yaml",
+        ])
+        .args([
+            "--input",
+            "samples.jsonl",
+            "--max-batch",
+            "4",
+            "--min-runs",
+            "3",
+            "--min-time-ms",
+            "0",
+        ])
+        .assert()
+        .success();
+    let profile = s.read_profile();
+    // Kinds as written; the `delay` whose parameters differ from the first one gets its own entry.
+    assert_eq!(
+        profile.nodes.keys().map(String::as_str).collect::<Vec<_>>(),
+        vec!["delay", "delay@out", "spin", "stats"]
+    );
+    assert_eq!(profile.fanout.get("out"), Some(&2.5));
+
+    Command::cargo_bin("marsc")
+        .expect("marsc builds")
+        .current_dir(s.dir.path())
+        .args([
+            "compile",
+            "app.mars",
+            "--pipeline",
+            "app",
+            "--profile",
+            "app.profile.yaml",
+        ])
+        .args(["--target", "target.yaml", "-o", "app.plan.yaml"])
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(s.path("app.plan.yaml")).expect("plan written");
+    let plan = mars_plan::Plan::from_yaml(&text, "app.plan.yaml").expect("a valid plan");
+    assert!(plan.inputs_of_plan.profile_hash.is_some());
+    // The planner predicts each node's batch latency from the entry measured for it.
+    for node in &plan.nodes {
+        let key = if profile
+            .nodes
+            .contains_key(&format!("{}@{}", node.kind, node.id))
+        {
+            format!("{}@{}", node.kind, node.id)
+        } else {
+            node.kind.clone()
+        };
+        let cpu = profile.nodes[&key].cpu.as_ref().expect("cpu");
+        let at = cpu
+            .batch
+            .iter()
+            .position(|&b| b == node.batch.max)
+            .expect("a measured batch size");
+        // (The plan rounds to 3 decimals.)
+        let (predicted, measured) = (node.predicted.latency_ms, cpu.latency_ms[at]);
+        assert!(
+            (predicted - measured).abs() < 0.001,
+            "node {} ({key}): {predicted} vs {measured}",
+            node.id
+        );
+    }
+}
+
+#[test]
+fn a_source_with_several_pipelines_needs_one_chosen() {
+    let s = Setup::new("", TARGET);
+    std::fs::write(s.path("app.mars"), source()).expect("write source");
+    let out = Command::cargo_bin("marsc")
+        .expect("marsc builds")
+        .current_dir(s.dir.path())
+        .args([
+            "profile",
+            "app.mars",
+            "--target",
+            "target.yaml",
+            "-o",
+            "app.profile.yaml",
+        ])
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("several pipelines (app, other)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_source_with_errors_reports_them_and_writes_nothing() {
+    let s = Setup::new("", TARGET);
+    std::fs::write(
+        s.path("bad.mars"),
+        "pipeline p(x: Text) -> (y: Text) {\n  y = nosuch(x)\n}\n",
+    )
+    .expect("write source");
+    let out = Command::cargo_bin("marsc")
+        .expect("marsc builds")
+        .current_dir(s.dir.path())
+        .args([
+            "profile",
+            "bad.mars",
+            "--target",
+            "target.yaml",
+            "-o",
+            "bad.profile.yaml",
+        ])
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("nosuch"), "{stderr}");
+    assert!(!s.path("bad.profile.yaml").exists());
+}
+
+#[test]
+fn a_plan_error_points_into_the_source() {
+    let s = Setup::new("", TARGET);
+    std::fs::write(
+        s.path("gpu.mars"),
+        "use std.bench.{delay}\n\npipeline app(text: Text) -> (out: Text) {\n  out = delay(text, item_ms = 2.0)  @device(gpu)\n}\n",
+    )
+    .expect("write source");
+    let out = Command::cargo_bin("marsc")
+        .expect("marsc builds")
+        .current_dir(s.dir.path())
+        .args([
+            "profile",
+            "gpu.mars",
+            "--target",
+            "target.yaml",
+            "-o",
+            "gpu.profile.yaml",
+        ])
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("mars::plan::device_unavailable"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("gpu.mars:4"), "{stderr}");
+}
