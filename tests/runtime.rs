@@ -1,0 +1,288 @@
+//! End-to-end tests of `marsc run`: real plan files (compiled from the `.mars` files beside
+//! them in `tests/runtime/`), real input files, the real binary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use serde_json::Value as Json;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/runtime")
+        .join(name)
+}
+
+fn marsc() -> Command {
+    Command::cargo_bin("marsc").expect("the marsc binary is built")
+}
+
+struct Run {
+    code: i32,
+    lines: Vec<Json>,
+    stderr: String,
+    dir: tempfile::TempDir,
+}
+
+/// Run `marsc run PLAN` over `input` with extra arguments; output and stats go to a temp dir.
+fn run(plan: &str, input: &str, extra: &[&str]) -> Run {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let inp = dir.path().join("in.jsonl");
+    let out = dir.path().join("out.jsonl");
+    std::fs::write(&inp, input).expect("write input");
+    let assert = marsc()
+        .arg("run")
+        .arg(fixture(plan))
+        .arg("--input")
+        .arg(&inp)
+        .arg("--output")
+        .arg(&out)
+        .arg("--stats-json")
+        .arg(dir.path().join("stats.json"))
+        .args(extra)
+        .assert();
+    let o = assert.get_output();
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let lines = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("output line is not JSON ({e}): {l}"))
+        })
+        .collect();
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        lines,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        dir,
+    }
+}
+
+impl Run {
+    fn stats(&self) -> Json {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("stats.json")).expect("stats written");
+        serde_json::from_str(&text).expect("stats are JSON")
+    }
+
+    /// Records by id; panics on an id written twice.
+    fn by_id(&self) -> BTreeMap<u64, Json> {
+        let mut m = BTreeMap::new();
+        for l in &self.lines {
+            let id = l["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("record without id: {l}"));
+            assert!(
+                m.insert(id, l.clone()).is_none(),
+                "request {id} written twice"
+            );
+        }
+        m
+    }
+}
+
+fn ints(n: u64) -> String {
+    (1..=n).map(|i| format!("{{\"x\": {i}}}\n")).collect()
+}
+
+#[test]
+fn every_request_yields_exactly_one_record_under_injected_failures() {
+    let r = run("fail.plan.yaml", &ints(3000), &["-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m = r.by_id();
+    assert_eq!(
+        m.keys().copied().collect::<Vec<_>>(),
+        (1..=3000).collect::<Vec<_>>()
+    );
+    let mut failed = 0;
+    for (id, rec) in &m {
+        if let Some(err) = rec.get("error") {
+            failed += 1;
+            assert_eq!(err["node"], "f", "{rec}");
+            assert!(err["message"].as_str().is_some_and(|s| !s.is_empty()));
+            assert!(rec.get("ok").is_none());
+        } else {
+            assert_eq!(
+                rec["ok"],
+                serde_json::json!({"y": id, "label": "none"}),
+                "{rec}"
+            );
+            assert!(rec["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
+        }
+    }
+    // A seeded 30% share: deterministic, and near its rate.
+    assert!((600..1200).contains(&failed), "{failed} failures");
+    let stats = r.stats();
+    assert_eq!(stats["requests"], 3000);
+    assert_eq!(stats["errors"], failed);
+    assert_eq!(stats["errors_by_node"]["f"], failed);
+    assert_eq!(stats["nodes"]["f"]["items"], 3000);
+    assert_eq!(stats["nodes"]["y"]["items"], 3000 - failed);
+    // The same seed fails the same requests on every run, with several workers too.
+    let again = run(
+        "fail.plan.yaml",
+        &ints(3000),
+        &["-q", "--workers", "2", "--max-inflight", "64"],
+    );
+    let failed_ids = |m: &BTreeMap<u64, Json>| {
+        m.iter()
+            .filter(|(_, r)| r.get("error").is_some())
+            .map(|(i, _)| *i)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(failed_ids(&again.by_id()), failed_ids(&m));
+}
+
+#[test]
+fn malformed_lines_and_bad_fields_are_error_records_and_the_run_succeeds() {
+    let input = "{\"x\": 2}\nnot json at all\n{\"x\": \"two\"}\n{\"tag\": \"t\"}\n[1, 2]\n\n{\"x\": 4, \"tag\": \"t\"}\n";
+    let r = run("fail.plan.yaml", input, &["--ordered"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let ids: Vec<u64> = r
+        .lines
+        .iter()
+        .map(|l| l["id"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6, 7]);
+    let err = |i: usize| &r.lines[i]["error"];
+    assert_eq!(err(1)["node"], "input");
+    assert!(err(1)["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("malformed JSON")));
+    assert_eq!(err(2)["message"], "field `x`: expected Int, got `\"two\"`");
+    assert_eq!(err(3)["message"], "missing field `x` (Int)");
+    assert_eq!(
+        err(4)["message"],
+        "expected a JSON object keyed by the pipeline's inputs"
+    );
+    assert_eq!(err(5)["message"], "empty line; expected a JSON object");
+    // Line 7 either passes or is one of the seeded failures; either way it names its node.
+    let last = &r.lines[6];
+    assert!(
+        last["ok"]["label"] == "t" || last["error"]["node"] == "f",
+        "{last}"
+    );
+    assert!(
+        r.stderr.contains("errors by node: "),
+        "summary on stderr: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn fail_fast_stops_at_the_first_error_and_exits_1() {
+    let mut input = String::from("{\"x\": 1}\n{\"x\": \"bad\"}\n");
+    input.push_str(&ints(20000));
+    let r = run(
+        "fail.plan.yaml",
+        &input,
+        &["-q", "--fail-fast", "--max-inflight", "8"],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let m = r.by_id();
+    assert!(m.len() < 20002, "the run went on: {} records", m.len());
+    let stats = r.stats();
+    let first = stats["stopped_at"].as_u64().expect("stopped_at is set");
+    assert!(m[&first].get("error").is_some());
+}
+
+#[test]
+fn ordered_output_is_in_input_order_and_map_keeps_element_order() {
+    let input: String = (1..=400)
+        .map(|i| format!("{{\"x\": {i}, \"xs\": [{i}, 0, {}]}}\n", i * 2))
+        .collect();
+    let r = run(
+        "shuffle.plan.yaml",
+        &input,
+        &["-q", "--ordered", "--workers", "2"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for (i, l) in r.lines.iter().enumerate() {
+        let x = i as u64 + 1;
+        assert_eq!(l["id"], x);
+        assert_eq!(l["ok"], serde_json::json!({"y": x, "ys": [x, 0, 2 * x]}));
+    }
+    assert_eq!(r.lines.len(), 400);
+    let unordered = run("shuffle.plan.yaml", &input, &["-q"]);
+    assert_eq!(unordered.by_id().len(), 400);
+}
+
+#[test]
+fn a_crashing_exec_program_fails_only_its_requests() {
+    let r = run("crash.plan.yaml", &ints(30), &["-q", "--ordered"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.lines.len(), 30);
+    for (i, l) in r.lines.iter().enumerate() {
+        let x = i as i64 + 1;
+        if x == 13 {
+            assert_eq!(l["error"]["node"], "y");
+            assert!(
+                l["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("exit")),
+                "{l}"
+            );
+        } else {
+            assert_eq!(l["ok"]["y"], x + 1, "{l}");
+        }
+    }
+}
+
+#[test]
+fn the_trace_is_chrome_trace_json_with_a_track_per_replica() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trace = dir.path().join("trace.json");
+    let trace_arg = trace.to_str().expect("utf-8 path");
+    let r = run("fail.plan.yaml", &ints(200), &["-q", "--trace", trace_arg]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let t: Json = serde_json::from_str(&std::fs::read_to_string(&trace).expect("trace written"))
+        .expect("JSON");
+    let events = t["traceEvents"]
+        .as_array()
+        .expect("traceEvents is an array");
+    let tracks: Vec<&str> = events
+        .iter()
+        .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
+        .filter_map(|e| e["args"]["name"].as_str())
+        .collect();
+    assert_eq!(tracks, ["f#0", "f#1", "y#0", "y#1", "y#2"]);
+    let mut items = BTreeMap::<String, u64>::new();
+    for e in events.iter().filter(|e| e["ph"] == "X") {
+        for key in ["name", "ts", "dur", "pid", "tid"] {
+            assert!(e.get(key).is_some(), "slice without `{key}`: {e}");
+        }
+        assert!(e["dur"].as_f64().is_some_and(|d| d >= 0.0));
+        *items
+            .entry(e["name"].as_str().unwrap_or("").to_string())
+            .or_default() += e["args"]["items"].as_u64().unwrap_or(0);
+    }
+    let stats = r.stats();
+    assert_eq!(items["f"], 200);
+    assert_eq!(Some(items["y"]), stats["nodes"]["y"]["items"].as_u64());
+}
+
+#[test]
+fn a_missing_plan_or_a_plan_naming_an_unknown_builtin_is_an_error() {
+    let stderr = |cmd: &mut Command| {
+        let o = cmd.output().expect("marsc runs");
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = stderr(marsc().args(["run", "no-such.plan.yaml", "-q"]));
+    assert!(e.contains("cannot read plan"), "{e}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = std::fs::read_to_string(fixture("fail.plan.yaml")).expect("fixture");
+    let bad = dir.path().join("bad.plan.yaml");
+    std::fs::write(
+        &bad,
+        text.replace("builtin: bench.fail", "builtin: bench.nope"),
+    )
+    .expect("write");
+    let e = stderr(
+        marsc()
+            .arg("run")
+            .arg(&bad)
+            .arg("-q")
+            .write_stdin("{\"x\": 1}\n"),
+    );
+    assert!(e.contains("mars::run::build") && e.contains("`f`"), "{e}");
+}
