@@ -288,3 +288,149 @@ fn results_of_the_wrong_type_fail_the_item() {
         message(&out[0])
     );
 }
+
+// ---- through `marsc run` -------------------------------------------------------------------
+
+mod through_run {
+    use super::programs;
+    use assert_cmd::Command;
+    use std::collections::BTreeMap;
+
+    const TARGET: &str = "mars_target: 1\nworkers:\n  - {name: w0, cpus: 2, memory_gb: 8}\n";
+
+    /// Compile `source` in a fresh folder (exec commands run there) and return the folder.
+    fn compiled(source: &str, timeout_ms: Option<u64>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("app.mars"), source).expect("write source");
+        std::fs::write(dir.path().join("target.yaml"), TARGET).expect("write target");
+        Command::cargo_bin("marsc")
+            .expect("marsc builds")
+            .current_dir(dir.path())
+            .args([
+                "compile",
+                "app.mars",
+                "--target",
+                "target.yaml",
+                "-o",
+                "app.plan.yaml",
+            ])
+            .assert()
+            .success();
+        if let Some(ms) = timeout_ms {
+            // Plans are plain YAML; a shorter exec timeout is an edit of one field.
+            let path = dir.path().join("app.plan.yaml");
+            let plan = std::fs::read_to_string(&path).expect("plan");
+            assert!(plan.contains("timeout_ms: 30000"), "{plan}");
+            std::fs::write(
+                &path,
+                plan.replace("timeout_ms: 30000", &format!("timeout_ms: {ms}")),
+            )
+            .expect("edit plan");
+        }
+        dir
+    }
+
+    fn echo_source(annotation: &str) -> String {
+        format!(
+            "fn echo(text: Text) -> Text = exec \"python3 {}\"\n\n\
+             pipeline app(text: Text) -> (out: Text) {{\n  out = echo(text)  {annotation}\n}}\n",
+            programs().join("echo.py").display()
+        )
+    }
+
+    /// Run the plan over `lines`; the records by id.
+    fn run(dir: &tempfile::TempDir, lines: &[&str]) -> BTreeMap<u64, serde_json::Value> {
+        std::fs::write(dir.path().join("in.jsonl"), lines.join("\n") + "\n").expect("write input");
+        Command::cargo_bin("marsc")
+            .expect("marsc builds")
+            .current_dir(dir.path())
+            .args([
+                "run",
+                "app.plan.yaml",
+                "--input",
+                "in.jsonl",
+                "--output",
+                "out.jsonl",
+                "--quiet",
+            ])
+            .assert()
+            .success();
+        let out = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("output");
+        let mut records = BTreeMap::new();
+        for line in out.lines() {
+            let r: serde_json::Value = serde_json::from_str(line).expect("a JSON record");
+            let id = r["id"].as_u64().expect("an id");
+            assert!(records.insert(id, r).is_none(), "id {id} written twice");
+        }
+        assert_eq!(records.len(), lines.len(), "one record per input line");
+        records
+    }
+
+    fn ok(r: &serde_json::Value) -> Option<&str> {
+        r.get("ok").and_then(|o| o["out"].as_str())
+    }
+
+    fn error(r: &serde_json::Value) -> String {
+        assert_eq!(r["error"]["node"], "out", "{r}");
+        r["error"]["message"]
+            .as_str()
+            .expect("a message")
+            .to_string()
+    }
+
+    #[test]
+    fn a_crash_fails_its_request_and_the_run_goes_on() {
+        let dir = compiled(&echo_source("@batch(none) @replicas(1)"), None);
+        let r = run(
+            &dir,
+            &[
+                r#"{"text": "a"}"#,
+                r#"{"text": "crash"}"#,
+                r#"{"text": "b"}"#,
+                r#"{"text": "error"}"#,
+                r#"{"text": "c"}"#,
+            ],
+        );
+        assert_eq!(ok(&r[&1]), Some("a"));
+        let crash = error(&r[&2]);
+        assert!(
+            crash.contains("exit status 7") && crash.contains("crashing on purpose"),
+            "{crash}"
+        );
+        assert_eq!(ok(&r[&3]), Some("b"));
+        assert_eq!(error(&r[&4]), "asked to fail");
+        assert_eq!(ok(&r[&5]), Some("c"));
+    }
+
+    #[test]
+    fn a_hung_program_times_out_and_the_run_goes_on() {
+        let dir = compiled(&echo_source("@batch(none) @replicas(1)"), Some(500));
+        let r = run(
+            &dir,
+            &[
+                r#"{"text": "a"}"#,
+                r#"{"text": "hang"}"#,
+                r#"{"text": "b"}"#,
+            ],
+        );
+        assert_eq!(ok(&r[&1]), Some("a"));
+        let hang = error(&r[&2]);
+        assert!(hang.contains("did not answer within 500 ms"), "{hang}");
+        assert_eq!(ok(&r[&3]), Some("b"));
+    }
+
+    #[test]
+    fn replicas_and_batches_answer_every_request() {
+        let dir = compiled(
+            &echo_source("@batch(max = 16, wait = 2ms) @replicas(3)"),
+            None,
+        );
+        let lines: Vec<String> = (0..500)
+            .map(|i| format!("{{\"text\": \"t{i}\"}}"))
+            .collect();
+        let r = run(&dir, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        for (id, rec) in &r {
+            assert_eq!(ok(rec), Some(format!("t{}", id - 1).as_str()), "{rec}");
+        }
+    }
+}
