@@ -172,6 +172,29 @@ fn graph_prints_dot_and_json() {
             && dot.contains("[label=\"List<Box>\"]")
     );
     assert_eq!(dot.matches('{').count(), dot.matches('}').count());
+    // Where Graphviz is installed, it must accept the output.
+    if let Ok(mut child) = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(dot.as_bytes())
+            .expect("write to dot");
+        let rendered = child.wait_with_output().expect("dot runs");
+        assert!(
+            rendered.status.success(),
+            "dot rejected the graph: {}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+        assert!(String::from_utf8_lossy(&rendered.stdout).contains("<svg"));
+    }
 
     let out = marsc()
         .args(["graph", "--format", "json", "--pipeline", "image_translate"])

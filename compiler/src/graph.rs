@@ -11,6 +11,7 @@ pub fn to_dot(p: &Pipeline) -> String {
     let mut out = String::new();
     out.push_str(&format!("digraph {} {{\n", quote(&p.name)));
     out.push_str("  rankdir=LR;\n");
+    out.push_str("  fontname=\"Helvetica\";\n");
     out.push_str("  node [shape=box, fontname=\"Helvetica\", fontsize=11];\n");
     out.push_str("  edge [fontname=\"Helvetica\", fontsize=9];\n");
     for i in &p.inputs {
