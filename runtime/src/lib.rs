@@ -9,6 +9,7 @@ pub mod node;
 pub mod profiler;
 pub mod replicas;
 pub mod run;
+pub mod scenarios;
 pub mod stats;
 pub mod trace;
 pub mod value;
