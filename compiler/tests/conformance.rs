@@ -113,6 +113,26 @@ fn ok_cases_check_clean() {
 }
 
 #[test]
+fn the_stdlib_declarations_are_canonical_and_check_clean_alone() {
+    for file in stdlib() {
+        assert_eq!(
+            format_file(&file).expect("parses"),
+            file.text,
+            "{} is not in canonical layout",
+            file.path
+        );
+        let alone = check_program(
+            &SourceFile {
+                path: file.path.clone(),
+                text: String::new(),
+            },
+            &[file.clone()],
+        );
+        assert!(alone.problems.is_empty(), "{}", alone.problems.render());
+    }
+}
+
+#[test]
 fn err_cases_match_their_goldens() {
     let bless = std::env::var_os("MARS_BLESS").is_some();
     let mut failures = Vec::new();
