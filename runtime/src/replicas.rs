@@ -14,8 +14,8 @@ use crate::node::{Item, Node, Outputs};
 use crate::stats::NodeMeter;
 use crate::value::NodeError;
 
-/// Which (request id, element index) each item of a batch belongs to.
-pub type Key = (u64, u32);
+/// Which (request id, element index, timestamp) each item of a batch belongs to.
+pub type Key = (u64, u32, u64);
 
 /// A batch handed to a replica.
 pub struct Job {
@@ -206,7 +206,7 @@ mod tests {
         });
         for i in 0..4 {
             pool.submit(Job {
-                keys: vec![(i, 0)],
+                keys: vec![(i, 0, 0)],
                 items: vec![vec![Value::Int(i as i64)]],
             });
         }

@@ -16,7 +16,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use super::{arg_value, first_failure, Body, Failure, Joiner, NodeSpec, Rec};
+use super::{arg_value, first_failure, ArgSpec, Body, Failure, Joiner, NodeSpec, Rec};
 use crate::batching::{Batcher, Decision};
 use crate::node::{Item, Node, Outputs};
 use crate::replicas::{Done, Job, Key, Pool};
@@ -29,6 +29,7 @@ struct Work {
     since: Instant,
 }
 
+/// A map request whose elements are queued or running.
 struct Pending {
     time: u64,
     left: usize,
@@ -41,6 +42,9 @@ struct Stage {
     spec: NodeSpec,
     me: u32,
     joiner: Joiner,
+    /// The node takes its only producer's ports 0, 1, … in order (a chain): the producer's
+    /// values become the item without copying.
+    identity_args: bool,
     queue: VecDeque<Work>,
     pending: HashMap<u64, Pending>,
     caps: BTreeMap<u64, (Capability<u64>, usize)>,
@@ -66,80 +70,79 @@ impl Stage {
         ));
     }
 
+    /// A record of the node's only producer.
+    fn admit_one(&mut self, id: u64, time: u64, body: Body) {
+        match body {
+            Err(f) => self.finish(id, time, Err(f)),
+            Ok(values) if self.identity_args && values.len() == self.spec.args.len() => {
+                self.enqueue(id, time, values)
+            }
+            Ok(values) => self.admit(id, time, vec![Ok(values)]),
+        }
+    }
+
     /// A request whose producers have all spoken.
     fn admit(&mut self, id: u64, time: u64, bodies: Vec<Body>) {
         if let Some(f) = first_failure(&bodies) {
             let f = f.clone();
             return self.finish(id, time, Err(f));
         }
-        let mut item: Item = self
+        let item: Item = self
             .spec
             .args
             .iter()
             .map(|a| arg_value(a, &bodies))
             .collect();
         drop(bodies);
+        self.enqueue(id, time, item);
+    }
+
+    /// Queue a request's item, or one item per element for a map node.
+    fn enqueue(&mut self, id: u64, time: u64, mut item: Item) {
         let now = Instant::now();
-        match self.spec.map_over {
-            None => {
-                self.pending.insert(
-                    id,
-                    Pending {
-                        time,
-                        left: 1,
-                        outs: vec![None],
-                        failure: None,
-                    },
-                );
-                self.queue.push_back(Work {
-                    key: (id, 0),
-                    item,
-                    since: now,
-                });
+        let Some(k) = self.spec.map_over else {
+            self.queue.push_back(Work {
+                key: (id, 0, time),
+                item,
+                since: now,
+            });
+            return;
+        };
+        let list = match std::mem::replace(&mut item[k], Value::Bool(false)) {
+            Value::List(l) => l,
+            Value::Json(serde_json::Value::Array(a)) => a.into_iter().map(Value::Json).collect(),
+            other => {
+                let msg = format!("map over a {}, expected a List", other.kind());
+                return self.finish(id, time, Err(Failure::new(&self.spec.id, msg)));
             }
-            Some(k) => {
-                let list = match std::mem::replace(&mut item[k], Value::Bool(false)) {
-                    Value::List(l) => l,
-                    Value::Json(serde_json::Value::Array(a)) => {
-                        a.into_iter().map(Value::Json).collect()
-                    }
-                    other => {
-                        let msg = format!("map over a {}, expected a List", other.kind());
-                        return self.finish(id, time, Err(Failure::new(&self.spec.id, msg)));
-                    }
-                };
-                if list.is_empty() {
-                    let empty = vec![Value::List(Vec::new()); self.spec.out_ports];
-                    return self.finish(id, time, Ok(empty));
-                }
-                let n = list.len();
-                self.pending.insert(
-                    id,
-                    Pending {
-                        time,
-                        left: n,
-                        outs: vec![None; n],
-                        failure: None,
-                    },
-                );
-                for (e, elem) in list.into_iter().enumerate() {
-                    let mut it = item.clone();
-                    it[k] = elem;
-                    self.queue.push_back(Work {
-                        key: (id, e as u32),
-                        item: it,
-                        since: now,
-                    });
-                }
-            }
+        };
+        if list.is_empty() {
+            let empty = vec![Value::List(Vec::new()); self.spec.out_ports];
+            return self.finish(id, time, Ok(empty));
+        }
+        let n = list.len();
+        self.pending.insert(
+            id,
+            Pending {
+                time,
+                left: n,
+                outs: vec![None; n],
+                failure: None,
+            },
+        );
+        for (e, elem) in list.into_iter().enumerate() {
+            let mut it = item.clone();
+            it[k] = elem;
+            self.queue.push_back(Work {
+                key: (id, e as u32, time),
+                item: it,
+                since: now,
+            });
         }
     }
 
     fn completed(&mut self, done: Done) {
-        for ((id, elem), result) in done.keys.into_iter().zip(done.results) {
-            let Some(p) = self.pending.get_mut(&id) else {
-                continue;
-            };
+        for ((id, elem, time), result) in done.keys.into_iter().zip(done.results) {
             let result = result.and_then(|outs| {
                 if outs.len() == self.spec.out_ports {
                     Ok(outs)
@@ -151,14 +154,19 @@ impl Stage {
                     )))
                 }
             });
+            if self.spec.map_over.is_none() {
+                let body = result.map_err(|e| Failure::new(&self.spec.id, e.message));
+                self.finish(id, time, body);
+                continue;
+            }
+            let Some(p) = self.pending.get_mut(&id) else {
+                continue;
+            };
             match result {
                 Ok(outs) => p.outs[elem as usize] = Some(outs),
                 Err(e) => {
                     if p.failure.as_ref().is_none_or(|(first, _)| elem < *first) {
-                        let message = match self.spec.map_over {
-                            Some(_) => format!("element {elem}: {}", e.message),
-                            None => e.message,
-                        };
+                        let message = format!("element {elem}: {}", e.message);
                         p.failure = Some((elem, Failure::new(&self.spec.id, message)));
                     }
                 }
@@ -175,14 +183,10 @@ impl Stage {
         }
     }
 
-    /// A request's output ports from its items' outputs (lists, for a map node).
+    /// A map request's output ports: one list per port, in element order.
     fn assemble(&self, outs: Vec<Option<Outputs>>) -> Vec<Value> {
-        let mut outs = outs.into_iter().flatten();
-        if self.spec.map_over.is_none() {
-            return outs.next().unwrap_or_default();
-        }
-        let mut ports: Vec<Vec<Value>> = vec![Vec::new(); self.spec.out_ports];
-        for o in outs {
+        let mut ports: Vec<Vec<Value>> = vec![Vec::with_capacity(outs.len()); self.spec.out_ports];
+        for o in outs.into_iter().flatten() {
             for (j, v) in o.into_iter().enumerate() {
                 ports[j].push(v);
             }
@@ -228,6 +232,43 @@ impl Stage {
         }
         None
     }
+
+    /// Send the records that are ready, each under its timestamp's capability, and release
+    /// the capabilities no request needs any more.
+    fn flush(
+        &mut self,
+        output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+            '_,
+            u64,
+            CapacityContainerBuilder<Vec<Rec>>,
+        >,
+    ) {
+        if self.emits.is_empty() {
+            return;
+        }
+        let mut emits = std::mem::take(&mut self.emits);
+        emits.sort_by_key(|e| e.0);
+        let mut it = emits.into_iter().peekable();
+        while let Some((time, rec)) = it.next() {
+            let (cap, _) = self
+                .caps
+                .get(&time)
+                .expect("a record's time is held until it leaves");
+            let mut session = output.session(cap);
+            session.give(rec);
+            let mut released = 1;
+            while let Some((_, rec)) = it.next_if(|e| e.0 == time) {
+                session.give(rec);
+                released += 1;
+            }
+            drop(session);
+            let entry = self.caps.get_mut(&time).expect("held above");
+            entry.1 -= released;
+            if entry.1 == 0 {
+                self.caps.remove(&time);
+            }
+        }
+    }
 }
 
 /// Build the operator of node `spec` (stream number `me`), placed on worker `owner`. `nodes`
@@ -254,9 +295,16 @@ pub fn node_stage<'s>(
                     let _ = wake.activate();
                 })
             });
+            let identity_args = spec.deps.len() == 1
+                && spec
+                    .args
+                    .iter()
+                    .enumerate()
+                    .all(|(k, a)| *a == ArgSpec::From { slot: 0, port: k });
             let mut st = Stage {
                 joiner: Joiner::new(spec.deps.clone()),
                 batcher: Batcher::new(&spec.batch),
+                identity_args,
                 spec,
                 me,
                 queue: VecDeque::new(),
@@ -268,9 +316,13 @@ pub fn node_stage<'s>(
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&time) = cap.least() else { return };
+                    let single = st.spec.deps.len() == 1;
                     for container in data {
                         for rec in container.drain(..) {
-                            if let Some((id, bodies)) = st.joiner.offer(rec) {
+                            if single {
+                                st.hold(time, || cap.delayed(&time, 0));
+                                st.admit_one(rec.id, time, rec.body);
+                            } else if let Some((id, bodies)) = st.joiner.offer(rec) {
                                 st.hold(time, || cap.delayed(&time, 0));
                                 st.admit(id, time, bodies);
                             }
@@ -286,30 +338,7 @@ pub fn node_stage<'s>(
                 if let Some(wait) = st.dispatch(draining) {
                     timer.activate_after(wait);
                 }
-                if !st.emits.is_empty() {
-                    let mut emits = std::mem::take(&mut st.emits);
-                    emits.sort_by_key(|e| e.0);
-                    let mut it = emits.into_iter().peekable();
-                    while let Some((time, rec)) = it.next() {
-                        let (cap, _) = st
-                            .caps
-                            .get(&time)
-                            .expect("a record's time is held until it leaves");
-                        let mut session = output.session(cap);
-                        session.give(rec);
-                        let mut released = 1;
-                        while let Some((_, rec)) = it.next_if(|e| e.0 == time) {
-                            session.give(rec);
-                            released += 1;
-                        }
-                        drop(session);
-                        let entry = st.caps.get_mut(&time).expect("held above");
-                        entry.1 -= released;
-                        if entry.1 == 0 {
-                            st.caps.remove(&time);
-                        }
-                    }
-                }
+                st.flush(output);
             }
         },
     )
