@@ -141,6 +141,7 @@ fn syntax_problem(e: &pest::error::Error<Rule>, text: &str, offset: usize) -> Pr
         format!("unexpected `{}`", &rest[..found_len])
     };
     let label = match expected.len() {
+        0 if rest.is_empty() => "the file ends here".to_string(),
         0 => "not expected here".to_string(),
         1 => format!("expected {}", expected[0]),
         _ => {
@@ -149,7 +150,13 @@ fn syntax_problem(e: &pest::error::Error<Rule>, text: &str, offset: usize) -> Pr
         }
     };
     let at = offset + pos;
-    Problem::error("mars::syntax::unexpected", message).label(Span::new(at, at + found_len), label)
+    let problem = Problem::error("mars::syntax::unexpected", message)
+        .label(Span::new(at, at + found_len), label);
+    if rest.trim().is_empty() {
+        problem.help("something opened above is not closed: check every `(`, `[`, `<` and `{`")
+    } else {
+        problem
+    }
 }
 
 /// The length of the token at the start of `rest`: a word, or one character.
