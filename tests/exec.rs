@@ -88,7 +88,7 @@ fn ok_texts(out: &[Result<Outputs, NodeError>]) -> Vec<Option<String>> {
 }
 
 fn message(r: &Result<Outputs, NodeError>) -> &str {
-    &r.as_ref().err().expect("an error").message
+    &r.as_ref().expect_err("an error").message
 }
 
 #[test]

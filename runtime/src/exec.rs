@@ -646,7 +646,7 @@ mod tests {
         let out = node.run_batch(texts(3));
         assert_eq!(out[0], Ok(vec![Value::Text("one".into())]));
         assert_eq!(out[1], Err(NodeError::new("no")));
-        let missing = out[2].as_ref().err().expect("item 3 has no answer");
+        let missing = out[2].as_ref().expect_err("item 3 has no answer");
         assert!(
             missing.message.contains("no result for this item"),
             "{}",
@@ -661,7 +661,7 @@ mod tests {
         let mut node = ExecNode::new(&ctx(&cmd, &["Text"], &["Text"], None), &cmd).expect("starts");
         let out = node.run_batch(texts(2));
         for r in &out {
-            let e = r.as_ref().err().expect("fails");
+            let e = r.as_ref().expect_err("fails");
             assert!(e.message.contains("malformed response"), "{}", e.message);
         }
         node.run_batch(texts(1));
@@ -674,7 +674,7 @@ mod tests {
         let mut node = ExecNode::new(&ctx(cmd, &["Text"], &["Text"], None), cmd).expect("starts");
         let out = node.run_batch(texts(2));
         for r in &out {
-            let e = r.as_ref().err().expect("fails");
+            let e = r.as_ref().expect_err("fails");
             assert!(e.message.contains("exit status 3"), "{}", e.message);
             assert!(e.message.contains("boom: bad input"), "{}", e.message);
         }
@@ -690,7 +690,7 @@ mod tests {
         let mut node =
             ExecNode::new(&ctx(cmd, &["Text"], &["Text"], Some(200)), cmd).expect("starts");
         let out = node.run_batch(texts(1));
-        let e = out[0].as_ref().err().expect("times out");
+        let e = out[0].as_ref().expect_err("times out");
         assert!(
             e.message.contains("did not answer within 200 ms"),
             "{}",
@@ -715,8 +715,7 @@ mod tests {
         assert_eq!(out[0], Ok(vec![Value::Text("a".into()), Value::Int(2)]));
         assert!(out[1]
             .as_ref()
-            .err()
-            .expect("wrong arity")
+            .expect_err("wrong arity")
             .message
             .contains("expected 2 outputs"));
     }

@@ -676,7 +676,7 @@ pub fn synthesize(ty: &DataType, i: usize) -> Value {
         ),
         DataType::Int => Value::Int(i as i64),
         DataType::Float => Value::Float(i as f64 + 0.5),
-        DataType::Bool => Value::Bool(i % 2 == 0),
+        DataType::Bool => Value::Bool((i & 1) == 0),
         DataType::Json | DataType::Var(_) => Value::Json(serde_json::json!({"sample": i})),
         DataType::Bytes => Value::Bytes(Arc::new(
             (0..1024).map(|k| ((k * 31 + i * 17) % 251) as u8).collect(),
@@ -1059,9 +1059,7 @@ mod tests {
             ]),
             ..quick()
         };
-        let e = profile_plan(&plan(), &test_registry(), &options, &mut |_| {})
-            .err()
-            .expect("fails");
+        let e = profile_plan(&plan(), &test_registry(), &options, &mut |_| {}).expect_err("fails");
         assert!(matches!(e, ProfileError::Sample { line: 2, .. }), "{e}");
     }
 
@@ -1069,9 +1067,7 @@ mod tests {
     fn a_kind_that_cannot_be_built_is_an_error() {
         let mut p = plan();
         p.nodes[1].implementation.builtin = Some("test.missing".into());
-        let e = profile_plan(&p, &test_registry(), &quick(), &mut |_| {})
-            .err()
-            .expect("fails");
+        let e = profile_plan(&p, &test_registry(), &quick(), &mut |_| {}).expect_err("fails");
         assert!(
             matches!(&e, ProfileError::Instantiate { node, .. } if node == "up"),
             "{e}"

@@ -468,8 +468,7 @@ mod tests {
         assert!(out.iter().all(Result::is_err));
         assert!(out[0]
             .as_ref()
-            .err()
-            .expect("err")
+            .expect_err("err")
             .message
             .contains("injected failure"));
     }
