@@ -137,6 +137,21 @@ fn profiles_every_kind_with_samples_and_fanout() {
         stderr.contains("wrote app.profile.yaml (4 node kinds)"),
         "{stderr}"
     );
+    // A table for humans on stdout: a header, one row per kind and device, the fan-out.
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("kind") && lines[0].contains("ms/item"),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("std.bench.delay@slow2  cpu")),
+        "{stdout}"
+    );
+    assert_eq!(lines.len(), 6, "{stdout}");
+    assert_eq!(lines[5], "fan-out at map nodes: slow 3.333");
 
     let p = s.read_profile();
     assert_eq!(

@@ -126,6 +126,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     for note in notes.iter().chain(&report.notes) {
         eprintln!("note: {note}");
     }
+    print!("{}", summary(&report.profile));
     eprintln!(
         "wrote {} ({} node kind{})",
         args.output.display(),
@@ -137,6 +138,71 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per kind and device, for humans: latency at the smallest and largest batch, the
+/// per-item cost there, peak memory and cores.
+fn summary(profile: &mars_plan::Profile) -> String {
+    let mut rows = vec![[
+        "kind".to_string(),
+        "device".into(),
+        "batch 1 ms".into(),
+        "largest batch".into(),
+        "ms/item there".into(),
+        "p99 ms there".into(),
+        "peak MB".into(),
+        "cores".into(),
+    ]];
+    for (kind, kp) in &profile.nodes {
+        for (device, dp) in [("cpu", &kp.cpu), ("gpu", &kp.gpu)] {
+            let Some(dp) = dp else { continue };
+            let last = dp.batch.len() - 1;
+            let b = dp.batch[last];
+            let p99 = dp.p99_ms.as_ref().map_or(dp.latency_ms[last], |p| p[last]);
+            let mem = dp
+                .memory_mb
+                .as_ref()
+                .map_or(0.0, |m| m.iter().copied().fold(0.0, f64::max));
+            rows.push([
+                kind.clone(),
+                device.to_string(),
+                format!("{:.3}", dp.latency_ms[0]),
+                b.to_string(),
+                format!("{:.3}", dp.latency_ms[last] / f64::from(b)),
+                format!("{p99:.3}"),
+                format!("{mem:.1}"),
+                dp.cpu_cores.map_or("-".to_string(), |c| format!("{c:.2}")),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| {
+                if c < 2 {
+                    format!("{cell:<w$}", w = widths[c])
+                } else {
+                    format!("{cell:>w$}", w = widths[c])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    if !profile.fanout.is_empty() {
+        let f: Vec<String> = profile
+            .fanout
+            .iter()
+            .map(|(id, m)| format!("{id} {m}"))
+            .collect();
+        out.push_str(&format!("fan-out at map nodes: {}\n", f.join(", ")));
+    }
+    out
 }
 
 fn read(path: &Path) -> miette::Result<String> {
