@@ -120,7 +120,7 @@ impl ExecNode {
         })
     }
 
-    /// Send the encoded items and wait for the response line; on any failure the process is
+    /// Send a request line and wait for the response line; on any failure the process is
     /// dropped (killed) and the error applies to every item of the batch.
     fn exchange(&mut self, request: String) -> Result<String, NodeError> {
         if let Some(p) = self.process.as_mut() {
@@ -140,7 +140,17 @@ impl ExecNode {
         // The writer thread only ends when the program has closed its stdin; the reader
         // reports that as end of output below.
         let _ = process.requests.send(request);
-        let deadline = Instant::now() + self.timeout;
+        self.receive(Instant::now() + self.timeout)
+    }
+
+    /// The next non-blank line of the program's output, by `deadline`.
+    fn receive(&mut self, deadline: Instant) -> Result<String, NodeError> {
+        let Some(process) = self.process.as_mut() else {
+            return Err(NodeError::new(format!(
+                "exec node `{}`: the program is not running",
+                self.node_id
+            )));
+        };
         loop {
             match process.responses.recv_deadline(deadline) {
                 Ok(Ok(line)) if line.trim().is_empty() => continue,
@@ -216,7 +226,23 @@ impl Node for ExecNode {
         if !entries.is_empty() {
             let mut request = serde_json::json!({ "batch": entries }).to_string();
             request.push('\n');
-            match self.exchange(request) {
+            let deadline = Instant::now() + self.timeout;
+            let first_id = sent.keys().next().copied().unwrap_or(0);
+            let mut response = self.exchange(request);
+            // A line answering only earlier ids (a program that answered some batch twice) is
+            // stale: skip it rather than fail this batch and every one after it.
+            while let Ok(line) = &response {
+                match parse_response(line) {
+                    Ok(answers)
+                        if !answers.is_empty() && answers.iter().all(|(id, _)| *id < first_id) =>
+                    {
+                        tracing::warn!(node = %self.node_id, replica = self.replica, "skipping a stale response line: {}", truncate(line, 120));
+                        response = self.receive(deadline);
+                    }
+                    _ => break,
+                }
+            }
+            match response {
                 Err(e) => {
                     for &index in sent.values() {
                         results[index] = Some(Err(e.clone()));
@@ -652,6 +678,28 @@ mod tests {
             "{}",
             missing.message
         );
+        assert_eq!(node.starts(), 1);
+    }
+
+    #[test]
+    fn a_stale_response_line_is_skipped() {
+        // Answers the first request twice, then every request once, echoing its ids.
+        let cmd = r#"python3 -c '
+import json, sys
+first = True
+for line in sys.stdin:
+    ids = [i["id"] for i in json.loads(line)["batch"]]
+    out = json.dumps({"results": [{"id": i, "ok": "x"} for i in ids]})
+    print(out, flush=True)
+    if first:
+        print(out, flush=True)
+        first = False
+'"#;
+        let mut node = ExecNode::new(&ctx(cmd, &["Text"], &["Text"], None), cmd).expect("starts");
+        for _ in 0..3 {
+            let out = node.run_batch(texts(2));
+            assert_eq!(out, vec![Ok(vec![Value::Text("x".into())]); 2]);
+        }
         assert_eq!(node.starts(), 1);
     }
 
