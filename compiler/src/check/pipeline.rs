@@ -41,7 +41,11 @@ struct Checker<'a, 's> {
     used: BTreeSet<String>,
     /// Outputs assigned so far, where (even by a statement with errors).
     assigned: BTreeMap<String, Span>,
+    suggestions_left: usize,
 }
+
+/// How many unknown names of a pipeline get a did-you-mean.
+const SUGGESTION_BUDGET: usize = 200;
 
 /// Ids of the nodes of one statement: the outermost call takes the statement's name, nested
 /// calls `name.kind`, with `_2`, `_3`, … where a kind repeats.
@@ -85,6 +89,7 @@ pub(crate) fn check_pipeline(
         values: vec![None; p.body.len()],
         used: BTreeSet::new(),
         assigned: BTreeMap::new(),
+        suggestions_left: SUGGESTION_BUDGET,
     };
     c.declare_inputs(p);
     c.declare_outputs(p);
@@ -739,9 +744,15 @@ impl Checker<'_, '_> {
             if let Some(&(e, _)) = self.scope.names.get(&one.name) {
                 return Some(e);
             }
-            let mut candidates: Vec<&str> = self.scope.names.keys().map(String::as_str).collect();
-            if value {
-                candidates.extend(self.locals.keys().map(String::as_str));
+            let mut candidates: Vec<&str> = Vec::new();
+            // Suggesting costs a comparison with every name in scope: after
+            // `SUGGESTION_BUDGET` unknown names, a file gets no more suggestions.
+            if self.suggestions_left > 0 {
+                self.suggestions_left -= 1;
+                candidates.extend(self.scope.names.keys().map(String::as_str));
+                if value {
+                    candidates.extend(self.locals.keys().map(String::as_str));
+                }
             }
             let mut problem = Problem::error(
                 "mars::resolve::unknown_name",
