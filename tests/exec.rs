@@ -289,6 +289,57 @@ fn results_of_the_wrong_type_fail_the_item() {
     );
 }
 
+/// Images cross the pipe as the registry's encoded bytes. Stand-in codec builtins: an image
+/// of width 1 "encodes" to its RGB bytes.
+#[test]
+fn images_cross_as_encoded_bytes_when_the_registry_has_a_codec() {
+    use mars_runtime::ImageData;
+    let mut registry = Registry::new();
+    registry.builtin(
+        "image.decode",
+        Arc::new(|_ctx: &NodeContext| {
+            Ok(mars_runtime::node::per_item(|item: Item| match &item[0] {
+                Value::Bytes(b) => Ok(vec![Value::Image(Arc::new(ImageData {
+                    width: 1,
+                    height: (b.len() / 3) as u32,
+                    rgb: b.as_ref().clone(),
+                }))]),
+                other => Err(NodeError::new(format!("not bytes: {}", other.kind()))),
+            }))
+        }),
+    );
+    registry.builtin(
+        "image.encode",
+        Arc::new(|_ctx: &NodeContext| {
+            Ok(mars_runtime::node::per_item(|item: Item| match &item[0] {
+                Value::Image(i) => Ok(vec![Value::Bytes(Arc::new(i.rgb.clone()))]),
+                other => Err(NodeError::new(format!("not an image: {}", other.kind()))),
+            }))
+        }),
+    );
+    let image = Value::Image(Arc::new(ImageData {
+        width: 1,
+        height: 2,
+        rgb: vec![1, 2, 3, 4, 5, 6],
+    }));
+    let mut node = registry
+        .instantiate(&context("python3 echo.py", &["Image"], &["Image"], None))
+        .expect("starts");
+    assert_eq!(
+        node.run_batch(vec![vec![image.clone()]]),
+        vec![Ok(vec![image.clone()])]
+    );
+
+    // Without a codec the item fails, naming what is missing.
+    let mut plain = exec_node("python3 echo.py", &["Image"], &["Image"], None);
+    let out = plain.run_batch(vec![vec![image]]);
+    assert!(
+        message(&out[0]).contains("image.encode"),
+        "{}",
+        message(&out[0])
+    );
+}
+
 // ---- through `marsc run` -------------------------------------------------------------------
 
 mod through_run {

@@ -47,7 +47,19 @@ const STDERR_TAIL_LINES: usize = 8;
 /// The program is started at once, so a bad folder is reported when the node is built; a
 /// program that exits at once is reported on its first batch (with its stderr).
 pub fn spawn(ctx: &NodeContext, command: &str) -> Result<Box<dyn Node>, NodeError> {
-    Ok(Box::new(ExecNode::new(ctx, command)?))
+    spawn_with_images(ctx, command, None)
+}
+
+/// [`spawn`], with the codec that turns `Image` values into encoded bytes and back (the
+/// registry's `image.decode`/`image.encode`), so images can cross the pipe as `{"$base64": …}`.
+pub fn spawn_with_images(
+    ctx: &NodeContext,
+    command: &str,
+    images: Option<Arc<dyn crate::codec::ImageCodec>>,
+) -> Result<Box<dyn Node>, NodeError> {
+    let mut node = ExecNode::new(ctx, command)?;
+    node.edge.images = images;
+    Ok(Box::new(node))
 }
 
 /// One replica of an exec node. See the module documentation.

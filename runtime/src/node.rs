@@ -82,7 +82,7 @@ impl Registry {
             })?;
             f(ctx)
         } else if let Some(command) = &imp.exec {
-            crate::exec::spawn(ctx, command)
+            crate::exec::spawn_with_images(ctx, command, crate::run::images::from_registry(self, &ctx.base_dir))
         } else if let Some(model) = &imp.model {
             let f = self.model_factory(&model.arch).ok_or_else(|| {
                 NodeError::new(format!("node `{}`: no model architecture `{}` in this runtime", ctx.node.id, model.arch))
