@@ -398,13 +398,23 @@ impl Checker<'_, '_> {
                 .iter()
                 .map(|&i| format!("`{}`", name_of(i).name))
                 .collect();
+            // A long cycle is shown by its first steps: the message and labels stay readable
+            // (and rendering each label costs a scan of the file).
+            const SHOWN: usize = 8;
             let message = if cycle.len() == 1 {
                 format!("{} depends on itself", names[0])
-            } else {
+            } else if cycle.len() <= SHOWN {
                 format!("a cycle: {} → {}", names.join(" → "), names[0])
+            } else {
+                format!(
+                    "a cycle of {} bindings: {} → … → {}",
+                    cycle.len(),
+                    names[..SHOWN].join(" → "),
+                    names[0]
+                )
             };
             let mut problem = Problem::error("mars::graph::cycle", message);
-            for (k, &i) in cycle.iter().enumerate() {
+            for (k, &i) in cycle.iter().enumerate().take(SHOWN) {
                 let next = cycle[(k + 1) % cycle.len()];
                 let read = deps[i].iter().find(|(s, _)| *s == next).map(|(_, sp)| *sp);
                 let label = format!("`{}` reads `{}`", name_of(i).name, name_of(next).name);

@@ -268,3 +268,24 @@ fn a_later_phase_reports_through_the_same_problems() {
     assert!(text.contains("[t.mars:"), "{text}");
     assert!(text.contains("@device(gpu)"), "{text}");
 }
+
+#[test]
+fn a_long_cycle_is_reported_once_by_its_first_steps() {
+    let mut text = String::from("use std.text.{lower}\npipeline p(x: Text) -> (y: Text) {\n");
+    for i in 0..20 {
+        text.push_str(&format!("  let a{i} = lower(a{})\n", (i + 1) % 20));
+    }
+    text.push_str("  y = lower(x)\n}\n");
+    let checked = check(&text);
+    let problems: Vec<_> = checked.problems.iter().collect();
+    assert_eq!(problems.len(), 1, "{}", checked.problems.render());
+    assert_eq!(problems[0].code, "mars::graph::cycle");
+    assert!(
+        problems[0]
+            .message
+            .starts_with("a cycle of 20 bindings: `a0` → `a1`"),
+        "{}",
+        problems[0].message
+    );
+    assert_eq!(problems[0].labels.len(), 8);
+}
