@@ -43,6 +43,7 @@ pub struct ProfileOptions {
     /// Sample requests (JSON objects keyed by input name); `None` synthesizes them.
     pub samples: Option<Vec<serde_json::Value>>,
     /// The folder `{"$file": …}` paths in the samples resolve against (the samples file's).
+    /// `Image` inputs are decoded with the registry's `image.decode`.
     pub samples_dir: Option<PathBuf>,
 }
 
@@ -428,7 +429,14 @@ fn propagate(
 ) -> Result<Flows, ProfileError> {
     let (requests, source) = match &options.samples {
         Some(samples) => (
-            decode_samples(plan, samples, options.samples_dir.clone())?,
+            decode_samples(
+                plan,
+                samples,
+                crate::codec::EdgeContext {
+                    base_dir: options.samples_dir.clone(),
+                    images: crate::run::images::from_registry(registry, &options.base_dir),
+                },
+            )?,
             "items from the sample requests",
         ),
         None => (
@@ -597,12 +605,8 @@ fn parse_types(node: &PlanNode, types: &[String]) -> Result<Vec<DataType>, Profi
 fn decode_samples(
     plan: &Plan,
     samples: &[serde_json::Value],
-    samples_dir: Option<PathBuf>,
+    edge: crate::codec::EdgeContext,
 ) -> Result<Vec<BTreeMap<String, Value>>, ProfileError> {
-    let edge = crate::codec::EdgeContext {
-        base_dir: samples_dir,
-        images: None,
-    };
     let mut requests = Vec::with_capacity(samples.len());
     for (i, sample) in samples.iter().enumerate() {
         let line = i + 1;
