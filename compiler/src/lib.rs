@@ -47,6 +47,10 @@ impl SourceFile {
     /// A file from raw bytes: text that is not UTF-8 is a `mars::syntax::invalid_utf8`
     /// problem pointing at the first bad byte.
     pub fn from_bytes(path: &str, bytes: &[u8]) -> Result<SourceFile, Problems> {
+        // A UTF-8 byte-order mark says nothing the text does not.
+        let bytes = bytes
+            .strip_prefix(b"\xEF\xBB\xBF".as_slice())
+            .unwrap_or(bytes);
         match std::str::from_utf8(bytes) {
             Ok(text) => Ok(SourceFile {
                 path: path.to_string(),
@@ -72,6 +76,22 @@ impl SourceFile {
                 Err(problems)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_from_bytes() {
+        let bom = SourceFile::from_bytes("a.mars", b"\xEF\xBB\xBFconst A = 1\n").expect("UTF-8");
+        assert_eq!(bom.text, "const A = 1\n");
+        let bad = SourceFile::from_bytes("b.mars", b"const A = 1\n// \xE9\n").expect_err("Latin-1");
+        let p = bad.iter().next().expect("one problem");
+        assert_eq!(p.code, "mars::syntax::invalid_utf8");
+        assert_eq!(p.offset(), 15);
+        assert!(bad.render().contains("[b.mars:2:4]"), "{}", bad.render());
     }
 }
 
