@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mars_plan::{BatchPolicy, Device, Gpu};
 use mars_plan::{
     DataType, DeviceProfile, Dim, KindProfile, Plan, PlanNode, Profile, PROFILE_VERSION,
 };
-use mars_plan::{Device, Gpu};
 
 use crate::node::{Item, NodeContext, Outputs, Registry};
 use crate::value::{BoxData, ImageData, NodeError, TensorData, Value};
@@ -112,6 +112,17 @@ pub fn batch_sizes(max: u32) -> Vec<u32> {
     sizes
 }
 
+/// The sizes measured for a kind: powers of two up to the larger of `max_batch` and the
+/// largest batch bound the plan sets for it, plus `max_batch` and every such bound exactly (so
+/// `@batch(max = 12)` can be planned at 12).
+pub fn sizes_for(max_batch: u32, bounds: &[u32]) -> Vec<u32> {
+    let top = bounds.iter().copied().chain([max_batch]).max().unwrap_or(1);
+    let mut sizes: BTreeSet<u32> = batch_sizes(top).into_iter().collect();
+    sizes.insert(max_batch.max(1));
+    sizes.extend(bounds.iter().map(|&b| b.max(1)));
+    sizes.into_iter().collect()
+}
+
 /// Profile every node kind of `plan`. Kinds are keyed as the plan names them (`PlanNode::kind`).
 /// Where nodes of one kind differ in parameters or implementation, the first node's variant is
 /// written under the kind and each node of another variant under `kind@node_id`.
@@ -133,33 +144,35 @@ pub fn profile_plan(
                 && v.node.params == node.params
                 && v.node.implementation == node.implementation
         };
+        // A batch bound the plan already has (an annotation) is measured exactly.
+        let bound = (node.batch.policy != BatchPolicy::None && node.batch.max > 1)
+            .then_some(node.batch.max);
         if let Some(i) = variants.iter().position(same) {
             if variants[i].keys[0] != node.kind {
                 variants[i].keys.push(format!("{}@{}", node.kind, node.id));
             }
+            variants[i].bounds.extend(bound);
             continue;
         }
-        match variants.iter().find(|v| v.node.kind == node.kind) {
-            None => variants.push(Variant {
-                node,
-                keys: vec![node.kind.clone()],
-            }),
+        let keys = match variants.iter().find(|v| v.node.kind == node.kind) {
+            None => vec![node.kind.clone()],
             Some(first) => {
                 notes.push(format!(
                     "nodes `{}` and `{}` are both of kind `{}` but differ in parameters; `{}` is measured on its own as `{}@{}`",
                     first.node.id, node.id, node.kind, node.id, node.kind, node.id
                 ));
-                variants.push(Variant {
-                    node,
-                    keys: vec![format!("{}@{}", node.kind, node.id)],
-                });
+                vec![format!("{}@{}", node.kind, node.id)]
             }
-        }
+        };
+        variants.push(Variant {
+            node,
+            keys,
+            bounds: bound.into_iter().collect(),
+        });
     }
     variants.sort_by(|a, b| a.keys[0].cmp(&b.keys[0]));
 
     let flows = propagate(plan, registry, options)?;
-    let sizes = batch_sizes(options.max_batch);
     let devices_of = |node: &PlanNode| -> Vec<Device> {
         let mut d = vec![Device::Cpu];
         if options.gpu.is_some() && node.implementation.model.is_some() {
@@ -169,7 +182,7 @@ pub fn profile_plan(
     };
     let total: usize = variants
         .iter()
-        .map(|v| devices_of(v.node).len() * sizes.len())
+        .map(|v| devices_of(v.node).len() * sizes_for(options.max_batch, &v.bounds).len())
         .sum();
     let mut done = 0;
 
@@ -180,6 +193,7 @@ pub fn profile_plan(
     };
     for variant in &variants {
         let (kind, node) = (variant.keys[0].as_str(), variant.node);
+        let sizes = sizes_for(options.max_batch, &variant.bounds);
         let (pool, source) = match flows.items.get(&node.id) {
             Some(items) if !items.is_empty() => (items.clone(), flows.source),
             _ => (
@@ -263,6 +277,8 @@ fn device_name(d: Device) -> &'static str {
 struct Variant<'a> {
     node: &'a PlanNode,
     keys: Vec<String>,
+    /// The `batch.max` of those of its nodes whose plan already bounds their batches.
+    bounds: Vec<u32>,
 }
 
 /// The measurements of one kind on one device.
@@ -854,6 +870,14 @@ mod tests {
     }
 
     #[test]
+    fn annotated_batch_bounds_are_measured_exactly() {
+        assert_eq!(sizes_for(8, &[]), vec![1, 2, 4, 8]);
+        assert_eq!(sizes_for(8, &[12]), vec![1, 2, 4, 8, 12]);
+        assert_eq!(sizes_for(32, &[12, 3]), vec![1, 2, 3, 4, 8, 12, 16, 32]);
+        assert_eq!(sizes_for(4, &[64]), vec![1, 2, 4, 8, 16, 32, 64]);
+    }
+
+    #[test]
     fn percentile_is_nearest_rank() {
         let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         assert_eq!(percentile(&d, 0.5), Duration::from_millis(50));
@@ -1034,13 +1058,14 @@ mod tests {
         let p = &report.profile;
         assert_eq!(p.nodes.keys().collect::<Vec<_>>(), vec!["up", "words"]);
         let up = p.nodes["up"].cpu.as_ref().expect("cpu");
-        assert_eq!(up.batch, vec![1, 2, 4]);
+        // Up to --max-batch (4) and the plan's own bound (`batch.max` 8).
+        assert_eq!(up.batch, vec![1, 2, 4, 8]);
         // Each item sleeps 200 µs, so a batch of 4 takes at least 0.8 ms.
         assert!(up.latency_ms[2] >= 0.8, "{:?}", up.latency_ms);
         assert!(p.nodes["up"].gpu.is_none());
         assert_eq!(p.fanout.get("up"), Some(&4.0));
-        assert_eq!(steps.len(), 6);
-        assert_eq!(steps.last().map(|s| (s.2, s.3)), Some((5, 6)));
+        assert_eq!(steps.len(), 8);
+        assert_eq!(steps.last().map(|s| (s.2, s.3)), Some((7, 8)));
         // The profile is valid by the planner's own rules.
         let text = p.to_yaml();
         assert_eq!(Profile::from_yaml(&text, "t.profile.yaml").as_ref(), Ok(p));
