@@ -28,7 +28,8 @@ use crate::value::{BoxData, ImageData, NodeError, TensorData, Value};
 /// How long and how hard to measure.
 #[derive(Debug, Clone)]
 pub struct ProfileOptions {
-    /// The largest batch size measured; sizes are the powers of two up to it (and it).
+    /// Batch sizes are measured up to this (and up to the plan's own batch bounds); see
+    /// [`sizes_for`].
     pub max_batch: u32,
     /// At least this many timed runs per batch size...
     pub min_runs: u32,

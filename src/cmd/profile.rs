@@ -36,7 +36,7 @@ pub struct Args {
     /// Use at most this many lines of `--input`.
     #[arg(long, default_value_t = 256)]
     pub samples: usize,
-    /// The largest batch size measured (sizes are 1, 2, 4, … and this).
+    /// Measure batch sizes 1, 2, 4, … up to this (and up to each `@batch(max = N)`, exactly).
     #[arg(long, default_value_t = 32)]
     pub max_batch: u32,
     /// Timed runs per batch size: at least this many ...
