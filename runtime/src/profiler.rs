@@ -320,6 +320,7 @@ fn measure_kind(
 
     let (mut latency, mut p99, mut memory) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cpu_total, mut wall_total) = (Duration::ZERO, Duration::ZERO);
+    let mut ratios = Vec::new();
     for &b in sizes {
         step(b);
         let peak_resettable = reset_peak_rss();
@@ -349,8 +350,12 @@ fn measure_kind(
         }
         let wall = started.elapsed();
         let kids = descendants(std::process::id());
-        cpu_total += (process_cpu_time() + kids.cpu).saturating_sub(cpu_before);
+        let cpu = (process_cpu_time() + kids.cpu).saturating_sub(cpu_before);
+        cpu_total += cpu;
         wall_total += wall;
+        if wall >= RATIO_WINDOW {
+            ratios.push(cpu.as_secs_f64() / wall.as_secs_f64());
+        }
         if peak_resettable {
             peak = peak.max(peak_rss_bytes());
         }
@@ -362,11 +367,17 @@ fn measure_kind(
             100.0,
         ));
     }
-    let cores = if wall_total.is_zero() {
-        0.0
-    } else {
-        cpu_total.as_secs_f64() / wall_total.as_secs_f64()
-    };
+    // Cores busy while a batch runs is a property of the node; a busy machine only lowers what
+    // is observed (the node gets less than it would use), so the largest ratio of any batch
+    // size measured long enough is the best estimate. Short windows are too coarse (child
+    // processes' CPU time is counted in clock ticks): then the ratio over all runs is used.
+    let cpus = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let cores = match ratios.iter().copied().reduce(f64::max) {
+        Some(r) => r,
+        None if wall_total.is_zero() => 0.0,
+        None => cpu_total.as_secs_f64() / wall_total.as_secs_f64(),
+    }
+    .min(cpus);
     Ok(Measured {
         profile: DeviceProfile {
             batch: sizes.to_vec(),
@@ -408,6 +419,9 @@ fn guarded_run(
         }
     }
 }
+
+/// A batch size's CPU/wall ratio counts toward `cpu_cores` only when measured this long.
+const RATIO_WINDOW: Duration = Duration::from_millis(200);
 
 /// Nearest-rank percentile of sorted durations.
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
