@@ -694,6 +694,18 @@ mod tests {
     }
 
     #[test]
+    fn the_program_knows_its_node_and_replica() {
+        let cmd = r#"while read -r line; do echo "{\"results\": [{\"id\": 1, \"ok\": \"$MARS_NODE_ID/$MARS_REPLICA\"}]}"; done"#;
+        let mut c = ctx(cmd, &["Text"], &["Text"], None);
+        c.replica = 3;
+        let mut node = ExecNode::new(&c, cmd).expect("starts");
+        assert_eq!(
+            node.run_batch(texts(1)),
+            vec![Ok(vec![Value::Text("ext/3".into())])]
+        );
+    }
+
+    #[test]
     fn a_stale_response_line_is_skipped() {
         // Answers the first request twice, then every request once, echoing its ids.
         let cmd = r#"python3 -c '
