@@ -55,7 +55,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     let target = Target::from_yaml(&target_text, &args.target.display().to_string())
         .map_err(|e| miette!(code = "mars::profile::target", "{e}"))?;
     let (plan, base_dir) = match load_plan(&args.file, args.pipeline.as_deref(), &target)? {
-        Loaded::Plan(plan, base_dir) => (plan, base_dir),
+        Loaded::Plan(plan, base_dir) => (*plan, base_dir),
         Loaded::Failed(code) => return Ok(code),
     };
 
@@ -214,7 +214,7 @@ fn read(path: &Path) -> miette::Result<String> {
 /// What to profile: a plan, and the folder its exec commands and relative paths resolve
 /// against; or diagnostics that stop the command (already rendered).
 enum Loaded {
-    Plan(Plan, PathBuf),
+    Plan(Box<Plan>, PathBuf),
     Failed(ExitCode),
 }
 
@@ -242,7 +242,7 @@ fn load_plan(file: &Path, pipeline: Option<&str>, target: &Target) -> miette::Re
         }
         // The plan names its source relative to the plan's folder; exec nodes run beside it.
         let source = folder_of(file).join(&plan.inputs_of_plan.source);
-        return Ok(Loaded::Plan(plan, folder_of(&source)));
+        return Ok(Loaded::Plan(Box::new(plan), folder_of(&source)));
     }
     compile_source(file, pipeline, target)
 }
@@ -320,7 +320,7 @@ fn compile_source(file: &Path, pipeline: Option<&str>, target: &Target) -> miett
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     match plan_pipeline(chosen, None, target, &options) {
-        Ok(plan) => Ok(Loaded::Plan(plan, folder_of(file))),
+        Ok(plan) => Ok(Loaded::Plan(Box::new(plan), folder_of(file))),
         Err(errors) => {
             for e in errors {
                 let report = miette::Report::new(e)
