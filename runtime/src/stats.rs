@@ -162,26 +162,85 @@ pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Nearest-rank percentile of sorted latencies in ms.
-pub(crate) fn latency_stats(mut ms: Vec<f64>) -> LatencyStats {
-    if ms.is_empty() {
-        return LatencyStats {
-            p50_ms: 0.0,
-            p99_ms: 0.0,
-            max_ms: 0.0,
-            mean_ms: 0.0,
-        };
+/// Latencies in a fixed-size log-linear histogram (relative error under 1%), so that a run's
+/// memory does not grow with its length. Values are recorded in microseconds.
+#[derive(Debug, Clone)]
+pub struct LatencyHistogram {
+    counts: Vec<u64>,
+    n: u64,
+    sum_us: f64,
+    max_us: u64,
+}
+
+const SUB: u64 = 128;
+
+impl Default for LatencyHistogram {
+    fn default() -> LatencyHistogram {
+        LatencyHistogram {
+            counts: vec![0; (64 * SUB) as usize],
+            n: 0,
+            sum_us: 0.0,
+            max_us: 0,
+        }
     }
-    ms.sort_by(f64::total_cmp);
-    let rank = |q: f64| {
-        let i = ((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1;
-        round3(ms[i])
-    };
-    LatencyStats {
-        p50_ms: rank(0.50),
-        p99_ms: rank(0.99),
-        max_ms: round3(ms[ms.len() - 1]),
-        mean_ms: round3(ms.iter().sum::<f64>() / ms.len() as f64),
+}
+
+impl LatencyHistogram {
+    fn bucket(us: u64) -> usize {
+        if us < SUB {
+            return us as usize;
+        }
+        let shift = 63 - us.leading_zeros() as u64 - 7;
+        ((shift + 1) * SUB + ((us >> shift) - SUB)) as usize
+    }
+
+    /// The middle of a bucket, in microseconds.
+    fn value(bucket: usize) -> f64 {
+        let b = bucket as u64;
+        if b < SUB {
+            return b as f64;
+        }
+        let shift = b / SUB - 1;
+        let low = (b % SUB + SUB) << shift;
+        low as f64 + ((1u64 << shift) as f64 - 1.0) / 2.0
+    }
+
+    pub fn record(&mut self, d: Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX / 2)) as u64;
+        self.counts[Self::bucket(us)] += 1;
+        self.n += 1;
+        self.sum_us += us as f64;
+        self.max_us = self.max_us.max(us);
+    }
+
+    /// Nearest-rank percentile in microseconds.
+    fn rank(&self, q: f64) -> f64 {
+        let want = ((q * self.n as f64).ceil() as u64).clamp(1, self.n);
+        let mut seen = 0;
+        for (b, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Self::value(b).min(self.max_us as f64);
+            }
+        }
+        self.max_us as f64
+    }
+
+    pub fn stats(&self) -> LatencyStats {
+        if self.n == 0 {
+            return LatencyStats {
+                p50_ms: 0.0,
+                p99_ms: 0.0,
+                max_ms: 0.0,
+                mean_ms: 0.0,
+            };
+        }
+        LatencyStats {
+            p50_ms: round3(self.rank(0.50) / 1000.0),
+            p99_ms: round3(self.rank(0.99) / 1000.0),
+            max_ms: round3(self.max_us as f64 / 1000.0),
+            mean_ms: round3(self.sum_us / self.n as f64 / 1000.0),
+        }
     }
 }
 
@@ -254,13 +313,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_are_nearest_rank() {
-        let l = latency_stats((1..=100).map(f64::from).collect());
-        assert_eq!(
-            (l.p50_ms, l.p99_ms, l.max_ms, l.mean_ms),
-            (50.0, 99.0, 100.0, 50.5)
-        );
-        assert_eq!(latency_stats(vec![]).max_ms, 0.0);
+    fn percentiles_are_nearest_rank_within_one_percent() {
+        let mut h = LatencyHistogram::default();
+        for ms in 1..=100u64 {
+            h.record(Duration::from_millis(ms));
+        }
+        let l = h.stats();
+        assert!((l.p50_ms - 50.0).abs() <= 0.5, "{l:?}");
+        assert!((l.p99_ms - 99.0).abs() <= 0.99, "{l:?}");
+        assert_eq!((l.max_ms, l.mean_ms), (100.0, 50.5));
+        assert_eq!(LatencyHistogram::default().stats().max_ms, 0.0);
+        let mut small = LatencyHistogram::default();
+        small.record(Duration::from_micros(37));
+        assert_eq!(small.stats().p50_ms, 0.037);
+    }
+
+    #[test]
+    fn buckets_are_monotonic_and_tight() {
+        let mut last = 0;
+        for us in (0..5_000_000u64).step_by(997) {
+            let b = LatencyHistogram::bucket(us);
+            assert!(b >= last);
+            last = b;
+            let v = LatencyHistogram::value(b);
+            assert!(
+                (v - us as f64).abs() <= us as f64 / 100.0 + 0.5,
+                "{us} -> {v}"
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::dataflow::source::{request_source, Feed, Flow, Request, ROUND};
 use crate::dataflow::stage::node_stage;
 use crate::dataflow::Lowered;
 use crate::node::{Node, NodeContext, Registry};
-use crate::stats::{latency_stats, peak_rss_mib, round3, NodeMeter, RunStats};
+use crate::stats::{peak_rss_mib, round3, NodeMeter, RunStats};
 
 pub use writer::{Progress, ProgressFn};
 
@@ -281,7 +281,7 @@ pub fn run_plan(
             0.0
         },
         predicted_throughput: plan.predicted.throughput,
-        latency: latency_stats(written.latencies_ms),
+        latency: written.latency.stats(),
         errors_by_node: written.errors_by_node,
         nodes: meters
             .iter()

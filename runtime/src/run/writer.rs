@@ -2,7 +2,7 @@
 //! or `{"id": N, "error": {"node": "…", "message": "…"}}`, in completion order or (ordered) in
 //! input order. Output keys follow the pipeline's output declaration order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use timely::scheduling::SyncActivator;
 use crate::codec::{self, EdgeContext};
 use crate::dataflow::sink::Outcome;
 use crate::dataflow::Failure;
+use crate::stats::LatencyHistogram;
 use crate::value::Value;
 
 /// Progress of a run, for a progress bar.
@@ -33,9 +34,42 @@ pub struct Written {
     pub ok: u64,
     pub errors: u64,
     pub errors_by_node: BTreeMap<String, u64>,
-    pub latencies_ms: Vec<f64>,
+    pub latency: LatencyHistogram,
     pub stopped_at: Option<u64>,
-    pub ids: HashMap<u64, ()>,
+    seen: Seen,
+}
+
+/// The ids written so far, kept as a low-water mark plus the ids above it, so that checking
+/// exactly-once takes memory bounded by the requests in flight, not by the input's length.
+#[derive(Debug)]
+struct Seen {
+    /// Every id below this has been seen.
+    below: u64,
+    above: BTreeSet<u64>,
+}
+
+impl Default for Seen {
+    /// Ids count from 1.
+    fn default() -> Seen {
+        Seen {
+            below: 1,
+            above: BTreeSet::new(),
+        }
+    }
+}
+
+impl Seen {
+    /// Record an id; false if it was seen before.
+    fn insert(&mut self, id: u64) -> bool {
+        if id < self.below || !self.above.insert(id) {
+            return false;
+        }
+        while self.above.first() == Some(&self.below) {
+            self.above.pop_first();
+            self.below += 1;
+        }
+        true
+    }
 }
 
 pub struct WriterLink<'a> {
@@ -138,7 +172,7 @@ pub fn write_outcomes(
         };
         let id = o.id;
         let latency = o.latency;
-        if link.check_ids && w.ids.insert(id, ()).is_some() {
+        if link.check_ids && !w.seen.insert(id) {
             return Err(std::io::Error::other(format!(
                 "request {id} finished twice"
             )));
@@ -158,7 +192,7 @@ pub fn write_outcomes(
             None => {
                 w.ok += 1;
                 if let Some(d) = latency {
-                    w.latencies_ms.push(d.as_secs_f64() * 1000.0);
+                    w.latency.record(d);
                 }
             }
         }
@@ -200,6 +234,18 @@ pub fn write_outcomes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seen_ids_stay_compact_and_catch_repeats() {
+        let mut s = Seen::default();
+        for id in [1, 3, 2, 5] {
+            assert!(s.insert(id));
+        }
+        assert_eq!((s.below, s.above.len()), (4, 1));
+        assert!(!s.insert(0));
+        assert!(!s.insert(2));
+        assert!(!s.insert(5));
+    }
 
     #[test]
     fn records_have_the_documented_shape() {
