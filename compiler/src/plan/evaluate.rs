@@ -50,6 +50,8 @@ pub struct Evaluation {
     pub p99_ms: f64,
     /// The nodes (positions) of the path with the largest p99, from source to sink.
     pub critical_path: Vec<usize>,
+    /// The same for the median.
+    pub critical_path_p50: Vec<usize>,
     /// 0 when every SLO holds and the plan fits; otherwise the relative miss, summed.
     pub violation: f64,
     /// Whether every node fits in memory with at least one replica.
@@ -147,7 +149,7 @@ pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
             (hi, replicas, hi, hi_bound)
         }
     };
-    let (p50_ms, _) = longest_path(model, choice, rate, false);
+    let (p50_ms, critical_path_p50) = longest_path(model, choice, rate, false);
     let (p99_ms, critical_path) = longest_path(model, choice, rate, true);
     if let Some(s) = model.objectives.p50_ms {
         violation += ((p50_ms - s) / s).clamp(0.0, 1e6);
@@ -179,6 +181,7 @@ pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
         p50_ms,
         p99_ms,
         critical_path,
+        critical_path_p50,
         violation,
         fits,
         cost,

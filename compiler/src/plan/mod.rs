@@ -20,6 +20,7 @@ pub mod lower;
 pub mod model;
 #[cfg(test)]
 mod optimality_tests;
+mod screen;
 pub mod search;
 #[cfg(test)]
 mod testkit;

@@ -8,6 +8,7 @@ use mars_plan::Device;
 
 use super::evaluate::{compare_keys, evaluate, Evaluation};
 use super::model::CostModel;
+use super::screen::MoveScreen;
 
 /// Knobs of the search (the defaults are what `marsc compile` uses).
 #[derive(Debug, Clone, PartialEq)]
@@ -116,11 +117,11 @@ impl SplitMix {
 /// The starting assignments, in order.
 fn starts(model: &CostModel) -> Vec<Vec<usize>> {
     vec![
-        balanced_start(model),
+        balanced_start(model, None, false),
         lightest_start(model, None),
-        lightest_start(model, Some(Device::Cpu)),
-        lightest_start(model, Some(Device::Gpu)),
-        fastest_start(model),
+        balanced_start(model, Some(Device::Cpu), false),
+        balanced_start(model, Some(Device::Gpu), false),
+        balanced_start(model, None, true),
     ]
 }
 
@@ -153,29 +154,29 @@ fn lightest_start(model: &CostModel, device: Option<Device>) -> Vec<usize> {
         .collect()
 }
 
-/// Each node on its option with the lowest p99 latency.
-fn fastest_start(model: &CostModel) -> Vec<usize> {
-    (0..model.nodes.len())
-        .map(|i| {
-            let opts = &model.nodes[i].options;
-            (0..opts.len())
-                .min_by(|&a, &b| {
-                    compare_keys(
-                        &[opts[a].p99_ms, relative_load(model, i, a)],
-                        &[opts[b].p99_ms, relative_load(model, i, b)],
-                    )
-                })
-                .unwrap_or(0)
-        })
-        .collect()
-}
-
 /// Longest-processing-time-first: heaviest nodes first, each where the most loaded resource
-/// stays least loaded.
-fn balanced_start(model: &CostModel) -> Vec<usize> {
+/// stays least loaded; on `device` where the node can run there; among its lowest-p99
+/// options when `fastest`.
+fn balanced_start(model: &CostModel, device: Option<Device>, fastest: bool) -> Vec<usize> {
     let n = model.nodes.len();
+    // The options a node may start on: those on `device`, where it has any; with `fastest`,
+    // those of the lowest p99.
+    let allowed = |i: usize| -> Vec<usize> {
+        let opts = &model.nodes[i].options;
+        let min_p99 = opts.iter().map(|o| o.p99_ms).fold(f64::INFINITY, f64::min);
+        let preferred: Vec<usize> = (0..opts.len())
+            .filter(|&o| device.is_none_or(|d| opts[o].device == d))
+            .filter(|&o| !fastest || compare_keys(&[opts[o].p99_ms], &[min_p99]) == Ordering::Equal)
+            .collect();
+        if preferred.is_empty() {
+            (0..opts.len()).collect()
+        } else {
+            preferred
+        }
+    };
     let weight = |i: usize| {
-        (0..model.nodes[i].options.len())
+        allowed(i)
+            .into_iter()
             .map(|o| relative_load(model, i, o))
             .fold(f64::INFINITY, f64::min)
     };
@@ -194,7 +195,8 @@ fn balanced_start(model: &CostModel) -> Vec<usize> {
             }
         };
         let opts = &model.nodes[i].options;
-        let best = (0..opts.len())
+        let best = allowed(i)
+            .into_iter()
             .min_by(|&a, &b| compare_keys(&[after(a), opts[a].p99_ms], &[after(b), opts[b].p99_ms]))
             .unwrap_or(0);
         let opt = &opts[best];
@@ -213,13 +215,15 @@ fn improve(model: &CostModel, mut choice: Vec<usize>, options: &SearchOptions) -
     let n = model.nodes.len();
     let mut current = evaluate(model, &choice);
     let mut key = current.key(model);
+
     for _ in 0..options.max_passes {
         let mut improved = false;
+        let mut screen = MoveScreen::new(model, &choice, &current);
         for i in 0..n {
             let keep = choice[i];
             let mut best: Option<(usize, Evaluation, [f64; 7])> = None;
             for o in 0..model.nodes[i].options.len() {
-                if o == keep {
+                if o == keep || !screen.may_improve(model, &current, i, keep, o) {
                     continue;
                 }
                 choice[i] = o;
@@ -236,6 +240,7 @@ fn improve(model: &CostModel, mut choice: Vec<usize>, options: &SearchOptions) -
                     current = e;
                     key = k;
                     improved = true;
+                    screen = MoveScreen::new(model, &choice, &current);
                 }
                 None => choice[i] = keep,
             }
