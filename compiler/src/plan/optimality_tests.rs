@@ -12,6 +12,12 @@ use crate::ir::{BatchHint, DeviceHint, SloKind};
 /// The most throughput `choice` sustains under the constraints as SPEC.md states them, or
 /// `None` when it meets no SLO at any rate (or does not fit).
 fn brute_force_throughput(model: &CostModel, choice: &[usize]) -> Option<f64> {
+    let x = brute_force_capacity(model, choice)?;
+    latency_holds(model, choice, x).then_some(x)
+}
+
+/// The largest rate at which constraints 1–4 hold, or `None` when nothing fits.
+fn brute_force_capacity(model: &CostModel, choice: &[usize]) -> Option<f64> {
     let opts: Vec<_> = model
         .nodes
         .iter()
@@ -69,9 +75,17 @@ fn brute_force_throughput(model: &CostModel, choice: &[usize]) -> Option<f64> {
             hi = mid;
         }
     }
-    // Latency along every path, enumerated explicitly, at that rate (the fill time only shrinks
-    // as the rate grows, so the largest feasible rate is the one to check).
-    let x = lo;
+    Some(lo)
+}
+
+/// Whether the latency SLOs hold at rate `x`, along every path enumerated explicitly.
+fn latency_holds(model: &CostModel, choice: &[usize], x: f64) -> bool {
+    let opts: Vec<_> = model
+        .nodes
+        .iter()
+        .zip(choice)
+        .map(|(n, &o)| &n.options[o])
+        .collect();
     let succs: Vec<Vec<usize>> = (0..opts.len())
         .map(|i| {
             (0..opts.len())
@@ -120,10 +134,10 @@ fn brute_force_throughput(model: &CostModel, choice: &[usize]) -> Option<f64> {
                 .p50_ms
                 .is_some_and(|s| p50 > s * (1.0 + 1e-9))
         {
-            return None;
+            return false;
         }
     }
-    Some(lo)
+    true
 }
 
 fn optimum(model: &CostModel) -> Option<(f64, Vec<usize>)> {
@@ -323,4 +337,93 @@ fn the_search_reaches_99_percent_of_the_brute_force_optimum() {
     }
     assert!(compared >= 300, "only {compared} comparable cases");
     eprintln!("{compared} cases compared, {infeasible} infeasible, worst ratio {worst}");
+}
+
+/// Under `slo throughput >= N/s`, the fewest resources that sustain N: (GPUs used, busy cores)
+/// of the best assignment, by brute force.
+fn fewest_resources(model: &CostModel, n: f64) -> Option<(usize, f64)> {
+    let mut choice = vec![0; model.nodes.len()];
+    let mut best: Option<(usize, f64)> = None;
+    loop {
+        let sustains = brute_force_capacity(model, &choice).is_some_and(|x| x >= n * (1.0 - 1e-9));
+        if sustains && latency_holds(model, &choice, n) {
+            let mut gpus: Vec<usize> = choice
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &o)| model.nodes[i].options[o].gpu)
+                .collect();
+            gpus.sort_unstable();
+            gpus.dedup();
+            let cores: f64 = choice
+                .iter()
+                .enumerate()
+                .map(|(i, &o)| {
+                    n * model.nodes[i].options[o].per_request * model.nodes[i].options[o].cores
+                })
+                .sum();
+            let better = match best {
+                None => true,
+                Some((g, c)) => gpus.len() < g || (gpus.len() == g && cores < c * (1.0 - 1e-9)),
+            };
+            if better {
+                best = Some((gpus.len(), cores));
+            }
+        }
+        let mut i = 0;
+        loop {
+            if i == choice.len() {
+                return best;
+            }
+            choice[i] += 1;
+            if choice[i] < model.nodes[i].options.len() {
+                break;
+            }
+            choice[i] = 0;
+            i += 1;
+        }
+    }
+}
+
+#[test]
+fn under_a_throughput_slo_the_search_takes_the_fewest_resources() {
+    let mut rng = Rng(0x7468_7275);
+    let options = PlanOptions {
+        allow_slo_miss: true,
+        ..PlanOptions::default()
+    };
+    let mut compared = 0;
+    for case in 0..300 {
+        let (mut p, prof, t) = random_case(&mut rng);
+        let model = CostModel::build(&p, Some(&prof), &t, &options).expect("well-formed");
+        let Some((best, _)) = optimum(&model) else {
+            continue;
+        };
+        // Ask for a share of the most the target can do.
+        let n = best * [0.2, 0.5, 0.9][case % 3];
+        p.slos.push(crate::ir::Slo {
+            kind: SloKind::ThroughputPerS(n),
+            text: format!("throughput >= {n}/s"),
+            span: (0, 1).into(),
+        });
+        let model = CostModel::build(&p, Some(&prof), &t, &options).expect("well-formed");
+        let Some((gpus, cores)) = fewest_resources(&model, n) else {
+            continue;
+        };
+        compared += 1;
+        let solution = search::search(&model, &options.search);
+        let e = &solution.eval;
+        assert_eq!(
+            e.violation, 0.0,
+            "case {case}: a plan sustains {n}/s, the planner misses: {e:?}"
+        );
+        assert!(e.capacity >= n * (1.0 - 1e-9), "case {case}");
+        assert!(
+            e.cost.gpus_used < gpus
+                || (e.cost.gpus_used == gpus && e.cost.cpu_busy <= cores * 1.01 + 1e-9),
+            "case {case}: planner uses {} GPUs and {} cores, the fewest are {gpus} and {cores}",
+            e.cost.gpus_used,
+            e.cost.cpu_busy
+        );
+    }
+    assert!(compared >= 150, "only {compared} comparable cases");
 }
