@@ -2,6 +2,7 @@
 //! control and executors. It never reads `.mars` source and never links the front end.
 
 pub mod batching;
+pub mod cluster;
 pub mod codec;
 pub mod dataflow;
 pub mod exec;

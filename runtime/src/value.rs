@@ -40,7 +40,9 @@ pub enum Value {
     Int(i64),
     Float(f64),
     Bool(bool),
-    Json(serde_json::Value),
+    /// Serialized as its JSON text, so that values cross processes with non-self-describing
+    /// formats (timely's exchange uses bincode).
+    Json(#[serde(with = "json_text")] serde_json::Value),
     Image(Arc<ImageData>),
     Box(BoxData),
     List(Vec<Value>),
@@ -108,5 +110,18 @@ impl NodeError {
         NodeError {
             message: message.into(),
         }
+    }
+}
+
+mod json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &serde_json::Value, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
     }
 }

@@ -2,6 +2,7 @@
 //! The running itself is `mars_runtime::run_plan`; this file opens the files, draws the
 //! progress bar and prints the summary.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::time::Duration;
 use miette::{miette, IntoDiagnostic, WrapErr};
 
 use mars_plan::Plan;
+use mars_runtime::cluster::Cluster;
 use mars_runtime::run::{Progress, RunOptions, DEFAULT_MAX_INFLIGHT};
 use mars_runtime::RunError;
 
@@ -46,6 +48,18 @@ pub struct Args {
     /// No progress bar and no summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Skip requests whose ids already have records in `--output` and append the rest (after
+    /// a crash). A cut-off last line is removed first.
+    #[arg(long)]
+    pub resume: bool,
+    /// Run as process 0 of a cluster whose processes are listed here (`host:port` a line, in
+    /// the plan's worker order); start the others with `marsc worker`.
+    #[arg(long, conflicts_with = "local_cluster")]
+    pub hosts: Option<PathBuf>,
+    /// Start a cluster of N processes on 127.0.0.1 (this one is process 0), for development
+    /// and tests.
+    #[arg(long, value_name = "N")]
+    pub local_cluster: Option<usize>,
 }
 
 fn folder_of(path: &Path) -> PathBuf {
@@ -91,7 +105,194 @@ fn run_error(e: RunError) -> miette::Report {
 }
 
 pub fn run(args: Args) -> miette::Result<ExitCode> {
+    if let Some(n) = args.local_cluster {
+        return local_cluster(args, n);
+    }
+    let cluster = match &args.hosts {
+        Some(path) => Some(Cluster {
+            hosts: read_hosts(path)?,
+            process: 0,
+        }),
+        None => None,
+    };
+    execute(args, cluster)
+}
+
+/// Read a hosts file.
+pub fn read_hosts(path: &Path) -> miette::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read hosts file {}", path.display()))?;
+    Cluster::parse_hosts(&text)
+        .map_err(|e| miette!(code = "mars::cluster::hosts", "{}: {e}", path.display()))
+}
+
+/// Start processes 1..n as children (`marsc worker`), run process 0 here, then wait for them.
+fn local_cluster(args: Args, n: usize) -> miette::Result<ExitCode> {
+    if n == 0 {
+        return Err(miette!(
+            code = "mars::cluster::size",
+            "--local-cluster needs at least 1 process"
+        ));
+    }
+    // Ports the OS says are free now; a clash with another program in between makes timely fail
+    // to bind, which is reported.
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .into_diagnostic()
+        .wrap_err("finding free local ports")?;
+    let hosts: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| format!("127.0.0.1:{}", a.port())))
+        .collect::<Result<_, _>>()
+        .into_diagnostic()?;
+    drop(listeners);
+    let hosts_file =
+        std::env::temp_dir().join(format!("mars-cluster-{}.hosts", std::process::id()));
+    std::fs::write(&hosts_file, hosts.join("\n") + "\n").into_diagnostic()?;
+    let exe = std::env::current_exe().into_diagnostic()?;
+    let mut children = Vec::new();
+    for process in 1..n {
+        let child = std::process::Command::new(&exe)
+            .arg("worker")
+            .arg(&args.plan)
+            .arg("--hosts")
+            .arg(&hosts_file)
+            .arg("--process")
+            .arg(process.to_string())
+            .arg("--workers")
+            .arg(args.workers.to_string())
+            .arg("-q")
+            .spawn()
+            .into_diagnostic()
+            .wrap_err("starting a cluster process")?;
+        children.push(child);
+    }
+    // A child that dies makes this process stop too, even while timely still waits for it to
+    // connect (which timely would do forever).
+    let children = Arc::new(std::sync::Mutex::new(children));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let children = Arc::clone(&children);
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(mut cs) = children.lock() {
+                    for (i, c) in cs.iter_mut().enumerate() {
+                        if let Ok(Some(status)) = c.try_wait() {
+                            if !status.success() {
+                                eprintln!("error[mars::cluster::lost]: cluster process {} exited ({status}); the run stops", i + 1);
+                                for c in cs.iter_mut() {
+                                    let _ = c.kill();
+                                }
+                                std::process::exit(2);
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let result = execute(args, Some(Cluster { hosts, process: 0 }));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = watchdog.join();
+    let mut failed = Vec::new();
+    let mut children = children
+        .lock()
+        .map_err(|_| miette!("cluster bookkeeping failed"))?;
+    for (i, child) in children.iter_mut().enumerate() {
+        if result.is_err() {
+            let _ = child.kill();
+        }
+        match child.wait() {
+            Ok(status) if status.success() => {}
+            Ok(status) => failed.push(format!("process {} {status}", i + 1)),
+            Err(e) => failed.push(format!("process {}: {e}", i + 1)),
+        }
+    }
+    let _ = std::fs::remove_file(&hosts_file);
+    let code = result?;
+    if !failed.is_empty() {
+        return Err(miette!(
+            code = "mars::cluster::lost",
+            "cluster processes failed: {}",
+            failed.join(", ")
+        ));
+    }
+    Ok(code)
+}
+
+/// The ids already written to `path` (whole lines only); a cut-off last line is removed.
+fn resume_from(path: &Path) -> miette::Result<HashSet<u64>> {
+    let mut ids = HashSet::new();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+        Err(e) => {
+            return Err(e)
+                .into_diagnostic()
+                .wrap_err_with(|| format!("cannot read {}", path.display()))
+        }
+    };
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    for line in bytes[..whole]
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+    {
+        let id = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|j| j.get("id").and_then(serde_json::Value::as_u64));
+        match id {
+            Some(id) => {
+                ids.insert(id);
+            }
+            None => {
+                return Err(miette!(
+                    code = "mars::run::resume",
+                    "{} holds a line that is not a record: {}",
+                    path.display(),
+                    String::from_utf8_lossy(line)
+                ))
+            }
+        }
+    }
+    if whole < bytes.len() {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .into_diagnostic()?;
+        f.set_len(whole as u64).into_diagnostic()?;
+    }
+    Ok(ids)
+}
+
+/// Run this process (process 0 when in a cluster) with `marsc run`'s flags.
+pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode> {
     let (plan, base_dir) = load_plan(&args.plan)?;
+    let to_stdout = args.output.as_os_str() == "-";
+    if let Some(c) = &cluster {
+        if to_stdout {
+            // timely prints its connection progress on stdout.
+            return Err(miette!(
+                code = "mars::cluster::output",
+                "in a cluster, give --output FILE (stdout carries timely's connection messages)"
+            ));
+        }
+        mars_runtime::cluster::exit_on_lost_peer(c.hosts.clone());
+    }
+    let skip = if args.resume {
+        if to_stdout {
+            return Err(miette!(
+                code = "mars::run::resume",
+                "--resume needs --output FILE"
+            ));
+        }
+        resume_from(&args.output)?
+    } else {
+        HashSet::new()
+    };
     let bar = progress_bar(args.quiet);
     let progress: Option<Arc<mars_runtime::run::ProgressFn>> = bar.clone().map(|bar| {
         Arc::new(move |p: &Progress| {
@@ -117,15 +318,24 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             Some(folder_of(&args.input))
         },
         progress,
+        cluster,
+        skip: Arc::new(skip),
     };
     let registry = mars_stdlib::registry();
-    let mut output: Box<dyn Write> = if args.output.as_os_str() == "-" {
-        Box::new(BufWriter::with_capacity(1 << 16, std::io::stdout()))
+    // The runtime writes whole lines in large chunks itself: no BufWriter, so that a process
+    // that dies leaves only complete records behind.
+    let mut output: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::stdout())
     } else {
-        let f = File::create(&args.output)
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(args.resume)
+            .truncate(!args.resume)
+            .open(&args.output)
             .into_diagnostic()
             .wrap_err_with(|| format!("cannot create {}", args.output.display()))?;
-        Box::new(BufWriter::with_capacity(1 << 16, f))
+        Box::new(f)
     };
     let report = if stdin_input {
         let input = BufReader::with_capacity(1 << 16, std::io::stdin());

@@ -1,10 +1,57 @@
-//! `marsc worker` (being built; see the issue that owns it).
+//! `marsc worker PLAN --hosts hosts.txt --process I`: one process of a cluster running a plan
+//! (see `mars_runtime::cluster`). Process 0 reads `--input` and writes `--output` exactly like
+//! `marsc run`; the other processes run their nodes and exit when the run is over.
 
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use miette::miette;
 
-pub fn run(_args: Args) -> miette::Result<ExitCode> {
-    Err(miette::miette!("`marsc worker` is not built yet"))
+use mars_runtime::cluster::{self, Cluster};
+use mars_runtime::run::RunOptions;
+
+#[derive(clap::Args)]
+#[group(id = "worker_args")]
+pub struct Args {
+    #[command(flatten)]
+    pub run: super::run::Args,
+    /// This process's index into the hosts file (0 reads input and writes output).
+    #[arg(long)]
+    pub process: usize,
+}
+
+pub fn run(args: Args) -> miette::Result<ExitCode> {
+    let Some(hosts_path) = args.run.hosts.clone() else {
+        return Err(miette!(
+            code = "mars::cluster::hosts",
+            "marsc worker needs --hosts FILE"
+        ));
+    };
+    let hosts = super::run::read_hosts(&hosts_path)?;
+    if args.process >= hosts.len() {
+        return Err(miette!(
+            code = "mars::cluster::process",
+            "--process {} but {} lists {} processes (0..{})",
+            args.process,
+            hosts_path.display(),
+            hosts.len(),
+            hosts.len()
+        ));
+    }
+    let cluster = Cluster {
+        hosts: hosts.clone(),
+        process: args.process,
+    };
+    if args.process == 0 {
+        return super::run::execute(args.run, Some(cluster));
+    }
+    let (plan, base_dir) = super::run::load_plan(&args.run.plan)?;
+    cluster::exit_on_lost_peer(hosts);
+    let opts = RunOptions {
+        workers: args.run.workers,
+        cluster: Some(cluster),
+        ..RunOptions::default()
+    };
+    mars_runtime::run::run_peer(&plan, &base_dir, &mars_stdlib::registry(), opts)
+        .map_err(|e| miette!(code = "mars::cluster::run", "{e}"))?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! Running a plan: [`run_plan`] reads JSONL requests, runs them through the plan's timely
-//! dataflow and writes one JSONL record per request.
+//! dataflow and writes one JSONL record per request; [`run_peer`] runs another process of a
+//! cluster (see [`crate::cluster`]).
 //!
 //! Threads: the caller's thread writes output; a reader thread parses input; `workers` timely
 //! worker threads run the dataflow (worker 0 holds the source and the sink); each node has
@@ -9,6 +10,7 @@ pub mod images;
 pub mod reader;
 pub mod writer;
 
+use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -16,9 +18,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crossbeam_channel::Sender;
 use mars_plan::Plan;
 use timely::dataflow::operators::Concatenate;
+use timely::{CommunicationConfig, WorkerConfig};
 
+use crate::cluster::{self, Cluster};
 use crate::codec::EdgeContext;
 use crate::dataflow::sink::{output_sink, Outcome};
 use crate::dataflow::source::{request_source, Feed, Flow, Request, ROUND};
@@ -32,7 +37,7 @@ pub use writer::{Progress, ProgressFn};
 /// How to run.
 #[derive(Clone)]
 pub struct RunOptions {
-    /// Timely worker threads (at least 1).
+    /// Timely worker threads (per process, in a cluster; at least 1).
     pub workers: usize,
     /// At most this many requests inside the dataflow at once.
     pub max_inflight: usize,
@@ -46,6 +51,10 @@ pub struct RunOptions {
     pub input_dir: Option<PathBuf>,
     /// Called about every 100 ms with the run's progress.
     pub progress: Option<Arc<ProgressFn>>,
+    /// Run as one process of a cluster.
+    pub cluster: Option<Cluster>,
+    /// Input ids (line numbers) not to run: they already have records (`--resume`).
+    pub skip: Arc<HashSet<u64>>,
 }
 
 /// The default bound on requests in flight.
@@ -61,6 +70,8 @@ impl Default for RunOptions {
             trace: false,
             input_dir: None,
             progress: None,
+            cluster: None,
+            skip: Arc::new(HashSet::new()),
         }
     }
 }
@@ -88,15 +99,20 @@ pub enum RunError {
     Runtime(String),
 }
 
-/// Build every replica of every node, in plan order.
+/// Build every replica of the nodes this process runs (`None` for the others), in plan order.
 fn build_replicas(
     plan: &Plan,
     base_dir: &Path,
     registry: &Registry,
-) -> Result<Vec<Vec<Box<dyn Node>>>, RunError> {
+    mine: impl Fn(usize) -> bool,
+) -> Result<Vec<Option<Vec<Box<dyn Node>>>>, RunError> {
     plan.nodes
         .iter()
-        .map(|node| {
+        .enumerate()
+        .map(|(i, node)| {
+            if !mine(i) {
+                return Ok(None);
+            }
             (0..node.replicas)
                 .map(|replica| {
                     let ctx = NodeContext {
@@ -109,13 +125,167 @@ fn build_replicas(
                         message: e.message,
                     })
                 })
-                .collect()
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some)
         })
         .collect()
 }
 
+type Guards = timely::communication::initialize::WorkerGuards<Result<(), String>>;
+
+/// Start this process's timely workers on the plan. `feed` and `out` are used by global worker
+/// 0 only (process 0).
+fn launch(
+    plan: &Plan,
+    base_dir: &Path,
+    registry: &Registry,
+    opts: &RunOptions,
+    lowered: &Arc<Lowered>,
+    meters: &Arc<Vec<Arc<NodeMeter>>>,
+    feed: Option<Feed>,
+    out: Sender<Outcome>,
+) -> Result<Guards, RunError> {
+    let threads = opts.workers.max(1);
+    let (config, process, hosts) = match &opts.cluster {
+        None => (timely::Config::process(threads), 0, Vec::new()),
+        Some(c) => {
+            if c.process >= c.hosts.len() {
+                return Err(RunError::Runtime(format!(
+                    "process {} of a cluster of {} hosts",
+                    c.process,
+                    c.hosts.len()
+                )));
+            }
+            let communication = CommunicationConfig::Cluster {
+                threads,
+                process: c.process,
+                addresses: c.hosts.clone(),
+                report: false,
+                zerocopy: false,
+            };
+            (
+                timely::Config {
+                    communication,
+                    worker: WorkerConfig::default(),
+                },
+                c.process,
+                c.hosts.clone(),
+            )
+        }
+    };
+    let processes = hosts.len().max(1);
+    let owners = Arc::new(cluster::placement(plan, processes, threads));
+    let replicas = build_replicas(plan, base_dir, registry, |i| owners[i] / threads == process)?;
+    let replicas = Arc::new(Mutex::new(replicas));
+    let feed = Arc::new(Mutex::new(feed));
+    let fingerprint = cluster::fingerprint(plan);
+    let in_cluster = opts.cluster.is_some();
+    let max_inflight = opts.max_inflight.max(1);
+    let lowered = Arc::clone(lowered);
+    let meters = Arc::clone(meters);
+    timely::execute(config, move |worker| {
+        if in_cluster {
+            cluster::agree(worker, &fingerprint, threads, &hosts)?;
+        }
+        let index = worker.index();
+        let feed = if index == 0 {
+            feed.lock().ok().and_then(|mut f| f.take())
+        } else {
+            None
+        };
+        let out = out.clone();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let flow = Rc::new(Flow::default());
+            let mut streams = vec![request_source(scope, feed, Rc::clone(&flow), max_inflight)];
+            for (i, spec) in lowered.nodes.iter().enumerate() {
+                let input = if spec.deps.len() == 1 {
+                    streams[spec.deps[0] as usize].clone()
+                } else {
+                    scope.concatenate(spec.deps.iter().map(|&d| streams[d as usize].clone()))
+                };
+                let owner = owners[i];
+                let nodes = if owner == index {
+                    replicas
+                        .lock()
+                        .ok()
+                        .and_then(|mut r| r.get_mut(i).and_then(Option::take))
+                } else {
+                    None
+                };
+                let stream = node_stage(
+                    input,
+                    spec.clone(),
+                    i as u32 + 1,
+                    owner,
+                    nodes,
+                    Arc::clone(&meters[i]),
+                );
+                streams.push(stream);
+            }
+            let deps = &lowered.sink_deps;
+            let input = if deps.len() == 1 {
+                streams[deps[0] as usize].clone()
+            } else {
+                scope.concatenate(deps.iter().map(|&d| streams[d as usize].clone()))
+            };
+            output_sink(input, deps.clone(), lowered.outputs.clone(), flow, out);
+        });
+        while worker.step_or_park(None) {}
+        Ok(())
+    })
+    .map_err(RunError::Runtime)
+}
+
+fn join(guards: Guards) -> Result<(), RunError> {
+    for result in guards.join() {
+        result
+            .map_err(RunError::Runtime)?
+            .map_err(RunError::Runtime)?;
+    }
+    Ok(())
+}
+
+fn meters_of(plan: &Plan, start: Instant, trace: bool) -> Arc<Vec<Arc<NodeMeter>>> {
+    Arc::new(
+        plan.nodes
+            .iter()
+            .map(|n| Arc::new(NodeMeter::new(&n.id, n.replicas, start, trace)))
+            .collect(),
+    )
+}
+
+/// Run a process other than process 0 of a cluster: it runs its nodes and exits when the run
+/// is over. Reads no input and writes no output.
+pub fn run_peer(
+    plan: &Plan,
+    base_dir: &Path,
+    registry: &Registry,
+    opts: RunOptions,
+) -> Result<(), RunError> {
+    match &opts.cluster {
+        Some(c) if c.process > 0 => {}
+        _ => {
+            return Err(RunError::Runtime(
+                "run_peer runs processes 1.. of a cluster; process 0 uses run_plan".into(),
+            ))
+        }
+    }
+    let cx = EdgeContext {
+        base_dir: opts.input_dir.clone(),
+        images: None,
+    };
+    let lowered = Arc::new(Lowered::from_plan(plan, &cx).map_err(RunError::Plan)?);
+    let meters = meters_of(plan, Instant::now(), false);
+    let (out_tx, _out_rx) = crossbeam_channel::unbounded();
+    let guards = launch(
+        plan, base_dir, registry, &opts, &lowered, &meters, None, out_tx,
+    )?;
+    join(guards)
+}
+
 /// Run `plan` over the JSONL requests of `input`, writing one JSONL record per request to
 /// `output`. `base_dir` is where the plan's relative paths (exec commands, weights) resolve.
+/// In a cluster, this is process 0.
 pub fn run_plan(
     plan: &Plan,
     base_dir: &Path,
@@ -124,98 +294,46 @@ pub fn run_plan(
     input: impl BufRead + Send,
     output: &mut dyn Write,
 ) -> Result<RunReport, RunError> {
+    if opts.cluster.as_ref().is_some_and(|c| c.process != 0) {
+        return Err(RunError::Runtime(
+            "only process 0 of a cluster reads input; use run_peer".into(),
+        ));
+    }
     let cx = EdgeContext {
         base_dir: opts.input_dir.clone(),
         images: images::from_registry(registry, base_dir),
     };
     let lowered = Arc::new(Lowered::from_plan(plan, &cx).map_err(RunError::Plan)?);
-    let replicas = build_replicas(plan, base_dir, registry)?;
     let start = Instant::now();
-    let meters: Arc<Vec<Arc<NodeMeter>>> = Arc::new(
-        plan.nodes
-            .iter()
-            .map(|n| Arc::new(NodeMeter::new(&n.id, n.replicas, start, opts.trace)))
-            .collect(),
-    );
-    let replicas: Arc<Mutex<Vec<Option<Vec<Box<dyn Node>>>>>> =
-        Arc::new(Mutex::new(replicas.into_iter().map(Some).collect()));
+    let meters = meters_of(plan, start, opts.trace);
 
     let (req_tx, req_rx) = crossbeam_channel::bounded::<Request>(2 * ROUND);
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outcome>();
     let (act_tx, act_rx) = crossbeam_channel::bounded(1);
     let wake = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let feed = Arc::new(Mutex::new(Some(Feed {
+    let feed = Feed {
         requests: req_rx,
         wake: Arc::clone(&wake),
         stop: Arc::clone(&stop),
         activator: act_tx,
-    })));
-
-    let workers = opts.workers.max(1);
-    let max_inflight = opts.max_inflight.max(1);
-    let guards = {
-        let lowered = Arc::clone(&lowered);
-        let meters = Arc::clone(&meters);
-        let out_tx = out_tx.clone();
-        timely::execute(timely::Config::process(workers), move |worker| {
-            let index = worker.index();
-            let peers = worker.peers();
-            let feed = if index == 0 {
-                feed.lock().ok().and_then(|mut f| f.take())
-            } else {
-                None
-            };
-            let out = out_tx.clone();
-            worker.dataflow::<u64, _, _>(|scope| {
-                let flow = Rc::new(Flow::default());
-                let mut streams = vec![request_source(scope, feed, Rc::clone(&flow), max_inflight)];
-                for (i, spec) in lowered.nodes.iter().enumerate() {
-                    let input = if spec.deps.len() == 1 {
-                        streams[spec.deps[0] as usize].clone()
-                    } else {
-                        scope.concatenate(spec.deps.iter().map(|&d| streams[d as usize].clone()))
-                    };
-                    let owner = i % peers;
-                    let nodes = if owner == index {
-                        replicas
-                            .lock()
-                            .ok()
-                            .and_then(|mut r| r.get_mut(i).and_then(Option::take))
-                    } else {
-                        None
-                    };
-                    let stream = node_stage(
-                        input,
-                        spec.clone(),
-                        i as u32 + 1,
-                        owner,
-                        nodes,
-                        Arc::clone(&meters[i]),
-                    );
-                    streams.push(stream);
-                }
-                let deps = &lowered.sink_deps;
-                let input = if deps.len() == 1 {
-                    streams[deps[0] as usize].clone()
-                } else {
-                    scope.concatenate(deps.iter().map(|&d| streams[d as usize].clone()))
-                };
-                output_sink(input, deps.clone(), lowered.outputs.clone(), flow, out);
-            });
-            while worker.step_or_park(None) {}
-        })
-        .map_err(RunError::Runtime)?
     };
+    let guards = launch(
+        plan,
+        base_dir,
+        registry,
+        &opts,
+        &lowered,
+        &meters,
+        Some(feed),
+        out_tx.clone(),
+    )?;
     let reader_out = out_tx;
 
     let Ok(source) = act_rx.recv() else {
-        let why = guards
-            .join()
-            .into_iter()
-            .find_map(Result::err)
-            .unwrap_or_else(|| "worker 0 did not start".into());
-        return Err(RunError::Runtime(why));
+        drop(reader_out);
+        join(guards)?;
+        return Err(RunError::Runtime("worker 0 did not start".into()));
     };
 
     let output_names: Vec<String> = lowered.outputs.iter().map(|o| o.name.clone()).collect();
@@ -229,6 +347,7 @@ pub fn run_plan(
                 wake: &wake,
                 source: &source,
                 stop: &stop,
+                skip: &opts.skip,
             };
             s.spawn(move || reader::read_requests(input, link))
         };
@@ -245,6 +364,7 @@ pub fn run_plan(
                 progress: opts.progress.as_deref(),
                 start,
                 check_ids: true,
+                skip: &opts.skip,
             },
         );
         if written.is_err() {
@@ -257,11 +377,10 @@ pub fn run_plan(
         (read, written)
     });
     let wall = start.elapsed();
-    for result in guards.join() {
-        result.map_err(RunError::Runtime)?;
-    }
+    join(guards)?;
     let written = written.map_err(RunError::Output)?;
-    let requests = read.map_err(RunError::Input)?;
+    let (lines, skipped) = read.map_err(RunError::Input)?;
+    let requests = lines - skipped;
     if written.stopped_at.is_none() && written.records != requests {
         return Err(RunError::Runtime(format!(
             "{requests} requests read but {} records written; this is a bug in the runtime",
@@ -684,6 +803,30 @@ mod tests {
         assert_eq!(report.stats.stopped_at, Some(1));
         assert!(lines.len() < 20001, "{} lines", lines.len());
         assert_eq!(by_id(&lines)[&1]["error"]["node"], "odd");
+    }
+
+    #[test]
+    fn records_cross_processes_through_bincode() {
+        use crate::dataflow::{Failure, Rec};
+        let recs = vec![
+            Rec {
+                id: 3,
+                src: 1,
+                body: Ok(vec![
+                    Value::Json(serde_json::json!({"a": [1, null, "x"]})),
+                    Value::Bytes(Arc::new(vec![0, 255])),
+                    Value::List(vec![Value::Float(0.5), Value::Text("t".into())]),
+                ]),
+            },
+            Rec {
+                id: 4,
+                src: 2,
+                body: Err(Failure::new("n", "m")),
+            },
+        ];
+        let bytes = bincode::serialize(&recs).expect("serializes");
+        let back: Vec<Rec> = bincode::deserialize(&bytes).expect("deserializes");
+        assert_eq!(back, recs);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! pipeline's inputs. A line that is not a JSON object, or lacks or mistypes a field without a
 //! default, becomes that request's error record (node `input`) and never enters the dataflow.
 
+use std::collections::HashSet;
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -51,12 +52,16 @@ pub struct ReaderLink<'a> {
     pub wake: &'a AtomicBool,
     pub source: &'a SyncActivator,
     pub stop: &'a AtomicBool,
+    /// Ids not to run (they already have records).
+    pub skip: &'a HashSet<u64>,
 }
 
-/// Read requests until the input ends or the run stops; returns the number of lines read.
-pub fn read_requests(mut input: impl BufRead, link: ReaderLink<'_>) -> std::io::Result<u64> {
+/// Read requests until the input ends or the run stops; returns the number of lines read and
+/// how many of them were skipped.
+pub fn read_requests(mut input: impl BufRead, link: ReaderLink<'_>) -> std::io::Result<(u64, u64)> {
     let mut line = Vec::with_capacity(256);
     let mut id = 0u64;
+    let mut skipped = 0u64;
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
@@ -66,6 +71,10 @@ pub fn read_requests(mut input: impl BufRead, link: ReaderLink<'_>) -> std::io::
             break;
         }
         id += 1;
+        if link.skip.contains(&id) {
+            skipped += 1;
+            continue;
+        }
         match parse_request(&line, link.inputs, link.cx) {
             Ok(values) => {
                 if link.requests.send(Request { id, values }).is_err() {
@@ -85,7 +94,7 @@ pub fn read_requests(mut input: impl BufRead, link: ReaderLink<'_>) -> std::io::
             }
         }
     }
-    Ok(id)
+    Ok((id, skipped))
 }
 
 #[cfg(test)]

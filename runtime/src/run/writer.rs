@@ -16,6 +16,9 @@ use crate::dataflow::Failure;
 use crate::stats::LatencyHistogram;
 use crate::value::Value;
 
+/// Output is written in chunks of about this many bytes, each ending at a line end.
+const CHUNK: usize = 1 << 16;
+
 /// Progress of a run, for a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
@@ -59,13 +62,17 @@ impl Default for Seen {
 }
 
 impl Seen {
-    /// Record an id; false if it was seen before.
-    fn insert(&mut self, id: u64) -> bool {
+    /// Record an id; false if it was seen before. Ids in `skip` never come and count as seen.
+    fn insert(&mut self, id: u64, skip: &std::collections::HashSet<u64>) -> bool {
         if id < self.below || !self.above.insert(id) {
             return false;
         }
-        while self.above.first() == Some(&self.below) {
-            self.above.pop_first();
+        loop {
+            if self.above.first() == Some(&self.below) {
+                self.above.pop_first();
+            } else if !skip.contains(&self.below) {
+                break;
+            }
             self.below += 1;
         }
         true
@@ -81,8 +88,10 @@ pub struct WriterLink<'a> {
     pub source: &'a SyncActivator,
     pub progress: Option<&'a ProgressFn>,
     pub start: Instant,
-    /// Keep every id seen, to check exactly-once (tests).
+    /// Check that no id is written twice.
     pub check_ids: bool,
+    /// Ids skipped by the reader (`--resume`): ordered output steps over them.
+    pub skip: &'a std::collections::HashSet<u64>,
 }
 
 fn error_line(buf: &mut Vec<u8>, id: u64, f: &Failure) {
@@ -158,10 +167,15 @@ pub fn write_outcomes(
     let mut next = 1u64;
     let mut last_progress = Instant::now();
     let mut stopping = false;
+    // Output leaves in whole lines only (never a line cut at a buffer boundary), so that a
+    // process that dies leaves a file of complete records.
+    let mut pending: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
     loop {
         let o = match rx.try_recv() {
             Ok(o) => o,
             Err(TryRecvError::Empty) => {
+                out.write_all(&pending)?;
+                pending.clear();
                 out.flush()?;
                 match rx.recv() {
                     Ok(o) => o,
@@ -172,7 +186,7 @@ pub fn write_outcomes(
         };
         let id = o.id;
         let latency = o.latency;
-        if link.check_ids && !w.seen.insert(id) {
+        if link.check_ids && !w.seen.insert(id, link.skip) {
             return Err(std::io::Error::other(format!(
                 "request {id} finished twice"
             )));
@@ -198,12 +212,22 @@ pub fn write_outcomes(
         }
         if link.ordered {
             held.insert(id, std::mem::take(&mut buf));
-            while let Some(line) = held.remove(&next) {
-                out.write_all(&line)?;
-                next += 1;
+            loop {
+                if link.skip.contains(&next) {
+                    next += 1;
+                } else if let Some(line) = held.remove(&next) {
+                    pending.extend_from_slice(&line);
+                    next += 1;
+                } else {
+                    break;
+                }
             }
         } else {
-            out.write_all(&buf)?;
+            pending.extend_from_slice(&buf);
+        }
+        if pending.len() >= CHUNK {
+            out.write_all(&pending)?;
+            pending.clear();
         }
         if let Some(p) = link.progress {
             if last_progress.elapsed() >= Duration::from_millis(100) {
@@ -218,8 +242,9 @@ pub fn write_outcomes(
     }
     // After a stop, ids may have gaps: write what is held in input order.
     for line in held.into_values() {
-        out.write_all(&line)?;
+        pending.extend_from_slice(&line);
     }
+    out.write_all(&pending)?;
     out.flush()?;
     if let Some(p) = link.progress {
         p(&Progress {
@@ -238,13 +263,16 @@ mod tests {
     #[test]
     fn seen_ids_stay_compact_and_catch_repeats() {
         let mut s = Seen::default();
+        let skip: std::collections::HashSet<u64> = [6].into_iter().collect();
         for id in [1, 3, 2, 5] {
-            assert!(s.insert(id));
+            assert!(s.insert(id, &skip));
         }
         assert_eq!((s.below, s.above.len()), (4, 1));
-        assert!(!s.insert(0));
-        assert!(!s.insert(2));
-        assert!(!s.insert(5));
+        assert!(!s.insert(0, &skip));
+        assert!(!s.insert(2, &skip));
+        assert!(!s.insert(5, &skip));
+        assert!(s.insert(4, &skip));
+        assert_eq!((s.below, s.above.len()), (7, 0));
     }
 
     #[test]
