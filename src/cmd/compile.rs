@@ -173,7 +173,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     let plan = &planned.plan;
     for v in plan.slos.iter().filter(|v| !v.met) {
         eprintln!(
-            "warning: slo {} is not met (predicted {}); written anyway (--allow-slo-miss)",
+            "warning: slo {} is not met (predicted {}); the plan is written anyway",
             v.slo, v.predicted
         );
     }

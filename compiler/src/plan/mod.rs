@@ -117,13 +117,20 @@ pub fn plan_pipeline_explained(
         return Err(vec![does_not_fit(pipeline, &model, &solution)]);
     }
     if !misses.is_empty() {
-        if !options.allow_slo_miss {
+        if profile.is_none() {
+            // Predictions without measurements cannot fail a build.
+            options.notes.push(
+                "SLOs are not enforced without a profile; the verdicts below use the assumed costs"
+                    .to_string(),
+            );
+        } else if !options.allow_slo_miss {
             return Err(misses);
-        }
-        for m in &misses {
-            options.notes.push(format!(
-                "SLO missed (written anyway, --allow-slo-miss): {m}"
-            ));
+        } else {
+            for m in &misses {
+                options.notes.push(format!(
+                    "SLO missed (written anyway, --allow-slo-miss): {m}"
+                ));
+            }
         }
     }
     let plan = lower::lower_plan(pipeline, &model, &solution, &options);

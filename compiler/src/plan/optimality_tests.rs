@@ -31,9 +31,9 @@ fn brute_force_capacity(model: &CostModel, choice: &[usize]) -> Option<f64> {
         }
     };
     let feasible = |x: f64| -> bool {
-        for i in 0..opts.len() {
-            let u = x * opts[i].per_request;
-            let limit = f64::from(model.nodes[i].fixed_replicas.unwrap_or(MAX_REPLICAS));
+        for (opt, node) in opts.iter().zip(&model.nodes) {
+            let u = x * opt.per_request;
+            let limit = f64::from(node.fixed_replicas.unwrap_or(MAX_REPLICAS));
             if u > limit * (1.0 + 1e-12) {
                 return false;
             }

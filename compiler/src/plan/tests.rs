@@ -437,3 +437,21 @@ fn the_same_inputs_give_the_same_bytes() {
         first
     );
 }
+
+#[test]
+fn without_a_profile_slos_are_reported_but_not_enforced() {
+    let p = pipeline(
+        &[spec("a", &[]), spec("b", &[0])],
+        &[SloKind::LatencyP99Ms(1.0)],
+    );
+    let plan = plan_ok(&p, None, &target(2.0, &[]));
+    assert!(!plan.slos[0].met);
+    assert_eq!(plan.slos[0].predicted, 2.0);
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.contains("not enforced without a profile")),
+        "{:?}",
+        plan.notes
+    );
+}
