@@ -396,3 +396,90 @@ fn plan_diff_reports_changes_like_diff() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("nope.plan.yaml"), "{}", r.stderr);
 }
+
+#[test]
+fn several_pipelines_need_a_choice_and_plans_name_their_source_relative_to_themselves() {
+    let dir = scratch();
+    let r = run(
+        dir.path(),
+        &[
+            "compile",
+            "two.mars",
+            "--profile",
+            "app.profile.yaml",
+            "--target",
+            "cpu.yaml",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("several pipelines (first, second); choose one with --pipeline"),
+        "{}",
+        r.stderr
+    );
+
+    let r = run(
+        dir.path(),
+        &[
+            "compile",
+            "two.mars",
+            "--pipeline",
+            "nope",
+            "--profile",
+            "app.profile.yaml",
+            "--target",
+            "cpu.yaml",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("has no pipeline `nope`; it has: first, second"),
+        "{}",
+        r.stderr
+    );
+
+    // Without -o the plan lands beside the source.
+    let r = run(
+        dir.path(),
+        &[
+            "compile",
+            "two.mars",
+            "--pipeline",
+            "second",
+            "--profile",
+            "app.profile.yaml",
+            "--target",
+            "cpu.yaml",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let plan = read_plan(&dir.path().join("two.plan.yaml"));
+    assert_eq!(plan.pipeline, "second");
+    assert_eq!(plan.inputs_of_plan.source, "two.mars");
+    assert_eq!(
+        plan.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+        vec!["cleaned", "out"]
+    );
+
+    // A plan in a new subfolder names its source from there.
+    let r = run(
+        dir.path(),
+        &[
+            "compile",
+            "two.mars",
+            "--pipeline",
+            "first",
+            "--profile",
+            "app.profile.yaml",
+            "--target",
+            "cpu.yaml",
+            "-o",
+            "plans/deep/first.plan.yaml",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let plan = read_plan(&dir.path().join("plans/deep/first.plan.yaml"));
+    assert_eq!(plan.inputs_of_plan.source, "../../two.mars");
+}

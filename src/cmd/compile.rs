@@ -9,7 +9,7 @@ use mars_compiler::diagnostics::Problems;
 use mars_compiler::plan::{explain::explain, plan_pipeline_explained, PlanOptions};
 use mars_compiler::SourceFile;
 use mars_plan::{PlanOrigin, Profile, Target, Worker};
-use miette::{miette, IntoDiagnostic, WrapErr};
+use miette::{IntoDiagnostic, WrapErr};
 use sha2::{Digest, Sha256};
 
 /// Plan a pipeline: every node's device, worker, batching and replicas, from measured costs.
@@ -67,31 +67,36 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     let Some(program) = checked.program else {
         return Ok(ExitCode::FAILURE);
     };
-    let pipeline = match &args.pipeline {
+    let names = || {
+        program
+            .pipelines
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let chosen = match &args.pipeline {
         Some(name) => program.pipeline(name).ok_or_else(|| {
-            miette!(
+            format!(
                 "{source_path} has no pipeline `{name}`; it has: {}",
-                program
-                    .pipelines
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                names()
             )
-        })?,
+        }),
         None => match program.pipelines.as_slice() {
-            [only] => only,
-            [] => return Err(miette!("{source_path} declares no pipeline")),
-            many => {
-                return Err(miette!(
-                    "{source_path} declares several pipelines ({}); choose one with --pipeline",
-                    many.iter()
-                        .map(|p| p.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            }
+            [only] => Ok(only),
+            [] => Err(format!("{source_path} declares no pipeline")),
+            _ => Err(format!(
+                "{source_path} declares several pipelines ({}); choose one with --pipeline",
+                names()
+            )),
         },
+    };
+    let pipeline = match chosen {
+        Ok(p) => p,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::FAILURE);
+        }
     };
 
     let mut notes = Vec::new();
@@ -176,6 +181,11 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             "warning: slo {} is not met (predicted {}); the plan is written anyway",
             v.slo, v.predicted
         );
+    }
+    if let Some(folder) = output.parent().filter(|f| !f.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder)
+            .into_diagnostic()
+            .wrap_err_with(|| format!("cannot create {}", folder.display()))?;
     }
     std::fs::write(&output, plan.to_yaml())
         .into_diagnostic()
