@@ -105,6 +105,9 @@ fn run_error(e: RunError) -> miette::Report {
 }
 
 pub fn run(args: Args) -> miette::Result<ExitCode> {
+    if (args.local_cluster.is_some() || args.hosts.is_some()) && args.output.as_os_str() == "-" {
+        return Err(cluster_stdout());
+    }
     if let Some(n) = args.local_cluster {
         return local_cluster(args, n);
     }
@@ -116,6 +119,14 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         None => None,
     };
     execute(args, cluster)
+}
+
+fn cluster_stdout() -> miette::Report {
+    // timely prints its connection progress on stdout.
+    miette!(
+        code = "mars::cluster::output",
+        "in a cluster, give --output FILE (stdout carries timely's connection messages)"
+    )
 }
 
 /// Read a hosts file.
