@@ -114,7 +114,18 @@ pub fn explain(
             "`slo throughput >= {n}/s` (the plan keeps the fewest resources that sustain it)"
         ),
         (Bound::Unbounded, None) => "none".to_string(),
-        (_, None) => describe_bound(model, &planned.solution),
+        (_, None) => match latency_cost(
+            pipeline,
+            profile,
+            target,
+            options,
+            plan.predicted.throughput,
+        ) {
+            Some((slo, without)) => format!(
+                "`slo {slo}`: it keeps batches small; without it the plan would reach {without}/s",
+            ),
+            None => describe_bound(model, &planned.solution),
+        },
     };
     let _ = writeln!(s, "binding constraint: {binding}");
     if !e.critical_path.is_empty() {
@@ -197,6 +208,34 @@ pub fn explain(
         let _ = writeln!(s, "  {what}: {t}/s{gain}");
     }
     s
+}
+
+/// The latency SLO whose removal would raise throughput the most, and the throughput then
+/// (`None` when no latency SLO costs throughput).
+fn latency_cost(
+    pipeline: &Pipeline,
+    profile: Option<&Profile>,
+    target: &Target,
+    options: &PlanOptions,
+    now: f64,
+) -> Option<(String, f64)> {
+    let mut options = options.clone();
+    options.allow_slo_miss = true;
+    let mut best: Option<(String, f64)> = None;
+    for (k, slo) in pipeline.slos.iter().enumerate() {
+        if matches!(slo.kind, crate::ir::SloKind::ThroughputPerS(_)) {
+            continue;
+        }
+        let mut relaxed = pipeline.clone();
+        relaxed.slos.remove(k);
+        if let Ok(p) = plan_pipeline_explained(&relaxed, profile, target, &options) {
+            let t = p.plan.predicted.throughput;
+            if t > now * 1.001 && best.as_ref().is_none_or(|(_, b)| t > *b) {
+                best = Some((slo.text.clone(), t));
+            }
+        }
+    }
+    best
 }
 
 /// Throughput of the plan on targets with one resource more: another GPU like the first (or a

@@ -455,3 +455,26 @@ fn without_a_profile_slos_are_reported_but_not_enforced() {
         plan.notes
     );
 }
+
+#[test]
+fn explain_names_a_latency_slo_that_costs_throughput() {
+    let p = pipeline(&[spec("Seg", &[])], &[SloKind::LatencyP99Ms(10.0)]);
+    let prof = profile(&[(
+        "Seg",
+        Some(device(&[1, 2], &[40.0, 70.0])),
+        Some(device(&[1, 8], &[4.0, 9.0])),
+    )]);
+    let t = target(4.0, &[(16.0, 1.0)]);
+    let options = PlanOptions::default();
+    let planned = plan_pipeline_explained(&p, Some(&prof), &t, &options).expect("plannable");
+    let text = explain::explain(&planned, &p, Some(&prof), &t, &options);
+    assert!(
+        text.contains("binding constraint: `slo latency.p99 < 10ms`: it keeps batches small; without it the plan would reach 888.889/s"),
+        "{text}"
+    );
+    // All of a node's replicas run on one GPU: a second GPU does not help a single node.
+    assert!(
+        text.contains("another GPU like `gpu0` on `w0`: 250/s (+0.0%)"),
+        "{text}"
+    );
+}
