@@ -260,3 +260,59 @@ fn sig_outputs(p: &Plan) -> Vec<(String, String)> {
         .map(|o| (o.name.clone(), o.ty.clone()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::testkit::{device, pipeline, profile, spec, target};
+    use crate::plan::{plan_pipeline, PlanOptions};
+
+    fn plan() -> Plan {
+        let p = pipeline(&[spec("a", &[]), spec("b", &[0])], &[]);
+        let prof = profile(&[
+            ("a", Some(device(&[1], &[10.0])), None),
+            ("b", Some(device(&[1, 4], &[10.0, 20.0])), None),
+        ]);
+        plan_pipeline(&p, Some(&prof), &target(4.0, &[]), &PlanOptions::default())
+            .expect("plannable")
+    }
+
+    #[test]
+    fn equal_plans_have_no_changes() {
+        assert_eq!(diff_plans(&plan(), &plan()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn changes_are_listed_per_field_and_node() {
+        let a = plan();
+        let mut b = plan();
+        b.nodes[0].replicas += 1;
+        b.nodes[1].batch.wait_ms = 7.5;
+        b.predicted.throughput = a.predicted.throughput * 2.0;
+        let mut extra = b.nodes[1].clone();
+        extra.id = "c".to_string();
+        b.nodes.push(extra);
+        b.nodes.remove(0);
+        let changes = diff_plans(&a, &b);
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.starts_with("throughput: ") && c.ends_with("(+100.0%)")),
+            "{changes:?}"
+        );
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.starts_with("node b: batch dynamic max 4 wait")),
+            "{changes:?}"
+        );
+        assert!(
+            changes.contains(&"+ node c: b on cpu@w0".to_string()),
+            "{changes:?}"
+        );
+        assert!(
+            changes.contains(&"- node a: a on cpu@w0".to_string()),
+            "{changes:?}"
+        );
+    }
+}
