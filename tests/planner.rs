@@ -163,6 +163,7 @@ fn explain_prints_the_table_bottleneck_headroom_and_what_ifs() {
         "latency.p99 < 300ms: predicted",
         "another GPU like `gpu0` on `w0`: 666.667/s",
         "4 more cores on `w0`",
+        "no `@replicas(2)` on `out`: 1000/s (+50.0%)",
     ] {
         assert!(
             r.stdout.contains(needle),

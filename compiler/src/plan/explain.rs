@@ -239,7 +239,8 @@ fn latency_cost(
 }
 
 /// Throughput of the plan on targets with one resource more: another GPU like the first (or a
-/// 16 GB one), and [`EXTRA_CORES`] more cores on the worker whose CPU binds (or the first).
+/// 16 GB one), and [`EXTRA_CORES`] more cores on the worker whose CPU binds (or the first); and,
+/// where a node's `@replicas(N)` binds, without that annotation.
 pub fn what_ifs(
     pipeline: &Pipeline,
     profile: Option<&Profile>,
@@ -301,6 +302,21 @@ pub fn what_ifs(
             format!("{EXTRA_CORES} more cores on `{}`", target.workers[w].name),
             p.plan.predicted.throughput,
         ));
+    }
+
+    // A node held at its `@replicas(N)`: what letting the planner choose would buy.
+    if let Bound::Replicas(i) = planned.solution.eval.bound {
+        let node = &planned.model.nodes[i];
+        if let Some(r) = node.fixed_replicas {
+            let mut free = pipeline.clone();
+            free.graph[node.index].annotations.replicas = None;
+            if let Ok(p) = plan_pipeline_explained(&free, profile, target, &options) {
+                out.push((
+                    format!("no `@replicas({r})` on `{}`", node.id),
+                    p.plan.predicted.throughput,
+                ));
+            }
+        }
     }
     out
 }
