@@ -50,6 +50,16 @@ pub enum Which {
         #[arg(long, default_value_t = 300_000)]
         requests: u64,
     },
+    /// Delay stages spread over a local cluster of processes: measured vs predicted, and the
+    /// cost per request of crossing processes (a no-op chain, in one process and spread).
+    Cluster {
+        #[arg(long, default_value_t = 3)]
+        processes: usize,
+        #[arg(long, default_value_t = 1000)]
+        requests: u64,
+        #[arg(long, default_value_t = 300_000)]
+        noop_requests: u64,
+    },
     /// Run a compiled plan over an input file: measured throughput over the plan's prediction.
     Fidelity {
         plan: PathBuf,
@@ -128,6 +138,42 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             serde_json::json!({"bench": "memory", "requests": requests, "peak_rss_mib_small": after_small,
                                "peak_rss_mib": after_large, "bound_mib": 400.0, "stats": r2.stats})
         }
+        Which::Cluster {
+            processes,
+            requests,
+            noop_requests,
+        } => {
+            let stages = delay_chain("cluster", &[2.0, 8.0, 4.0], batch_none(), 1);
+            let spread = on_workers(stages, processes);
+            let r = run_on_cluster(&spread, processes, requests)?;
+            let predicted = spread.predicted.throughput;
+            let noop = delay_chain(
+                "noop",
+                &vec![0.0; 3 * processes.max(1)],
+                batch_dynamic(1024, 0.0),
+                1,
+            );
+            let (one, _) = measure(&noop, &registry, noop_requests, quiet()).map_err(fail)?;
+            let many = run_on_cluster(&on_workers(noop, processes), processes, noop_requests)?;
+            let per_request_us = 1e6 / many.stats.throughput - 1e6 / one.stats.throughput;
+            println!("cluster: {processes} processes on 127.0.0.1");
+            println!(
+                "  delay stages 2, 8, 4 ms, one per process: {:.1} req/s, predicted {predicted:.1}, measured/predicted = {:.3} (bound: >= 0.9)",
+                r.stats.throughput,
+                r.stats.throughput / predicted
+            );
+            println!(
+                "  no-op chain of {} nodes: {:.0} req/s in one process, {:.0} req/s spread over {processes}",
+                3 * processes,
+                one.stats.throughput,
+                many.stats.throughput
+            );
+            println!("  cross-process cost: {per_request_us:.2} us per request ({processes} hops between processes)");
+            serde_json::json!({"bench": "cluster", "processes": processes, "measured": r.stats.throughput,
+                               "predicted": predicted, "ratio": r.stats.throughput / predicted,
+                               "noop_one_process": one.stats.throughput, "noop_spread": many.stats.throughput,
+                               "cross_process_us_per_request": per_request_us})
+        }
         Which::Fidelity {
             plan,
             input,
@@ -183,6 +229,48 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         .wrap_err_with(|| format!("cannot write {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Split the plan's chain of nodes into `processes` contiguous runs on workers `w0, w1, …`.
+fn on_workers(mut plan: mars_plan::Plan, processes: usize) -> mars_plan::Plan {
+    let n = processes.max(1);
+    let len = plan.nodes.len().max(1);
+    for (i, node) in plan.nodes.iter_mut().enumerate() {
+        node.worker = format!("w{}", i * n / len);
+    }
+    plan
+}
+
+/// Run `plan` over `requests` synthetic requests on a local cluster: this process is
+/// process 0, the others are `marsc worker` children.
+fn run_on_cluster(
+    plan: &mars_plan::Plan,
+    processes: usize,
+    requests: u64,
+) -> miette::Result<RunReport> {
+    let dir = std::env::temp_dir().join(format!("mars-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).into_diagnostic()?;
+    let plan_path = dir.join(format!("{}.plan.yaml", plan.pipeline));
+    std::fs::write(&plan_path, plan.to_yaml()).into_diagnostic()?;
+    let (hosts, mut children, hosts_file) = super::run::spawn_peers(&plan_path, processes, 1)?;
+    mars_runtime::cluster::exit_on_lost_peer(hosts.clone());
+    let opts = RunOptions {
+        cluster: Some(mars_runtime::cluster::Cluster { hosts, process: 0 }),
+        ..quiet()
+    };
+    let mut sink = CountingSink::default();
+    let input = mars_runtime::scenarios::SyntheticInput::new(requests);
+    let result =
+        mars_runtime::run_plan(plan, &dir, &mars_stdlib::registry(), opts, input, &mut sink);
+    for c in &mut children {
+        if result.is_err() {
+            let _ = c.kill();
+        }
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_file(&hosts_file);
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map_err(fail)
 }
 
 fn print_nodes(r: &RunReport) {

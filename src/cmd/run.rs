@@ -138,14 +138,14 @@ pub fn read_hosts(path: &Path) -> miette::Result<Vec<String>> {
         .map_err(|e| miette!(code = "mars::cluster::hosts", "{}: {e}", path.display()))
 }
 
-/// Start processes 1..n as children (`marsc worker`), run process 0 here, then wait for them.
-fn local_cluster(args: Args, n: usize) -> miette::Result<ExitCode> {
-    if n == 0 {
-        return Err(miette!(
-            code = "mars::cluster::size",
-            "--local-cluster needs at least 1 process"
-        ));
-    }
+/// Pick `n` free local ports, write them to a hosts file, and start processes 1..n of a
+/// cluster running `plan` as children (`marsc worker`). Returns the hosts, the children and
+/// the hosts file (the caller removes it).
+pub fn spawn_peers(
+    plan: &Path,
+    n: usize,
+    workers: usize,
+) -> miette::Result<(Vec<String>, Vec<std::process::Child>, PathBuf)> {
     // Ports the OS says are free now; a clash with another program in between makes timely fail
     // to bind, which is reported.
     let listeners: Vec<std::net::TcpListener> = (0..n)
@@ -167,19 +167,32 @@ fn local_cluster(args: Args, n: usize) -> miette::Result<ExitCode> {
     for process in 1..n {
         let child = std::process::Command::new(&exe)
             .arg("worker")
-            .arg(&args.plan)
+            .arg(plan)
             .arg("--hosts")
             .arg(&hosts_file)
             .arg("--process")
             .arg(process.to_string())
             .arg("--workers")
-            .arg(args.workers.to_string())
+            .arg(workers.to_string())
             .arg("-q")
+            .stdout(std::process::Stdio::null())
             .spawn()
             .into_diagnostic()
             .wrap_err("starting a cluster process")?;
         children.push(child);
     }
+    Ok((hosts, children, hosts_file))
+}
+
+/// Start processes 1..n as children (`marsc worker`), run process 0 here, then wait for them.
+fn local_cluster(args: Args, n: usize) -> miette::Result<ExitCode> {
+    if n == 0 {
+        return Err(miette!(
+            code = "mars::cluster::size",
+            "--local-cluster needs at least 1 process"
+        ));
+    }
+    let (hosts, children, hosts_file) = spawn_peers(&args.plan, n, args.workers)?;
     // A child that dies makes this process stop too, even while timely still waits for it to
     // connect (which timely would do forever).
     let children = Arc::new(std::sync::Mutex::new(children));

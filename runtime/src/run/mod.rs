@@ -304,8 +304,7 @@ pub fn run_plan(
         images: images::from_registry(registry, base_dir),
     };
     let lowered = Arc::new(Lowered::from_plan(plan, &cx).map_err(RunError::Plan)?);
-    let start = Instant::now();
-    let meters = meters_of(plan, start, opts.trace);
+    let meters = meters_of(plan, Instant::now(), opts.trace);
 
     let (req_tx, req_rx) = crossbeam_channel::bounded::<Request>(2 * ROUND);
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outcome>();
@@ -335,6 +334,9 @@ pub fn run_plan(
         join(guards)?;
         return Err(RunError::Runtime("worker 0 did not start".into()));
     };
+    // The clock of throughput and progress starts once the dataflow is built (in a cluster:
+    // once every process is connected and agrees on the plan).
+    let start = Instant::now();
 
     let output_names: Vec<String> = lowered.outputs.iter().map(|o| o.name.clone()).collect();
     let (read, written) = std::thread::scope(|s| {
