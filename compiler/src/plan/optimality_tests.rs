@@ -209,7 +209,12 @@ fn random_device(rng: &mut Rng, gpu: bool) -> DeviceProfile {
 
 /// A random case: pipeline specs, profile, target.
 fn random_case(rng: &mut Rng) -> (Pipeline, Profile, Target) {
-    let n = 1 + rng.below(6) as usize;
+    random_case_of(rng, 6)
+}
+
+/// A random case of at most `max_nodes` nodes.
+fn random_case_of(rng: &mut Rng, max_nodes: u64) -> (Pipeline, Profile, Target) {
+    let n = 1 + rng.below(max_nodes) as usize;
     let mut profile = Profile {
         mars_profile: 1,
         nodes: Default::default(),
@@ -426,4 +431,52 @@ fn under_a_throughput_slo_the_search_takes_the_fewest_resources() {
         );
     }
     assert!(compared >= 150, "only {compared} comparable cases");
+}
+
+#[test]
+fn on_two_workers_with_a_gpu_each_the_search_reaches_99_percent_too() {
+    // Placement across workers: cross-worker hops in the latency, per-worker CPU pools, and
+    // two GPUs (up to 12 options a node).
+    let mut rng = Rng(0x776f_726b);
+    let options = PlanOptions {
+        allow_slo_miss: true,
+        ..PlanOptions::default()
+    };
+    let mut compared = 0;
+    for case in 0..200 {
+        let (p, prof, mut t) = random_case_of(&mut rng, 4);
+        let mut w1 = t.workers[0].clone();
+        w1.name = "w1".to_string();
+        w1.cpus = [1.0, 2.0, 4.0][case % 3];
+        for g in &mut w1.gpus {
+            g.name = format!("{}_w1", g.name);
+        }
+        t.workers.push(w1);
+        let model = CostModel::build(&p, Some(&prof), &t, &options).expect("well-formed");
+        let solution = search::search(&model, &options.search);
+        match optimum(&model) {
+            Some((best, best_choice)) => {
+                compared += 1;
+                let claimed =
+                    brute_force_throughput(&model, &solution.choice).unwrap_or_else(|| {
+                        panic!(
+                            "case {case}: the planner's plan is infeasible: {:?}",
+                            solution.eval
+                        )
+                    });
+                assert!(
+                    solution.eval.capacity <= claimed * (1.0 + 1e-6),
+                    "case {case}"
+                );
+                let ratio = solution.eval.capacity / best;
+                assert!(
+                    ratio >= 0.99,
+                    "case {case}: planner {} vs optimum {best} at {best_choice:?}",
+                    solution.eval.capacity
+                );
+            }
+            None => assert!(solution.eval.violation > 0.0, "case {case}"),
+        }
+    }
+    assert!(compared >= 120, "only {compared} comparable cases");
 }
