@@ -177,7 +177,7 @@ mod tests {
             .expect("ok");
         assert_eq!(h, ["127.0.0.1:5000", "node-1.mars:5001"]);
         assert!(Cluster::parse_hosts("localhost\n")
-            .unwrap_err()
+            .expect_err("fails")
             .contains("line 1"));
         assert!(Cluster::parse_hosts("").is_err());
     }

@@ -321,14 +321,14 @@ mod tests {
             decode(&json!(1.5), &ty("Int"), &cx),
             Err("expected Int, got `1.5`".to_string())
         );
-        let e = decode(&json!([1, "x"]), &ty("List<Int>"), &cx).unwrap_err();
+        let e = decode(&json!([1, "x"]), &ty("List<Int>"), &cx).expect_err("fails");
         assert_eq!(e, "element 1: expected Int, got `\"x\"`");
-        let e = decode(&json!([[1, 2], [3]]), &ty("Tensor<f32, [2, 2]>"), &cx).unwrap_err();
+        let e = decode(&json!([[1, 2], [3]]), &ty("Tensor<f32, [2, 2]>"), &cx).expect_err("fails");
         assert_eq!(e, "ragged tensor");
-        let e = decode(&json!([[1, 2]]), &ty("Tensor<f32, [N, N]>"), &cx).unwrap_err();
+        let e = decode(&json!([[1, 2]]), &ty("Tensor<f32, [N, N]>"), &cx).expect_err("fails");
         assert!(e.contains("N is 1 elsewhere"), "{e}");
         assert!(decode(&json!({"$base64": "!!"}), &ty("Bytes"), &cx).is_err());
-        let e = decode(&json!({"$base64": "aGk="}), &ty("Image"), &cx).unwrap_err();
+        let e = decode(&json!({"$base64": "aGk="}), &ty("Image"), &cx).expect_err("fails");
         assert!(e.contains("image.decode"), "{e}");
     }
 
@@ -343,7 +343,7 @@ mod tests {
         };
         let v = decode(&json!({"$file": "a.bin"}), &ty("Bytes"), &cx).expect("reads");
         assert_eq!(v, Value::Bytes(Arc::new(vec![0, 1, 255])));
-        let e = decode(&json!({"$file": "missing.bin"}), &ty("Bytes"), &cx).unwrap_err();
+        let e = decode(&json!({"$file": "missing.bin"}), &ty("Bytes"), &cx).expect_err("fails");
         assert!(e.contains("missing.bin"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -99,13 +99,16 @@ pub enum RunError {
     Runtime(String),
 }
 
+/// The built replicas of one node.
+type Replicas = Vec<Box<dyn Node>>;
+
 /// Build every replica of the nodes this process runs (`None` for the others), in plan order.
 fn build_replicas(
     plan: &Plan,
     base_dir: &Path,
     registry: &Registry,
     mine: impl Fn(usize) -> bool,
-) -> Result<Vec<Option<Vec<Box<dyn Node>>>>, RunError> {
+) -> Result<Vec<Option<Replicas>>, RunError> {
     plan.nodes
         .iter()
         .enumerate()
@@ -135,6 +138,7 @@ type Guards = timely::communication::initialize::WorkerGuards<Result<(), String>
 
 /// Start this process's timely workers on the plan. `feed` and `out` are used by global worker
 /// 0 only (process 0).
+#[allow(clippy::too_many_arguments)]
 fn launch(
     plan: &Plan,
     base_dir: &Path,

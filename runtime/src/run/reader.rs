@@ -128,7 +128,7 @@ mod tests {
     #[test]
     fn bad_lines_say_what_is_wrong() {
         let cx = EdgeContext::plain();
-        let err = |l: &[u8]| parse_request(l, &inputs(), &cx).unwrap_err();
+        let err = |l: &[u8]| parse_request(l, &inputs(), &cx).expect_err("fails");
         assert!(err(b"{\"text\": ").starts_with("malformed JSON"));
         assert_eq!(
             err(b"[1]"),
