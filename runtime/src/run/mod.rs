@@ -5,6 +5,52 @@
 //! Threads: the caller's thread writes output; a reader thread parses input; `workers` timely
 //! worker threads run the dataflow (worker 0 holds the source and the sink); each node has
 //! `replicas` threads of its own (see [`crate::replicas`]).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use mars_runtime::{node::per_item, run_plan, NodeContext, Registry, RunOptions, Value};
+//!
+//! // A builtin of our own: doubles an Int.
+//! let mut registry = Registry::new();
+//! registry.builtin("demo.double", Arc::new(|_: &NodeContext| {
+//!     Ok(per_item(|item| match item.first() {
+//!         Some(Value::Int(i)) => Ok(vec![Value::Int(i * 2)]),
+//!         _ => Err(mars_runtime::NodeError::new("expected an Int")),
+//!     }))
+//! }));
+//! let plan = mars_plan::Plan::from_yaml(r#"
+//! mars_plan: 1
+//! mars_version: 0.1.0
+//! pipeline: demo
+//! inputs_of_plan: {source: demo.mars, source_hash: "sha256:0"}
+//! inputs: [{name: x, type: Int}]
+//! outputs: [{name: y, type: Int, from: {node: d}}]
+//! nodes:
+//!   - id: d
+//!     kind: double
+//!     implementation: {builtin: demo.double}
+//!     args: [{input: x}]
+//!     in_types: [Int]
+//!     out_types: [Int]
+//!     device: cpu
+//!     worker: local
+//!     replicas: 2
+//!     batch: {policy: dynamic, max: 8, wait_ms: 1.0}
+//!     predicted: {latency_ms: 1.0, p99_ms: 1.0, throughput: 1000.0, utilization: 0.1}
+//! predicted: {throughput: 1000.0, latency_p50_ms: 1.0, latency_p99_ms: 1.0, bottleneck: d}
+//! "#, "demo.plan.yaml").unwrap();
+//!
+//! let input = "{\"x\": 1}\n{\"x\": \"one\"}\n{\"x\": 3}\n";
+//! let mut output = Vec::new();
+//! let opts = RunOptions { ordered: true, ..RunOptions::default() };
+//! let report = run_plan(&plan, std::path::Path::new("."), &registry, opts, input.as_bytes(), &mut output).unwrap();
+//! let text = String::from_utf8(output).unwrap();
+//! let lines: Vec<&str> = text.lines().collect();
+//! assert!(lines[0].starts_with(r#"{"id":1,"ok":{"y":2},"latency_ms":"#));
+//! assert_eq!(lines[1], r#"{"id":2,"error":{"node":"input","message":"field `x`: expected Int, got `\"one\"`"}}"#);
+//! assert!(lines[2].starts_with(r#"{"id":3,"ok":{"y":6}"#));
+//! assert_eq!((report.stats.ok, report.stats.errors), (2, 1));
+//! ```
 
 pub mod images;
 pub mod reader;
