@@ -228,7 +228,10 @@ fn launch(
     let replicas = build_replicas(plan, base_dir, registry, |i| owners[i] / threads == process)?;
     let replicas = Arc::new(Mutex::new(replicas));
     let feed = Arc::new(Mutex::new(feed));
-    let fingerprint = cluster::fingerprint(plan);
+    let fingerprint = format!(
+        "{}, {threads} threads per process",
+        cluster::fingerprint(plan)
+    );
     let in_cluster = opts.cluster.is_some();
     let max_inflight = opts.max_inflight.max(1);
     let lowered = Arc::clone(lowered);
