@@ -8,6 +8,7 @@ pub mod image;
 pub mod json;
 pub mod list;
 pub mod models;
+pub mod params;
 pub mod text;
 
 use mars_runtime::Registry;

@@ -1,0 +1,309 @@
+//! `std.models` implementations: model architectures on candle (CPU), their weights files and
+//! the tiny translator's training.
+//!
+//! Weights are safetensors files whose metadata carries `mars.arch`, `mars.config` (the
+//! architecture's shapes as JSON) and, for text models, `tokenizer` (see [`tokenizer`]). A
+//! model block's `quantize` key maps onto candle's quantized matmul (see [`linear`]).
+
+pub mod linear;
+pub mod numbers;
+pub mod tokenizer;
+pub mod train;
+pub mod transformer_lm;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use mars_runtime::{Item, Node, NodeContext, NodeError, Outputs, Registry, Value};
+
+use linear::Quantize;
+use tokenizer::Tokenizer;
+use transformer_lm::{generate, prompt_tokens, LmConfig, Sampling, TransformerLm};
+
+/// Register this module's architectures (`transformer_lm`).
+pub fn register(registry: &mut Registry) {
+    registry.model(
+        "transformer_lm",
+        Arc::new(|ctx: &NodeContext| Ok(Box::new(LmNode::from_ctx(ctx)?) as Box<dyn Node>)),
+    );
+}
+
+/// Write tensors and string metadata as a safetensors file.
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+) -> candle_core::Result<()> {
+    let sorted: BTreeMap<&String, &Tensor> = tensors.iter().collect();
+    safetensors::serialize_to_file(sorted, Some(metadata), path).map_err(candle_core::Error::wrap)
+}
+
+/// A loaded weights file: its tensors and metadata.
+pub struct Weights {
+    pub tensors: HashMap<String, Tensor>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Read a safetensors file with its metadata; errors name the file.
+pub fn load_safetensors(path: &Path) -> Result<Weights, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read weights `{}`: {e}", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        format!(
+            "weights `{}` are not a safetensors file: {e}",
+            path.display()
+        )
+    })?;
+    let metadata = header
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| format!("weights `{}`: {e}", path.display()))?;
+    Ok(Weights { tensors, metadata })
+}
+
+/// A model node's config keys, with errors that name the node and key.
+struct ModelConfig<'a> {
+    node: &'a str,
+    keys: &'a BTreeMap<String, serde_json::Value>,
+}
+
+impl<'a> ModelConfig<'a> {
+    fn of(ctx: &'a NodeContext) -> Result<ModelConfig<'a>, NodeError> {
+        let model = ctx
+            .node
+            .implementation
+            .model
+            .as_ref()
+            .ok_or_else(|| NodeError::new(format!("node `{}` is not a model", ctx.node.id)))?;
+        Ok(ModelConfig {
+            node: &ctx.node.id,
+            keys: &model.config,
+        })
+    }
+
+    fn err(&self, key: &str, msg: &str) -> NodeError {
+        NodeError::new(format!("node `{}`: model key `{key}` {msg}", self.node))
+    }
+
+    fn text(&self, key: &str) -> Result<Option<&'a str>, NodeError> {
+        match self.keys.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(self.err(key, &format!("must be text, got `{v}`"))),
+        }
+    }
+
+    fn int(&self, key: &str, default: i64) -> Result<i64, NodeError> {
+        match self.keys.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(default),
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| self.err(key, &format!("must be an integer, got `{v}`"))),
+        }
+    }
+
+    fn float(&self, key: &str, default: f64) -> Result<f64, NodeError> {
+        match self.keys.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.err(key, &format!("must be a number, got `{v}`"))),
+        }
+    }
+
+    fn quantize(&self) -> Result<Quantize, NodeError> {
+        Quantize::parse(self.text("quantize")?.unwrap_or("none"))
+            .map_err(|e| self.err("quantize", &format!(": {e}")))
+    }
+
+    /// Weights file, resolved against the plan's folder.
+    fn weights(&self, base: &Path) -> Result<Weights, NodeError> {
+        let rel = self
+            .text("weights")?
+            .ok_or_else(|| self.err("weights", "is missing"))?;
+        load_safetensors(&base.join(rel))
+            .map_err(|e| NodeError::new(format!("node `{}`: {e}", self.node)))
+    }
+
+    /// A `from weights` key: when the model block sets it, it must match the file.
+    fn check_matches(&self, key: &str, actual: usize) -> Result<(), NodeError> {
+        match self.keys.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(()),
+            Some(v) if v.as_u64() == Some(actual as u64) => Ok(()),
+            Some(v) => Err(self.err(key, &format!("is {v}, but the weights file has {actual}"))),
+        }
+    }
+}
+
+/// Load a `transformer_lm` from a weights file (shapes and tokenizer from its metadata).
+pub fn load_lm(
+    path: &Path,
+    q: Quantize,
+) -> Result<(TransformerLm, Tokenizer, BTreeMap<String, String>), String> {
+    let w = load_safetensors(path)?;
+    lm_from_weights(&w, q).map(|(m, t)| (m, t, w.metadata))
+}
+
+fn lm_from_weights(w: &Weights, q: Quantize) -> Result<(TransformerLm, Tokenizer), String> {
+    let meta = |k: &str| {
+        w.metadata
+            .get(k)
+            .ok_or_else(|| format!("the weights' metadata has no `{k}`"))
+    };
+    let arch = meta("mars.arch")?;
+    if arch != "transformer_lm" {
+        return Err(format!(
+            "the weights are for `{arch}`, not `transformer_lm`"
+        ));
+    }
+    let config: LmConfig = serde_json::from_str(meta("mars.config")?)
+        .map_err(|e| format!("metadata `mars.config`: {e}"))?;
+    let tok: Tokenizer = serde_json::from_str(meta("tokenizer")?)
+        .map_err(|e| format!("metadata `tokenizer`: {e}"))?;
+    if tok.vocab_size() != config.vocab_size {
+        return Err(format!(
+            "the tokenizer has {} tokens but the config says vocab_size {}",
+            tok.vocab_size(),
+            config.vocab_size
+        ));
+    }
+    let model = TransformerLm::from_tensors(config, &w.tensors, q)?;
+    Ok((model, tok))
+}
+
+/// The `transformer_lm` node: input 0 is the prompt text; an optional input 1 is a language
+/// code, checked against the weights' `mars.languages` list. Output: the generated text.
+struct LmNode {
+    model: TransformerLm,
+    tok: Tokenizer,
+    max_tokens: usize,
+    sampling: Sampling,
+    languages: Option<Vec<String>>,
+}
+
+impl LmNode {
+    fn from_ctx(ctx: &NodeContext) -> Result<LmNode, NodeError> {
+        let cfg = ModelConfig::of(ctx)?;
+        let q = cfg.quantize()?;
+        let weights = cfg.weights(&ctx.base_dir)?;
+        let (model, tok) = lm_from_weights(&weights, q)
+            .map_err(|e| NodeError::new(format!("node `{}`: {e}", ctx.node.id)))?;
+        cfg.check_matches("d_model", model.config.d_model)?;
+        cfg.check_matches("n_layers", model.config.n_layers)?;
+        cfg.check_matches("n_heads", model.config.n_heads)?;
+        cfg.check_matches("vocab_size", model.config.vocab_size)?;
+        let max_tokens = cfg.int("max_tokens", 64)?;
+        if max_tokens < 1 {
+            return Err(cfg.err("max_tokens", "must be at least 1"));
+        }
+        let top_k = cfg.int("top_k", 0)?;
+        let top_p = cfg.float("top_p", 1.0)?;
+        let temperature = cfg.float("temperature", 0.0)?;
+        if top_k < 0 {
+            return Err(cfg.err("top_k", "must be non-negative"));
+        }
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(cfg.err("top_p", "must be in (0, 1]"));
+        }
+        if temperature < 0.0 {
+            return Err(cfg.err("temperature", "must be non-negative"));
+        }
+        let languages = match weights.metadata.get("mars.languages") {
+            None => None,
+            Some(s) => Some(serde_json::from_str(s).map_err(|e| {
+                NodeError::new(format!(
+                    "node `{}`: metadata `mars.languages`: {e}",
+                    ctx.node.id
+                ))
+            })?),
+        };
+        Ok(LmNode {
+            model,
+            tok,
+            max_tokens: max_tokens as usize,
+            sampling: Sampling {
+                temperature,
+                top_k: top_k as usize,
+                top_p,
+                seed: cfg.int("seed", 0)? as u64,
+            },
+            languages,
+        })
+    }
+
+    fn prompt(&self, item: &Item) -> Result<Vec<u32>, NodeError> {
+        let text = item
+            .first()
+            .ok_or_else(|| NodeError::new("transformer_lm: no prompt input"))?
+            .as_text()?;
+        if let (Some(lang), Some(langs)) = (item.get(1), &self.languages) {
+            let lang = lang.as_text()?;
+            if !langs.iter().any(|l| l == lang) {
+                return Err(NodeError::new(format!(
+                    "unsupported language `{lang}`; this model translates to {}",
+                    langs.join(", ")
+                )));
+            }
+        }
+        let p = prompt_tokens(&self.tok, text);
+        if p.len() >= self.model.config.max_len {
+            return Err(NodeError::new(format!(
+                "the prompt is {} tokens; this model takes at most {}",
+                p.len(),
+                self.model.config.max_len - 1
+            )));
+        }
+        Ok(p)
+    }
+}
+
+/// A per-item seed from the prompt, so sampling does not depend on batch composition.
+fn item_seed(seed: u64, prompt: &[u32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for &t in prompt {
+        h ^= u64::from(t);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+impl Node for LmNode {
+    fn run_batch(&mut self, batch: Vec<Item>) -> Vec<Result<Outputs, NodeError>> {
+        let prompts: Vec<Result<Vec<u32>, NodeError>> =
+            batch.iter().map(|i| self.prompt(i)).collect();
+        let ok: Vec<Vec<u32>> = prompts
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
+        let seeds: Vec<u64> = ok
+            .iter()
+            .map(|p| item_seed(self.sampling.seed, p))
+            .collect();
+        let mut generated =
+            match generate(&self.model, &ok, self.max_tokens, &self.sampling, &seeds) {
+                Ok(g) => g.into_iter(),
+                Err(e) => {
+                    let msg = format!("transformer_lm forward failed: {e}");
+                    return batch
+                        .iter()
+                        .map(|_| Err(NodeError::new(msg.clone())))
+                        .collect();
+                }
+            };
+        prompts
+            .into_iter()
+            .map(|p| {
+                let _ = p?;
+                let out = generated
+                    .next()
+                    .ok_or_else(|| NodeError::new("transformer_lm: missing output"))?;
+                Ok(vec![Value::Text(self.tok.decode(&out))])
+            })
+            .collect()
+    }
+}

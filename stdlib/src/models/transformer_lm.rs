@@ -1,0 +1,511 @@
+//! `transformer_lm`: a decoder-only transformer (pre-LayerNorm, learned positions, GELU MLP) with
+//! per-sequence KV caches.
+//!
+//! A request's prompt is `<bos> tokens(text) <sep>`; the model generates until `<eos>`,
+//! `max_tokens` or its position limit. The step-level API is what a continuous-batching
+//! scheduler drives: [`TransformerLm::prefill`] starts sequences (one padded batch of any
+//! lengths), [`TransformerLm::decode_step`] advances any set of running sequences by one token,
+//! each against its own cache, so sequences can join and leave between steps. Linear layers run
+//! batched over all sequences; attention runs per sequence over its own cache, so a sequence's
+//! result does not depend on which others share its batch (up to float rounding in the batched
+//! matmuls).
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use super::linear::{Linear, Quantize};
+use super::tokenizer::{Tokenizer, BOS, EOS, SEP};
+
+/// Shapes, stored as JSON in the weights' metadata key `mars.config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmConfig {
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub d_ff: usize,
+    pub vocab_size: usize,
+    /// Longest sequence (prompt + generated tokens) the position table covers.
+    pub max_len: usize,
+}
+
+impl LmConfig {
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+
+    /// Every tensor name and shape, in a fixed order.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, f, v) = (self.d_model, self.d_ff, self.vocab_size);
+        let mut out = vec![
+            ("tok_emb".to_string(), vec![v, d]),
+            ("pos_emb".to_string(), vec![self.max_len, d]),
+        ];
+        for l in 0..self.n_layers {
+            for (n, s) in [
+                ("ln1.w", vec![d]),
+                ("ln1.b", vec![d]),
+                ("qkv.w", vec![3 * d, d]),
+                ("qkv.b", vec![3 * d]),
+                ("out.w", vec![d, d]),
+                ("out.b", vec![d]),
+                ("ln2.w", vec![d]),
+                ("ln2.b", vec![d]),
+                ("fc1.w", vec![f, d]),
+                ("fc1.b", vec![f]),
+                ("fc2.w", vec![d, f]),
+                ("fc2.b", vec![d]),
+            ] {
+                out.push((format!("l{l}.{n}"), s));
+            }
+        }
+        out.push(("lnf.w".into(), vec![d]));
+        out.push(("lnf.b".into(), vec![d]));
+        out.push(("head.w".into(), vec![v, d]));
+        out
+    }
+}
+
+struct LayerNorm {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        xc.broadcast_div(&(var + 1e-5)?.sqrt()?)?
+            .broadcast_mul(&self.w)?
+            .broadcast_add(&self.b)
+    }
+}
+
+struct Layer {
+    ln1: LayerNorm,
+    qkv: Linear,
+    out: Linear,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// The model: weights (dense or quantized) and shapes.
+pub struct TransformerLm {
+    pub config: LmConfig,
+    tok_emb: Tensor,
+    pos_emb: Tensor,
+    layers: Vec<Layer>,
+    lnf: LayerNorm,
+    head: Linear,
+}
+
+/// One layer's cache: keys and values `[heads, len, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+/// A running sequence: its tokens so far and its caches.
+#[derive(Debug, Clone)]
+pub struct SeqState {
+    /// Prompt tokens followed by generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// One cache per layer, covering `tokens[..cached]`.
+    pub caches: Vec<KvCache>,
+    /// The next token's logits (from the last step), `[vocab]`.
+    pub logits: Vec<f32>,
+    pub finished: bool,
+}
+
+impl SeqState {
+    /// Number of positions in the cache.
+    pub fn cached(&self) -> usize {
+        self.caches.first().map_or(0, |c| c.k.dims()[1])
+    }
+
+    /// Generated tokens (without the final `<eos>`).
+    pub fn generated(&self) -> &[u32] {
+        let g = &self.tokens[self.prompt_len..];
+        g.strip_suffix(&[EOS]).unwrap_or(g)
+    }
+}
+
+/// The prompt of a text: `<bos> tokens <sep>`.
+pub fn prompt_tokens(tok: &Tokenizer, text: &str) -> Vec<u32> {
+    let mut t = vec![BOS];
+    t.extend(tok.encode(text));
+    t.push(SEP);
+    t
+}
+
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// `log_softmax` over the last dim.
+pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let xs = x.broadcast_sub(&m)?;
+    let lse = xs.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    xs.broadcast_sub(&lse)
+}
+
+fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; t * t];
+    for i in 0..t {
+        for j in i + 1..t {
+            m[i * t + j] = -1e9;
+        }
+    }
+    Tensor::from_vec(m, (t, t), device)
+}
+
+impl TransformerLm {
+    /// Build from named tensors (see [`LmConfig::tensor_shapes`]); checks every shape.
+    pub fn from_tensors(
+        config: LmConfig,
+        tensors: &HashMap<String, Tensor>,
+        q: Quantize,
+    ) -> std::result::Result<TransformerLm, String> {
+        if config.n_heads == 0 || config.d_model % config.n_heads != 0 {
+            return Err(format!(
+                "d_model {} is not a multiple of n_heads {}",
+                config.d_model, config.n_heads
+            ));
+        }
+        for (name, shape) in config.tensor_shapes() {
+            let t = tensors
+                .get(&name)
+                .ok_or_else(|| format!("the weights have no tensor `{name}`"))?;
+            if t.dims() != shape.as_slice() {
+                return Err(format!(
+                    "tensor `{name}` has shape {:?}; the config says {:?}",
+                    t.dims(),
+                    shape
+                ));
+            }
+        }
+        let get = |n: &str| -> std::result::Result<Tensor, String> {
+            let t = tensors
+                .get(n)
+                .ok_or_else(|| format!("the weights have no tensor `{n}`"))?;
+            t.to_dtype(DType::F32).map_err(|e| e.to_string())
+        };
+        let lin = |p: &str, bias: bool| -> std::result::Result<Linear, String> {
+            let w = get(&format!("{p}.w"))?;
+            let b = if bias {
+                get(&format!("{p}.b"))?
+            } else {
+                Tensor::zeros(w.dim(0).map_err(|e| e.to_string())?, DType::F32, w.device())
+                    .map_err(|e| e.to_string())?
+            };
+            Linear::new(w, b, q).map_err(|e| e.to_string())
+        };
+        let ln = |p: &str| -> std::result::Result<LayerNorm, String> {
+            Ok(LayerNorm {
+                w: get(&format!("{p}.w"))?,
+                b: get(&format!("{p}.b"))?,
+            })
+        };
+        let mut layers = Vec::new();
+        for l in 0..config.n_layers {
+            layers.push(Layer {
+                ln1: ln(&format!("l{l}.ln1"))?,
+                qkv: lin(&format!("l{l}.qkv"), true)?,
+                out: lin(&format!("l{l}.out"), true)?,
+                ln2: ln(&format!("l{l}.ln2"))?,
+                fc1: lin(&format!("l{l}.fc1"), true)?,
+                fc2: lin(&format!("l{l}.fc2"), true)?,
+            });
+        }
+        Ok(TransformerLm {
+            tok_emb: get("tok_emb")?,
+            pos_emb: get("pos_emb")?,
+            layers,
+            lnf: ln("lnf")?,
+            head: lin("head", false)?,
+            config,
+        })
+    }
+
+    /// Full causal forward over `tokens: [b, t]` (u32): logits `[b, t, vocab]` and each layer's
+    /// keys and values `[b, heads, t, head_dim]`. Used for training and prefill; pad at the end
+    /// (causality keeps padding from reaching earlier positions).
+    pub fn forward_full(&self, tokens: &Tensor) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let (b, t) = tokens.dims2()?;
+        let (d, h, hd) = (
+            self.config.d_model,
+            self.config.n_heads,
+            self.config.head_dim(),
+        );
+        let emb = self
+            .tok_emb
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, t, d))?;
+        let mut x = emb
+            .broadcast_add(&self.pos_emb.narrow(0, 0, t)?)?
+            .reshape((b * t, d))?;
+        let mask = causal_mask(t, tokens.device())?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut kvs = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward(&layer.ln1.forward(&x)?)?;
+            let split = |i: usize| -> Result<Tensor> {
+                qkv.narrow(1, i * d, d)?
+                    .reshape((b, t, h, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let y = softmax_last(&att)?.matmul(&v)?;
+            let y = y.transpose(1, 2)?.reshape((b * t, d))?;
+            x = (x + layer.out.forward(&y)?)?;
+            let m = layer.fc1.forward(&layer.ln2.forward(&x)?)?.gelu()?;
+            x = (x + layer.fc2.forward(&m)?)?;
+            kvs.push((k, v));
+        }
+        let logits = self.head.forward(&self.lnf.forward(&x)?)?;
+        Ok((logits.reshape((b, t, self.config.vocab_size))?, kvs))
+    }
+
+    /// Start sequences from their prompts in one padded batch: fills each sequence's caches
+    /// and its next-token logits.
+    pub fn prefill(&self, prompts: &[Vec<u32>]) -> Result<Vec<SeqState>> {
+        let Some(t) = prompts.iter().map(Vec::len).max() else {
+            return Ok(Vec::new());
+        };
+        let b = prompts.len();
+        let mut flat = Vec::with_capacity(b * t);
+        for p in prompts {
+            flat.extend_from_slice(p);
+            flat.extend(std::iter::repeat_n(0u32, t - p.len()));
+        }
+        let dev = self.tok_emb.device();
+        let tokens = Tensor::from_vec(flat, (b, t), dev)?;
+        let (logits, kvs) = self.forward_full(&tokens)?;
+        let mut out = Vec::with_capacity(b);
+        for (i, p) in prompts.iter().enumerate() {
+            let n = p.len();
+            let caches = kvs
+                .iter()
+                .map(|(k, v)| {
+                    Ok(KvCache {
+                        k: k.get(i)?.narrow(1, 0, n)?.contiguous()?,
+                        v: v.get(i)?.narrow(1, 0, n)?.contiguous()?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let last = logits.get(i)?.get(n - 1)?.to_vec1::<f32>()?;
+            out.push(SeqState {
+                tokens: p.clone(),
+                prompt_len: n,
+                caches,
+                logits: last,
+                finished: false,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Append `next[i]` to sequence `seqs[i]` and run one step for all of them together:
+    /// afterwards each sequence's cache covers its new token and `logits` predicts the next.
+    pub fn decode_step(&self, seqs: &mut [&mut SeqState], next: &[u32]) -> Result<()> {
+        let b = seqs.len();
+        if b == 0 {
+            return Ok(());
+        }
+        let (d, h, hd) = (
+            self.config.d_model,
+            self.config.n_heads,
+            self.config.head_dim(),
+        );
+        let dev = self.tok_emb.device();
+        let positions: Vec<u32> = seqs.iter().map(|s| s.cached() as u32).collect();
+        if let Some(p) = positions
+            .iter()
+            .find(|&&p| p as usize >= self.config.max_len)
+        {
+            candle_core::bail!(
+                "position {p} is past the model's limit {}",
+                self.config.max_len
+            );
+        }
+        let ids = Tensor::from_vec(next.to_vec(), b, dev)?;
+        let pos = Tensor::from_vec(positions, b, dev)?;
+        let mut x = (self.tok_emb.index_select(&ids, 0)? + self.pos_emb.index_select(&pos, 0)?)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let qkv = layer.qkv.forward(&layer.ln1.forward(&x)?)?;
+            let mut rows = Vec::with_capacity(b);
+            for (i, s) in seqs.iter_mut().enumerate() {
+                let row = qkv.get(i)?;
+                let part =
+                    |j: usize| -> Result<Tensor> { row.narrow(0, j * d, d)?.reshape((h, 1, hd)) };
+                let q = part(0)?;
+                let cache = &mut s.caches[li];
+                cache.k = Tensor::cat(&[&cache.k, &part(1)?], 1)?;
+                cache.v = Tensor::cat(&[&cache.v, &part(2)?], 1)?;
+                let att = (q.matmul(&cache.k.t()?)? * scale)?;
+                let y = softmax_last(&att)?.matmul(&cache.v)?;
+                rows.push(y.reshape((1, d))?);
+            }
+            let y = Tensor::cat(&rows, 0)?;
+            x = (x + layer.out.forward(&y)?)?;
+            let m = layer.fc1.forward(&layer.ln2.forward(&x)?)?.gelu()?;
+            x = (x + layer.fc2.forward(&m)?)?;
+        }
+        let logits = self
+            .head
+            .forward(&self.lnf.forward(&x)?)?
+            .to_vec2::<f32>()?;
+        for ((s, l), &t) in seqs.iter_mut().zip(logits).zip(next) {
+            s.tokens.push(t);
+            s.logits = l;
+        }
+        Ok(())
+    }
+}
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy (argmax; ties go to the lowest id).
+    pub temperature: f64,
+    /// Keep the `top_k` most likely tokens (0: all).
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches `top_p`.
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Sampling {
+    pub fn greedy() -> Sampling {
+        Sampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+
+    /// Pick a token from `logits`. `rng` is the sequence's own generator, so a sequence's
+    /// samples do not depend on the others in its batch.
+    pub fn pick(&self, logits: &[f32], rng: &mut SplitMix) -> u32 {
+        let argmax = || {
+            let mut best = 0;
+            for (i, &l) in logits.iter().enumerate() {
+                if l > logits[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        };
+        if self.temperature <= 0.0 || logits.is_empty() {
+            return argmax();
+        }
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        if self.top_k > 0 {
+            idx.truncate(self.top_k);
+        }
+        let m = f64::from(logits[idx[0]]);
+        let mut p: Vec<f64> = idx
+            .iter()
+            .map(|&i| ((f64::from(logits[i]) - m) / self.temperature).exp())
+            .collect();
+        let z: f64 = p.iter().sum();
+        p.iter_mut().for_each(|x| *x /= z);
+        let mut keep = p.len();
+        let mut acc = 0.0;
+        for (j, &x) in p.iter().enumerate() {
+            acc += x;
+            if acc >= self.top_p {
+                keep = j + 1;
+                break;
+            }
+        }
+        let z: f64 = p[..keep].iter().sum();
+        let mut u = rng.next_f64() * z;
+        for j in 0..keep {
+            u -= p[j];
+            if u <= 0.0 {
+                return idx[j] as u32;
+            }
+        }
+        idx[keep - 1] as u32
+    }
+}
+
+/// A small, stable pseudo-random generator (splitmix64).
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.next_f64().max(1e-300);
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// Generate for a batch of prompts: prefill together, then decode the running sequences one
+/// step at a time until each has produced `<eos>`, `max_tokens` tokens or reached the model's
+/// position limit. Returns each sequence's generated tokens, in prompt order.
+pub fn generate(
+    model: &TransformerLm,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    sampling: &Sampling,
+    seeds: &[u64],
+) -> Result<Vec<Vec<u32>>> {
+    let mut seqs = model.prefill(prompts)?;
+    let mut rngs: Vec<SplitMix> = seeds.iter().map(|&s| SplitMix(s)).collect();
+    rngs.resize(seqs.len(), SplitMix(sampling.seed));
+    let limit = model.config.max_len;
+    loop {
+        let mut next = Vec::new();
+        let mut running: Vec<&mut SeqState> = Vec::new();
+        for (s, rng) in seqs.iter_mut().zip(rngs.iter_mut()) {
+            if s.finished {
+                continue;
+            }
+            let t = sampling.pick(&s.logits, rng);
+            let produced = s.tokens.len() - s.prompt_len;
+            if t == EOS || produced + 1 >= max_tokens || s.tokens.len() + 1 >= limit {
+                s.tokens.push(t);
+                s.finished = true;
+                continue;
+            }
+            next.push(t);
+            running.push(s);
+        }
+        if running.is_empty() {
+            break;
+        }
+        model.decode_step(&mut running, &next)?;
+    }
+    Ok(seqs.iter().map(|s| s.generated().to_vec()).collect())
+}
