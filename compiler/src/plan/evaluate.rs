@@ -389,6 +389,50 @@ pub fn longest_path(
     (longest, path)
 }
 
+/// For every node, the length of the longest source-to-sink path through it (by p99 when
+/// `p99`, else by median) at `rate` requests/s.
+pub fn longest_through(model: &CostModel, choice: &[usize], rate: f64, p99: bool) -> Vec<f64> {
+    let n = model.nodes.len();
+    let own: Vec<f64> = (0..n)
+        .map(|i| {
+            let node = &model.nodes[i];
+            let opt = &node.options[choice[i]];
+            (if p99 { opt.p99_ms } else { opt.latency_ms }) + fill_ms(opt.batch, rate * node.fanout)
+        })
+        .collect();
+    let hop = |a: usize, b: usize| {
+        if model.nodes[a].options[choice[a]].worker != model.nodes[b].options[choice[b]].worker {
+            super::model::CROSS_WORKER_MS
+        } else {
+            0.0
+        }
+    };
+    let mut fwd = vec![0.0f64; n];
+    for i in 0..n {
+        let before = model.nodes[i]
+            .preds
+            .iter()
+            .map(|&p| fwd[p] + hop(p, i))
+            .fold(0.0, f64::max);
+        fwd[i] = before + own[i];
+    }
+    let mut succs: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, node) in model.nodes.iter().enumerate() {
+        for &p in &node.preds {
+            succs[p].push(i);
+        }
+    }
+    let mut bwd = vec![0.0f64; n];
+    for i in (0..n).rev() {
+        let after = succs[i]
+            .iter()
+            .map(|&s| bwd[s] + hop(i, s))
+            .fold(0.0, f64::max);
+        bwd[i] = after + own[i];
+    }
+    (0..n).map(|i| fwd[i] + bwd[i] - own[i]).collect()
+}
+
 /// The time a batch of `batch` items takes to fill at `items_per_s` (ms); 0 for batches of one.
 pub fn fill_ms(batch: u32, items_per_s: f64) -> f64 {
     if batch <= 1 {

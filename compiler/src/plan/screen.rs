@@ -84,8 +84,9 @@ impl MoveScreen {
     /// The reasoning: a node off both critical paths (p50 and p99) cannot shorten them, and at
     /// a lower or equal rate batches fill no faster, so its move cannot lower latency or the
     /// SLO misses; it can only win through more throughput or, at equal throughput, fewer
-    /// resources. A node on a critical path of a plan that meets its SLOs can win on latency
-    /// at equal throughput only if its own time drops or its worker changes.
+    /// resources. A node on a critical path can win on latency only if its own time at the
+    /// current rate drops or its worker changes; only a plan that misses an SLO lets such a
+    /// move give up throughput.
     pub fn may_improve(
         &self,
         model: &CostModel,
@@ -94,12 +95,13 @@ impl MoveScreen {
         from: usize,
         to: usize,
     ) -> bool {
-        let critical = self.on_critical_path[i];
-        if !current.fits || (critical && current.violation > 0.0) {
+        if !current.fits {
             return true;
         }
-        // On a critical path at an unchanged rate, latency can only drop if the node's own
-        // time does (or its worker, and so the hops around it, changes).
+        let critical = self.on_critical_path[i];
+        // On a critical path, latency can only drop if the node's own time at the current rate
+        // does (at a lower rate its batches fill even slower), or if its worker, and so the
+        // hops around it, changes.
         let faster = |rate: f64| -> bool {
             let node = &model.nodes[i];
             let (a, b) = (&node.options[from], &node.options[to]);
@@ -111,6 +113,10 @@ impl MoveScreen {
                     || own(b, true) < own(a, true)
                     || own(b, false) < own(a, false))
         };
+        // A plan that misses a latency SLO may trade throughput for latency.
+        if current.violation > 0.0 && faster(current.rate) {
+            return true;
+        }
         let Some(upper) = self.capacity_bound(model, i, from, to) else {
             return false; // does not fit, while the current plan does
         };

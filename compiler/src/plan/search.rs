@@ -210,6 +210,25 @@ fn balanced_start(model: &CostModel, device: Option<Device>, fastest: bool) -> V
     choice
 }
 
+/// The option of node `i` with the lowest own p99 time (batch latency plus fill) at `rate`,
+/// staying on `keep`'s worker; `keep` itself on ties.
+fn fastest_option(model: &CostModel, i: usize, rate: f64, keep: usize) -> usize {
+    let node = &model.nodes[i];
+    let own = |o: usize| {
+        node.options[o].p99_ms + super::evaluate::fill_ms(node.options[o].batch, rate * node.fanout)
+    };
+    let worker = node.options[keep].worker;
+    (0..node.options.len())
+        .filter(|&o| node.options[o].worker == worker)
+        .fold(keep, |best, o| {
+            if own(o) < own(best) * (1.0 - 1e-9) {
+                o
+            } else {
+                best
+            }
+        })
+}
+
 /// Local search from `choice` until no move improves it.
 fn improve(model: &CostModel, mut choice: Vec<usize>, options: &SearchOptions) -> Solution {
     let n = model.nodes.len();
@@ -218,6 +237,34 @@ fn improve(model: &CostModel, mut choice: Vec<usize>, options: &SearchOptions) -
 
     for _ in 0..options.max_passes {
         let mut improved = false;
+        // A plan that misses a latency SLO: try every node on a path that misses it on its
+        // fastest option, all at once (one node at a time, the critical path just moves
+        // elsewhere).
+        if current.fits && current.violation > 0.0 {
+            let mut rush = choice.clone();
+            for (p99, slo) in [
+                (true, model.objectives.p99_ms),
+                (false, model.objectives.p50_ms),
+            ] {
+                let Some(slo) = slo else { continue };
+                let through = super::evaluate::longest_through(model, &choice, current.rate, p99);
+                for (i, &t) in through.iter().enumerate() {
+                    if t > slo {
+                        rush[i] = fastest_option(model, i, current.rate, choice[i]);
+                    }
+                }
+            }
+            if rush != choice {
+                let e = evaluate(model, &rush);
+                let k = e.key(model);
+                if compare_keys(&k, &key) == Ordering::Less {
+                    choice = rush;
+                    current = e;
+                    key = k;
+                    improved = true;
+                }
+            }
+        }
         let mut screen = MoveScreen::new(model, &choice, &current);
         for i in 0..n {
             let keep = choice[i];
