@@ -10,6 +10,7 @@ pub mod numbers;
 pub mod tokenizer;
 pub mod train;
 pub mod transformer_lm;
+pub mod vision;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -22,8 +23,20 @@ use linear::Quantize;
 use tokenizer::Tokenizer;
 use transformer_lm::{generate, prompt_tokens, LmConfig, Sampling, TransformerLm};
 
-/// Register this module's architectures (`transformer_lm`).
+/// Register this module's architectures (`transformer_lm`, `unet_tiny`, `crnn_tiny`).
 pub fn register(registry: &mut Registry) {
+    registry.model(
+        "unet_tiny",
+        Arc::new(|ctx: &NodeContext| {
+            Ok(Box::new(VisionNode::from_ctx(ctx, Vision::Unet)?) as Box<dyn Node>)
+        }),
+    );
+    registry.model(
+        "crnn_tiny",
+        Arc::new(|ctx: &NodeContext| {
+            Ok(Box::new(VisionNode::from_ctx(ctx, Vision::Crnn)?) as Box<dyn Node>)
+        }),
+    );
     registry.model(
         "transformer_lm",
         Arc::new(|ctx: &NodeContext| Ok(Box::new(LmNode::from_ctx(ctx)?) as Box<dyn Node>)),
@@ -303,6 +316,208 @@ impl Node for LmNode {
                     .next()
                     .ok_or_else(|| NodeError::new("transformer_lm: missing output"))?;
                 Ok(vec![Value::Text(self.tok.decode(&out))])
+            })
+            .collect()
+    }
+}
+
+/// Which vision architecture a [`VisionNode`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vision {
+    Unet,
+    Crnn,
+}
+
+impl Vision {
+    pub fn arch(self) -> &'static str {
+        match self {
+            Vision::Unet => "unet_tiny",
+            Vision::Crnn => "crnn_tiny",
+        }
+    }
+}
+
+/// Deterministic random weights for a vision architecture (cost stand-ins): `unet_tiny` with
+/// `channels` channels, `crnn_tiny` reading `image_size`-high crops over `alphabet`.
+pub fn init_vision_weights(
+    path: &Path,
+    arch: Vision,
+    channels: usize,
+    image_size: usize,
+    alphabet: &str,
+    seed: u64,
+) -> candle_core::Result<()> {
+    let mut meta = HashMap::new();
+    meta.insert("mars.arch".to_string(), arch.arch().to_string());
+    meta.insert("mars.random".to_string(), "true".to_string());
+    let tensors = match arch {
+        Vision::Unet => {
+            meta.insert(
+                "mars.config".into(),
+                serde_json::json!({ "channels": channels }).to_string(),
+            );
+            vision::random_tensors(&vision::unet_shapes(channels), seed)?
+        }
+        Vision::Crnn => {
+            meta.insert(
+                "mars.config".into(),
+                serde_json::json!({ "image_size": image_size }).to_string(),
+            );
+            meta.insert("alphabet".into(), alphabet.to_string());
+            let classes = alphabet.chars().count() + 1;
+            vision::random_tensors(&vision::crnn_shapes(image_size, classes), seed)?
+        }
+    };
+    save_safetensors(path, &tensors, meta)
+}
+
+/// A `unet_tiny` or `crnn_tiny` node: one image in; a mask or a text out. Batched: the whole
+/// batch is resized and run through one forward pass.
+struct VisionNode {
+    arch: Vision,
+    tensors: HashMap<String, Tensor>,
+    size: usize,
+    alphabet: Vec<char>,
+}
+
+impl VisionNode {
+    fn from_ctx(ctx: &NodeContext, arch: Vision) -> Result<VisionNode, NodeError> {
+        let cfg = ModelConfig::of(ctx)?;
+        let w = cfg.weights(&ctx.base_dir)?;
+        let fail = |m: String| NodeError::new(format!("node `{}`: {m}", ctx.node.id));
+        match w.metadata.get("mars.arch") {
+            Some(a) if a == arch.arch() => {}
+            other => {
+                return Err(fail(format!(
+                    "the weights are for {:?}, not `{}`",
+                    other,
+                    arch.arch()
+                )))
+            }
+        }
+        let stored: serde_json::Value = w
+            .metadata
+            .get("mars.config")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| fail("the weights' metadata has no valid `mars.config`".into()))?;
+        let (size, alphabet, shapes) = match arch {
+            Vision::Unet => {
+                let c = stored["channels"]
+                    .as_u64()
+                    .ok_or_else(|| fail("`mars.config` has no `channels`".into()))?
+                    as usize;
+                cfg.check_matches("channels", c)?;
+                let size = cfg.int("image_size", 256)?;
+                if size < 4 || size % 4 != 0 || size > 4096 {
+                    return Err(cfg.err("image_size", "must be a multiple of 4 in 4..=4096"));
+                }
+                (size as usize, Vec::new(), vision::unet_shapes(c))
+            }
+            Vision::Crnn => {
+                let s = stored["image_size"]
+                    .as_u64()
+                    .ok_or_else(|| fail("`mars.config` has no `image_size`".into()))?
+                    as usize;
+                cfg.check_matches("image_size", s)?;
+                let alphabet: Vec<char> = w
+                    .metadata
+                    .get("alphabet")
+                    .ok_or_else(|| fail("the weights' metadata has no `alphabet`".into()))?
+                    .chars()
+                    .collect();
+                if let Some(a) = cfg.text("alphabet")? {
+                    if a.chars().collect::<Vec<_>>() != alphabet {
+                        return Err(cfg.err("alphabet", "differs from the weights' alphabet"));
+                    }
+                }
+                let shapes = vision::crnn_shapes(s, alphabet.len() + 1);
+                (s, alphabet, shapes)
+            }
+        };
+        for (name, shape) in shapes {
+            match w.tensors.get(&name) {
+                Some(t) if t.dims() == shape.as_slice() => {}
+                Some(t) => {
+                    return Err(fail(format!(
+                        "tensor `{name}` has shape {:?}, expected {shape:?}",
+                        t.dims()
+                    )))
+                }
+                None => return Err(fail(format!("the weights have no tensor `{name}`"))),
+            }
+        }
+        Ok(VisionNode {
+            arch,
+            tensors: w.tensors,
+            size,
+            alphabet,
+        })
+    }
+
+    fn forward(&self, images: &[&mars_runtime::ImageData]) -> candle_core::Result<Vec<Value>> {
+        let s = self.size;
+        match self.arch {
+            Vision::Unet => {
+                let x = vision::image_batch(images, s as u32, s as u32)?;
+                let m = vision::unet_forward(&self.tensors, &x)?;
+                (0..images.len())
+                    .map(|i| {
+                        let data = m.get(i)?.flatten_all()?.to_vec1::<f32>()?;
+                        Ok(Value::Tensor(Arc::new(mars_runtime::TensorData {
+                            dtype: "f32".into(),
+                            shape: vec![1, s, s],
+                            data,
+                        })))
+                    })
+                    .collect()
+            }
+            Vision::Crnn => {
+                let x = vision::image_batch(images, s as u32, 4 * s as u32)?;
+                let ids = vision::crnn_forward(&self.tensors, &x)?;
+                Ok(ids
+                    .iter()
+                    .map(|c| Value::Text(vision::ctc_decode(c, &self.alphabet)))
+                    .collect())
+            }
+        }
+    }
+}
+
+impl Node for VisionNode {
+    fn run_batch(&mut self, batch: Vec<Item>) -> Vec<Result<Outputs, NodeError>> {
+        let images: Vec<Result<&mars_runtime::ImageData, NodeError>> = batch
+            .iter()
+            .map(|i| match i.first() {
+                Some(Value::Image(img)) if img.width > 0 && img.height > 0 => Ok(img.as_ref()),
+                Some(Value::Image(_)) => Err(NodeError::new("empty image")),
+                Some(other) => Err(NodeError::new(format!(
+                    "expected Image, got {}",
+                    other.kind()
+                ))),
+                None => Err(NodeError::new("missing image")),
+            })
+            .collect();
+        let ok: Vec<&mars_runtime::ImageData> = images
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        let mut outs = match self.forward(&ok) {
+            Ok(o) => o.into_iter(),
+            Err(e) => {
+                let msg = format!("{} forward failed: {e}", self.arch.arch());
+                return batch
+                    .iter()
+                    .map(|_| Err(NodeError::new(msg.clone())))
+                    .collect();
+            }
+        };
+        images
+            .into_iter()
+            .map(|r| {
+                r?;
+                outs.next()
+                    .map(|v| vec![v])
+                    .ok_or_else(|| NodeError::new("missing output"))
             })
             .collect()
     }
