@@ -484,3 +484,60 @@ fn several_pipelines_need_a_choice_and_plans_name_their_source_relative_to_thems
     let plan = read_plan(&dir.path().join("plans/deep/first.plan.yaml"));
     assert_eq!(plan.inputs_of_plan.source, "../../two.mars");
 }
+
+#[test]
+fn a_profile_written_by_marsc_profile_plans() {
+    let dir = scratch();
+    let r = run(
+        dir.path(),
+        &[
+            "profile",
+            "bench_loop.mars",
+            "--target",
+            "cpu.yaml",
+            "-o",
+            "loop.profile.yaml",
+            "--max-batch",
+            "4",
+            "--min-runs",
+            "2",
+            "--min-time-ms",
+            "20",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(
+        dir.path(),
+        &[
+            "compile",
+            "bench_loop.mars",
+            "--profile",
+            "loop.profile.yaml",
+            "--target",
+            "cpu.yaml",
+            "-o",
+            "loop.plan.yaml",
+            "--explain",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let plan = read_plan(&dir.path().join("loop.plan.yaml"));
+    assert_eq!(
+        plan.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b", "out"]
+    );
+    assert!(plan
+        .nodes
+        .iter()
+        .all(|n| n.batch.max <= 4 && n.replicas >= 1));
+    assert!(plan.predicted.throughput > 0.0);
+    assert!(plan.slos[0].met, "{:?}", plan.slos);
+    // The CPU pool binds (two spinning nodes), and more cores buy more throughput.
+    assert_eq!(plan.predicted.bottleneck, "w0.cpu");
+    assert!(r.stdout.contains("4 more cores on `w0`"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("GPU"),
+        "no kind was measured on a GPU:\n{}",
+        r.stdout
+    );
+}

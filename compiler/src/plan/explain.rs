@@ -239,7 +239,7 @@ fn latency_cost(
 }
 
 /// Throughput of the plan on targets with one resource more: another GPU like the first (or a
-/// 16 GB one), and [`EXTRA_CORES`] more cores on the worker whose CPU binds (or the first); and,
+/// 16 GB one; only where the profile measured some kind on a GPU), and [`EXTRA_CORES`] more cores on the worker whose CPU binds (or the first); and,
 /// where a node's `@replicas(N)` binds, without that annotation.
 pub fn what_ifs(
     pipeline: &Pipeline,
@@ -287,8 +287,12 @@ pub fn what_ifs(
         )
     };
     more_gpu.workers[wi].gpus.push(Gpu { name, ..template });
-    if let Ok(p) = plan_pipeline_explained(pipeline, profile, &more_gpu, &options) {
-        out.push((label, p.plan.predicted.throughput));
+    // A GPU only helps where some node kind was measured on one.
+    let gpu_profiled = profile.is_some_and(|p| p.nodes.values().any(|k| k.gpu.is_some()));
+    if gpu_profiled {
+        if let Ok(p) = plan_pipeline_explained(pipeline, profile, &more_gpu, &options) {
+            out.push((label, p.plan.predicted.throughput));
+        }
     }
 
     let w = match planned.solution.eval.bound {
