@@ -35,6 +35,10 @@ impl Default for SearchOptions {
     }
 }
 
+/// At most this many two-node moves per pass (targets with many workers and GPUs give nodes
+/// many options).
+const MAX_PAIR_MOVES: usize = 50_000;
+
 /// The chosen option of every node and its evaluation.
 #[derive(Debug, Clone)]
 pub struct Solution {
@@ -232,6 +236,12 @@ fn fastest_option(model: &CostModel, i: usize, rate: f64, keep: usize) -> usize 
 /// Local search from `choice` until no move improves it.
 fn improve(model: &CostModel, mut choice: Vec<usize>, options: &SearchOptions) -> Solution {
     let n = model.nodes.len();
+    // Moves of two nodes at once: on small pipelines, and only while their number stays small.
+    let pairs_affordable = n <= options.pair_moves_up_to && {
+        let k: Vec<usize> = model.nodes.iter().map(|node| node.options.len()).collect();
+        let all: usize = k.iter().sum();
+        k.iter().map(|&a| a * (all - a)).sum::<usize>() / 2 <= MAX_PAIR_MOVES
+    };
     let mut current = evaluate(model, &choice);
     let mut key = current.key(model);
 
@@ -292,7 +302,7 @@ fn improve(model: &CostModel, mut choice: Vec<usize>, options: &SearchOptions) -
                 None => choice[i] = keep,
             }
         }
-        if !improved && n <= options.pair_moves_up_to {
+        if !improved && pairs_affordable {
             'pairs: for i in 0..n {
                 for j in i + 1..n {
                     let (keep_i, keep_j) = (choice[i], choice[j]);
