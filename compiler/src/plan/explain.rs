@@ -137,14 +137,14 @@ pub fn explain(
     }
     let _ = writeln!(s);
 
-    let _ = writeln!(s, "headroom at {}/s:", plan.predicted.throughput);
+    let _ = writeln!(s, "headroom at {}/s:", round3(e.rate));
     let mut cpu = vec![0.0; model.workers.len()];
     let mut gpu = vec![0.0; model.gpus.len()];
     let mut gpu_mem = vec![0.0; model.gpus.len()];
     let mut host_mem = vec![0.0; model.workers.len()];
     for (i, node) in model.nodes.iter().enumerate() {
         let o = &node.options[planned.solution.choice[i]];
-        let u = e.capacity * o.per_request;
+        let u = e.rate * o.per_request;
         let r = f64::from(e.replicas[i]);
         match o.gpu {
             Some(g) => {
