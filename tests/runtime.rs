@@ -286,3 +286,57 @@ fn a_missing_plan_or_a_plan_naming_an_unknown_builtin_is_an_error() {
     );
     assert!(e.contains("mars::run::build") && e.contains("`f`"), "{e}");
 }
+
+#[test]
+fn resume_skips_written_ids_and_drops_a_cut_off_last_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let inp = dir.path().join("in.jsonl");
+    let out = dir.path().join("out.jsonl");
+    std::fs::write(&inp, ints(500)).expect("input");
+    // A run that "crashed": records for 1..=100 and half of the next line.
+    let mut partial: String = (1..=100)
+        .map(|i| {
+            format!("{{\"id\":{i},\"ok\":{{\"y\":{i},\"label\":\"old\"}},\"latency_ms\":1.0}}\n")
+        })
+        .collect();
+    partial.push_str("{\"id\":101,\"ok\":{\"y\":");
+    std::fs::write(&out, partial).expect("output");
+    let o = marsc()
+        .arg("run")
+        .arg(fixture("fail.plan.yaml"))
+        .arg("--input")
+        .arg(&inp)
+        .arg("--output")
+        .arg(&out)
+        .args(["-q", "--resume", "--ordered"])
+        .output()
+        .expect("runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).expect("output");
+    let ids: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Json>(l).unwrap_or_else(|e| panic!("{e}: {l}"))["id"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(ids, (1..=500).collect::<Vec<_>>());
+    assert!(
+        text.lines().take(100).all(|l| l.contains("\"old\"")),
+        "old records kept as they were"
+    );
+    // Resuming a finished run runs nothing.
+    let again = marsc()
+        .arg("run")
+        .arg(fixture("fail.plan.yaml"))
+        .arg("--input")
+        .arg(&inp)
+        .arg("--output")
+        .arg(&out)
+        .args(["-q", "--resume"])
+        .output()
+        .expect("runs");
+    assert!(again.status.success());
+    assert_eq!(std::fs::read_to_string(&out).expect("output"), text);
+}
