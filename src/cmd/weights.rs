@@ -35,7 +35,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Render the demo images (text on coloured backgrounds) and a requests file naming them.
+    /// Render the demo images (text on coloured backgrounds) and a requests file naming them
+    /// (`$file` paths relative to the requests file).
     Samples {
         /// Folder for the PNG files and `images.jsonl`.
         #[arg(short, long, default_value = "pipelines/data")]
