@@ -43,14 +43,34 @@ pub fn register(registry: &mut Registry) {
     );
 }
 
-/// Write tensors and string metadata as a safetensors file.
+/// Write tensors and string metadata as a safetensors file, byte-for-byte reproducible: the
+/// `safetensors` crate writes its metadata map in hash order, so the header is rewritten with
+/// sorted keys (same length class, padded with spaces to 8 bytes as the format allows).
 pub fn save_safetensors(
     path: &Path,
     tensors: &HashMap<String, Tensor>,
     metadata: HashMap<String, String>,
 ) -> candle_core::Result<()> {
     let sorted: BTreeMap<&String, &Tensor> = tensors.iter().collect();
-    safetensors::serialize_to_file(sorted, Some(metadata), path).map_err(candle_core::Error::wrap)
+    let bytes = safetensors::serialize(sorted, Some(metadata)).map_err(candle_core::Error::wrap)?;
+    let n = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| candle_core::Error::msg("safetensors output has no header"))?
+        as usize;
+    // serde_json's map is ordered by key, so re-serializing sorts the header.
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(candle_core::Error::wrap)?;
+    let mut text = serde_json::to_vec(&header).map_err(candle_core::Error::wrap)?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(path, out).map_err(candle_core::Error::wrap)
 }
 
 /// A loaded weights file: its tensors and metadata.
