@@ -48,7 +48,11 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         seed: args.seed,
         eval: args.eval,
     };
-    if opts.n_heads == 0 || opts.d_model % opts.n_heads != 0 || opts.batch == 0 || opts.steps == 0 {
+    if opts.n_heads == 0
+        || !opts.d_model.is_multiple_of(opts.n_heads)
+        || opts.batch == 0
+        || opts.steps == 0
+    {
         return Err(miette::miette!(
             "--d-model must be a multiple of --heads, and --batch and --steps must be positive"
         ));

@@ -54,6 +54,9 @@ pub fn translator_tokenizer() -> Tokenizer {
     Tokenizer::words_from(texts.iter().map(String::as_str))
 }
 
+/// A held-out mistake: source, expected, got.
+pub type Mistake = (String, String, String);
+
 /// What training reports.
 #[derive(Debug, Clone)]
 pub struct TrainReport {
@@ -61,7 +64,7 @@ pub struct TrainReport {
     pub exact: usize,
     pub evaluated: usize,
     /// A few held-out mistakes (source, expected, got).
-    pub mistakes: Vec<(String, String, String)>,
+    pub mistakes: Vec<Mistake>,
 }
 
 /// Held-out evaluation set: `n` distinct held-out numbers, digit counts uniform.
@@ -83,7 +86,7 @@ pub fn evaluate(
     model: &TransformerLm,
     tok: &Tokenizer,
     nums: &[u32],
-) -> Result<(usize, Vec<(String, String, String)>)> {
+) -> Result<(usize, Vec<Mistake>)> {
     let mut exact = 0;
     let mut mistakes = Vec::new();
     for chunk in nums.chunks(64) {

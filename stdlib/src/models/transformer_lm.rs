@@ -175,7 +175,7 @@ impl TransformerLm {
         tensors: &HashMap<String, Tensor>,
         q: Quantize,
     ) -> std::result::Result<TransformerLm, String> {
-        if config.n_heads == 0 || config.d_model % config.n_heads != 0 {
+        if config.n_heads == 0 || !config.d_model.is_multiple_of(config.n_heads) {
             return Err(format!(
                 "d_model {} is not a multiple of n_heads {}",
                 config.d_model, config.n_heads
