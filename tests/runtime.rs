@@ -340,3 +340,28 @@ fn resume_skips_written_ids_and_drops_a_cut_off_last_line() {
     assert!(again.status.success());
     assert_eq!(std::fs::read_to_string(&out).expect("output"), text);
 }
+
+/// Regression: a run whose every line is malformed admitted nothing, so nothing woke the source
+/// to see the input's end, and the run never finished.
+#[test]
+fn a_run_with_no_valid_request_still_ends() {
+    for input in ["", "not json\n", "{}\n[]\n\n"] {
+        let o = marsc()
+            .arg("run")
+            .arg(fixture("fail.plan.yaml"))
+            .args(["-q", "--ordered"])
+            .write_stdin(input)
+            .timeout(std::time::Duration::from_secs(60))
+            .output()
+            .expect("runs");
+        assert!(
+            o.status.success(),
+            "input {input:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).lines().count(),
+            input.lines().count()
+        );
+    }
+}

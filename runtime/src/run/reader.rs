@@ -62,10 +62,16 @@ pub fn read_requests(mut input: impl BufRead, link: ReaderLink<'_>) -> std::io::
     let mut line = Vec::with_capacity(256);
     let mut id = 0u64;
     let mut skipped = 0u64;
+    let mut failed = None;
     loop {
         line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
-            break;
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
         }
         if link.stop.load(Ordering::Relaxed) {
             break;
@@ -94,7 +100,14 @@ pub fn read_requests(mut input: impl BufRead, link: ReaderLink<'_>) -> std::io::
             }
         }
     }
-    Ok((id, skipped))
+    // The source learns that the input ended by finding the queue closed: close it, then wake
+    // the source, which may be asleep with nothing left to admit.
+    drop(link.requests);
+    let _ = link.source.activate();
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((id, skipped)),
+    }
 }
 
 #[cfg(test)]
