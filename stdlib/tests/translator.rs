@@ -149,3 +149,72 @@ fn bad_config_fails_construction_with_the_key() {
         }
     }
 }
+
+/// The step API a continuous-batching scheduler drives: a sequence that joins a running batch
+/// mid-way, and one that leaves early, give the same tokens as each decoded alone.
+#[test]
+fn sequences_join_and_leave_between_steps() {
+    use mars_stdlib::models::linear::Quantize;
+    use mars_stdlib::models::tokenizer::EOS;
+    use mars_stdlib::models::transformer_lm::{generate, prompt_tokens, Sampling};
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pipelines/weights/mt.safetensors");
+    let (model, tok, _) = mars_stdlib::models::load_lm(&path, Quantize::None).expect("loads");
+    let long = prompt_tokens(&tok, &numbers::english(797_797));
+    let short = prompt_tokens(&tok, &numbers::english(3));
+    let alone = |p: &Vec<u32>| {
+        generate(
+            &model,
+            std::slice::from_ref(p),
+            32,
+            &Sampling::greedy(),
+            &[0],
+        )
+        .expect("runs")
+        .remove(0)
+    };
+    let (want_long, want_short) = (alone(&long), alone(&short));
+
+    let argmax = |l: &[f32]| (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b }) as u32;
+    let mut a = model
+        .prefill(std::slice::from_ref(&long))
+        .expect("prefill")
+        .remove(0);
+    let mut got_long = Vec::new();
+    // Three steps alone, then the short one joins; it leaves when it emits <eos>.
+    for _ in 0..3 {
+        let t = argmax(&a.logits);
+        got_long.push(t);
+        model.decode_step(&mut [&mut a], &[t]).expect("step");
+    }
+    let mut b = model
+        .prefill(std::slice::from_ref(&short))
+        .expect("prefill")
+        .remove(0);
+    let mut got_short = Vec::new();
+    let mut short_done = false;
+    loop {
+        let ta = argmax(&a.logits);
+        if ta == EOS {
+            break;
+        }
+        got_long.push(ta);
+        if short_done {
+            model.decode_step(&mut [&mut a], &[ta]).expect("step");
+            continue;
+        }
+        let tb = argmax(&b.logits);
+        if tb == EOS {
+            short_done = true;
+            model.decode_step(&mut [&mut a], &[ta]).expect("step");
+        } else {
+            got_short.push(tb);
+            model
+                .decode_step(&mut [&mut a, &mut b], &[ta, tb])
+                .expect("step");
+        }
+    }
+    assert_eq!(got_long, want_long);
+    assert_eq!(got_short, want_short);
+    assert_eq!(tok.decode(&got_long), numbers::french(797_797));
+}
