@@ -365,3 +365,48 @@ fn a_run_with_no_valid_request_still_ends() {
         );
     }
 }
+
+#[test]
+fn images_cross_the_edge_as_encoded_bytes() {
+    // A 2×2 red PNG.
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAEElEQVR4nGP4z8AARAwQCgAf7gP9i18U1AAAAABJRU5ErkJggg==";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bytes = mars_runtime::codec::base64_decode(png).expect("valid base64");
+    std::fs::write(dir.path().join("red.png"), &bytes).expect("write png");
+    let inp = dir.path().join("in.jsonl");
+    let out = dir.path().join("out.jsonl");
+    let lines = format!(
+        "{{\"im\": {{\"$file\": \"red.png\"}}}}\n{{\"im\": {{\"$base64\": \"{png}\"}}}}\n{{\"im\": {{\"$base64\": \"bm90IGFuIGltYWdl\"}}}}\n{{\"im\": {{\"$file\": \"missing.png\"}}}}\n"
+    );
+    std::fs::write(&inp, lines).expect("input");
+    let o = marsc()
+        .arg("run")
+        .arg(fixture("image.plan.yaml"))
+        .arg("--input")
+        .arg(&inp)
+        .arg("--output")
+        .arg(&out)
+        .args(["-q", "--ordered"])
+        .output()
+        .expect("runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs: Vec<Json> = std::fs::read_to_string(&out)
+        .expect("output")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    for rec in &recs[..2] {
+        let b64 = rec["ok"]["out"]["$base64"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{rec}"));
+        let out_png = mars_runtime::codec::base64_decode(b64).expect("base64");
+        assert_eq!(&out_png[..8], b"\x89PNG\r\n\x1a\n", "a PNG comes back");
+    }
+    assert_eq!(recs[2]["error"]["node"], "input");
+    assert!(recs[2]["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("field `im`")));
+    assert!(recs[3]["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("missing.png")));
+}
