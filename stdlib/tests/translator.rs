@@ -97,6 +97,10 @@ fn int8_matches_most_f32_outputs_and_errors_are_per_item() {
         src.len()
     );
 
+    // int4 (Q4_0 at this width) builds and runs; its accuracy is not asserted.
+    let mut q4 = node(serde_json::json!({"weights": "weights/mt.safetensors", "quantize": "int4"}));
+    assert!(translate(&mut q4, &src[..4]).iter().all(Result::is_ok));
+
     let long = vec!["one"; 40].join(" ");
     let out = translate(&mut f32n, &["two".to_string(), long]);
     assert_eq!(out[0].as_deref(), Ok("deux"));
