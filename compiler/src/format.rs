@@ -534,7 +534,7 @@ mod tests {
 
     #[test]
     fn the_language_sketch_is_nearly_canonical() {
-        let example = include_str!("../../pipelines/image_translate.mars");
+        let example = include_str!("testdata/sketch.mars");
         let out = fmt(example);
         assert_eq!(out, example);
     }

@@ -328,7 +328,7 @@ mod tests {
     fn example() -> Pipeline {
         let file = SourceFile {
             path: "x.mars".into(),
-            text: include_str!("../../pipelines/image_translate.mars").into(),
+            text: include_str!("testdata/sketch.mars").into(),
         };
         let checked = check_program(&file, &crate::check::tests::stdlib());
         checked.program.expect("clean").pipelines.remove(0)

@@ -15,7 +15,7 @@ pub mod stats;
 pub mod trace;
 pub mod value;
 
-pub use node::{Item, Node, NodeContext, NodeFactory, Outputs, Registry};
+pub use node::{Generate, Item, Node, NodeContext, NodeFactory, Outputs, Registry, SeqId, Step};
 pub use run::{run_plan, RunError, RunOptions, RunReport};
 pub use stats::RunStats;
 pub use value::{BoxData, ImageData, NodeError, TensorData, Value};

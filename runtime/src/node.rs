@@ -19,6 +19,52 @@ pub type Outputs = Vec<Value>;
 /// fails that item only.
 pub trait Node: Send {
     fn run_batch(&mut self, batch: Vec<Item>) -> Vec<Result<Outputs, NodeError>>;
+
+    /// The step-level interface, for nodes that generate token by token (models with
+    /// `generate = true`). The continuous-batching scheduler drives a node through it; a node
+    /// without one runs whole batches through `run_batch` under every policy.
+    fn generator(&mut self) -> Option<&mut dyn Generate> {
+        None
+    }
+}
+
+/// A sequence's handle inside one generating replica, chosen by the scheduler.
+pub type SeqId = u64;
+
+/// Where a sequence stands after a prefill or a decode step.
+#[derive(Debug)]
+pub enum Step {
+    /// Still generating; `cached` is the number of tokens its KV cache now holds.
+    Running { cached: usize },
+    /// Finished (end token, `max_tokens`, or the position limit) or failed: its result.
+    Done(Result<Outputs, NodeError>),
+}
+
+/// Step-level interface of a generating node. The scheduler admits items, prefills them
+/// (possibly several at once), then advances any set of running sequences by one token per
+/// call; sequences join and leave between steps. A sequence's output must not depend on which
+/// other sequences share its steps (up to float rounding in batched matmuls).
+pub trait Generate: Send {
+    /// Take an item as sequence `seq` without computing anything: check and tokenize it.
+    /// Returns the KV tokens its prefill will need (its prompt length), or an error that
+    /// fails this item only.
+    fn admit(&mut self, seq: SeqId, item: Item) -> Result<usize, NodeError>;
+
+    /// Prefill these admitted (or preempted) sequences together; one outcome per id, in order.
+    /// A preempted sequence is recomputed: prompt plus the tokens it had generated.
+    fn prefill(&mut self, seqs: &[SeqId]) -> Vec<(SeqId, Step)>;
+
+    /// Decode one token for each of these running sequences; one outcome per id, in order.
+    /// A `Done` sequence is forgotten by the node.
+    fn step(&mut self, seqs: &[SeqId]) -> Vec<(SeqId, Step)>;
+
+    /// Drop a running sequence's KV cache but keep its tokens, so that a later `prefill`
+    /// recomputes it. Returns the number of KV tokens freed.
+    fn preempt(&mut self, seq: SeqId) -> usize;
+
+    /// The most tokens (prompt plus generated) one sequence can hold: its KV need is bounded
+    /// by this.
+    fn max_sequence_tokens(&self) -> usize;
 }
 
 /// What a factory gets to build one replica of a node.

@@ -52,7 +52,7 @@ fn codes(text: &str) -> Vec<&'static str> {
     check(text).problems.iter().map(|p| p.code).collect()
 }
 
-const EXAMPLE: &str = include_str!("../../../pipelines/image_translate.mars");
+const EXAMPLE: &str = include_str!("../testdata/sketch.mars");
 
 #[test]
 fn the_language_sketch_example_builds_the_documented_ir() {

@@ -197,10 +197,10 @@ mod tests {
 
     #[test]
     fn the_spec_shows_the_grammar_as_it_is() {
-        let spec = include_str!("../../../docs/spec/01-language.md");
+        let spec = include_str!("../../../SPEC.md");
         assert!(
             spec.contains(include_str!("grammar.pest")),
-            "docs/spec/01-language.md §1.2 must hold grammar.pest verbatim"
+            "SPEC.md §1.2 must hold grammar.pest verbatim"
         );
     }
 
