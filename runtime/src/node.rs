@@ -65,6 +65,13 @@ pub trait Generate: Send {
     /// The most tokens (prompt plus generated) one sequence can hold: its KV need is bounded
     /// by this.
     fn max_sequence_tokens(&self) -> usize;
+
+    /// The replica's bound on KV tokens in flight (the sum of `cached` over its running
+    /// sequences), when the node's config sets one. `None` (the default): the scheduler
+    /// derives it as `max × max_sequence_tokens()`, which never preempts.
+    fn kv_capacity(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// What a factory gets to build one replica of a node.
@@ -124,18 +131,31 @@ impl Registry {
         let imp = &ctx.node.implementation;
         if let Some(id) = &imp.builtin {
             let f = self.builtin_factory(id).ok_or_else(|| {
-                NodeError::new(format!("node `{}`: no builtin implementation `{id}` in this runtime", ctx.node.id))
+                NodeError::new(format!(
+                    "node `{}`: no builtin implementation `{id}` in this runtime",
+                    ctx.node.id
+                ))
             })?;
             f(ctx)
         } else if let Some(command) = &imp.exec {
-            crate::exec::spawn_with_images(ctx, command, crate::run::images::from_registry(self, &ctx.base_dir))
+            crate::exec::spawn_with_images(
+                ctx,
+                command,
+                crate::run::images::from_registry(self, &ctx.base_dir),
+            )
         } else if let Some(model) = &imp.model {
             let f = self.model_factory(&model.arch).ok_or_else(|| {
-                NodeError::new(format!("node `{}`: no model architecture `{}` in this runtime", ctx.node.id, model.arch))
+                NodeError::new(format!(
+                    "node `{}`: no model architecture `{}` in this runtime",
+                    ctx.node.id, model.arch
+                ))
             })?;
             f(ctx)
         } else {
-            Err(NodeError::new(format!("node `{}` names no implementation", ctx.node.id)))
+            Err(NodeError::new(format!(
+                "node `{}` names no implementation",
+                ctx.node.id
+            )))
         }
     }
 }

@@ -17,11 +17,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use mars_runtime::{Item, Node, NodeContext, NodeError, Outputs, Registry, Value};
+use mars_runtime::{
+    Generate, Item, Node, NodeContext, NodeError, Outputs, Registry, SeqId, Step, Value,
+};
 
 use linear::Quantize;
 use tokenizer::Tokenizer;
-use transformer_lm::{generate, prompt_tokens, LmConfig, Sampling, TransformerLm};
+use transformer_lm::{
+    choose_next, generate, prompt_tokens, LmConfig, Sampling, SeqState, SplitMix, TransformerLm,
+};
 
 /// Register this module's architectures (`transformer_lm`, `unet_tiny`, `crnn_tiny`).
 pub fn register(registry: &mut Registry) {
@@ -211,12 +215,31 @@ fn lm_from_weights(w: &Weights, q: Quantize) -> Result<(TransformerLm, Tokenizer
 
 /// The `transformer_lm` node: input 0 is the prompt text; an optional input 1 is a language
 /// code, checked against the weights' `mars.languages` list. Output: the generated text.
+///
+/// It runs whole batches (`run_batch`, through [`generate`]) and, for the continuous-batching
+/// scheduler, sequence by sequence through [`Generate`]; both pick tokens with
+/// [`choose_next`] and a per-item generator seeded alike, so they give the same results.
 struct LmNode {
     model: TransformerLm,
     tok: Tokenizer,
     max_tokens: usize,
     sampling: Sampling,
     languages: Option<Vec<String>>,
+    /// The `kv_tokens` key (0: unset, the scheduler derives its bound).
+    kv_tokens: usize,
+    /// Sequences admitted through [`Generate`] and not yet done.
+    seqs: BTreeMap<SeqId, Sequence>,
+}
+
+/// A sequence under the step-level interface.
+struct Sequence {
+    prompt_len: usize,
+    /// Prompt plus generated tokens, while the sequence has no cache (admitted or preempted).
+    tokens: Vec<u32>,
+    /// Its own sampling generator; kept across preemption so samples do not change.
+    rng: SplitMix,
+    /// Its tokens, caches and next-token logits, once prefilled.
+    state: Option<SeqState>,
 }
 
 impl LmNode {
@@ -255,9 +278,15 @@ impl LmNode {
                 ))
             })?),
         };
+        let kv_tokens = cfg.int("kv_tokens", 0)?;
+        if kv_tokens < 0 {
+            return Err(cfg.err("kv_tokens", "must be non-negative (0: derived)"));
+        }
         Ok(LmNode {
             model,
             tok,
+            kv_tokens: kv_tokens as usize,
+            seqs: BTreeMap::new(),
             max_tokens: max_tokens as usize,
             sampling: Sampling {
                 temperature,
@@ -306,6 +335,12 @@ fn item_seed(seed: u64, prompt: &[u32]) -> u64 {
 }
 
 impl Node for LmNode {
+    /// Every `transformer_lm` generates token by token (`generate = false` decodes the same
+    /// way; the key only tells the planner whether continuous batching applies).
+    fn generator(&mut self) -> Option<&mut dyn Generate> {
+        Some(self)
+    }
+
     fn run_batch(&mut self, batch: Vec<Item>) -> Vec<Result<Outputs, NodeError>> {
         let prompts: Vec<Result<Vec<u32>, NodeError>> =
             batch.iter().map(|i| self.prompt(i)).collect();
@@ -339,6 +374,178 @@ impl Node for LmNode {
             })
             .collect()
     }
+}
+
+impl LmNode {
+    fn output(&self, s: &SeqState) -> Outputs {
+        vec![Value::Text(self.tok.decode(s.generated()))]
+    }
+}
+
+impl Generate for LmNode {
+    fn admit(&mut self, seq: SeqId, item: Item) -> Result<usize, NodeError> {
+        let prompt = self.prompt(&item)?;
+        let n = prompt.len();
+        self.seqs.insert(
+            seq,
+            Sequence {
+                prompt_len: n,
+                rng: SplitMix(item_seed(self.sampling.seed, &prompt)),
+                tokens: prompt,
+                state: None,
+            },
+        );
+        Ok(n)
+    }
+
+    fn prefill(&mut self, seqs: &[SeqId]) -> Vec<(SeqId, Step)> {
+        let mut out: Vec<(SeqId, Option<Step>)> = Vec::with_capacity(seqs.len());
+        let mut todo: Vec<SeqId> = Vec::new();
+        for &id in seqs {
+            match self.seqs.get(&id) {
+                None => out.push((id, Some(Step::Done(Err(unknown(id)))))),
+                Some(Sequence { state: Some(s), .. }) => {
+                    out.push((id, Some(Step::Running { cached: s.cached() })))
+                }
+                Some(_) => {
+                    out.push((id, None));
+                    todo.push(id);
+                }
+            }
+        }
+        let inputs: Vec<Vec<u32>> = todo
+            .iter()
+            .map(|id| std::mem::take(&mut self.seqs.get_mut(id).expect("listed above").tokens))
+            .collect();
+        let mut filled: BTreeMap<SeqId, Step> = BTreeMap::new();
+        match self.model.prefill(&inputs) {
+            Ok(states) => {
+                for (id, mut st) in todo.iter().zip(states) {
+                    let seq = self.seqs.get_mut(id).expect("listed above");
+                    st.prompt_len = seq.prompt_len;
+                    filled.insert(
+                        *id,
+                        Step::Running {
+                            cached: st.cached(),
+                        },
+                    );
+                    seq.state = Some(st);
+                }
+            }
+            Err(e) => {
+                let msg = format!("transformer_lm forward failed: {e}");
+                for id in &todo {
+                    self.seqs.remove(id);
+                    filled.insert(*id, Step::Done(Err(NodeError::new(msg.clone()))));
+                }
+            }
+        }
+        out.into_iter()
+            .map(|(id, step)| {
+                let step = step
+                    .or_else(|| filled.remove(&id))
+                    .expect("every prefilled id has an outcome");
+                (id, step)
+            })
+            .collect()
+    }
+
+    fn step(&mut self, seqs: &[SeqId]) -> Vec<(SeqId, Step)> {
+        let limit = self.model.config.max_len;
+        let mut out: Vec<(SeqId, Option<Step>)> = Vec::with_capacity(seqs.len());
+        let mut running: Vec<(SeqId, SeqState)> = Vec::new();
+        let mut next: Vec<u32> = Vec::new();
+        for &id in seqs {
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                out.push((id, Some(Step::Done(Err(unknown(id))))));
+                continue;
+            };
+            let Some(mut st) = seq.state.take() else {
+                self.seqs.remove(&id);
+                let e = NodeError::new(format!("sequence {id} was stepped before its prefill"));
+                out.push((id, Some(Step::Done(Err(e)))));
+                continue;
+            };
+            match choose_next(
+                &mut st,
+                &self.sampling,
+                &mut seq.rng,
+                self.max_tokens,
+                limit,
+            ) {
+                Some(t) => {
+                    next.push(t);
+                    running.push((id, st));
+                    out.push((id, None));
+                }
+                None => {
+                    self.seqs.remove(&id);
+                    out.push((id, Some(Step::Done(Ok(self.output(&st))))));
+                }
+            }
+        }
+        let mut stepped: BTreeMap<SeqId, Step> = BTreeMap::new();
+        let result = {
+            let mut refs: Vec<&mut SeqState> = running.iter_mut().map(|(_, s)| s).collect();
+            self.model.decode_step(&mut refs, &next)
+        };
+        match result {
+            Ok(()) => {
+                for (id, st) in running {
+                    stepped.insert(
+                        id,
+                        Step::Running {
+                            cached: st.cached(),
+                        },
+                    );
+                    self.seqs.get_mut(&id).expect("taken above").state = Some(st);
+                }
+            }
+            Err(e) => {
+                let msg = format!("transformer_lm forward failed: {e}");
+                for (id, _) in running {
+                    self.seqs.remove(&id);
+                    stepped.insert(id, Step::Done(Err(NodeError::new(msg.clone()))));
+                }
+            }
+        }
+        out.into_iter()
+            .map(|(id, step)| {
+                let step = step
+                    .or_else(|| stepped.remove(&id))
+                    .expect("every stepped id has an outcome");
+                (id, step)
+            })
+            .collect()
+    }
+
+    fn preempt(&mut self, seq: SeqId) -> usize {
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return 0;
+        };
+        match s.state.take() {
+            Some(st) => {
+                let freed = st.cached();
+                s.tokens = st.tokens;
+                freed
+            }
+            None => 0,
+        }
+    }
+
+    fn max_sequence_tokens(&self) -> usize {
+        // A prompt holds at most `max_len - 1` tokens, and a sequence is decoded further only
+        // while it stays under the position limit (see `choose_next`).
+        self.model.config.max_len.saturating_sub(1).max(1)
+    }
+
+    fn kv_capacity(&self) -> Option<usize> {
+        (self.kv_tokens > 0).then_some(self.kv_tokens)
+    }
+}
+
+fn unknown(id: SeqId) -> NodeError {
+    NodeError::new(format!("no sequence {id} in this replica"))
 }
 
 /// Which vision architecture a [`VisionNode`] runs.

@@ -471,6 +471,28 @@ impl SplitMix {
     }
 }
 
+/// Pick sequence `s`'s next token from its logits with its own generator. `Some(t)`: `t` is to
+/// be decoded next (by [`TransformerLm::decode_step`]). `None`: the sequence has ended (`<eos>`,
+/// `max_tokens` tokens produced, or the position limit `limit` reached); the final token is
+/// pushed onto its tokens and it is marked finished. The one stopping rule of [`generate`] and
+/// of the continuous-batching scheduler's steps, so both decode alike.
+pub fn choose_next(
+    s: &mut SeqState,
+    sampling: &Sampling,
+    rng: &mut SplitMix,
+    max_tokens: usize,
+    limit: usize,
+) -> Option<u32> {
+    let t = sampling.pick(&s.logits, rng);
+    let produced = s.tokens.len() - s.prompt_len;
+    if t == EOS || produced + 1 >= max_tokens || s.tokens.len() + 1 >= limit {
+        s.tokens.push(t);
+        s.finished = true;
+        return None;
+    }
+    Some(t)
+}
+
 /// Generate for a batch of prompts: prefill together, then decode the running sequences one
 /// step at a time until each has produced `<eos>`, `max_tokens` tokens or reached the model's
 /// position limit. Returns each sequence's generated tokens, in prompt order.
@@ -492,15 +514,10 @@ pub fn generate(
             if s.finished {
                 continue;
             }
-            let t = sampling.pick(&s.logits, rng);
-            let produced = s.tokens.len() - s.prompt_len;
-            if t == EOS || produced + 1 >= max_tokens || s.tokens.len() + 1 >= limit {
-                s.tokens.push(t);
-                s.finished = true;
-                continue;
+            if let Some(t) = choose_next(s, sampling, rng, max_tokens, limit) {
+                next.push(t);
+                running.push(s);
             }
-            next.push(t);
-            running.push(s);
         }
         if running.is_empty() {
             break;
