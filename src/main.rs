@@ -9,6 +9,8 @@ mod cmd;
 
 /// Mars: compile pipelines of ML models and functions into planned, batched, pipelined dataflows.
 ///
+/// Try it: `marsc demo` compiles and runs a built-in translation pipeline.
+///
 /// A typical session:
 ///   marsc check app.mars                       # parse and type-check
 ///   marsc profile app.mars --target t.yaml -o app.profile.yaml
@@ -23,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the built-in translator pipeline end to end (compile, explain, run); no setup.
+    Demo(cmd::demo::Args),
     /// Parse and type-check .mars files; exit 1 on errors.
     Check(cmd::check::Args),
     /// Rewrite .mars files in canonical layout (comments kept); `--check` only reports.
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a),
         Command::Check(a) => cmd::check::run(a),
         Command::Fmt(a) => cmd::fmt::run(a),
         Command::Graph(a) => cmd::graph::run(a),

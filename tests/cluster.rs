@@ -254,3 +254,35 @@ fn a_cluster_writes_to_a_file_not_stdout() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("mars::cluster::output"));
 }
+
+#[test]
+fn a_process_whose_peers_never_start_gives_up_naming_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hosts = dir.path().join("hosts.txt");
+    let ports = free_ports(3);
+    std::fs::write(
+        &hosts,
+        ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}\n"))
+            .collect::<String>(),
+    )
+    .expect("hosts");
+    // Only process 1 starts; 0 and 2 never do.
+    let mut p1 = StdCommand::new(marsc_path())
+        .arg("worker")
+        .arg(fixture("slow.plan.yaml"))
+        .arg("--hosts")
+        .arg(&hosts)
+        .args(["--process", "1", "-q", "--connect-timeout", "1.5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("marsc worker starts");
+    let status = exit_within(&mut p1, Duration::from_secs(20)).expect("gives up, no hang");
+    assert_eq!(status.code(), Some(2));
+    let e = stderr_of(p1);
+    assert!(e.contains("mars::cluster::connect"), "{e}");
+    assert!(e.contains(&format!("process 0 (127.0.0.1:{})", ports[0])), "{e}");
+    assert!(e.contains(&format!("process 2 (127.0.0.1:{})", ports[2])), "{e}");
+}

@@ -141,6 +141,66 @@ pub fn agree(
     Ok(())
 }
 
+/// Tracks whether this process's timely workers started, which timely does only once every
+/// process of the cluster has connected.
+pub struct Connected {
+    arrived: std::sync::atomic::AtomicUsize,
+    threads: usize,
+}
+
+impl Connected {
+    /// Called by each worker thread as it starts.
+    pub fn arrived(&self) {
+        self.arrived
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn all(&self) -> bool {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst) >= self.threads
+    }
+}
+
+/// Timely waits forever for peers that never start. This watchdog ends the process with status
+/// 2 and a message naming the hosts when the cluster has not formed within `timeout`.
+/// Process-wide, like [`exit_on_lost_peer`].
+pub fn connect_watchdog(
+    hosts: Vec<String>,
+    process: usize,
+    threads: usize,
+    timeout: std::time::Duration,
+) -> std::sync::Arc<Connected> {
+    let connected = std::sync::Arc::new(Connected {
+        arrived: std::sync::atomic::AtomicUsize::new(0),
+        threads: threads.max(1),
+    });
+    let watched = std::sync::Arc::clone(&connected);
+    std::thread::Builder::new()
+        .name("mars:connect-watchdog".into())
+        .spawn(move || {
+            let start = std::time::Instant::now();
+            while !watched.all() {
+                if start.elapsed() >= timeout {
+                    let others: Vec<String> = hosts
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != process)
+                        .map(|(i, h)| format!("process {i} ({h})"))
+                        .collect();
+                    eprintln!(
+                        "error[mars::cluster::connect]: process {process} waited {:.0} s and the cluster did not form: not every one of {} connected",
+                        timeout.as_secs_f64(),
+                        others.join(", ")
+                    );
+                    eprintln!("  start every process listed in the hosts file (same plan, same marsc), check the addresses and firewalls, or raise --connect-timeout");
+                    std::process::exit(2);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+        .expect("the OS can start a thread");
+    connected
+}
+
 /// Make a lost peer end this process at once: timely's network threads (named
 /// `timely:send-P` / `timely:recv-P`) panic when a connection drops; this hook prints which
 /// process was lost and exits with status 2 instead of leaving the other threads waiting.

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod compile;
+pub mod demo;
 pub mod fmt;
 pub mod graph;
 pub mod plan;

@@ -60,6 +60,44 @@ pub struct Args {
     /// and tests.
     #[arg(long, value_name = "N")]
     pub local_cluster: Option<usize>,
+    /// In a cluster: seconds to wait for every process to connect before exiting with an error
+    /// (status 2) that names the hosts.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub connect_timeout: f64,
+}
+
+impl Args {
+    /// The flags' defaults, for running `plan` from stdin to stdout.
+    pub fn for_plan(plan: PathBuf) -> Args {
+        Args {
+            plan,
+            input: PathBuf::from("-"),
+            output: PathBuf::from("-"),
+            workers: 1,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            ordered: false,
+            fail_fast: false,
+            stats_json: None,
+            trace: None,
+            quiet: false,
+            resume: false,
+            hosts: None,
+            local_cluster: None,
+            connect_timeout: 60.0,
+        }
+    }
+}
+
+/// `--connect-timeout` as a duration; it must be a positive number of seconds.
+pub fn connect_timeout(secs: f64) -> miette::Result<Duration> {
+    if secs.is_finite() && secs > 0.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(miette!(
+            code = "mars::cluster::connect_timeout",
+            "--connect-timeout must be a positive number of seconds, got {secs}"
+        ))
+    }
 }
 
 fn folder_of(path: &Path) -> PathBuf {
@@ -344,6 +382,7 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
         progress,
         cluster,
         skip: Arc::new(skip),
+        connect_timeout: connect_timeout(args.connect_timeout)?,
     };
     let registry = mars_stdlib::registry();
     // The runtime writes whole lines in large chunks itself: no BufWriter, so that a process

@@ -49,6 +49,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     let opts = RunOptions {
         workers: args.run.workers,
         cluster: Some(cluster),
+        connect_timeout: super::run::connect_timeout(args.run.connect_timeout)?,
         ..RunOptions::default()
     };
     mars_runtime::run::run_peer(&plan, &base_dir, &mars_stdlib::registry(), opts)

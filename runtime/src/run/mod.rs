@@ -101,6 +101,9 @@ pub struct RunOptions {
     pub cluster: Option<Cluster>,
     /// Input ids (line numbers) not to run: they already have records (`--resume`).
     pub skip: Arc<HashSet<u64>>,
+    /// In a cluster: how long to wait for every process to connect before giving up with an
+    /// error naming the hosts (timely itself would wait forever).
+    pub connect_timeout: std::time::Duration,
 }
 
 /// The default bound on requests in flight.
@@ -118,9 +121,13 @@ impl Default for RunOptions {
             progress: None,
             cluster: None,
             skip: Arc::new(HashSet::new()),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }
+
+/// The default for [`RunOptions::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a run reports.
 #[derive(Debug, Clone)]
@@ -236,7 +243,13 @@ fn launch(
     let max_inflight = opts.max_inflight.max(1);
     let lowered = Arc::clone(lowered);
     let meters = Arc::clone(meters);
+    let connected = in_cluster.then(|| {
+        cluster::connect_watchdog(hosts.clone(), process, threads, opts.connect_timeout)
+    });
     timely::execute(config, move |worker| {
+        if let Some(c) = &connected {
+            c.arrived();
+        }
         if in_cluster {
             cluster::agree(worker, &fingerprint, threads, &hosts)?;
         }
