@@ -167,7 +167,7 @@ fn graph_prints_dot_and_json() {
     let dot = String::from_utf8(out.stdout).expect("UTF-8");
     assert!(dot.starts_with("digraph \"image_translate\" {"));
     assert!(
-        dot.contains("@device(gpu)")
+        dot.contains("@device(any)")
             && dot.contains("model unet_tiny")
             && dot.contains("[label=\"List<Box>\"]")
     );
