@@ -4,10 +4,11 @@
 //! - `none`: every item is its own batch.
 //! - `dynamic`: up to `max` items; a batch leaves when it is full, when its oldest item has
 //!   waited `wait_ms`, or when no more input can arrive (the end of the run).
-//! - `continuous`: the hook for iteration-level batching of generating models. A node that
-//!   generates step by step admits new sequences between its steps; the operator's part is to
-//!   hand it whatever is queued (up to `max`) as soon as a replica is free, without waiting.
-//!   Nodes that do not generate get exactly that behaviour too.
+//! - `continuous`: iteration-level batching of generating models. The operator hands queued
+//!   items over at once, without waiting: to a generating node's replicas one item per free
+//!   sequence slot ([`crate::replicas::Pool::admissible`]), and they join its running batch
+//!   at the next step ([`crate::continuous`]); to a node that does not generate, everything
+//!   queued up to `max` as one batch whenever a replica is free.
 
 use std::time::Duration;
 

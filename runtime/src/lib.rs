@@ -4,6 +4,7 @@
 pub mod batching;
 pub mod cluster;
 pub mod codec;
+pub mod continuous;
 pub mod dataflow;
 pub mod exec;
 pub mod node;

@@ -66,6 +66,12 @@ pub trait Generate: Send {
     /// by this.
     fn max_sequence_tokens(&self) -> usize;
 
+    /// Drop everything the node holds for `seq` (admitted, running or preempted): the
+    /// scheduler failed it (its prompt exceeds the KV bound, it outgrew the bound alone, or a
+    /// call that included it panicked). The default does nothing; a node that keeps
+    /// per-sequence state should forget it here.
+    fn forget(&mut self, _seq: SeqId) {}
+
     /// The replica's bound on KV tokens in flight (the sum of `cached` over its running
     /// sequences), when the node's config sets one. `None` (the default): the scheduler
     /// derives it as `max × max_sequence_tokens()`, which never preempts.

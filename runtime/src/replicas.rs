@@ -2,6 +2,10 @@
 //! operator sends batches in and never blocks: results come back on a channel, and the replica
 //! wakes the operator through a thread-safe activator. A panic inside a node is caught here and
 //! fails that batch's items; the replica goes on with the next batch.
+//!
+//! A generating node under the `continuous` policy runs the iteration-level scheduler of
+//! [`crate::continuous`] instead: its replicas take items one at a time, as they arrive, and
+//! answer each item on its own as its sequence finishes.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -10,6 +14,10 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use mars_plan::BatchPolicy;
+
+use crate::batching::Batcher;
+use crate::continuous::Counters;
 use crate::node::{Item, Node, Outputs};
 use crate::stats::NodeMeter;
 use crate::value::NodeError;
@@ -34,21 +42,35 @@ pub struct Pool {
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
     threads: Vec<JoinHandle<()>>,
-    replicas: usize,
+    /// Jobs that may be out at once: one per replica, or for a continuous pool one item per
+    /// sequence slot (`max` per replica) plus `max` waiting in the channel, so that a
+    /// replica finds its next sequences there at its next step.
+    slots: usize,
+    /// Jobs handed out and not yet answered (a continuous pool's jobs are single items).
     busy: usize,
+    continuous: Option<Arc<Counters>>,
 }
 
 impl Pool {
-    /// Start one thread per node replica. `wake` is called after every finished batch.
+    /// Start one thread per node replica. `wake` is called after every finished batch (for a
+    /// continuous pool: after every iteration in which sequences finished). The replicas run
+    /// the continuous scheduler when the policy is `continuous` and every replica generates;
+    /// otherwise they run whole batches.
     pub fn start(
         node_id: &str,
-        nodes: Vec<Box<dyn Node>>,
+        mut nodes: Vec<Box<dyn Node>>,
+        batcher: &Batcher,
         meter: Arc<NodeMeter>,
         wake: impl Fn() + Send + Clone + 'static,
     ) -> Pool {
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
         let replicas = nodes.len();
+        let continuous = (batcher.policy == BatchPolicy::Continuous
+            && !nodes.is_empty()
+            && nodes.iter_mut().all(|n| n.generator().is_some()))
+        .then(|| Arc::new(Counters::default()));
+        let max = batcher.max;
         let threads = nodes
             .into_iter()
             .enumerate()
@@ -57,9 +79,21 @@ impl Pool {
                 let done = done_tx.clone();
                 let meter = Arc::clone(&meter);
                 let wake = wake.clone();
+                let counters = continuous.clone();
                 std::thread::Builder::new()
                     .name(format!("{node_id}#{r}"))
-                    .spawn(move || replica_loop(r as u32, node, &jobs, &done, &meter, wake))
+                    .spawn(move || match counters {
+                        Some(c) => crate::continuous::replica_loop(
+                            r as u32,
+                            node,
+                            (max, c),
+                            &jobs,
+                            &done,
+                            &meter,
+                            wake,
+                        ),
+                        None => replica_loop(r as u32, node, &jobs, &done, &meter, wake),
+                    })
                     .expect("the OS can start a replica thread")
             })
             .collect();
@@ -67,20 +101,46 @@ impl Pool {
             jobs: Some(jobs_tx),
             done: done_rx,
             threads,
-            replicas,
+            slots: if continuous.is_some() {
+                (replicas + 1) * max
+            } else {
+                replicas
+            },
             busy: 0,
+            continuous,
         }
     }
 
-    /// Whether a replica is free to take a batch.
+    /// Whether a replica is free to take a batch (for a continuous pool: an item).
     pub fn has_free_replica(&self) -> bool {
-        self.busy < self.replicas
+        self.busy < self.slots
     }
 
-    /// Hand a batch to the next free replica.
+    /// How many of `n` queued items to hand out now: all of them as one batch, or for a
+    /// continuous pool as many as there are free sequence slots.
+    pub fn admissible(&self, n: usize) -> usize {
+        match self.continuous {
+            Some(_) => n.min(self.slots.saturating_sub(self.busy)),
+            None => n,
+        }
+    }
+
+    /// Hand a batch to the next free replica; a continuous pool hands its items out one by
+    /// one, to whichever replica has room for a sequence first.
     pub fn submit(&mut self, job: Job) {
-        if let Some(jobs) = &self.jobs {
+        let Some(jobs) = &self.jobs else { return };
+        if self.continuous.is_none() {
             if jobs.send(job).is_ok() {
+                self.busy += 1;
+            }
+            return;
+        }
+        for (key, item) in job.keys.into_iter().zip(job.items) {
+            let one = Job {
+                keys: vec![key],
+                items: vec![item],
+            };
+            if jobs.send(one).is_ok() {
                 self.busy += 1;
             }
         }
@@ -96,6 +156,11 @@ impl Pool {
     /// Batches handed out and not yet returned.
     pub fn busy(&self) -> usize {
         self.busy
+    }
+
+    /// The scheduler's counters, when the replicas batch continuously.
+    pub fn continuous(&self) -> Option<&Arc<Counters>> {
+        self.continuous.as_ref()
     }
 }
 
@@ -151,14 +216,19 @@ pub fn run_guarded(node: &mut dyn Node, items: Vec<Item>) -> Vec<Result<Outputs,
             vec![Err(e); n]
         }
         Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic with no message".to_string());
+            let msg = panic_message(&payload);
             vec![Err(NodeError::new(format!("panic in node: {msg}"))); n]
         }
     }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".to_string())
 }
 
 #[cfg(test)]
@@ -201,7 +271,13 @@ mod tests {
             })
             .collect();
         let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
-        let mut pool = Pool::start("double", nodes, Arc::clone(&meter), move || {
+        let batcher = Batcher::new(&mars_plan::BatchSpec {
+            policy: BatchPolicy::Continuous,
+            max: 4,
+            wait_ms: 0.0,
+        });
+        // No replica generates: `continuous` runs whole batches.
+        let mut pool = Pool::start("double", nodes, &batcher, Arc::clone(&meter), move || {
             let _ = wake_tx.send(());
         });
         for i in 0..4 {
@@ -222,6 +298,7 @@ mod tests {
         got.sort_by_key(|g| g.0);
         assert_eq!(got[3], (3, vec![Value::Int(6)]));
         assert_eq!(pool.busy(), 0);
+        assert!(pool.continuous().is_none());
         assert_eq!(meter.stats(std::time::Duration::from_secs(1)).items, 4);
     }
 }

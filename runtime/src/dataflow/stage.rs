@@ -1,6 +1,8 @@
 //! The operator of one plan node: joins its producers' records by request id, queues the
 //! request's item (or, for a `map` node, one item per list element), forms batches by the
-//! node's policy, and hands them to the node's replica threads without blocking the worker.
+//! node's policy, and hands them to the node's replica threads without blocking the worker (a
+//! generating node under `continuous` takes items one by one into its running batch, and
+//! answers each as it finishes: see [`crate::continuous`]).
 //! It holds a capability for each timestamp with queued or running items and emits each
 //! request's record under it when the last of its items returns; replicas wake the operator
 //! when a batch is done, and a timer wakes it when a partial batch's wait runs out.
@@ -220,6 +222,7 @@ impl Stage {
                 Decision::Idle => return None,
                 Decision::WaitFor(d) => return Some(d),
                 Decision::Dispatch(n) => {
+                    let n = pool.admissible(n);
                     let mut keys = Vec::with_capacity(n);
                     let mut items = Vec::with_capacity(n);
                     for w in self.queue.drain(..n) {
@@ -289,9 +292,10 @@ pub fn node_stage<'s>(
         &name,
         move |_cap, info| {
             let timer = scope.activator_for(Rc::clone(&info.address));
+            let batcher = Batcher::new(&spec.batch);
             let pool = nodes.map(|nodes| {
                 let wake = scope.worker().sync_activator_for(info.address.to_vec());
-                Pool::start(&spec.id, nodes, meter, move || {
+                Pool::start(&spec.id, nodes, &batcher, meter, move || {
                     let _ = wake.activate();
                 })
             });
@@ -303,7 +307,7 @@ pub fn node_stage<'s>(
                     .all(|(k, a)| *a == ArgSpec::From { slot: 0, port: k });
             let mut st = Stage {
                 joiner: Joiner::new(spec.deps.clone()),
-                batcher: Batcher::new(&spec.batch),
+                batcher,
                 identity_args,
                 spec,
                 me,

@@ -533,6 +533,10 @@ impl Generate for LmNode {
         }
     }
 
+    fn forget(&mut self, seq: SeqId) {
+        self.seqs.remove(&seq);
+    }
+
     fn max_sequence_tokens(&self) -> usize {
         // A prompt holds at most `max_len - 1` tokens, and a sequence is decoded further only
         // while it stays under the position limit (see `choose_next`).

@@ -1,0 +1,604 @@
+//! Continuous (iteration-level) batching: the loop a replica thread runs for a generating node
+//! (one whose [`Node::generator`] is `Some`) under `@batch(continuous, max = N)`.
+//!
+//! The replica keeps a running batch of sequences and, one iteration at a time:
+//!
+//! 1. **takes arrivals** from the pool's job channel without blocking, while it holds fewer than
+//!    `max` sequences (running plus waiting); it blocks on the channel only when it holds none.
+//!    Each arrival is admitted at once ([`Generate::admit`]: checked and tokenized; a bad item
+//!    fails alone) and waits in arrival order; a preempted sequence waits at the front.
+//! 2. **joins** waiting sequences, in order, with one prefill call: a sequence joins while fewer
+//!    than `max` run, while its prompt fits the KV bound next to the running sequences' next
+//!    step, and while the prompts joining in this iteration total at most the prefill budget
+//!    (one full-length sequence, `max_sequence_tokens`; the first always may). Running
+//!    sequences are therefore never starved: an iteration adds at most one budget of prefill
+//!    work to their step.
+//! 3. **makes room**: if the next step would take the KV tokens in flight past the bound, it
+//!    preempts the youngest running sequence (most recently admitted): its cache is dropped,
+//!    it waits at the front of the queue and is recomputed (prompt plus generated tokens) when
+//!    it joins again. A sequence that alone outgrows the bound fails.
+//! 4. **steps** every running sequence by one token ([`Generate::step`]); a sequence that
+//!    finishes leaves the batch, and its result is sent at the end of the iteration as its own
+//!    [`Done`] message, followed by one wake-up of the operator.
+//!
+//! Every admitted item leaves exactly once: as a result, or as an error (its admission failed,
+//! its prompt exceeds the KV bound, it outgrew the bound alone, or a node call that included
+//! it panicked or answered wrongly). This module knows nothing of timely; the meter records
+//! each iteration as one batch whose items are the sequences that left in it.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::node::{Generate, Node, Outputs, SeqId, Step};
+use crate::replicas::{panic_message, Done, Job, Key};
+use crate::stats::NodeMeter;
+use crate::value::NodeError;
+
+/// A replica's scheduling limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most sequences running at once (the plan's `max`).
+    pub max: usize,
+    /// Most KV tokens in flight (the sum of running sequences' caches).
+    pub kv_capacity: usize,
+    /// Most prompt tokens prefilled per iteration (at least one sequence always may join).
+    pub prefill_budget: usize,
+}
+
+impl Limits {
+    /// The limits of a generating node under `max`: its own KV bound, or `max` sequences of its
+    /// full length; a prefill budget of one full-length sequence.
+    pub fn of(g: &dyn Generate, max: usize) -> Limits {
+        let max = max.max(1);
+        let longest = g.max_sequence_tokens().max(1);
+        Limits {
+            max,
+            kv_capacity: g.kv_capacity().unwrap_or(max * longest).max(1),
+            prefill_budget: longest,
+        }
+    }
+}
+
+/// What a node's schedulers counted, summed over its replicas.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Iterations that prefilled or stepped something.
+    pub iterations: AtomicU64,
+    /// Sequences prefilled (recomputations included).
+    pub prefilled: AtomicU64,
+    /// Sequence-steps: the running batch's size, summed over steps.
+    pub stepped: AtomicU64,
+    /// Running sequences preempted to keep the KV bound.
+    pub preemptions: AtomicU64,
+}
+
+impl Counters {
+    pub fn preemptions(&self) -> u64 {
+        self.preemptions.load(Ordering::Relaxed)
+    }
+
+    /// Mean size of the running batch over the steps taken.
+    pub fn mean_running(&self) -> f64 {
+        let steps = self.iterations.load(Ordering::Relaxed);
+        if steps == 0 {
+            0.0
+        } else {
+            self.stepped.load(Ordering::Relaxed) as f64 / steps as f64
+        }
+    }
+}
+
+struct Waiting {
+    id: SeqId,
+    key: Key,
+    /// KV tokens its prefill fills: the prompt, or prompt plus generated after a preemption.
+    need: usize,
+}
+
+struct Running {
+    id: SeqId,
+    key: Key,
+    cached: usize,
+}
+
+/// One replica's running batch and waiting queue.
+pub struct Scheduler {
+    limits: Limits,
+    next_id: SeqId,
+    waiting: VecDeque<Waiting>,
+    /// In no particular order; the youngest has the largest id.
+    running: Vec<Running>,
+    kv_used: usize,
+    finished: Vec<(Key, Result<Outputs, NodeError>)>,
+    counters: Arc<Counters>,
+}
+
+impl Scheduler {
+    pub fn new(limits: Limits, counters: Arc<Counters>) -> Scheduler {
+        Scheduler {
+            limits,
+            next_id: 0,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            kv_used: 0,
+            finished: Vec::new(),
+            counters,
+        }
+    }
+
+    /// Holds no sequence.
+    pub fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.waiting.is_empty()
+    }
+
+    /// How many more sequences it will take now.
+    pub fn room(&self) -> usize {
+        self.limits
+            .max
+            .saturating_sub(self.running.len() + self.waiting.len())
+    }
+
+    /// KV tokens in flight.
+    pub fn kv_used(&self) -> usize {
+        self.kv_used
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Admit a job's items: each waits, or fails at once.
+    pub fn offer(&mut self, g: &mut dyn Generate, job: Job) {
+        let cap = self.limits.kv_capacity;
+        for (key, item) in job.keys.into_iter().zip(job.items) {
+            let id = self.next_id;
+            self.next_id += 1;
+            match guard(|| g.admit(id, item)) {
+                Ok(Ok(need)) if need + 1 > cap => {
+                    g.forget(id);
+                    let e = NodeError::new(format!(
+                        "the prompt needs {need} KV tokens and one more per generated token; \
+                         this replica holds at most {cap} (kv_tokens)"
+                    ));
+                    self.finished.push((key, Err(e)));
+                }
+                Ok(Ok(need)) => self.waiting.push_back(Waiting { id, key, need }),
+                Ok(Err(e)) => self.finished.push((key, Err(e))),
+                Err(panic) => {
+                    g.forget(id);
+                    self.finished.push((key, Err(NodeError::new(panic))));
+                }
+            }
+        }
+    }
+
+    /// One iteration: join, make room, step. Returns whether it ran the node.
+    pub fn iterate(&mut self, g: &mut dyn Generate) -> bool {
+        let joined = self.join(g);
+        self.make_room(g);
+        let stepped = self.step(g);
+        if joined || stepped {
+            self.counters.iterations.fetch_add(1, Ordering::Relaxed);
+        }
+        joined || stepped
+    }
+
+    /// The sequences that left since the last call, with their results.
+    pub fn take_finished(&mut self) -> Vec<(Key, Result<Outputs, NodeError>)> {
+        std::mem::take(&mut self.finished)
+    }
+
+    fn join(&mut self, g: &mut dyn Generate) -> bool {
+        let cap = self.limits.kv_capacity;
+        // The running sequences' caches after their next step.
+        let mut reserved = self.kv_used + self.running.len();
+        let mut prompt_tokens = 0;
+        let mut fresh: Vec<Waiting> = Vec::new();
+        while let Some(w) = self.waiting.front() {
+            let full = self.running.len() + fresh.len() >= self.limits.max;
+            let over_budget =
+                !fresh.is_empty() && prompt_tokens + w.need > self.limits.prefill_budget;
+            if full || over_budget || reserved + w.need + 1 > cap {
+                break;
+            }
+            reserved += w.need + 1;
+            prompt_tokens += w.need;
+            fresh.push(self.waiting.pop_front().expect("front exists"));
+        }
+        if fresh.is_empty() {
+            return false;
+        }
+        let ids: Vec<SeqId> = fresh.iter().map(|w| w.id).collect();
+        self.counters
+            .prefilled
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        match call(&ids, "prefill", || g.prefill(&ids)) {
+            Ok(outcomes) => {
+                for (w, step) in fresh.into_iter().zip(outcomes) {
+                    match step {
+                        Step::Running { cached } => self.running.push(Running {
+                            id: w.id,
+                            key: w.key,
+                            cached,
+                        }),
+                        Step::Done(r) => self.finished.push((w.key, r)),
+                    }
+                }
+            }
+            Err(e) => {
+                for w in fresh {
+                    g.forget(w.id);
+                    self.finished.push((w.key, Err(e.clone())));
+                }
+            }
+        }
+        self.recount();
+        true
+    }
+
+    fn make_room(&mut self, g: &mut dyn Generate) {
+        let cap = self.limits.kv_capacity;
+        while self.kv_used + self.running.len() > cap && !self.running.is_empty() {
+            let (pos, _) = self
+                .running
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, r)| r.id)
+                .expect("running is not empty");
+            let r = self.running.swap_remove(pos);
+            if self.running.is_empty() {
+                g.forget(r.id);
+                let e = NodeError::new(format!(
+                    "the sequence grew past the {cap} KV tokens this replica holds (kv_tokens)"
+                ));
+                self.finished.push((r.key, Err(e)));
+            } else {
+                match guard(|| g.preempt(r.id)) {
+                    Ok(_) => {
+                        self.counters.preemptions.fetch_add(1, Ordering::Relaxed);
+                        self.waiting.push_front(Waiting {
+                            id: r.id,
+                            key: r.key,
+                            need: r.cached,
+                        });
+                    }
+                    Err(panic) => {
+                        g.forget(r.id);
+                        self.finished.push((r.key, Err(NodeError::new(panic))));
+                    }
+                }
+            }
+            self.recount();
+        }
+    }
+
+    fn step(&mut self, g: &mut dyn Generate) -> bool {
+        if self.running.is_empty() {
+            return false;
+        }
+        let ids: Vec<SeqId> = self.running.iter().map(|r| r.id).collect();
+        self.counters
+            .stepped
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        let running = std::mem::take(&mut self.running);
+        match call(&ids, "step", || g.step(&ids)) {
+            Ok(outcomes) => {
+                for (r, step) in running.into_iter().zip(outcomes) {
+                    match step {
+                        Step::Running { cached } => self.running.push(Running { cached, ..r }),
+                        Step::Done(result) => self.finished.push((r.key, result)),
+                    }
+                }
+            }
+            Err(e) => {
+                for r in running {
+                    g.forget(r.id);
+                    self.finished.push((r.key, Err(e.clone())));
+                }
+            }
+        }
+        self.recount();
+        true
+    }
+
+    fn recount(&mut self) {
+        self.kv_used = self.running.iter().map(|r| r.cached).sum();
+    }
+}
+
+/// Run `f`, turning a panic into its message (`panic in node: …`).
+fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| format!("panic in node: {}", panic_message(&p)))
+}
+
+/// A prefill or step call: its outcomes in `ids` order, or the error that fails them all (a
+/// panic, or an answer that does not match the ids asked for).
+fn call(
+    ids: &[SeqId],
+    what: &str,
+    f: impl FnOnce() -> Vec<(SeqId, Step)>,
+) -> Result<Vec<Step>, NodeError> {
+    let outcomes = guard(f).map_err(NodeError::new)?;
+    if outcomes.len() != ids.len() || outcomes.iter().zip(ids).any(|(o, id)| o.0 != *id) {
+        return Err(NodeError::new(format!(
+            "node answered {what} of {} sequences with {} outcomes for other ids",
+            ids.len(),
+            outcomes.len()
+        )));
+    }
+    Ok(outcomes.into_iter().map(|(_, s)| s).collect())
+}
+
+/// The replica thread of a generating node under the `continuous` policy: iterate while it
+/// holds sequences, block on the job channel only when it holds none, and end once the channel
+/// is closed and every sequence has left.
+pub(crate) fn replica_loop(
+    replica: u32,
+    mut node: Box<dyn Node>,
+    (max, counters): (usize, Arc<Counters>),
+    jobs: &Receiver<Job>,
+    done: &Sender<Done>,
+    meter: &NodeMeter,
+    wake: impl Fn(),
+) {
+    let Some(g) = node.generator() else {
+        return;
+    };
+    let mut sched = Scheduler::new(Limits::of(g, max), counters);
+    let mut open = true;
+    loop {
+        if sched.is_idle() {
+            if !open {
+                return;
+            }
+            match jobs.recv() {
+                Ok(job) => sched.offer(g, job),
+                Err(_) => return,
+            }
+        }
+        while open && sched.room() > 0 {
+            match jobs.try_recv() {
+                Ok(job) => sched.offer(g, job),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        let start = Instant::now();
+        let worked = sched.iterate(g);
+        let end = Instant::now();
+        let finished = sched.take_finished();
+        if worked || !finished.is_empty() {
+            let errors = finished.iter().filter(|f| f.1.is_err()).count();
+            meter.batch(replica, start, end, finished.len(), errors);
+        }
+        if finished.is_empty() {
+            continue;
+        }
+        for (key, result) in finished {
+            let d = Done {
+                keys: vec![key],
+                results: vec![result],
+            };
+            if done.send(d).is_err() {
+                return;
+            }
+        }
+        wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::node::Item;
+    use crate::value::Value;
+
+    /// A fake generator: item `Int(n)` has a prompt of 2 tokens and generates `n` tokens, the
+    /// output being the list of positions it decoded (so a wrong recompute shows).
+    #[derive(Default)]
+    struct Counting {
+        /// id → (target, tokens so far, cached?)
+        seqs: BTreeMap<SeqId, (usize, usize, bool)>,
+        max_live_kv: usize,
+        panic_on: Option<i64>,
+    }
+
+    impl Counting {
+        fn live_kv(&self) -> usize {
+            self.seqs.values().filter(|s| s.2).map(|s| s.1).sum()
+        }
+    }
+
+    impl Generate for Counting {
+        fn admit(&mut self, seq: SeqId, item: Item) -> Result<usize, NodeError> {
+            match item.first() {
+                Some(Value::Int(n)) if *n > 0 => {
+                    if Some(*n) == self.panic_on {
+                        panic!("boom {n}");
+                    }
+                    self.seqs.insert(seq, (*n as usize, 2, false));
+                    Ok(2)
+                }
+                _ => Err(NodeError::new("not a positive Int")),
+            }
+        }
+        fn prefill(&mut self, seqs: &[SeqId]) -> Vec<(SeqId, Step)> {
+            let out = seqs
+                .iter()
+                .map(|&id| {
+                    let s = self.seqs.get_mut(&id).expect("admitted");
+                    assert!(!s.2, "prefilled twice");
+                    s.2 = true;
+                    (id, Step::Running { cached: s.1 })
+                })
+                .collect();
+            self.max_live_kv = self.max_live_kv.max(self.live_kv());
+            out
+        }
+        fn step(&mut self, seqs: &[SeqId]) -> Vec<(SeqId, Step)> {
+            let out = seqs
+                .iter()
+                .map(|&id| {
+                    let s = self.seqs.get_mut(&id).expect("running");
+                    assert!(s.2, "stepped without a cache");
+                    if s.1 - 2 == s.0 {
+                        let (n, t, _) = self.seqs.remove(&id).expect("present");
+                        let out = vec![Value::Int((t - 2) as i64), Value::Int(n as i64)];
+                        return (id, Step::Done(Ok(out)));
+                    }
+                    s.1 += 1;
+                    (id, Step::Running { cached: s.1 })
+                })
+                .collect();
+            self.max_live_kv = self.max_live_kv.max(self.live_kv());
+            out
+        }
+        fn preempt(&mut self, seq: SeqId) -> usize {
+            let s = self.seqs.get_mut(&seq).expect("running");
+            s.2 = false;
+            s.1
+        }
+        fn forget(&mut self, seq: SeqId) {
+            self.seqs.remove(&seq);
+        }
+        fn max_sequence_tokens(&self) -> usize {
+            20
+        }
+    }
+
+    fn job(from: u64, ns: &[i64]) -> Job {
+        Job {
+            keys: (0..ns.len() as u64).map(|i| (from + i, 0, 0)).collect(),
+            items: ns.iter().map(|&n| vec![Value::Int(n)]).collect(),
+        }
+    }
+
+    /// Run to the end; results by request id, and the iterations it took.
+    fn drain(
+        s: &mut Scheduler,
+        g: &mut Counting,
+        mut later: Vec<Job>,
+    ) -> (BTreeMap<u64, Result<Outputs, NodeError>>, usize) {
+        let mut out = BTreeMap::new();
+        let mut iterations = 0;
+        later.reverse();
+        while !s.is_idle() || !later.is_empty() {
+            if s.room() > 0 {
+                if let Some(j) = later.pop() {
+                    s.offer(g, j);
+                }
+            }
+            s.iterate(g);
+            iterations += 1;
+            assert!(s.kv_used() + s.running() <= 40 || s.running() <= 1);
+            for (k, r) in s.take_finished() {
+                assert!(out.insert(k.0, r).is_none(), "request {} left twice", k.0);
+            }
+            assert!(iterations < 1000);
+        }
+        for (k, r) in s.take_finished() {
+            assert!(out.insert(k.0, r).is_none());
+        }
+        (out, iterations)
+    }
+
+    fn limits(max: usize, kv: usize) -> Limits {
+        Limits {
+            max,
+            kv_capacity: kv,
+            prefill_budget: 20,
+        }
+    }
+
+    #[test]
+    fn short_sequences_leave_early_and_waiting_ones_join_at_the_next_step() {
+        let counters = Arc::new(Counters::default());
+        let mut s = Scheduler::new(limits(2, 1000), Arc::clone(&counters));
+        let mut g = Counting::default();
+        s.offer(&mut g, job(0, &[1, 6, 1, 1]));
+        assert_eq!(s.room(), 0);
+        // Iteration 1: 0 and 1 join and take their first step.
+        s.iterate(&mut g);
+        assert!(s.take_finished().is_empty());
+        // Iteration 2: 0 finishes; 2 waits (the batch is full during the join).
+        s.iterate(&mut g);
+        let f = s.take_finished();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].0 .0, 0);
+        // Iteration 3: 2 joins beside 1, without waiting for 1 to finish.
+        s.iterate(&mut g);
+        assert_eq!(s.running(), 2);
+        let (rest, _) = drain(&mut s, &mut g, vec![]);
+        assert_eq!(rest.len(), 3);
+        assert_eq!(rest[&1], Ok(vec![Value::Int(6), Value::Int(6)]));
+        assert_eq!(counters.preemptions(), 0);
+        assert!(counters.mean_running() > 1.0);
+    }
+
+    #[test]
+    fn a_full_kv_bound_preempts_the_youngest_and_loses_nothing() {
+        let counters = Arc::new(Counters::default());
+        // Room for two long sequences at the start, not as they grow.
+        let mut s = Scheduler::new(limits(4, 16), Arc::clone(&counters));
+        let mut g = Counting::default();
+        s.offer(&mut g, job(0, &[9, 9, 9, 0, 1, 3]));
+        let (out, _) = drain(&mut s, &mut g, vec![job(6, &[9, 2])]);
+        assert_eq!(out.len(), 8);
+        assert!(counters.preemptions() >= 1);
+        assert!(g.max_live_kv <= 16, "{}", g.max_live_kv);
+        for (id, n) in [(0, 9), (1, 9), (2, 9), (4, 1), (5, 3), (6, 9), (7, 2)] {
+            assert_eq!(
+                out[&id],
+                Ok(vec![Value::Int(n), Value::Int(n)]),
+                "request {id}"
+            );
+        }
+        assert!(out[&3]
+            .as_ref()
+            .is_err_and(|e| e.message == "not a positive Int"));
+        assert!(g.seqs.is_empty());
+    }
+
+    #[test]
+    fn a_sequence_larger_than_the_bound_fails_alone() {
+        let mut s = Scheduler::new(limits(4, 6), Arc::new(Counters::default()));
+        let mut g = Counting::default();
+        s.offer(&mut g, job(0, &[2, 9, 1]));
+        let (out, _) = drain(&mut s, &mut g, vec![]);
+        assert_eq!(out[&0], Ok(vec![Value::Int(2), Value::Int(2)]));
+        assert_eq!(out[&2], Ok(vec![Value::Int(1), Value::Int(1)]));
+        assert!(out[&1]
+            .as_ref()
+            .is_err_and(|e| e.message.contains("grew past the 6 KV tokens")));
+        let mut tiny = Scheduler::new(limits(4, 2), Arc::new(Counters::default()));
+        tiny.offer(&mut g, job(0, &[1]));
+        let f = tiny.take_finished();
+        assert!(f[0]
+            .1
+            .as_ref()
+            .is_err_and(|e| e.message.contains("holds at most 2")));
+        assert!(tiny.is_idle());
+    }
+
+    #[test]
+    fn a_panic_fails_the_items_it_touched_and_the_replica_goes_on() {
+        let mut s = Scheduler::new(limits(4, 100), Arc::new(Counters::default()));
+        let mut g = Counting {
+            panic_on: Some(5),
+            ..Counting::default()
+        };
+        s.offer(&mut g, job(0, &[1, 5, 2]));
+        let (out, _) = drain(&mut s, &mut g, vec![]);
+        assert!(out[&1]
+            .as_ref()
+            .is_err_and(|e| e.message == "panic in node: boom 5"));
+        assert_eq!(out[&2], Ok(vec![Value::Int(2), Value::Int(2)]));
+    }
+}
