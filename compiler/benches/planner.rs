@@ -62,17 +62,18 @@ fn layered(n: usize) -> (Pipeline, Profile, Target) {
         idx.push(node);
         let base = 0.05 + 0.02 * (i % 17) as f64;
         let dev = |scale: f64| DeviceProfile {
-            batch: vec![1, 4, 16],
-            latency_ms: vec![base * scale, base * scale * 2.5, base * scale * 8.0],
-            p99_ms: None,
             memory_mb: Some(vec![100.0, 120.0, 200.0]),
-            cpu_cores: None,
+            ..DeviceProfile::new(
+                vec![1, 4, 16],
+                vec![base * scale, base * scale * 2.5, base * scale * 8.0],
+            )
         };
         nodes.insert(
             kind,
             KindProfile {
                 cpu: Some(dev(1.0)),
                 gpu: (i % 3 == 0).then(|| dev(0.1)),
+                ..KindProfile::default()
             },
         );
     }

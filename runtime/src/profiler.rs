@@ -385,6 +385,8 @@ fn measure_kind(
             p99_ms: Some(p99),
             memory_mb: Some(memory),
             cpu_cores: Some(round(cores, 1000.0)),
+            step_ms: None,
+            prefill_ms: None,
         },
         all_failed: ran > 0 && failed == ran,
         first_error,

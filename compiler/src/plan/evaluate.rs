@@ -340,7 +340,8 @@ pub fn capacity(model: &CostModel, choice: &[usize], fixed: &[Option<u32>]) -> (
 }
 
 /// The longest path (by p99 when `p99`, else by median) at `rate` requests/s, and its nodes.
-/// Each node adds its batch latency plus the time its batch takes to fill, 1000·(b−1)/λ; an
+/// Each node adds its latency plus the time its batch takes to fill, 1000·(b−1)/λ (dynamic
+/// batches only); an
 /// edge between workers adds [`super::model::CROSS_WORKER_MS`].
 pub fn longest_path(
     model: &CostModel,
@@ -354,8 +355,7 @@ pub fn longest_path(
     for i in 0..n {
         let node = &model.nodes[i];
         let opt = &node.options[choice[i]];
-        let own =
-            if p99 { opt.p99_ms } else { opt.latency_ms } + fill_ms(opt.batch, rate * node.fanout);
+        let own = if p99 { opt.p99_ms } else { opt.latency_ms } + opt.fill_ms(rate * node.fanout);
         let mut best = 0.0;
         for &p in &node.preds {
             let hop = if model.nodes[p].options[choice[p]].worker != opt.worker {
@@ -397,7 +397,7 @@ pub fn longest_through(model: &CostModel, choice: &[usize], rate: f64, p99: bool
         .map(|i| {
             let node = &model.nodes[i];
             let opt = &node.options[choice[i]];
-            (if p99 { opt.p99_ms } else { opt.latency_ms }) + fill_ms(opt.batch, rate * node.fanout)
+            (if p99 { opt.p99_ms } else { opt.latency_ms }) + opt.fill_ms(rate * node.fanout)
         })
         .collect();
     let hop = |a: usize, b: usize| {

@@ -102,6 +102,7 @@ pub fn explain(
         let _ = writeln!(s, "{}", line(r));
     }
     let _ = writeln!(s);
+    s.push_str(&generating_policies(planned));
 
     let _ = writeln!(
         s,
@@ -206,6 +207,95 @@ pub fn explain(
             String::new()
         };
         let _ = writeln!(s, "  {what}: {t}/s{gain}");
+    }
+    s
+}
+
+/// For every generating node costed per step: its output lengths and, on the device, worker
+/// and GPU it was given, the best of each batch policy it may use (the most items/s of one
+/// replica; the chosen option for the chosen policy), with its latencies. Empty when there is
+/// no such node.
+pub fn generating_policies(planned: &Planned) -> String {
+    let model = &planned.model;
+    let mut s = String::new();
+    for (i, node) in model.nodes.iter().enumerate() {
+        let Some(lengths) = &node.lengths else {
+            continue;
+        };
+        if s.is_empty() {
+            let _ = writeln!(
+                s,
+                "generating nodes (items/s of one replica on the chosen device):"
+            );
+        }
+        let chosen = &node.options[planned.solution.choice[i]];
+        let _ = writeln!(
+            s,
+            "  {}: output tokens mean {}, p50 {}, p99 {}",
+            node.id,
+            round3(lengths.mean()),
+            lengths.quantile_of_max(1, 0.5),
+            lengths.quantile_of_max(1, 0.99)
+        );
+        let mut rows: Vec<(String, String, String)> = Vec::new();
+        for policy in [
+            BatchPolicy::None,
+            BatchPolicy::Dynamic,
+            BatchPolicy::Continuous,
+        ] {
+            let here = |o: &&super::model::NodeOption| {
+                o.policy == policy
+                    && o.per_step
+                    && o.device == chosen.device
+                    && o.worker == chosen.worker
+                    && o.gpu == chosen.gpu
+            };
+            let best = if chosen.policy == policy {
+                Some(chosen)
+            } else {
+                // The fewest replica ms per item; ties to the smaller batch.
+                node.options.iter().filter(here).fold(
+                    None,
+                    |best: Option<&super::model::NodeOption>, o| match best {
+                        Some(b) if b.item_ms <= o.item_ms => Some(b),
+                        _ => Some(o),
+                    },
+                )
+            };
+            let Some(o) = best else { continue };
+            let name = match policy {
+                BatchPolicy::None => "none".to_string(),
+                BatchPolicy::Dynamic => format!("dynamic ≤{}", o.batch),
+                BatchPolicy::Continuous => format!("continuous ≤{}", o.batch),
+            };
+            let mark = if std::ptr::eq(o, chosen) {
+                "  ← chosen"
+            } else {
+                ""
+            };
+            rows.push((
+                name,
+                format!("{} items/s", round3(1000.0 / o.item_ms)),
+                format!(
+                    "latency {} ms, p99 {} ms{mark}",
+                    round3(o.latency_ms),
+                    round3(o.p99_ms)
+                ),
+            ));
+        }
+        let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+        let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
+        for (a, b, c) in rows {
+            let _ = writeln!(
+                s,
+                "    {a}{}  {b}{}  {c}",
+                " ".repeat(w0 - a.chars().count()),
+                " ".repeat(w1 - b.chars().count())
+            );
+        }
+    }
+    if !s.is_empty() {
+        s.push('\n');
     }
     s
 }

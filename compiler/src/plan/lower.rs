@@ -67,7 +67,19 @@ pub fn lower_plan(
         let opt = &mnode.options[solution.choice[i]];
         let replicas = eval.replicas[i];
         let items_per_s = eval.capacity * mnode.fanout;
-        let u = items_per_s * opt.latency_ms / (1000.0 * f64::from(opt.batch));
+        // Per item: a batch's L/b, or the per-step cost (kept apart so that plans of
+        // non-generating nodes stay byte for byte what they were).
+        let (u, served) = if opt.per_step {
+            (
+                items_per_s * opt.item_ms / 1000.0,
+                f64::from(replicas) * 1000.0 / opt.item_ms,
+            )
+        } else {
+            (
+                items_per_s * opt.latency_ms / (1000.0 * f64::from(opt.batch)),
+                f64::from(replicas) * f64::from(opt.batch) * 1000.0 / opt.latency_ms,
+            )
+        };
         let implementation = match &node.implementation {
             Implementation::Builtin(id) => mars_plan::Implementation {
                 builtin: Some(id.clone()),
@@ -108,6 +120,11 @@ pub fn lower_plan(
                 max: opt.batch,
                 wait_ms: 0.0,
             },
+            None if opt.policy == BatchPolicy::Continuous => BatchSpec {
+                policy: BatchPolicy::Continuous,
+                max: opt.batch,
+                wait_ms: 0.0,
+            },
             None if opt.batch <= 1 => BatchSpec {
                 policy: BatchPolicy::None,
                 max: 1,
@@ -142,9 +159,7 @@ pub fn lower_plan(
             predicted: NodePrediction {
                 latency_ms: round3(opt.latency_ms),
                 p99_ms: round3(opt.p99_ms),
-                throughput: round3(
-                    f64::from(replicas) * f64::from(opt.batch) * 1000.0 / opt.latency_ms,
-                ),
+                throughput: round3(served),
                 utilization: round3((u / f64::from(replicas.max(1))).min(1.0)),
             },
         });
@@ -248,7 +263,7 @@ pub fn describe_critical_path(model: &CostModel, solution: &Solution) -> String 
     for &i in &e.critical_path {
         let node = &model.nodes[i];
         let opt = &node.options[solution.choice[i]];
-        let f = fill_ms(opt.batch, e.rate * node.fanout);
+        let f = opt.fill_ms(e.rate * node.fanout);
         run += opt.p99_ms;
         fill += f;
         if slowest.is_none_or(|(_, t)| opt.p99_ms + f > t) {

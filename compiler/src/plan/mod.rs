@@ -6,6 +6,7 @@
 //! The steps, in order:
 //! 1. [`model::CostModel::build`]: every node's options from the profile and the target,
 //!    honouring annotations (errors: missing profile entries, `@device(gpu)` without a GPU);
+//!    a generating model's options under each batch policy come from [`generation`];
 //! 2. [`search::search`]: the best assignment under [`evaluate::evaluate`];
 //! 3. [`check_slos`]: SLOs no plan meets become errors (unless allowed);
 //! 4. [`lower::lower_plan`]: the plan file's structs.
@@ -16,6 +17,7 @@ pub mod diff;
 pub mod error;
 pub mod evaluate;
 pub mod explain;
+pub mod generation;
 pub mod lower;
 pub mod model;
 #[cfg(test)]

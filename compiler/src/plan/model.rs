@@ -4,13 +4,14 @@
 
 use std::collections::BTreeSet;
 
-use mars_plan::{Device, DeviceProfile, Profile, Target};
+use mars_plan::{BatchPolicy, Device, DeviceProfile, Profile, Target};
 use petgraph::stable_graph::NodeIndex;
 use petgraph::Direction;
 
 use super::error::PlanError;
+use super::generation::{self, Lengths, StepCosts};
 use super::PlanOptions;
-use crate::ir::{BatchHint, DeviceHint, Pipeline, SloKind};
+use crate::ir::{BatchHint, DeviceHint, Implementation, Literal, Pipeline, SloKind};
 
 /// The most replicas any node may have.
 pub const MAX_REPLICAS: u32 = 64;
@@ -21,7 +22,7 @@ pub const MAX_THROUGHPUT: f64 = 1.0e9;
 /// Without a profile, every node is assumed to take this long per item (ms).
 pub const DEFAULT_ITEM_MS: f64 = 1.0;
 
-/// One way to run a node: where, and with which batch size.
+/// One way to run a node: where, with which batch policy and batch size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeOption {
     pub device: Device,
@@ -29,16 +30,36 @@ pub struct NodeOption {
     pub worker: usize,
     /// Index into [`CostModel::gpus`], for a GPU option.
     pub gpu: Option<usize>,
+    /// `none` (b = 1), `dynamic` (b > 1) or, for a generating model, `continuous` (at most b
+    /// sequences at once). Annotations override it when the plan is written.
+    pub policy: BatchPolicy,
     pub batch: u32,
-    /// Median and p99 latency of one batch (ms).
+    /// Median and p99 time an item spends in the node once its batch starts (ms): a batch's
+    /// latency, or for a generating model under `continuous` a sequence's.
     pub latency_ms: f64,
     pub p99_ms: f64,
+    /// Replica time per item (ms): L/b for a batch of b; the per-step formulas of SPEC 2.4.7
+    /// for a generating model.
+    pub item_ms: f64,
+    /// Costed per decode step (a generating model whose profile has `step_ms`).
+    pub per_step: bool,
     /// Memory of one replica (MB).
     pub memory_mb: f64,
     /// Cores busy while a batch runs (0 on a GPU unless the profile says otherwise).
     pub cores: f64,
-    /// Busy replicas per request/s: m·L / (1000·b).
+    /// Busy replicas per request/s: m·`item_ms`/1000 (m·L/(1000·b) for a batch).
     pub per_request: f64,
+}
+
+impl NodeOption {
+    /// The time a batch takes to fill at `items_per_s` (ms): only `dynamic` batches of more
+    /// than one wait to fill; `continuous` starts each sequence at the next step.
+    pub fn fill_ms(&self, items_per_s: f64) -> f64 {
+        match self.policy {
+            BatchPolicy::Dynamic => super::evaluate::fill_ms(self.batch, items_per_s),
+            BatchPolicy::None | BatchPolicy::Continuous => 0.0,
+        }
+    }
 }
 
 /// A node as the cost model sees it.
@@ -53,6 +74,8 @@ pub struct ModelNode {
     pub options: Vec<NodeOption>,
     /// Positions (in [`CostModel::nodes`]) of the nodes feeding this one.
     pub preds: Vec<usize>,
+    /// For a generating model costed per step: its output length distribution.
+    pub lengths: Option<Lengths>,
 }
 
 /// A CPU pool: one worker.
@@ -148,13 +171,14 @@ impl CostModel {
             preds.sort_unstable();
             preds.dedup();
             match node_options(pipeline, index, fanout, profile, &workers, &gpus, options) {
-                Ok(opts) => nodes.push(ModelNode {
+                Ok((opts, lengths)) => nodes.push(ModelNode {
                     index,
                     id: node.id.clone(),
                     fanout,
                     fixed_replicas: node.annotations.replicas.map(|r| r.max(1)),
                     options: opts,
                     preds,
+                    lengths,
                 }),
                 Err(e) => errors.push(e),
             }
@@ -186,7 +210,8 @@ impl CostModel {
     }
 }
 
-/// The options of one node, or why it has none.
+/// The options of one node (and, for a generating model costed per step, its output length
+/// distribution), or why it has none.
 fn node_options(
     pipeline: &Pipeline,
     index: NodeIndex,
@@ -195,7 +220,7 @@ fn node_options(
     workers: &[WorkerResource],
     gpus: &[GpuResource],
     options: &PlanOptions,
-) -> Result<Vec<NodeOption>, PlanError> {
+) -> Result<(Vec<NodeOption>, Option<Lengths>), PlanError> {
     let node = &pipeline.graph[index];
     let ann = &node.annotations;
     let device_span = ann.device_span.or(Some(node.span));
@@ -213,6 +238,8 @@ fn node_options(
     }
     // The devices, with their measurements: from the profile, or the defaults.
     let mut measured: Vec<(Device, DeviceProfile)> = Vec::new();
+    // A generating model's output lengths and mean prompt length, where profiled.
+    let mut sequences: Option<(Lengths, f64)> = None;
     match profile {
         Some(profile) => {
             // A node whose parameters differ from its kind's first node is profiled on its own.
@@ -225,6 +252,13 @@ fn node_options(
             let Some(kp) = profile.nodes.get(&found_key) else {
                 return Err(missing_profile(options, &["nodes", &node.kind], node));
             };
+            if node.generates {
+                sequences = kp
+                    .output_tokens
+                    .as_ref()
+                    .and_then(Lengths::from_histogram)
+                    .map(|l| (l, kp.prompt_tokens.unwrap_or(0.0)));
+            }
             let wanted: &[Device] = match ann.device {
                 Some(DeviceHint::Cpu) => &[Device::Cpu],
                 Some(DeviceHint::Gpu) => &[Device::Gpu],
@@ -253,22 +287,25 @@ fn node_options(
             };
             let b = max_batch.unwrap_or(1).max(1);
             let ms = DEFAULT_ITEM_MS * f64::from(b);
-            measured.push((
-                device,
-                DeviceProfile {
-                    batch: vec![b],
-                    latency_ms: vec![ms],
-                    p99_ms: None,
-                    memory_mb: None,
-                    cpu_cores: None,
-                },
-            ));
+            measured.push((device, DeviceProfile::new(vec![b], vec![ms])));
         }
     }
 
+    // `kv_tokens` in the model's config bounds the KV cache of one replica's running
+    // sequences: continuous batches that would need more on average are not offered.
+    let kv_tokens = match &node.implementation {
+        Implementation::Model { config, .. } => match config.get("kv_tokens") {
+            Some(Literal::Int(k)) if *k > 0 => Some(*k as f64),
+            _ => None,
+        },
+        _ => None,
+    };
     let mut out = Vec::new();
     let mut rejected_batches = BTreeSet::new();
     for (device, dp) in &measured {
+        let per_step = sequences
+            .as_ref()
+            .and_then(|(l, prompt)| StepCosts::from_profile(dp).map(|c| (c, l, *prompt)));
         let p99 = dp.p99_ms.as_ref().unwrap_or(&dp.latency_ms);
         let zeros = vec![0.0; dp.batch.len()];
         let mem = dp.memory_mb.as_ref().unwrap_or(&zeros);
@@ -292,18 +329,67 @@ fn node_options(
             else {
                 continue; // mismatched lists are rejected when the profile loads
             };
-            for &(worker, gpu) in &placements {
-                out.push(NodeOption {
-                    device: *device,
-                    worker,
-                    gpu,
-                    batch: b,
-                    latency_ms: l,
-                    p99_ms: p,
-                    memory_mb: m,
-                    cores,
-                    per_request: fanout * l / (1000.0 * f64::from(b)),
-                });
+            // (policy, median, p99, replica ms per item, busy replicas per request/s) of each
+            // way to run batches of b.
+            let mut ways: Vec<(BatchPolicy, f64, f64, f64, f64)> = Vec::new();
+            let per = |item_ms: f64| fanout * item_ms / 1000.0;
+            match &per_step {
+                Some((costs, lengths, prompt)) => {
+                    let continuous_hint = matches!(ann.batch, Some(BatchHint::Continuous { .. }));
+                    if !continuous_hint {
+                        let c = generation::batched(costs, lengths, b);
+                        let policy = if b == 1 {
+                            BatchPolicy::None
+                        } else {
+                            BatchPolicy::Dynamic
+                        };
+                        ways.push((policy, c.latency_ms, c.p99_ms, c.item_ms, per(c.item_ms)));
+                    }
+                    let may_continue = continuous_hint || (ann.batch.is_none() && b > 1);
+                    let kv_fits = b == 1
+                        || kv_tokens
+                            .is_none_or(|kv| f64::from(b) * (prompt + lengths.mean()) <= kv);
+                    if may_continue && kv_fits {
+                        let c = generation::continuous(costs, lengths, b);
+                        let per_request = per(c.item_ms);
+                        ways.push((
+                            BatchPolicy::Continuous,
+                            c.latency_ms,
+                            c.p99_ms,
+                            c.item_ms,
+                            per_request,
+                        ));
+                    }
+                }
+                None => {
+                    // Whole batches (SPEC 2.4): also a generating model without step costs,
+                    // where `continuous` runs like a batch that does not wait to fill.
+                    let policy = match ann.batch {
+                        Some(BatchHint::Continuous { .. }) => BatchPolicy::Continuous,
+                        _ if b == 1 => BatchPolicy::None,
+                        _ => BatchPolicy::Dynamic,
+                    };
+                    let per_request = fanout * l / (1000.0 * f64::from(b));
+                    ways.push((policy, l, p, l / f64::from(b), per_request));
+                }
+            }
+            for (policy, l, p, item_ms, per_request) in ways {
+                for &(worker, gpu) in &placements {
+                    out.push(NodeOption {
+                        device: *device,
+                        worker,
+                        gpu,
+                        policy,
+                        batch: b,
+                        latency_ms: l,
+                        p99_ms: p,
+                        item_ms,
+                        per_step: per_step.is_some(),
+                        memory_mb: m,
+                        cores,
+                        per_request,
+                    });
+                }
             }
         }
     }
@@ -328,7 +414,10 @@ fn node_options(
             span: ann.batch_span.or(Some(node.span)),
         });
     }
-    Ok(out)
+    let lengths = sequences
+        .filter(|_| measured.iter().any(|(_, dp)| dp.step_ms.is_some()))
+        .map(|(l, _)| l);
+    Ok((out, lengths))
 }
 
 fn missing_profile(options: &PlanOptions, key: &[&str], node: &crate::ir::Node) -> PlanError {

@@ -97,7 +97,8 @@ fn latency_holds(model: &CostModel, choice: &[usize], x: f64) -> bool {
         let o = opts[i];
         let base = if p99 { o.p99_ms } else { o.latency_ms };
         let lambda = x * model.nodes[i].fanout;
-        if o.batch > 1 {
+        // Only dynamic batches wait to fill; continuous sequences start at the next step.
+        if o.batch > 1 && o.policy == mars_plan::BatchPolicy::Dynamic {
             base + 1000.0 * f64::from(o.batch - 1) / lambda
         } else {
             base
@@ -199,11 +200,10 @@ fn random_device(rng: &mut Rng, gpu: bool) -> DeviceProfile {
         Some([1.0, 0.5, 2.0][rng.below(3) as usize])
     };
     DeviceProfile {
-        batch,
-        latency_ms: latency,
         p99_ms: Some(p99),
         memory_mb: memory,
         cpu_cores: cores,
+        ..DeviceProfile::new(batch, latency)
     }
 }
 
@@ -239,6 +239,7 @@ fn random_case_of(rng: &mut Rng, max_nodes: u64) -> (Pipeline, Profile, Target) 
         let kp = mars_plan::KindProfile {
             cpu: has_cpu.then(|| random_device(rng, false)),
             gpu: has_gpu.then(|| random_device(rng, true)),
+            ..Default::default()
         };
         if rng.chance(0.2) {
             s.map = true;

@@ -7,7 +7,7 @@
 //!
 //! [`evaluate`]: super::evaluate::evaluate
 
-use super::evaluate::{compare_keys, fill_ms, replicas_for, Evaluation};
+use super::evaluate::{compare_keys, replicas_for, Evaluation};
 use super::model::{CostModel, MAX_REPLICAS, MAX_THROUGHPUT};
 
 /// Sums of the current assignment, from which a move's bounds follow in O(workers + GPUs).
@@ -106,7 +106,7 @@ impl MoveScreen {
             let node = &model.nodes[i];
             let (a, b) = (&node.options[from], &node.options[to]);
             let own = |o: &super::model::NodeOption, p99: bool| {
-                (if p99 { o.p99_ms } else { o.latency_ms }) + fill_ms(o.batch, rate * node.fanout)
+                (if p99 { o.p99_ms } else { o.latency_ms }) + o.fill_ms(rate * node.fanout)
             };
             critical
                 && (a.worker != b.worker

@@ -218,9 +218,7 @@ fn balanced_start(model: &CostModel, device: Option<Device>, fastest: bool) -> V
 /// staying on `keep`'s worker; `keep` itself on ties.
 fn fastest_option(model: &CostModel, i: usize, rate: f64, keep: usize) -> usize {
     let node = &model.nodes[i];
-    let own = |o: usize| {
-        node.options[o].p99_ms + super::evaluate::fill_ms(node.options[o].batch, rate * node.fanout)
-    };
+    let own = |o: usize| node.options[o].p99_ms + node.options[o].fill_ms(rate * node.fanout);
     let worker = node.options[keep].worker;
     (0..node.options.len())
         .filter(|&o| node.options[o].worker == worker)

@@ -109,13 +109,7 @@ pub fn slo_text(kind: SloKind) -> String {
 }
 
 pub fn device(batch: &[u32], latency: &[f64]) -> DeviceProfile {
-    DeviceProfile {
-        batch: batch.to_vec(),
-        latency_ms: latency.to_vec(),
-        p99_ms: None,
-        memory_mb: None,
-        cpu_cores: None,
-    }
+    DeviceProfile::new(batch.to_vec(), latency.to_vec())
 }
 
 pub fn profile(entries: &[(&str, Option<DeviceProfile>, Option<DeviceProfile>)]) -> Profile {
@@ -129,11 +123,57 @@ pub fn profile(entries: &[(&str, Option<DeviceProfile>, Option<DeviceProfile>)])
                     KindProfile {
                         cpu: cpu.clone(),
                         gpu: gpu.clone(),
+                        ..KindProfile::default()
                     },
                 )
             })
             .collect(),
         fanout: BTreeMap::new(),
+    }
+}
+
+/// Make node `id` of `p` a generating model (`generate = true`), with `kv_tokens` in its
+/// config where given.
+pub fn make_generating(p: &mut Pipeline, id: &str, kv_tokens: Option<i64>) {
+    let idx = p
+        .graph
+        .node_indices()
+        .find(|&n| p.graph[n].id == id)
+        .expect("the node exists");
+    let node = &mut p.graph[idx];
+    node.generates = true;
+    let mut config = BTreeMap::new();
+    config.insert("generate".to_string(), crate::ir::Literal::Bool(true));
+    if let Some(k) = kv_tokens {
+        config.insert("kv_tokens".to_string(), crate::ir::Literal::Int(k));
+    }
+    node.implementation = Implementation::Model {
+        arch: "transformer_lm".to_string(),
+        config,
+    };
+}
+
+/// A generating kind's cpu measurements: per-step and prefill costs by batch size, and the
+/// output length distribution (tokens, share). `latency_ms` is made up (the per-step model
+/// does not read it).
+pub fn generating_kind(
+    batch: &[u32],
+    step_ms: &[f64],
+    prefill_ms: &[f64],
+    lengths: (&[u32], &[f64]),
+    prompt_tokens: Option<f64>,
+) -> KindProfile {
+    let mut cpu = device(batch, &vec![1000.0; batch.len()]);
+    cpu.step_ms = Some(step_ms.to_vec());
+    cpu.prefill_ms = Some(prefill_ms.to_vec());
+    KindProfile {
+        cpu: Some(cpu),
+        gpu: None,
+        output_tokens: Some(mars_plan::TokenHistogram {
+            tokens: lengths.0.to_vec(),
+            share: lengths.1.to_vec(),
+        }),
+        prompt_tokens,
     }
 }
 

@@ -478,3 +478,186 @@ fn explain_names_a_latency_slo_that_costs_throughput() {
         "{text}"
     );
 }
+
+// ---- generating nodes (SPEC 2.4.7) -------------------------------------------------------
+
+/// One generating node `gen` on one core: steps s(n) = 0.95 + 0.05·n ms (measured at 1, 4, 16;
+/// linear, so interpolation is exact), no prefill, lengths 1 (80%) or 11 (20%) tokens.
+/// Per item: none 3·s(1) = 3 ms; continuous ≤16: 3·s(16)/16 = 0.328125 ms; dynamic ≤16:
+/// s(16) + 10·E[s(N)], N ~ Bin(16, 0.2), = 1.75 + 10·(0.95·(1 − 0.8^16) + 0.05·3.2) over 16.
+fn heavy_tail(hint: Option<BatchHint>, slos: &[SloKind], kv: Option<i64>) -> (Pipeline, Profile) {
+    let mut s = spec("gen", &[]);
+    s.annotations.batch = hint;
+    let mut p = pipeline(&[s], slos);
+    super::testkit::make_generating(&mut p, "gen", kv);
+    let mut prof = profile(&[]);
+    prof.nodes.insert(
+        "gen".to_string(),
+        super::testkit::generating_kind(
+            &[1, 4, 16],
+            &[1.0, 1.15, 1.75],
+            &[0.0, 0.0, 0.0],
+            (&[1, 11], &[0.8, 0.2]),
+            Some(7.0),
+        ),
+    );
+    (p, prof)
+}
+
+fn dynamic_16_item_ms() -> f64 {
+    let q = 0.8f64.powi(16);
+    (1.75 + 10.0 * (0.95 * (1.0 - q) + 0.05 * 3.2)) / 16.0
+}
+
+#[test]
+fn a_heavy_tailed_generating_node_runs_continuously() {
+    let (p, prof) = heavy_tail(None, &[], None);
+    let plan = plan_ok(&p, Some(&prof), &target(1.0, &[]));
+    let n = &plan.nodes[0];
+    assert_eq!(
+        (n.batch.policy, n.batch.max, n.batch.wait_ms),
+        (BatchPolicy::Continuous, 16, 0.0)
+    );
+    // One core: 1000/0.328125 items/s; a sequence takes L·s(16): 1.75 ms at the median length
+    // (1), 19.25 ms at the p99 (11). No wait to fill.
+    assert_eq!(plan.predicted.throughput, 3047.619);
+    assert_eq!(n.predicted.throughput, 3047.619);
+    assert_eq!(
+        (plan.predicted.latency_p50_ms, plan.predicted.latency_p99_ms),
+        (1.75, 19.25)
+    );
+    // Static batches of 16 would serve 1000/dynamic_16_item_ms(): continuous gains 2.4×
+    // (less than the padding ratio E[max of 16]/E[L] = 3.57, since steps of 16 cost more).
+    let dynamic = 1000.0 / dynamic_16_item_ms();
+    assert!((dynamic - 1271.597).abs() < 1e-3, "{dynamic}");
+}
+
+#[test]
+fn a_batch_hint_fixes_the_policy_and_is_costed_per_step() {
+    let hint = BatchHint::Dynamic {
+        max: Some(16),
+        wait_ms: Some(5.0),
+    };
+    let (p, prof) = heavy_tail(Some(hint), &[], None);
+    let plan = plan_ok(&p, Some(&prof), &target(1.0, &[]));
+    let n = &plan.nodes[0];
+    assert_eq!(
+        (n.batch.policy, n.batch.max, n.batch.wait_ms),
+        (BatchPolicy::Dynamic, 16, 5.0)
+    );
+    assert_eq!(
+        plan.predicted.throughput,
+        lower::round3(1000.0 / dynamic_16_item_ms())
+    );
+    let (p, prof) = heavy_tail(Some(BatchHint::Continuous { max: Some(4) }), &[], None);
+    let plan = plan_ok(&p, Some(&prof), &target(1.0, &[]));
+    let n = &plan.nodes[0];
+    assert_eq!((n.batch.policy, n.batch.max), (BatchPolicy::Continuous, 4));
+    // 3·s(4)/4 = 0.8625 ms per item.
+    assert_eq!(plan.predicted.throughput, 1159.42);
+    let (p, prof) = heavy_tail(Some(BatchHint::None), &[], None);
+    let plan = plan_ok(&p, Some(&prof), &target(1.0, &[]));
+    assert_eq!(plan.nodes[0].batch.policy, BatchPolicy::None);
+    assert_eq!(plan.predicted.throughput, 333.333);
+}
+
+#[test]
+fn a_tight_p99_slo_makes_a_generating_node_run_one_at_a_time() {
+    // p99 < 12 ms: continuous ≤16 takes 11·1.75 = 19.25 ms, ≤4 takes 11·1.15 = 12.65 ms; one at
+    // a time takes 11·1 = 11 ms; dynamic batches wait for their longest member and to fill.
+    let (p, prof) = heavy_tail(None, &[SloKind::LatencyP99Ms(12.0)], None);
+    let plan = plan_ok(&p, Some(&prof), &target(1.0, &[]));
+    let n = &plan.nodes[0];
+    assert_eq!((n.batch.policy, n.batch.max), (BatchPolicy::None, 1));
+    assert_eq!(plan.predicted.throughput, 333.333);
+    assert_eq!(plan.predicted.latency_p99_ms, 11.0);
+}
+
+#[test]
+fn the_kv_bound_rules_out_large_continuous_batches() {
+    // kv_tokens 40, 7 prompt + 3 output tokens a sequence: continuous ≤16 needs 160, ≤4 needs
+    // 40 (allowed, 1159.42/s), and dynamic ≤16 (1271.597/s) then serves most.
+    let (p, prof) = heavy_tail(None, &[], Some(40));
+    let plan = plan_ok(&p, Some(&prof), &target(1.0, &[]));
+    let n = &plan.nodes[0];
+    assert_eq!((n.batch.policy, n.batch.max), (BatchPolicy::Dynamic, 16));
+    assert_eq!(plan.predicted.throughput, 1271.597);
+    let (p, prof) = heavy_tail(Some(BatchHint::Continuous { max: None }), &[], Some(40));
+    let plan = plan_ok(&p, Some(&prof), &target(1.0, &[]));
+    assert_eq!(
+        (plan.nodes[0].batch.policy, plan.nodes[0].batch.max),
+        (BatchPolicy::Continuous, 4)
+    );
+}
+
+#[test]
+fn equal_lengths_and_a_costly_prefill_favour_static_batches() {
+    // Every sequence takes 5 flat 1 ms steps; a prefill costs 10 ms however many prompts.
+    // Dynamic ≤16: (10 + 5)/16 = 0.9375 ms an item. Continuous ≤16 prefills b/E[L] = 3.2
+    // newcomers at a time: 10/3.2 + 5/16 = 3.4375 ms. None: 15 ms.
+    let mut p = pipeline(&[spec("gen", &[])], &[]);
+    super::testkit::make_generating(&mut p, "gen", None);
+    let mut prof = profile(&[]);
+    prof.nodes.insert(
+        "gen".to_string(),
+        super::testkit::generating_kind(&[1, 16], &[1.0, 1.0], &[10.0, 10.0], (&[5], &[1.0]), None),
+    );
+    let plan = plan_ok(&p, Some(&prof), &target(1.0, &[]));
+    let n = &plan.nodes[0];
+    assert_eq!((n.batch.policy, n.batch.max), (BatchPolicy::Dynamic, 16));
+    assert_eq!(plan.predicted.throughput, 1066.667);
+}
+
+#[test]
+fn without_step_costs_a_generating_node_keeps_the_batch_model() {
+    // A profile without `step_ms`: whole batches, as for any node; no continuous option unless
+    // annotated, and then it is a batch that does not wait to fill.
+    let mut p = pipeline(&[spec("gen", &[])], &[]);
+    super::testkit::make_generating(&mut p, "gen", None);
+    let prof = profile(&[("gen", Some(device(&[1, 8], &[4.0, 9.0])), None)]);
+    let plan = plan_ok(&p, Some(&prof), &target(1.0, &[]));
+    let n = &plan.nodes[0];
+    assert_eq!((n.batch.policy, n.batch.max), (BatchPolicy::Dynamic, 8));
+    assert_eq!(plan.predicted.throughput, 888.889);
+    let mut s = spec("gen", &[]);
+    s.annotations.batch = Some(BatchHint::Continuous { max: Some(8) });
+    let mut p = pipeline(&[s], &[]);
+    super::testkit::make_generating(&mut p, "gen", None);
+    let plan = plan_ok(&p, Some(&prof), &target(1.0, &[]));
+    let n = &plan.nodes[0];
+    assert_eq!(
+        (n.batch.policy, n.batch.max, n.batch.wait_ms),
+        (BatchPolicy::Continuous, 8, 0.0)
+    );
+    assert_eq!(plan.predicted.throughput, 888.889);
+    // 9 ms, no fill time.
+    assert_eq!(plan.predicted.latency_p50_ms, 9.0);
+}
+
+#[test]
+fn generating_plans_are_deterministic_and_explained() {
+    let (p, prof) = heavy_tail(None, &[], None);
+    let t = target(1.0, &[]);
+    let a = plan_ok(&p, Some(&prof), &t).to_yaml();
+    let b = plan_ok(&p, Some(&prof), &t).to_yaml();
+    assert_eq!(a, b);
+    let options = PlanOptions::default();
+    let planned = plan_pipeline_explained(&p, Some(&prof), &t, &options).expect("plannable");
+    let text = explain::explain(&planned, &p, Some(&prof), &t, &options);
+    let section: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("generating nodes"))
+        .take(5)
+        .collect();
+    assert_eq!(
+        section,
+        vec![
+            "generating nodes (items/s of one replica on the chosen device):",
+            "  gen: output tokens mean 3, p50 1, p99 11",
+            "    none            333.333 items/s   latency 1 ms, p99 11 ms",
+            "    dynamic ≤16     1271.597 items/s  latency 12.913 ms, p99 12.913 ms",
+            "    continuous ≤16  3047.619 items/s  latency 1.75 ms, p99 19.25 ms  ← chosen",
+        ],
+        "{text}"
+    );
+}
