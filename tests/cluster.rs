@@ -283,6 +283,12 @@ fn a_process_whose_peers_never_start_gives_up_naming_them() {
     assert_eq!(status.code(), Some(2));
     let e = stderr_of(p1);
     assert!(e.contains("mars::cluster::connect"), "{e}");
-    assert!(e.contains(&format!("process 0 (127.0.0.1:{})", ports[0])), "{e}");
-    assert!(e.contains(&format!("process 2 (127.0.0.1:{})", ports[2])), "{e}");
+    assert!(
+        e.contains(&format!("process 0 (127.0.0.1:{})", ports[0])),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("process 2 (127.0.0.1:{})", ports[2])),
+        "{e}"
+    );
 }

@@ -35,7 +35,9 @@ fn the_demo_runs_the_translator_pipeline_from_any_folder() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     let r = records(&String::from_utf8_lossy(&o.stdout));
-    let titles = include_str!("../pipelines/data/titles.jsonl").lines().count();
+    let titles = include_str!("../pipelines/data/titles.jsonl")
+        .lines()
+        .count();
     assert_eq!(r.len(), titles, "one record per sample title");
     for (i, rec) in r.iter().enumerate() {
         assert_eq!(rec["id"], (i + 1) as u64, "ordered: {rec}");
@@ -73,7 +75,10 @@ fn the_demo_explains_its_plan_and_takes_other_requests() {
     // The explanation comes first, then one record per request; a bad request is an error
     // record and the other goes on.
     assert!(stdout.contains("bottleneck"), "{stdout}");
-    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("{\"id\"")).collect();
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("{\"id\""))
+        .collect();
     assert_eq!(lines.len(), 2, "{stdout}");
     let r = records(&lines.join("\n"));
     assert_eq!(r[0]["ok"]["title_fr"], "Crate of douze bottles");
@@ -100,7 +105,11 @@ fn every_example_checks_clean_and_is_formatted() {
             .arg(file)
             .assert()
             .success();
-        marsc().args(["fmt", "--check"]).arg(file).assert().success();
+        marsc()
+            .args(["fmt", "--check"])
+            .arg(file)
+            .assert()
+            .success();
     }
 }
 

@@ -38,7 +38,12 @@ impl Pipeline {
     pub fn topo_order(&self) -> Vec<NodeIndex> {
         let mut indegree: BTreeMap<NodeIndex, usize> = BTreeMap::new();
         for n in self.graph.node_indices() {
-            indegree.insert(n, self.graph.neighbors_directed(n, petgraph::Direction::Incoming).count());
+            indegree.insert(
+                n,
+                self.graph
+                    .neighbors_directed(n, petgraph::Direction::Incoming)
+                    .count(),
+            );
         }
         let mut ready: std::collections::BTreeSet<(String, NodeIndex)> = indegree
             .iter()
@@ -50,7 +55,10 @@ impl Pipeline {
             ready.remove(&first);
             let n = first.1;
             order.push(n);
-            for m in self.graph.neighbors_directed(n, petgraph::Direction::Outgoing) {
+            for m in self
+                .graph
+                .neighbors_directed(n, petgraph::Direction::Outgoing)
+            {
                 let d = indegree.get_mut(&m).expect("every node has an indegree");
                 *d -= 1;
                 if *d == 0 {
@@ -123,7 +131,10 @@ pub struct Node {
 pub enum Implementation {
     Builtin(String),
     Exec(String),
-    Model { arch: String, config: BTreeMap<String, Literal> },
+    Model {
+        arch: String,
+        config: BTreeMap<String, Literal>,
+    },
 }
 
 /// A data edge: output `from_port` of the source node feeds input `to_port` of the target.
@@ -159,7 +170,10 @@ pub enum BatchHint {
     /// `@batch(none)`.
     None,
     /// `@batch(max = N, wait = D)`.
-    Dynamic { max: Option<u32>, wait_ms: Option<f64> },
+    Dynamic {
+        max: Option<u32>,
+        wait_ms: Option<f64>,
+    },
     /// `@batch(continuous, max = N)`.
     Continuous { max: Option<u32> },
 }

@@ -126,7 +126,7 @@ fn the_stdlib_declarations_are_canonical_and_check_clean_alone() {
                 path: file.path.clone(),
                 text: String::new(),
             },
-            &[file.clone()],
+            std::slice::from_ref(&file),
         );
         assert!(alone.problems.is_empty(), "{}", alone.problems.render());
     }

@@ -18,4 +18,4 @@ pub use error::{find_key_line, find_key_path, load_yaml, LoadError};
 pub use plan::*;
 pub use profile::*;
 pub use target::*;
-pub use types::{DataType, Dim, DType};
+pub use types::{DType, DataType, Dim};

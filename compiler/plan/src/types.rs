@@ -14,7 +14,14 @@ pub enum DType {
 }
 
 impl DType {
-    pub const ALL: [DType; 6] = [DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32, DType::U8];
+    pub const ALL: [DType; 6] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::I64,
+        DType::I32,
+        DType::U8,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -92,7 +99,10 @@ impl std::str::FromStr for DataType {
     /// Parse the plan spelling. Single upper-case identifiers other than the scalar names are
     /// type variables.
     fn from_str(s: &str) -> Result<DataType, String> {
-        let mut p = TypeParser { s: s.as_bytes(), i: 0 };
+        let mut p = TypeParser {
+            s: s.as_bytes(),
+            i: 0,
+        };
         let t = p.ty()?;
         p.ws();
         if p.i != p.s.len() {
@@ -116,7 +126,9 @@ impl TypeParser<'_> {
     fn ident(&mut self) -> Result<String, String> {
         self.ws();
         let start = self.i;
-        while self.i < self.s.len() && (self.s[self.i].is_ascii_alphanumeric() || self.s[self.i] == b'_') {
+        while self.i < self.s.len()
+            && (self.s[self.i].is_ascii_alphanumeric() || self.s[self.i] == b'_')
+        {
             self.i += 1;
         }
         if start == self.i {
@@ -188,7 +200,13 @@ mod tests {
 
     #[test]
     fn types_round_trip_through_their_spelling() {
-        for s in ["Text", "List<List<Box>>", "Tensor<f32, [1, H, W]>", "Tensor<u8, []>", "T"] {
+        for s in [
+            "Text",
+            "List<List<Box>>",
+            "Tensor<f32, [1, H, W]>",
+            "Tensor<u8, []>",
+            "T",
+        ] {
             let t: DataType = s.parse().expect(s);
             assert_eq!(t.to_string(), s);
         }

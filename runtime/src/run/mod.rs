@@ -243,9 +243,8 @@ fn launch(
     let max_inflight = opts.max_inflight.max(1);
     let lowered = Arc::clone(lowered);
     let meters = Arc::clone(meters);
-    let connected = in_cluster.then(|| {
-        cluster::connect_watchdog(hosts.clone(), process, threads, opts.connect_timeout)
-    });
+    let connected = in_cluster
+        .then(|| cluster::connect_watchdog(hosts.clone(), process, threads, opts.connect_timeout));
     timely::execute(config, move |worker| {
         if let Some(c) = &connected {
             c.arrived();
