@@ -8,6 +8,11 @@
 //! requests synthesized from the pipeline's input types); a node that receives nothing that way
 //! is fed items synthesized from its declared input types.
 //!
+//! A generating model (`generate = true`) whose node has the step-level interface
+//! ([`crate::node::Generate`]) is also measured step by step: the time of one decode step and
+//! of one prefill at each batch size, and how many steps its sequences take over its inputs
+//! (the planner's per-step cost model, SPEC.md 2.4.7).
+//!
 //! One thread measures; nothing else in the process should be busy while it does, since CPU
 //! time and peak memory are read for the whole process (plus its child processes, for exec
 //! nodes).
@@ -19,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use mars_plan::{BatchPolicy, Device, Gpu};
 use mars_plan::{
-    DataType, DeviceProfile, Dim, KindProfile, Plan, PlanNode, Profile, PROFILE_VERSION,
+    DataType, DeviceProfile, Dim, KindProfile, Plan, PlanNode, Profile, TokenHistogram,
+    PROFILE_VERSION,
 };
 
-use crate::node::{Item, NodeContext, Outputs, Registry};
+use crate::node::{Generate, Item, NodeContext, Outputs, Registry, SeqId, Step};
 use crate::value::{BoxData, ImageData, NodeError, TensorData, Value};
 
 /// How long and how hard to measure.
@@ -244,6 +250,28 @@ pub fn profile_plan(
                     })
                 }
             };
+            if let Some(g) = &measured.generation {
+                if kp.output_tokens.is_none() {
+                    kp.output_tokens = TokenHistogram::from_counts(&g.lengths);
+                    kp.prompt_tokens = Some(round(g.prompt_tokens, 1000.0));
+                    let n: usize = g.lengths.values().sum();
+                    let mean = g
+                        .lengths
+                        .iter()
+                        .map(|(&t, &c)| f64::from(t) * c as f64)
+                        .sum::<f64>()
+                        / n.max(1) as f64;
+                    notes.push(format!(
+                        "kind `{kind}` generates: measured per decode step; its {n} sequences took {} steps on average",
+                        round(mean, 1000.0)
+                    ));
+                }
+            } else if let Some(why) = &measured.no_generation {
+                notes.push(format!(
+                    "kind `{kind}` on {}: not measured per step ({why}); the planner costs it by whole batches",
+                    device_name(device)
+                ));
+            }
             if measured.all_failed {
                 notes.push(format!(
                     "kind `{kind}` on {}: every item failed ({}); the latencies are those of the failure path, profile with --input samples",
@@ -287,6 +315,26 @@ struct Measured {
     profile: DeviceProfile,
     all_failed: bool,
     first_error: Option<String>,
+    /// A generating model's sequences, when measured step by step.
+    generation: Option<Sequences>,
+    /// Why a generating model was not measured step by step.
+    no_generation: Option<String>,
+}
+
+/// What a generating model's sequences look like over the kind's inputs.
+struct Sequences {
+    /// Decode steps a sequence took (its `step` calls, the last one ending it) → how many.
+    lengths: BTreeMap<u32, usize>,
+    /// Mean prompt length in tokens (what `admit` reported).
+    prompt_tokens: f64,
+}
+
+/// Whether a plan node is a generating model (`generate = true` in its model block).
+pub fn generates(node: &PlanNode) -> bool {
+    node.implementation
+        .model
+        .as_ref()
+        .is_some_and(|m| m.config.get("generate") == Some(&serde_json::Value::Bool(true)))
 }
 
 fn measure_kind(
@@ -378,19 +426,183 @@ fn measure_kind(
         None => cpu_total.as_secs_f64() / wall_total.as_secs_f64(),
     }
     .min(cpus);
+    let mut profile = DeviceProfile {
+        p99_ms: Some(p99),
+        memory_mb: Some(memory),
+        cpu_cores: Some(round(cores, 1000.0)),
+        ..DeviceProfile::new(sizes.to_vec(), latency)
+    };
+    let (mut generation, mut no_generation) = (None, None);
+    if generates(&ctx.node) {
+        match node.generator() {
+            None => no_generation = Some("its node has no step-level interface".to_string()),
+            Some(g) => {
+                let measured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    measure_steps(g, pool, sizes, options)
+                }));
+                match measured {
+                    Ok(Ok((steps, sequences))) => {
+                        profile.step_ms = Some(steps.step_ms);
+                        profile.prefill_ms = Some(steps.prefill_ms);
+                        generation = Some(sequences);
+                    }
+                    Ok(Err(why)) => no_generation = Some(why),
+                    Err(_) => no_generation = Some("the node panicked".to_string()),
+                }
+            }
+        }
+    }
     Ok(Measured {
-        profile: DeviceProfile {
-            batch: sizes.to_vec(),
-            latency_ms: latency,
-            p99_ms: Some(p99),
-            memory_mb: Some(memory),
-            cpu_cores: Some(round(cores, 1000.0)),
-            step_ms: None,
-            prefill_ms: None,
-        },
+        profile,
         all_failed: ran > 0 && failed == ran,
         first_error,
+        generation,
+        no_generation,
     })
+}
+
+/// A generating node's per-step costs, parallel to the batch sizes.
+struct StepCosts {
+    step_ms: Vec<f64>,
+    prefill_ms: Vec<f64>,
+}
+
+/// Measure a generating node step by step: first the number of steps each item of `pool`
+/// takes (every item once, `max_batch` at a time), then for each batch size b the median time
+/// of one prefill of b fresh prompts and of one decode step while b sequences run. To keep b
+/// running, a sequence that finishes is replaced at once by a new one (admitted and prefilled
+/// untimed, as under continuous batching), so the steps timed see the mix of cache lengths
+/// of a running batch; only steps in which all b ran and none finished are timed. The runs
+/// per size follow the options (`min_runs` prefills and steps, `min_time`, `max_runs`).
+fn measure_steps(
+    g: &mut dyn Generate,
+    pool: &[Item],
+    sizes: &[u32],
+    options: &ProfileOptions,
+) -> Result<(StepCosts, Sequences), String> {
+    let mut ids: SeqId = 0;
+    let mut next_item = 0usize;
+    // Admit the next item of the pool (cycling); an error when a whole pass of the pool failed.
+    let mut admit = |g: &mut dyn Generate, ids: &mut SeqId| -> Result<SeqId, String> {
+        for _ in 0..pool.len() {
+            let item = pool[next_item % pool.len()].clone();
+            next_item += 1;
+            *ids += 1;
+            if g.admit(*ids, item).is_ok() {
+                return Ok(*ids);
+            }
+        }
+        Err("every item failed to be admitted".to_string())
+    };
+    let running = |out: &[(SeqId, Step)]| -> Vec<SeqId> {
+        out.iter()
+            .filter(|(_, s)| matches!(s, Step::Running { .. }))
+            .map(|(id, _)| *id)
+            .collect()
+    };
+
+    // The lengths: every item of the pool once.
+    let mut lengths: BTreeMap<u32, usize> = BTreeMap::new();
+    let (mut prompt_sum, mut prompts) = (0usize, 0usize);
+    let chunk = options.max_batch.max(1) as usize;
+    for part in pool.chunks(chunk) {
+        let mut seqs = Vec::new();
+        for item in part {
+            ids += 1;
+            if let Ok(prompt) = g.admit(ids, item.clone()) {
+                prompt_sum += prompt;
+                prompts += 1;
+                seqs.push(ids);
+            }
+        }
+        if seqs.is_empty() {
+            continue;
+        }
+        let mut live = running(&g.prefill(&seqs));
+        let mut steps = 0u32;
+        while !live.is_empty() {
+            steps += 1;
+            let out = g.step(&live);
+            for (_, s) in &out {
+                if let Step::Done(Ok(_)) = s {
+                    *lengths.entry(steps).or_default() += 1;
+                }
+            }
+            live = running(&out);
+            if steps > 100_000 {
+                return Err("a sequence ran for more than 100000 steps".to_string());
+            }
+        }
+    }
+    if lengths.is_empty() {
+        return Err("no item generated successfully".to_string());
+    }
+
+    let enough = |n: usize, started: Instant| {
+        n >= options.min_runs as usize
+            && (started.elapsed() >= options.min_time
+                || n >= options.max_runs.max(options.min_runs) as usize)
+    };
+    let (mut step_ms, mut prefill_ms) = (Vec::new(), Vec::new());
+    for &b in sizes {
+        // Steps with b running: all of them, and those in which none finished (a finishing
+        // sequence may skip its share of the step's work).
+        let (mut full, mut clean, mut fills) = (Vec::new(), Vec::new(), Vec::new());
+        let started = Instant::now();
+        while !(enough(full.len(), started) && enough(fills.len(), started)) {
+            let mut seqs = Vec::with_capacity(b as usize);
+            for _ in 0..b {
+                seqs.push(admit(g, &mut ids)?);
+            }
+            let t0 = Instant::now();
+            let out = g.prefill(&seqs);
+            fills.push(t0.elapsed());
+            let mut live = running(&out);
+            let mut guard = 0usize;
+            while !live.is_empty() {
+                let t0 = Instant::now();
+                let out = g.step(&live);
+                let dt = t0.elapsed();
+                let still = running(&out);
+                if live.len() == b as usize {
+                    full.push(dt);
+                    if still.len() == live.len() {
+                        clean.push(dt);
+                    }
+                }
+                live = still;
+                // Keep b running while more steps are wanted.
+                if !enough(full.len(), started) {
+                    let mut joining = Vec::new();
+                    while live.len() + joining.len() < b as usize {
+                        joining.push(admit(g, &mut ids)?);
+                    }
+                    if !joining.is_empty() {
+                        live.extend(running(&g.prefill(&joining)));
+                    }
+                }
+                guard += 1;
+                if guard > 1_000_000 {
+                    return Err("the measuring loop did not end".to_string());
+                }
+            }
+        }
+        let mut steps = if clean.is_empty() { full } else { clean };
+        steps.sort();
+        fills.sort();
+        step_ms.push(ms(percentile(&steps, 0.5)));
+        prefill_ms.push(ms(percentile(&fills, 0.5)));
+    }
+    Ok((
+        StepCosts {
+            step_ms,
+            prefill_ms,
+        },
+        Sequences {
+            lengths,
+            prompt_tokens: prompt_sum as f64 / prompts.max(1) as f64,
+        },
+    ))
 }
 
 /// Run a batch, turning a panic inside the node into an error for each of its items (a panic is

@@ -9,6 +9,7 @@ use mars_plan::{BatchPolicy, Gpu, Profile, Target};
 
 use super::evaluate::Bound;
 use super::lower::{describe_bound, describe_critical_path, round3};
+use super::model::NodeOption;
 use super::{plan_pipeline_explained, PlanOptions, Planned};
 use crate::ir::Pipeline;
 
@@ -211,15 +212,16 @@ pub fn explain(
     s
 }
 
-/// For every generating node costed per step: its output lengths and, on the device, worker
-/// and GPU it was given, the best of each batch policy it may use (the most items/s of one
-/// replica; the chosen option for the chosen policy), with its latencies. Empty when there is
+/// For every generating node costed per step: its output lengths and, on the device it was
+/// given, the best of each batch policy (the most items/s of one replica): among the options
+/// the planner could take (the chosen one for the chosen policy; same worker and GPU), else
+/// among those the annotations or the KV bound rule out, with the reason. Empty when there is
 /// no such node.
 pub fn generating_policies(planned: &Planned) -> String {
     let model = &planned.model;
     let mut s = String::new();
     for (i, node) in model.nodes.iter().enumerate() {
-        let Some(lengths) = &node.lengths else {
+        let Some(generation) = &node.generation else {
             continue;
         };
         if s.is_empty() {
@@ -228,6 +230,7 @@ pub fn generating_policies(planned: &Planned) -> String {
                 "generating nodes (items/s of one replica on the chosen device):"
             );
         }
+        let lengths = &generation.lengths;
         let chosen = &node.options[planned.solution.choice[i]];
         let _ = writeln!(
             s,
@@ -243,43 +246,76 @@ pub fn generating_policies(planned: &Planned) -> String {
             BatchPolicy::Dynamic,
             BatchPolicy::Continuous,
         ] {
-            let here = |o: &&super::model::NodeOption| {
+            let here = |o: &&NodeOption| {
                 o.policy == policy
                     && o.per_step
                     && o.device == chosen.device
                     && o.worker == chosen.worker
                     && o.gpu == chosen.gpu
             };
-            let best = if chosen.policy == policy {
+            // The fewest replica ms per item; ties to the smaller batch.
+            let allowed = if chosen.policy == policy && chosen.per_step {
                 Some(chosen)
             } else {
-                // The fewest replica ms per item; ties to the smaller batch.
-                node.options.iter().filter(here).fold(
-                    None,
-                    |best: Option<&super::model::NodeOption>, o| match best {
+                node.options
+                    .iter()
+                    .filter(here)
+                    .fold(None, |best: Option<&NodeOption>, o| match best {
                         Some(b) if b.item_ms <= o.item_ms => Some(b),
                         _ => Some(o),
-                    },
-                )
+                    })
             };
-            let Some(o) = best else { continue };
+            let row = match allowed {
+                Some(o) => Some((
+                    o.batch,
+                    o.item_ms,
+                    o.latency_ms,
+                    o.p99_ms,
+                    if std::ptr::eq(o, chosen) {
+                        "  ← chosen".to_string()
+                    } else {
+                        String::new()
+                    },
+                )),
+                None => generation
+                    .predictions
+                    .iter()
+                    .filter(|p| p.policy == policy && p.device == chosen.device)
+                    .fold(
+                        None,
+                        |best: Option<&super::model::PolicyPrediction>, p| match best {
+                            Some(b) if b.cost.item_ms <= p.cost.item_ms => Some(b),
+                            _ => Some(p),
+                        },
+                    )
+                    .map(|p| {
+                        (
+                            p.batch,
+                            p.cost.item_ms,
+                            p.cost.latency_ms,
+                            p.cost.p99_ms,
+                            format!(
+                                "  (ruled out: {})",
+                                p.ruled_out.as_deref().unwrap_or("not offered")
+                            ),
+                        )
+                    }),
+            };
+            let Some((b, item_ms, latency, p99, mark)) = row else {
+                continue;
+            };
             let name = match policy {
                 BatchPolicy::None => "none".to_string(),
-                BatchPolicy::Dynamic => format!("dynamic ≤{}", o.batch),
-                BatchPolicy::Continuous => format!("continuous ≤{}", o.batch),
-            };
-            let mark = if std::ptr::eq(o, chosen) {
-                "  ← chosen"
-            } else {
-                ""
+                BatchPolicy::Dynamic => format!("dynamic ≤{b}"),
+                BatchPolicy::Continuous => format!("continuous ≤{b}"),
             };
             rows.push((
                 name,
-                format!("{} items/s", round3(1000.0 / o.item_ms)),
+                format!("{} items/s", round3(1000.0 / item_ms)),
                 format!(
                     "latency {} ms, p99 {} ms{mark}",
-                    round3(o.latency_ms),
-                    round3(o.p99_ms)
+                    round3(latency),
+                    round3(p99)
                 ),
             ));
         }

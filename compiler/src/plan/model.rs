@@ -74,8 +74,28 @@ pub struct ModelNode {
     pub options: Vec<NodeOption>,
     /// Positions (in [`CostModel::nodes`]) of the nodes feeding this one.
     pub preds: Vec<usize>,
-    /// For a generating model costed per step: its output length distribution.
-    pub lengths: Option<Lengths>,
+    /// For a generating model costed per step: its output lengths and what each policy would
+    /// give, allowed or not (for `--explain`).
+    pub generation: Option<Generation>,
+}
+
+/// A generating model costed per step, as `--explain` shows it.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub lengths: Lengths,
+    /// Every policy at every measured batch size on every device measured per step.
+    pub predictions: Vec<PolicyPrediction>,
+}
+
+/// One policy at one batch size on one device, and why the planner may not use it (`None`
+/// when it may).
+#[derive(Debug, Clone)]
+pub struct PolicyPrediction {
+    pub device: Device,
+    pub policy: BatchPolicy,
+    pub batch: u32,
+    pub cost: generation::PolicyCost,
+    pub ruled_out: Option<String>,
 }
 
 /// A CPU pool: one worker.
@@ -171,14 +191,14 @@ impl CostModel {
             preds.sort_unstable();
             preds.dedup();
             match node_options(pipeline, index, fanout, profile, &workers, &gpus, options) {
-                Ok((opts, lengths)) => nodes.push(ModelNode {
+                Ok((opts, generation)) => nodes.push(ModelNode {
                     index,
                     id: node.id.clone(),
                     fanout,
                     fixed_replicas: node.annotations.replicas.map(|r| r.max(1)),
                     options: opts,
                     preds,
-                    lengths,
+                    generation,
                 }),
                 Err(e) => errors.push(e),
             }
@@ -220,7 +240,7 @@ fn node_options(
     workers: &[WorkerResource],
     gpus: &[GpuResource],
     options: &PlanOptions,
-) -> Result<(Vec<NodeOption>, Option<Lengths>), PlanError> {
+) -> Result<(Vec<NodeOption>, Option<Generation>), PlanError> {
     let node = &pipeline.graph[index];
     let ann = &node.annotations;
     let device_span = ann.device_span.or(Some(node.span));
@@ -414,10 +434,64 @@ fn node_options(
             span: ann.batch_span.or(Some(node.span)),
         });
     }
-    let lengths = sequences
-        .filter(|_| measured.iter().any(|(_, dp)| dp.step_ms.is_some()))
-        .map(|(l, _)| l);
-    Ok((out, lengths))
+    let generation = sequences.and_then(|(lengths, prompt)| {
+        let mut predictions = Vec::new();
+        for (device, dp) in &measured {
+            let Some(costs) = StepCosts::from_profile(dp) else {
+                continue;
+            };
+            for &b in &dp.batch {
+                let over = max_batch
+                    .filter(|&m| b > m)
+                    .map(|m| format!("above the annotation's max of {m}"));
+                let batched = if b == 1 {
+                    BatchPolicy::None
+                } else {
+                    BatchPolicy::Dynamic
+                };
+                let fixed = |p: BatchPolicy| match (&ann.batch, p) {
+                    (
+                        Some(BatchHint::Continuous { .. }),
+                        BatchPolicy::None | BatchPolicy::Dynamic,
+                    )
+                    | (
+                        Some(BatchHint::Dynamic { .. } | BatchHint::None),
+                        BatchPolicy::Continuous,
+                    ) => Some("the `@batch` annotation fixes another policy".to_string()),
+                    _ => None,
+                };
+                predictions.push(PolicyPrediction {
+                    device: *device,
+                    policy: batched,
+                    batch: b,
+                    cost: generation::batched(&costs, &lengths, b),
+                    ruled_out: fixed(batched).or(over.clone()),
+                });
+                if b > 1 {
+                    let need = f64::from(b) * (prompt + lengths.mean());
+                    let kv = kv_tokens.filter(|&kv| need > kv).map(|kv| {
+                        format!("needs {} KV tokens, over `kv_tokens = {kv}`", round3(need))
+                    });
+                    predictions.push(PolicyPrediction {
+                        device: *device,
+                        policy: BatchPolicy::Continuous,
+                        batch: b,
+                        cost: generation::continuous(&costs, &lengths, b),
+                        ruled_out: fixed(BatchPolicy::Continuous).or(over).or(kv),
+                    });
+                }
+            }
+        }
+        (!predictions.is_empty()).then_some(Generation {
+            lengths,
+            predictions,
+        })
+    });
+    Ok((out, generation))
+}
+
+fn round3(x: f64) -> f64 {
+    super::lower::round3(x)
 }
 
 fn missing_profile(options: &PlanOptions, key: &[&str], node: &crate::ir::Node) -> PlanError {

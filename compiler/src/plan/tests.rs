@@ -660,4 +660,23 @@ fn generating_plans_are_deterministic_and_explained() {
         ],
         "{text}"
     );
+    // Under `@batch(max = 16, wait = 5ms)` continuous is still predicted, and said to be
+    // ruled out.
+    let hint = BatchHint::Dynamic {
+        max: Some(16),
+        wait_ms: Some(5.0),
+    };
+    let (p, prof) = heavy_tail(Some(hint), &[], None);
+    let planned = plan_pipeline_explained(&p, Some(&prof), &t, &options).expect("plannable");
+    let text = explain::explain(&planned, &p, Some(&prof), &t, &options);
+    assert!(
+        text.contains(
+            "    dynamic ≤16     1271.597 items/s  latency 12.913 ms, p99 12.913 ms  ← chosen\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("    continuous ≤16  3047.619 items/s  latency 1.75 ms, p99 19.25 ms  (ruled out: the `@batch` annotation fixes another policy)\n"),
+        "{text}"
+    );
 }
