@@ -452,3 +452,131 @@ fn a_plan_error_points_into_the_source() {
     );
     assert!(stderr.contains("gpu.mars:4"), "{stderr}");
 }
+
+/// The committed tiny translator twice: generating (`generate = true`) and not.
+fn translator_source() -> String {
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/weights/mt.safetensors");
+    format!(
+        r#"model Translator {{
+  arch       = "transformer_lm"
+  weights    = "{w}"
+  generate   = true
+  max_tokens = 24
+  in  text: Text
+  out text: Text
+}}
+
+model Plain {{
+  arch       = "transformer_lm"
+  weights    = "{w}"
+  max_tokens = 24
+  in  text: Text
+  out text: Text
+}}
+
+pipeline t(text: Text) -> (fr: Text, again: Text) {{
+  fr = Translator(text)
+  again = Plain(text)
+}}
+"#,
+        w = weights.display()
+    )
+}
+
+#[test]
+fn a_generating_model_is_measured_per_step_and_planned_by_policy() {
+    let s = Setup::new("", TARGET);
+    std::fs::write(s.path("t.mars"), translator_source()).expect("write source");
+    // Greedy translations (checked in SPEC 4.3's tests): un, deux, vingt et un, trois cent
+    // vingt et un: 1, 1, 3 and 5 words, each followed by the end token.
+    std::fs::write(
+        s.path("samples.jsonl"),
+        "{\"text\": \"one\"}\n{\"text\": \"two\"}\n{\"text\": \"twenty one\"}\n{\"text\": \"three hundred twenty one\"}\n",
+    )
+    .expect("write samples");
+    let out = Command::cargo_bin("marsc")
+        .expect("marsc builds")
+        .current_dir(s.dir.path())
+        .args([
+            "profile",
+            "t.mars",
+            "--target",
+            "target.yaml",
+            "-o",
+            "t.profile.yaml",
+        ])
+        .args(["--input", "samples.jsonl"])
+        .args(["--max-batch", "4", "--min-runs", "3", "--min-time-ms", "0"])
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr.contains(
+            "kind `Translator` generates: measured per decode step; its 4 sequences took 3.5 steps on average"
+        ),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(s.path("t.profile.yaml")).expect("profile written");
+    let p = Profile::from_yaml(&text, "t.profile.yaml").expect("the profile is valid");
+    let lm = &p.nodes["Translator"];
+    let h = lm.output_tokens.as_ref().expect("output lengths");
+    assert_eq!(h.tokens, vec![2, 4, 6]);
+    assert_eq!(h.share, vec![0.5, 0.25, 0.25]);
+    // <bos> words <sep>: 3, 3, 4 and 6 tokens.
+    assert_eq!(lm.prompt_tokens, Some(4.0));
+    let cpu = lm.cpu.as_ref().expect("cpu");
+    assert_eq!(cpu.batch, vec![1, 2, 4]);
+    assert_eq!(cpu.latency_ms.len(), 3, "whole batches are measured too");
+    for list in [&cpu.step_ms, &cpu.prefill_ms] {
+        let list = list.as_ref().expect("per-step costs");
+        assert_eq!(list.len(), 3);
+        assert!(list.iter().all(|&v| v > 0.0), "{list:?}");
+    }
+    // Without `generate = true` the same model is measured by whole batches only.
+    let plain = &p.nodes["Plain"];
+    assert!(plain.output_tokens.is_none() && plain.prompt_tokens.is_none());
+    let plain_cpu = plain.cpu.as_ref().expect("cpu");
+    assert!(plain_cpu.step_ms.is_none() && plain_cpu.prefill_ms.is_none());
+
+    // The planner predicts the three policies for the generating node and says which it chose.
+    let out = Command::cargo_bin("marsc")
+        .expect("marsc builds")
+        .current_dir(s.dir.path())
+        .args(["compile", "t.mars", "--profile", "t.profile.yaml"])
+        .args(["--target", "target.yaml", "-o", "t.plan.yaml", "--explain"])
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    let section: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("generating nodes"))
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(section.len(), 5, "{stdout}");
+    assert!(
+        section[1].starts_with("  fr: output tokens mean 3.5, p50 2, p99 6"),
+        "{stdout}"
+    );
+    for (line, policy) in section[2..].iter().zip(["none", "dynamic", "continuous"]) {
+        assert!(line.trim_start().starts_with(policy), "{stdout}");
+    }
+    assert_eq!(
+        section.iter().filter(|l| l.ends_with("← chosen")).count(),
+        1,
+        "{stdout}"
+    );
+    let plan_text = std::fs::read_to_string(s.path("t.plan.yaml")).expect("plan written");
+    let plan = mars_plan::Plan::from_yaml(&plan_text, "t.plan.yaml").expect("valid plan");
+    let chosen = section
+        .iter()
+        .find(|l| l.ends_with("← chosen"))
+        .expect("one is chosen")
+        .trim_start();
+    let policy = plan.node("fr").expect("node fr").batch.policy;
+    let name = match policy {
+        mars_plan::BatchPolicy::None => "none",
+        mars_plan::BatchPolicy::Dynamic => "dynamic",
+        mars_plan::BatchPolicy::Continuous => "continuous",
+    };
+    assert!(chosen.starts_with(name), "{chosen} vs {policy:?}");
+}
