@@ -47,6 +47,9 @@ fn the_demo_runs_the_translator_pipeline_from_any_folder() {
         serde_json::json!({"title_fr": "Pack of vingt-quatre AA batteries", "numbers": 1})
     );
     assert!(work.join("title_translate.plan.yaml").is_file());
+    // The records printed are the ones written to the results file.
+    let written = std::fs::read_to_string(work.join("results.jsonl")).expect("results written");
+    assert_eq!(records(&written), r);
     let stats: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(work.join("stats.json")).expect("stats written"),
     )

@@ -288,6 +288,35 @@ fn a_missing_plan_or_a_plan_naming_an_unknown_builtin_is_an_error() {
 }
 
 #[test]
+fn a_plan_placing_a_node_on_a_gpu_this_build_cannot_use_is_refused_with_the_reason() {
+    if cfg!(feature = "cuda") {
+        // With CUDA support the answer depends on the machine's driver; covered by the
+        // runtime's own probe test.
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = std::fs::read_to_string(fixture("slow.plan.yaml")).expect("fixture");
+    let on_gpu = text.replacen("  device: cpu\n", "  device: gpu\n  gpu: gpu0\n", 1);
+    assert_ne!(on_gpu, text);
+    let plan = dir.path().join("gpu.plan.yaml");
+    std::fs::write(&plan, on_gpu).expect("write");
+    let o = marsc()
+        .arg("run")
+        .arg(&plan)
+        .arg("-q")
+        .write_stdin("{\"x\": 1}\n")
+        .output()
+        .expect("marsc runs");
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("mars::run::build") && e.contains("`a`") && e.contains("gpu0"),
+        "{e}"
+    );
+    assert!(e.contains("built without the `cuda` feature"), "{e}");
+}
+
+#[test]
 fn resume_skips_written_ids_and_drops_a_cut_off_last_line() {
     let dir = tempfile::tempdir().expect("temp dir");
     let inp = dir.path().join("in.jsonl");

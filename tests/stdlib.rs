@@ -119,6 +119,38 @@ fn image_translate_runs_end_to_end_on_generated_samples() {
     }
     let msg = r[4]["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("cannot decode image"), "{}", r[4]);
+
+    // With --files-dir the output images are written to disk and the records name them.
+    let files = dir.path().join("images_out");
+    let out2 = dir.path().join("out2.jsonl");
+    marsc()
+        .arg("run")
+        .arg(&plan)
+        .arg("-i")
+        .arg(dir.path().join("images.jsonl"))
+        .arg("-o")
+        .arg(&out2)
+        .arg("--files-dir")
+        .arg(&files)
+        .args(["--ordered", "-q"])
+        .assert()
+        .success();
+    let r2 = records(&out2);
+    assert_eq!(r2.len(), 5);
+    for (i, rec) in r2[..4].iter().enumerate() {
+        let path = rec["ok"]["out"]["$file"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a file: {rec}"));
+        assert_eq!(
+            std::path::Path::new(path),
+            files.join(format!("{}-out.png", i + 1))
+        );
+        let png = std::fs::read(path).expect("the image is on disk");
+        // The same image as the base64 run wrote.
+        let b64 = r[i]["ok"]["out"]["$base64"].as_str().expect("base64");
+        assert_eq!(mars_runtime::codec::base64_encode(&png), b64);
+    }
+    assert!(r2[4]["error"].is_object());
 }
 
 #[test]

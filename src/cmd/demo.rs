@@ -83,10 +83,27 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     if compiled != ExitCode::SUCCESS {
         return Ok(compiled);
     }
-    let mut run = super::run::Args::for_plan(plan);
+    let results = dir.join("results.jsonl");
+    // A rerun in the same folder starts over.
+    let _ = std::fs::remove_file(&results);
+    let mut run = super::run::Args::for_plan(plan.clone());
     run.input = input;
+    run.output = results.clone();
     run.ordered = true;
     run.quiet = args.quiet;
     run.stats_json = Some(dir.join("stats.json"));
-    super::run::run(run)
+    let code = super::run::run(run)?;
+    let records = std::fs::read_to_string(&results)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read {}", results.display()))?;
+    print!("{records}");
+    if !args.quiet {
+        eprintln!(
+            "mars demo: results in {}, plan in {}, stats in {}",
+            results.display(),
+            plan.display(),
+            dir.join("stats.json").display()
+        );
+    }
+    Ok(code)
 }

@@ -64,6 +64,10 @@ pub struct Args {
     /// (status 2) that names the hosts.
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     pub connect_timeout: f64,
+    /// Write `Bytes` and `Image` outputs as files in this folder (created if missing), named
+    /// `ID-OUTPUT.EXT`, and put `{"$file": "…"}` in the records instead of base64.
+    #[arg(long, value_name = "DIR")]
+    pub files_dir: Option<PathBuf>,
 }
 
 impl Args {
@@ -84,6 +88,7 @@ impl Args {
             hosts: None,
             local_cluster: None,
             connect_timeout: 60.0,
+            files_dir: None,
         }
     }
 }
@@ -383,6 +388,15 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
         cluster,
         skip: Arc::new(skip),
         connect_timeout: connect_timeout(args.connect_timeout)?,
+        files_dir: match &args.files_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)
+                    .into_diagnostic()
+                    .wrap_err_with(|| format!("cannot create --files-dir {}", d.display()))?;
+                Some(d.clone())
+            }
+            None => None,
+        },
     };
     let registry = mars_stdlib::registry();
     // The runtime writes whole lines in large chunks itself: no BufWriter, so that a process

@@ -104,6 +104,9 @@ pub struct RunOptions {
     /// In a cluster: how long to wait for every process to connect before giving up with an
     /// error naming the hosts (timely itself would wait forever).
     pub connect_timeout: std::time::Duration,
+    /// Write `Bytes` and `Image` outputs as files in this folder (which must exist) and put
+    /// `{"$file": "FOLDER/ID-OUTPUT.EXT"}` in the records instead of base64.
+    pub files_dir: Option<PathBuf>,
 }
 
 /// The default bound on requests in flight.
@@ -122,6 +125,7 @@ impl Default for RunOptions {
             cluster: None,
             skip: Arc::new(HashSet::new()),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            files_dir: None,
         }
     }
 }
@@ -162,6 +166,29 @@ fn build_replicas(
     registry: &Registry,
     mine: impl Fn(usize) -> bool,
 ) -> Result<Vec<Option<Replicas>>, RunError> {
+    let mut gpus: Option<Result<Vec<crate::gpu::GpuInfo>, String>> = None;
+    for (i, node) in plan.nodes.iter().enumerate() {
+        if !mine(i) || node.device != mars_plan::Device::Gpu {
+            continue;
+        }
+        let gpu = node.gpu.as_deref().unwrap_or("a GPU");
+        match gpus.get_or_insert_with(crate::gpu::probe) {
+            Err(why) => {
+                return Err(RunError::Build {
+                    node: node.id.clone(),
+                    message: format!(
+                        "the plan places it on {gpu}, but {why}; compile the plan for a target without GPUs, or run it where a GPU is"
+                    ),
+                })
+            }
+            Ok(found) => tracing::warn!(
+                node = %node.id,
+                "placed on {gpu} ({} GPU(s) found, first {}); it runs on the CPU: this runtime has no CUDA kernels yet",
+                found.len(),
+                found.first().map_or("?", |g| g.name.as_str())
+            ),
+        }
+    }
     plan.nodes
         .iter()
         .enumerate()
@@ -432,6 +459,7 @@ pub fn run_plan(
                 start,
                 check_ids: true,
                 skip: &opts.skip,
+                files_dir: opts.files_dir.as_deref(),
             },
         );
         if written.is_err() {

@@ -92,6 +92,8 @@ pub struct WriterLink<'a> {
     pub check_ids: bool,
     /// Ids skipped by the reader (`--resume`): ordered output steps over them.
     pub skip: &'a std::collections::HashSet<u64>,
+    /// Write `Bytes` and `Image` outputs as files here and put `{"$file": …}` in the records.
+    pub files_dir: Option<&'a std::path::Path>,
 }
 
 fn error_line(buf: &mut Vec<u8>, id: u64, f: &Failure) {
@@ -108,6 +110,7 @@ fn format_outcome(
     o: Outcome,
     names: &[String],
     cx: &EdgeContext,
+    files_dir: Option<&std::path::Path>,
 ) -> Option<Failure> {
     buf.clear();
     match o.result {
@@ -123,7 +126,13 @@ fn format_outcome(
                 }
                 let _ = serde_json::to_writer(&mut *buf, name);
                 buf.push(b':');
-                if let Err(e) = write_value(buf, v, cx) {
+                let written = match files_dir {
+                    Some(dir) => to_files(v, cx, dir, &format!("{}-{name}", o.id)).map(|j| {
+                        let _ = serde_json::to_writer(&mut *buf, &j);
+                    }),
+                    None => write_value(buf, v, cx),
+                };
+                if let Err(e) = written {
                     let f = Failure::new("output", format!("output `{name}`: {e}"));
                     buf.clear();
                     error_line(buf, o.id, &f);
@@ -135,6 +144,49 @@ fn format_outcome(
             None
         }
     }
+}
+
+/// The file name extension for encoded bytes, from their first bytes.
+fn extension(bytes: &[u8]) -> &'static str {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        "png"
+    } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        "jpg"
+    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        "webp"
+    } else {
+        "bin"
+    }
+}
+
+/// A value's JSON with its `Bytes` and `Image` parts (also inside lists) written as files in
+/// `dir`, named `{stem}.{ext}` (list elements `{stem}-{index}`), and referenced as `{"$file": …}`.
+fn to_files(
+    v: &Value,
+    cx: &EdgeContext,
+    dir: &std::path::Path,
+    stem: &str,
+) -> Result<serde_json::Value, String> {
+    let bytes: std::sync::Arc<Vec<u8>> = match v {
+        Value::Bytes(b) => std::sync::Arc::clone(b),
+        Value::Image(_) => match &cx.images {
+            Some(codec) => std::sync::Arc::new(codec.encode(v)?),
+            None => return codec::encode(v, cx),
+        },
+        Value::List(items) => {
+            return items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| to_files(x, cx, dir, &format!("{stem}-{i}")))
+                .collect::<Result<Vec<_>, _>>()
+                .map(serde_json::Value::Array)
+        }
+        other => return codec::encode(other, cx),
+    };
+    let path = dir.join(format!("{stem}.{}", extension(&bytes)));
+    std::fs::write(&path, bytes.as_slice())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(serde_json::json!({ "$file": path.display().to_string() }))
 }
 
 /// Write one value's JSON; scalars directly, the rest through the codec.
@@ -192,7 +244,7 @@ pub fn write_outcomes(
             )));
         }
         w.records += 1;
-        match format_outcome(&mut buf, o, &link.output_names, link.cx) {
+        match format_outcome(&mut buf, o, &link.output_names, link.cx, link.files_dir) {
             Some(f) => {
                 w.errors += 1;
                 *w.errors_by_node.entry(f.node).or_default() += 1;
@@ -288,7 +340,7 @@ mod tests {
             ]),
             latency: Some(Duration::from_micros(1500)),
         };
-        assert_eq!(format_outcome(&mut buf, ok, &names, &cx), None);
+        assert_eq!(format_outcome(&mut buf, ok, &names, &cx, None), None);
         assert_eq!(
             String::from_utf8_lossy(&buf),
             "{\"id\":3,\"ok\":{\"b\":\"x\\\"y\",\"a\":[1]},\"latency_ms\":1.500}\n"
@@ -298,7 +350,7 @@ mod tests {
             result: Err(Failure::new("n1", "bad")),
             latency: None,
         };
-        assert!(format_outcome(&mut buf, err, &names, &cx).is_some());
+        assert!(format_outcome(&mut buf, err, &names, &cx, None).is_some());
         assert_eq!(
             String::from_utf8_lossy(&buf),
             "{\"id\":4,\"error\":{\"node\":\"n1\",\"message\":\"bad\"}}\n"
@@ -308,9 +360,63 @@ mod tests {
             result: Ok(vec![Value::Float(f64::NAN), Value::Int(1)]),
             latency: None,
         };
-        let f = format_outcome(&mut buf, nan, &names, &cx).expect("fails");
+        let f = format_outcome(&mut buf, nan, &names, &cx, None).expect("fails");
         assert_eq!(f.node, "output");
         let line: serde_json::Value = serde_json::from_slice(&buf).expect("valid JSON");
         assert_eq!(line["id"], 5);
+    }
+
+    #[test]
+    fn bytes_outputs_go_to_files_named_by_id_and_output() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cx = EdgeContext::plain();
+        let names = vec!["png".to_string(), "parts".to_string(), "n".to_string()];
+        let png = b"\x89PNG\r\n\x1a\nrest".to_vec();
+        let o = Outcome {
+            id: 12,
+            result: Ok(vec![
+                Value::Bytes(png.clone().into()),
+                Value::List(vec![
+                    Value::Bytes(b"ab".to_vec().into()),
+                    Value::Bytes(Vec::new().into()),
+                ]),
+                Value::Int(2),
+            ]),
+            latency: None,
+        };
+        let mut buf = Vec::new();
+        assert_eq!(
+            format_outcome(&mut buf, o, &names, &cx, Some(dir.path())),
+            None
+        );
+        let line: serde_json::Value = serde_json::from_slice(&buf).expect("valid JSON");
+        let file =
+            |j: &serde_json::Value| std::path::PathBuf::from(j["$file"].as_str().expect("a $file"));
+        let p = file(&line["ok"]["png"]);
+        assert_eq!(p, dir.path().join("12-png.png"));
+        assert_eq!(std::fs::read(&p).expect("written"), png);
+        assert_eq!(
+            file(&line["ok"]["parts"][0]),
+            dir.path().join("12-parts-0.bin")
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("12-parts-1.bin")).expect("written"),
+            b""
+        );
+        assert_eq!(line["ok"]["n"], 2);
+        // A folder that cannot be written makes that request an error record.
+        let o = Outcome {
+            id: 13,
+            result: Ok(vec![
+                Value::Bytes(png.into()),
+                Value::List(vec![]),
+                Value::Int(0),
+            ]),
+            latency: None,
+        };
+        let missing = dir.path().join("no/such/folder");
+        let f = format_outcome(&mut buf, o, &names, &cx, Some(&missing)).expect("fails");
+        assert_eq!(f.node, "output");
+        assert!(f.message.contains("cannot write"), "{}", f.message);
     }
 }
