@@ -541,3 +541,81 @@ fn a_profile_written_by_marsc_profile_plans() {
         r.stdout
     );
 }
+
+/// A generating model costed per decode step (SPEC 2.4.7): without an SLO the planner runs it
+/// continuously; under a p99 SLO that continuous batches miss (a 64-step reply waits on every
+/// step of 16 sequences and their prefills), static batches of 4. The plan is golden.
+#[test]
+fn compile_plans_a_generating_model_by_policy() {
+    let dir = scratch();
+    let args = [
+        "compile",
+        "generate.mars",
+        "--profile",
+        "generate.profile.yaml",
+        "--target",
+        "cpu.yaml",
+        "-o",
+        "generate.plan.yaml",
+        "--explain",
+    ];
+    let r = run(dir.path(), &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text = std::fs::read_to_string(dir.path().join("generate.plan.yaml")).expect("written");
+    let golden = fixtures().join("generate.plan.yaml");
+    if std::env::var_os("MARS_BLESS").is_some() {
+        std::fs::write(&golden, &text).expect("bless");
+    }
+    let expected =
+        std::fs::read_to_string(&golden).expect("golden plan exists (run with MARS_BLESS=1)");
+    assert_eq!(
+        text, expected,
+        "the plan differs from tests/planner/generate.plan.yaml"
+    );
+    let plan = read_plan(&dir.path().join("generate.plan.yaml"));
+    let reply = plan.node("reply").expect("node reply");
+    assert_eq!(
+        (reply.batch.policy, reply.batch.max, reply.batch.wait_ms),
+        (BatchPolicy::Continuous, 16, 0.0)
+    );
+    // Lengths 4, 16, 64 steps (60/30/10%): E[L] = 13.6. s(16) = 4.4 ms; 16/13.6 sequences join
+    // per step, prefilled at f(1.176) = 3.176 ms: T = 13.6·4.4/16 + 3.176/1.176 = 6.440 ms an
+    // item; four one-core replicas on four cores serve 4000/T = 621.1/s.
+    let g = 16.0f64 / 13.6;
+    let f = 3.0 + (g - 1.0) / 3.0;
+    let t = 13.6 * 4.4 / 16.0 + f / g;
+    assert!(
+        (reply.predicted.throughput - 4000.0 / t).abs() < 1e-3,
+        "{} vs {}",
+        reply.predicted.throughput,
+        4000.0 / t
+    );
+    for policy in ["    none ", "    dynamic ≤16 ", "    continuous ≤16 "] {
+        assert!(
+            r.stdout.lines().any(|l| l.starts_with(policy)),
+            "{policy}: {}",
+            r.stdout
+        );
+    }
+    assert!(r
+        .stdout
+        .lines()
+        .any(|l| l.starts_with("    continuous ≤16 ") && l.ends_with("← chosen")));
+
+    let source = std::fs::read_to_string(dir.path().join("generate.mars")).expect("source");
+    let with_slo = source.replace(
+        "  reply = Chat(cleaned)\n",
+        "  reply = Chat(cleaned)\n  slo latency.p99 < 200ms\n",
+    );
+    assert_ne!(source, with_slo);
+    std::fs::write(dir.path().join("generate.mars"), with_slo).expect("write");
+    let r = run(dir.path(), &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let plan = read_plan(&dir.path().join("generate.plan.yaml"));
+    let reply = plan.node("reply").expect("node reply");
+    assert_eq!(
+        (reply.batch.policy, reply.batch.max),
+        (BatchPolicy::Dynamic, 4)
+    );
+    assert!(plan.slos[0].met, "{:?}", plan.slos);
+}
