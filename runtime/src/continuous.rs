@@ -7,19 +7,21 @@
 //!    `max` sequences (running plus waiting); it blocks on the channel only when it holds none.
 //!    Each arrival is admitted at once ([`Generate::admit`]: checked and tokenized; a bad item
 //!    fails alone) and waits in arrival order; a preempted sequence waits at the front.
-//! 2. **joins** waiting sequences, in order, with one prefill call: a sequence joins while fewer
-//!    than `max` run, while its prompt fits the KV bound next to the running sequences' next
-//!    step, and while the prompts joining in this iteration total at most the prefill budget
-//!    (one full-length sequence, `max_sequence_tokens`; the first always may). Running
-//!    sequences are therefore never starved: an iteration adds at most one budget of prefill
-//!    work to their step.
-//! 3. **makes room**: if the next step would take the KV tokens in flight past the bound, it
-//!    preempts the youngest running sequence (most recently admitted): its cache is dropped,
-//!    it waits at the front of the queue and is recomputed (prompt plus generated tokens) when
-//!    it joins again. A sequence that alone outgrows the bound fails.
-//! 4. **steps** every running sequence by one token ([`Generate::step`]); a sequence that
-//!    finishes leaves the batch, and its result is sent at the end of the iteration as its own
-//!    [`Done`] message, followed by one wake-up of the operator.
+//! 2. **makes room**: if the running sequences' next token would take the KV tokens in flight
+//!    past the bound, it preempts the youngest running sequence (most recently admitted): its
+//!    cache is dropped, it waits at the front of the queue and is recomputed (prompt plus
+//!    generated tokens) when it joins again. A sequence that alone outgrows the bound fails.
+//! 3. **chooses joins**: waiting sequences join, in order, while fewer than `max` run, while
+//!    the prompt fits the KV bound beside the running sequences' next step (with room for its
+//!    own first step), and while the prompts joining in this iteration total at most the
+//!    prefill budget (one full-length sequence, `max_sequence_tokens`; the first always may).
+//! 4. **prefills and steps** in one node call ([`Generate::prefill_and_step`]): the joining
+//!    sequences are prefilled beside one decoded token for every running sequence, so a join
+//!    costs the running sequences no pass of their own, and an iteration adds at most one
+//!    budget of prompt tokens to their step (they are never starved). Joined sequences take
+//!    their first step at the next iteration. A sequence that finishes leaves the batch; its
+//!    result is sent at the end of the iteration as its own [`Done`] message, followed by one
+//!    wake-up of the operator.
 //!
 //! Every admitted item leaves exactly once: as a result, or as an error (its admission failed,
 //! its prompt exceeds the KV bound, it outgrew the bound alone, or a node call that included
@@ -177,15 +179,43 @@ impl Scheduler {
         }
     }
 
-    /// One iteration: join, make room, step. Returns whether it ran the node.
+    /// One iteration: make room for the running sequences' next token, choose who joins,
+    /// then prefill the joining sequences and step the running ones in one node call. Returns
+    /// whether it ran the node.
     pub fn iterate(&mut self, g: &mut dyn Generate) -> bool {
-        let joined = self.join(g);
         self.make_room(g);
-        let stepped = self.step(g);
-        if joined || stepped {
-            self.counters.iterations.fetch_add(1, Ordering::Relaxed);
+        let fresh = self.choose_joins();
+        if fresh.is_empty() && self.running.is_empty() {
+            return false;
         }
-        joined || stepped
+        let fresh_ids: Vec<SeqId> = fresh.iter().map(|w| w.id).collect();
+        let running = std::mem::take(&mut self.running);
+        let step_ids: Vec<SeqId> = running.iter().map(|r| r.id).collect();
+        let c = &self.counters;
+        c.iterations.fetch_add(1, Ordering::Relaxed);
+        c.prefilled
+            .fetch_add(fresh_ids.len() as u64, Ordering::Relaxed);
+        c.stepped
+            .fetch_add(step_ids.len() as u64, Ordering::Relaxed);
+        let (filled, stepped) = match guard(|| g.prefill_and_step(&fresh_ids, &step_ids)) {
+            Ok((filled, stepped)) => (
+                check(&fresh_ids, "prefill", filled),
+                check(&step_ids, "step", stepped),
+            ),
+            Err(panic) => {
+                let e = NodeError::new(panic);
+                (Err(e.clone()), Err(e))
+            }
+        };
+        let joined = fresh.into_iter().map(|w| Running {
+            id: w.id,
+            key: w.key,
+            cached: w.need,
+        });
+        self.settle(g, joined.collect(), filled);
+        self.settle(g, running, stepped);
+        self.recount();
+        true
     }
 
     /// The sequences that left since the last call, with their results.
@@ -193,9 +223,10 @@ impl Scheduler {
         std::mem::take(&mut self.finished)
     }
 
-    fn join(&mut self, g: &mut dyn Generate) -> bool {
+    /// Waiting sequences that join now, in order (see the module doc for the rule).
+    fn choose_joins(&mut self) -> Vec<Waiting> {
         let cap = self.limits.kv_capacity;
-        // The running sequences' caches after their next step.
+        // The running sequences' caches after this iteration's step.
         let mut reserved = self.kv_used + self.running.len();
         let mut prompt_tokens = 0;
         let mut fresh: Vec<Waiting> = Vec::new();
@@ -203,6 +234,7 @@ impl Scheduler {
             let full = self.running.len() + fresh.len() >= self.limits.max;
             let over_budget =
                 !fresh.is_empty() && prompt_tokens + w.need > self.limits.prefill_budget;
+            // `+ 1`: room for its own first step at the next iteration.
             if full || over_budget || reserved + w.need + 1 > cap {
                 break;
             }
@@ -210,35 +242,32 @@ impl Scheduler {
             prompt_tokens += w.need;
             fresh.push(self.waiting.pop_front().expect("front exists"));
         }
-        if fresh.is_empty() {
-            return false;
-        }
-        let ids: Vec<SeqId> = fresh.iter().map(|w| w.id).collect();
-        self.counters
-            .prefilled
-            .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        match call(&ids, "prefill", || g.prefill(&ids)) {
+        fresh
+    }
+
+    /// Apply a node call's outcomes to the sequences it was about.
+    fn settle(
+        &mut self,
+        g: &mut dyn Generate,
+        seqs: Vec<Running>,
+        outcomes: Result<Vec<Step>, NodeError>,
+    ) {
+        match outcomes {
             Ok(outcomes) => {
-                for (w, step) in fresh.into_iter().zip(outcomes) {
+                for (r, step) in seqs.into_iter().zip(outcomes) {
                     match step {
-                        Step::Running { cached } => self.running.push(Running {
-                            id: w.id,
-                            key: w.key,
-                            cached,
-                        }),
-                        Step::Done(r) => self.finished.push((w.key, r)),
+                        Step::Running { cached } => self.running.push(Running { cached, ..r }),
+                        Step::Done(result) => self.finished.push((r.key, result)),
                     }
                 }
             }
             Err(e) => {
-                for w in fresh {
-                    g.forget(w.id);
-                    self.finished.push((w.key, Err(e.clone())));
+                for r in seqs {
+                    g.forget(r.id);
+                    self.finished.push((r.key, Err(e.clone())));
                 }
             }
         }
-        self.recount();
-        true
     }
 
     fn make_room(&mut self, g: &mut dyn Generate) {
@@ -277,35 +306,6 @@ impl Scheduler {
         }
     }
 
-    fn step(&mut self, g: &mut dyn Generate) -> bool {
-        if self.running.is_empty() {
-            return false;
-        }
-        let ids: Vec<SeqId> = self.running.iter().map(|r| r.id).collect();
-        self.counters
-            .stepped
-            .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        let running = std::mem::take(&mut self.running);
-        match call(&ids, "step", || g.step(&ids)) {
-            Ok(outcomes) => {
-                for (r, step) in running.into_iter().zip(outcomes) {
-                    match step {
-                        Step::Running { cached } => self.running.push(Running { cached, ..r }),
-                        Step::Done(result) => self.finished.push((r.key, result)),
-                    }
-                }
-            }
-            Err(e) => {
-                for r in running {
-                    g.forget(r.id);
-                    self.finished.push((r.key, Err(e.clone())));
-                }
-            }
-        }
-        self.recount();
-        true
-    }
-
     fn recount(&mut self) {
         self.kv_used = self.running.iter().map(|r| r.cached).sum();
     }
@@ -316,17 +316,12 @@ fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|p| format!("panic in node: {}", panic_message(&p)))
 }
 
-/// A prefill or step call: its outcomes in `ids` order, or the error that fails them all (a
-/// panic, or an answer that does not match the ids asked for).
-fn call(
-    ids: &[SeqId],
-    what: &str,
-    f: impl FnOnce() -> Vec<(SeqId, Step)>,
-) -> Result<Vec<Step>, NodeError> {
-    let outcomes = guard(f).map_err(NodeError::new)?;
+/// A prefill's or step's outcomes in `ids` order, or the error that fails them all: an answer
+/// that does not match the ids asked for.
+fn check(ids: &[SeqId], what: &str, outcomes: Vec<(SeqId, Step)>) -> Result<Vec<Step>, NodeError> {
     if outcomes.len() != ids.len() || outcomes.iter().zip(ids).any(|(o, id)| o.0 != *id) {
         return Err(NodeError::new(format!(
-            "node answered {what} of {} sequences with {} outcomes for other ids",
+            "node answered the {what} of {} sequences with {} outcomes for other ids",
             ids.len(),
             outcomes.len()
         )));
@@ -524,15 +519,16 @@ mod tests {
         let mut g = Counting::default();
         s.offer(&mut g, job(0, &[1, 6, 1, 1]));
         assert_eq!(s.room(), 0);
-        // Iteration 1: 0 and 1 join and take their first step.
+        // Iteration 1: 0 and 1 join (prefill); iteration 2: their first step.
+        s.iterate(&mut g);
         s.iterate(&mut g);
         assert!(s.take_finished().is_empty());
-        // Iteration 2: 0 finishes; 2 waits (the batch is full during the join).
+        // Iteration 3: 0 finishes and leaves at once; 2 waits (the batch was full).
         s.iterate(&mut g);
         let f = s.take_finished();
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].0 .0, 0);
-        // Iteration 3: 2 joins beside 1, without waiting for 1 to finish.
+        // Iteration 4: 2 joins beside 1, without waiting for 1 to finish.
         s.iterate(&mut g);
         assert_eq!(s.running(), 2);
         let (rest, _) = drain(&mut s, &mut g, vec![]);

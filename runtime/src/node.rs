@@ -31,6 +31,9 @@ pub trait Node: Send {
 /// A sequence's handle inside one generating replica, chosen by the scheduler.
 pub type SeqId = u64;
 
+/// Each sequence's outcome of a prefill or a step, in the order asked.
+pub type Outcomes = Vec<(SeqId, Step)>;
+
 /// Where a sequence stands after a prefill or a decode step.
 #[derive(Debug)]
 pub enum Step {
@@ -57,6 +60,21 @@ pub trait Generate: Send {
     /// Decode one token for each of these running sequences; one outcome per id, in order.
     /// A `Done` sequence is forgotten by the node.
     fn step(&mut self, seqs: &[SeqId]) -> Vec<(SeqId, Step)>;
+
+    /// One scheduler iteration: prefill `prefill` (newly joining sequences) and step `step`
+    /// (running sequences, disjoint from `prefill`) by one token; the outcomes of each, in
+    /// order. The joining sequences take their first step at the next call. The default runs
+    /// [`Generate::prefill`] then [`Generate::step`]; a node may instead run both in one
+    /// forward pass (the joining prompts beside the running sequences' decode rows), which is
+    /// what keeps joins from costing running sequences a pass of their own.
+    fn prefill_and_step(
+        &mut self,
+        prefill: &[SeqId],
+        step: &[SeqId],
+    ) -> (Outcomes, Outcomes) {
+        let filled = self.prefill(prefill);
+        (filled, self.step(step))
+    }
 
     /// Drop a running sequence's KV cache but keep its tokens, so that a later `prefill`
     /// recomputes it. Returns the number of KV tokens freed.

@@ -7,6 +7,9 @@
 //!   parsing and output encoding included, and the cost per request per node.
 //! - `memory`: requests through a slow node; peak RSS after a short run and after a long one.
 //! - `fidelity PLAN --input F`: a compiled plan's measured throughput over its prediction.
+//! - `continuous`: the tiny translator on a heavy-tailed output-length mix under static,
+//!   dynamic and continuous batching at one maximum batch: throughput, latency, and the ratio
+//!   continuous/static against the ideal the length mix allows (SPEC §6.5).
 
 use std::fs::File;
 use std::io::BufReader;
@@ -59,6 +62,22 @@ pub enum Which {
         requests: u64,
         #[arg(long, default_value_t = 300_000)]
         noop_requests: u64,
+    },
+    /// The tiny translator under static, dynamic and continuous batching at one max batch, on
+    /// a heavy-tailed output-length mix: throughput, latency, continuous/static vs the ideal.
+    Continuous {
+        #[arg(long, default_value_t = 480)]
+        requests: usize,
+        #[arg(long, default_value_t = 16)]
+        max_batch: u32,
+        /// Share of long outputs (10 to 12 words); the rest have 1 to 3.
+        #[arg(long, default_value_t = 0.15)]
+        long_share: f64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// The translator's weights (default: pipelines/weights/mt.safetensors of this repo).
+        #[arg(long)]
+        weights: Option<PathBuf>,
     },
     /// Run a compiled plan over an input file: measured throughput over the plan's prediction.
     Fidelity {
@@ -174,6 +193,13 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
                                "noop_one_process": one.stats.throughput, "noop_spread": many.stats.throughput,
                                "cross_process_us_per_request": per_request_us})
         }
+        Which::Continuous {
+            requests,
+            max_batch,
+            long_share,
+            seed,
+            weights,
+        } => continuous::bench(requests, max_batch, long_share, seed, weights)?,
         Which::Fidelity {
             plan,
             input,
@@ -281,5 +307,307 @@ fn print_nodes(r: &RunReport) {
             n.mean_batch,
             n.utilization * 100.0
         );
+    }
+}
+
+/// `marsc bench continuous`.
+mod continuous {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use miette::{miette, IntoDiagnostic, WrapErr};
+
+    use mars_plan::{BatchPolicy, BatchSpec, ModelImpl, Plan, PlanInput, PlanOutput};
+    use mars_runtime::run::RunOptions;
+    use mars_runtime::scenarios::{batch_dynamic, delay_chain};
+    use mars_runtime::RunReport;
+    use mars_stdlib::models::transformer_lm::SplitMix;
+    use mars_stdlib::models::{numbers, padded_lm_factory, tokenizer::Tokenizer};
+
+    /// Generated tokens are at most this many; the mix's longest outputs take 14 with `<eos>`.
+    const MAX_TOKENS: i64 = 24;
+
+    /// One request of the mix: its English phrase and the length of its French translation
+    /// in the tokenizer's words.
+    struct Phrase {
+        english: String,
+        words: usize,
+    }
+
+    /// `n` phrases, a share `long_share` of them with 10 to 12 French words (tokenizer words:
+    /// `quatre-vingt-dix` is 3), the rest with 1 to 3, in a seeded random order.
+    fn length_mix(tok: &Tokenizer, n: usize, long_share: f64, seed: u64) -> Vec<Phrase> {
+        let mut rng = SplitMix(seed);
+        (0..n)
+            .map(|_| {
+                let long = rng.next_f64() < long_share;
+                loop {
+                    let x = if long {
+                        100_000 + (rng.next_u64() % 900_000) as u32
+                    } else {
+                        (rng.next_u64() % 1_000) as u32
+                    };
+                    let words = tok.encode(&numbers::french(x)).len();
+                    let fits = if long {
+                        (10..=12).contains(&words)
+                    } else {
+                        (1..=3).contains(&words)
+                    };
+                    if fits {
+                        return Phrase {
+                            english: numbers::english(x),
+                            words,
+                        };
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// A one-node plan: `text → Translator(arch) → fr`, under `batch`.
+    fn translator_plan(arch: &str, weights: &str, batch: BatchSpec) -> Plan {
+        let mut plan = delay_chain("translate", &[0.0], batch, 1);
+        let node = &mut plan.nodes[0];
+        node.id = "mt".into();
+        node.kind = "Translator".into();
+        node.implementation.builtin = None;
+        node.implementation.model = Some(ModelImpl {
+            arch: arch.into(),
+            config: [
+                ("weights".to_string(), serde_json::json!(weights)),
+                ("generate".to_string(), serde_json::json!(true)),
+                ("max_tokens".to_string(), serde_json::json!(MAX_TOKENS)),
+            ]
+            .into_iter()
+            .collect(),
+        });
+        node.params.clear();
+        node.args = vec![mars_plan::Arg::input("text")];
+        node.in_types = vec!["Text".into()];
+        node.out_types = vec!["Text".into()];
+        plan.inputs = vec![PlanInput {
+            name: "text".into(),
+            ty: "Text".into(),
+            default: None,
+        }];
+        plan.outputs = vec![PlanOutput {
+            name: "fr".into(),
+            ty: "Text".into(),
+            from: mars_plan::Arg::node("mt", 0),
+        }];
+        plan
+    }
+
+    /// What one run gave: its report and each request's output (or error) by id.
+    struct Measured {
+        report: RunReport,
+        outputs: BTreeMap<u64, Result<String, String>>,
+    }
+
+    fn run(
+        plan: &Plan,
+        base: &Path,
+        registry: &mars_runtime::Registry,
+        input: &[u8],
+    ) -> miette::Result<Measured> {
+        let mut out: Vec<u8> = Vec::new();
+        let report =
+            mars_runtime::run_plan(plan, base, registry, RunOptions::default(), input, &mut out)
+                .map_err(super::fail)?;
+        let mut outputs = BTreeMap::new();
+        for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let r: serde_json::Value = serde_json::from_slice(line).into_diagnostic()?;
+            let id = r["id"]
+                .as_u64()
+                .ok_or_else(|| miette!("a record without an id: {r}"))?;
+            let o = match r["ok"]["fr"].as_str() {
+                Some(t) => Ok(t.to_string()),
+                None => Err(r["error"]["message"].to_string()),
+            };
+            outputs.insert(id, o);
+        }
+        Ok(Measured { report, outputs })
+    }
+
+    pub fn bench(
+        requests: usize,
+        max_batch: u32,
+        long_share: f64,
+        seed: u64,
+        weights: Option<PathBuf>,
+    ) -> miette::Result<serde_json::Value> {
+        let weights = weights.unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/weights/mt.safetensors")
+        });
+        let (_, tok, _) =
+            mars_stdlib::models::load_lm(&weights, mars_stdlib::models::linear::Quantize::None)
+                .map_err(|e| miette!(code = "mars::bench::weights", "{e}"))?;
+        let base = weights
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let file = weights
+            .file_name()
+            .and_then(|f| f.to_str())
+            .ok_or_else(|| miette!("weights path `{}` has no file name", weights.display()))?
+            .to_string();
+        let b = max_batch.max(1);
+        let mix = length_mix(&tok, requests, long_share, seed);
+        let mut input = Vec::new();
+        for p in &mix {
+            input.extend_from_slice(
+                serde_json::json!({ "text": p.english })
+                    .to_string()
+                    .as_bytes(),
+            );
+            input.push(b'\n');
+        }
+        let mut registry = mars_stdlib::registry();
+        registry.model("transformer_lm_padded", padded_lm_factory());
+        let fixed = batch_dynamic(b, 1e9);
+        let continuous = BatchSpec {
+            policy: BatchPolicy::Continuous,
+            max: b,
+            wait_ms: 0.0,
+        };
+        let modes: [(&str, &str, &str, BatchSpec); 4] = [
+            (
+                "static",
+                "fixed batches, padded: every row decoded until the longest ends",
+                "transformer_lm_padded",
+                fixed.clone(),
+            ),
+            (
+                "static-drop",
+                "fixed batches, finished rows dropped from compute (run_batch)",
+                "transformer_lm",
+                fixed,
+            ),
+            (
+                "dynamic",
+                "runtime dynamic policy, wait 5 ms (run_batch)",
+                "transformer_lm",
+                batch_dynamic(b, 5.0),
+            ),
+            (
+                "continuous",
+                "runtime continuous policy (iteration-level scheduler)",
+                "transformer_lm",
+                continuous,
+            ),
+        ];
+        // Warm-up: page in the weights and the allocator's arenas.
+        let warm: Vec<u8> = input
+            .split_inclusive(|&c| c == b'\n')
+            .take(2 * b as usize)
+            .flatten()
+            .copied()
+            .collect();
+        let warm_plan = translator_plan("transformer_lm", &file, modes[3].3.clone());
+        run(&warm_plan, &base, &registry, &warm).wrap_err("warm-up run")?;
+        let mut results = Vec::new();
+        for (name, what, arch, batch) in &modes {
+            let m = run(
+                &translator_plan(arch, &file, batch.clone()),
+                &base,
+                &registry,
+                &input,
+            )
+            .wrap_err_with(|| format!("the {name} run"))?;
+            results.push((*name, *what, m));
+        }
+
+        // Decode steps per request: its output's tokens plus the `<eos>` pick, from the
+        // continuous run's outputs (checked equal to the others' below).
+        let reference = &results[3].2.outputs;
+        let steps: Vec<usize> = (1..=mix.len() as u64)
+            .map(|id| match reference.get(&id) {
+                Some(Ok(t)) => (tok.encode(t).len() + 1).min(MAX_TOKENS as usize),
+                _ => 1,
+            })
+            .collect();
+        let mean_len = steps.iter().sum::<usize>() as f64 / steps.len().max(1) as f64;
+        let padded: usize = steps
+            .chunks(b as usize)
+            .map(|c| c.iter().max().copied().unwrap_or(0) * c.len())
+            .sum();
+        let mean_padded = padded as f64 / steps.len().max(1) as f64;
+        let ideal = mean_padded / mean_len;
+        let generated: usize = steps.iter().map(|s| s - 1).sum();
+        let short = mix.iter().filter(|p| p.words <= 3).count();
+        let intended_match = mix
+            .iter()
+            .zip(&steps)
+            .filter(|(p, s)| p.words + 1 == **s)
+            .count();
+
+        println!(
+            "continuous: tiny translator ({}), {} requests queued at t=0, max batch {b}, seed {seed}",
+            weights.display(),
+            mix.len()
+        );
+        println!(
+            "  mix: {short} short (1-3 words), {} long (10-12 words); {intended_match}/{} outputs of the intended length",
+            mix.len() - short,
+            mix.len()
+        );
+        println!(
+            "  decode steps per request (words + <eos>): mean {mean_len:.2}; padded to the longest of its static batch: mean {mean_padded:.2}"
+        );
+        println!("  tokens generated: {generated} (+ {} <eos>)", mix.len());
+        println!(
+            "  {:<12} {:>9} {:>10} {:>10} {:>9} {:>10}   policy",
+            "mode", "req/s", "p50 ms", "p99 ms", "batches", "mean batch"
+        );
+        let mut rows = Vec::new();
+        for (name, what, m) in &results {
+            let st = &m.report.stats;
+            let node = st.nodes.get("mt");
+            println!(
+                "  {name:<12} {:>9.1} {:>10.1} {:>10.1} {:>9} {:>10.2}   {what}",
+                st.throughput,
+                st.latency.p50_ms,
+                st.latency.p99_ms,
+                node.map_or(0, |n| n.batches),
+                node.map_or(0.0, |n| n.mean_batch),
+            );
+            let same = (1..=mix.len() as u64)
+                .filter(|id| m.outputs.get(id) == reference.get(id))
+                .count();
+            rows.push(
+                serde_json::json!({"mode": name, "policy": what, "throughput": st.throughput,
+                "p50_ms": st.latency.p50_ms, "p99_ms": st.latency.p99_ms, "errors": st.errors,
+                "same_as_continuous": same, "stats": st}),
+            );
+        }
+        let tput = |i: usize| results[i].2.report.stats.throughput;
+        let measured = tput(3) / tput(0);
+        println!(
+            "  continuous/static = {measured:.2}; ideal (mean padded length / mean length) = {ideal:.2}; measured/ideal = {:.2} (target >= 0.90)",
+            measured / ideal
+        );
+        println!(
+            "  continuous/static-drop = {:.2}; continuous/dynamic = {:.2}",
+            tput(3) / tput(1),
+            tput(3) / tput(2)
+        );
+        for (name, _, m) in &results {
+            let differ: Vec<u64> = (1..=mix.len() as u64)
+                .filter(|id| m.outputs.get(id) != reference.get(id))
+                .collect();
+            if !differ.is_empty() {
+                println!(
+                    "  {name}: {} outputs differ from continuous (ids {:?})",
+                    differ.len(),
+                    &differ[..differ.len().min(10)]
+                );
+            }
+        }
+        Ok(
+            serde_json::json!({"bench": "continuous", "requests": mix.len(), "max_batch": b,
+            "long_share": long_share, "seed": seed, "mean_steps": mean_len,
+            "mean_padded_steps": mean_padded, "ideal_ratio": ideal, "measured_ratio": measured,
+            "measured_over_ideal": measured / ideal, "tokens_generated": generated, "modes": rows}),
+        )
     }
 }

@@ -24,7 +24,8 @@ use mars_runtime::{
 use linear::Quantize;
 use tokenizer::Tokenizer;
 use transformer_lm::{
-    choose_next, generate, prompt_tokens, LmConfig, Sampling, SeqState, SplitMix, TransformerLm,
+    choose_next, generate, generate_padded, prompt_tokens, LmConfig, Sampling, SeqState, SplitMix,
+    TransformerLm,
 };
 
 /// Register this module's architectures (`transformer_lm`, `unet_tiny`, `crnn_tiny`).
@@ -45,6 +46,18 @@ pub fn register(registry: &mut Registry) {
         "transformer_lm",
         Arc::new(|ctx: &NodeContext| Ok(Box::new(LmNode::from_ctx(ctx)?) as Box<dyn Node>)),
     );
+}
+
+/// A `transformer_lm` that runs classic static batching (see
+/// [`transformer_lm::generate_padded`]): every sequence of a batch is decoded at every step
+/// until the longest finishes. Not registered by [`register`]: the baseline of
+/// `marsc bench continuous`, which registers it under an architecture name of its own.
+pub fn padded_lm_factory() -> mars_runtime::NodeFactory {
+    Arc::new(|ctx: &NodeContext| {
+        let mut node = LmNode::from_ctx(ctx)?;
+        node.padded = true;
+        Ok(Box::new(node) as Box<dyn Node>)
+    })
 }
 
 /// Write tensors and string metadata as a safetensors file, byte-for-byte reproducible: the
@@ -229,6 +242,9 @@ struct LmNode {
     kv_tokens: usize,
     /// Sequences admitted through [`Generate`] and not yet done.
     seqs: BTreeMap<SeqId, Sequence>,
+    /// `run_batch` decodes finished rows too (static batching; benchmarks only), and the node
+    /// offers no step-level interface.
+    padded: bool,
 }
 
 /// A sequence under the step-level interface.
@@ -287,6 +303,7 @@ impl LmNode {
             tok,
             kv_tokens: kv_tokens as usize,
             seqs: BTreeMap::new(),
+            padded: false,
             max_tokens: max_tokens as usize,
             sampling: Sampling {
                 temperature,
@@ -338,6 +355,9 @@ impl Node for LmNode {
     /// Every `transformer_lm` generates token by token (`generate = false` decodes the same
     /// way; the key only tells the planner whether continuous batching applies).
     fn generator(&mut self) -> Option<&mut dyn Generate> {
+        if self.padded {
+            return None;
+        }
         Some(self)
     }
 
@@ -352,17 +372,21 @@ impl Node for LmNode {
             .iter()
             .map(|p| item_seed(self.sampling.seed, p))
             .collect();
-        let mut generated =
-            match generate(&self.model, &ok, self.max_tokens, &self.sampling, &seeds) {
-                Ok(g) => g.into_iter(),
-                Err(e) => {
-                    let msg = format!("transformer_lm forward failed: {e}");
-                    return batch
-                        .iter()
-                        .map(|_| Err(NodeError::new(msg.clone())))
-                        .collect();
-                }
-            };
+        let run = if self.padded {
+            generate_padded
+        } else {
+            generate
+        };
+        let mut generated = match run(&self.model, &ok, self.max_tokens, &self.sampling, &seeds) {
+            Ok(g) => g.into_iter(),
+            Err(e) => {
+                let msg = format!("transformer_lm forward failed: {e}");
+                return batch
+                    .iter()
+                    .map(|_| Err(NodeError::new(msg.clone())))
+                    .collect();
+            }
+        };
         prompts
             .into_iter()
             .map(|p| {
@@ -517,6 +541,102 @@ impl Generate for LmNode {
                 (id, step)
             })
             .collect()
+    }
+
+    /// One forward pass per iteration ([`TransformerLm::extend`]): the joining sequences'
+    /// prompts (or, after a preemption, prompt plus generated tokens) beside one new token for
+    /// each running sequence.
+    fn prefill_and_step(
+        &mut self,
+        prefill: &[SeqId],
+        step: &[SeqId],
+    ) -> (mars_runtime::node::Outcomes, mars_runtime::node::Outcomes) {
+        let limit = self.model.config.max_len;
+        // Outcomes known before the pass (`Some`), or to come from it (`None`).
+        let mut filled: Vec<(SeqId, Option<Step>)> = Vec::with_capacity(prefill.len());
+        let mut stepped: Vec<(SeqId, Option<Step>)> = Vec::with_capacity(step.len());
+        let mut batch: Vec<(SeqId, SeqState)> = Vec::new();
+        let mut chunks: Vec<Vec<u32>> = Vec::new();
+        for &id in prefill {
+            match self.seqs.get_mut(&id) {
+                None => filled.push((id, Some(Step::Done(Err(unknown(id)))))),
+                Some(Sequence { state: Some(s), .. }) => {
+                    let cached = s.cached();
+                    filled.push((id, Some(Step::Running { cached })));
+                }
+                Some(seq) => {
+                    chunks.push(std::mem::take(&mut seq.tokens));
+                    batch.push((id, SeqState::empty(seq.prompt_len)));
+                    filled.push((id, None));
+                }
+            }
+        }
+        for &id in step {
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                stepped.push((id, Some(Step::Done(Err(unknown(id))))));
+                continue;
+            };
+            let Some(mut st) = seq.state.take() else {
+                self.seqs.remove(&id);
+                let e = NodeError::new(format!("sequence {id} was stepped before its prefill"));
+                stepped.push((id, Some(Step::Done(Err(e)))));
+                continue;
+            };
+            match choose_next(
+                &mut st,
+                &self.sampling,
+                &mut seq.rng,
+                self.max_tokens,
+                limit,
+            ) {
+                Some(t) => {
+                    chunks.push(vec![t]);
+                    batch.push((id, st));
+                    stepped.push((id, None));
+                }
+                None => {
+                    self.seqs.remove(&id);
+                    stepped.push((id, Some(Step::Done(Ok(self.output(&st))))));
+                }
+            }
+        }
+        let result = {
+            let mut refs: Vec<&mut SeqState> = batch.iter_mut().map(|(_, s)| s).collect();
+            self.model.extend(&mut refs, &chunks)
+        };
+        let mut outcomes: BTreeMap<SeqId, Step> = BTreeMap::new();
+        match result {
+            Ok(()) => {
+                for (id, st) in batch {
+                    outcomes.insert(
+                        id,
+                        Step::Running {
+                            cached: st.cached(),
+                        },
+                    );
+                    self.seqs.get_mut(&id).expect("taken above").state = Some(st);
+                }
+            }
+            Err(e) => {
+                let msg = format!("transformer_lm forward failed: {e}");
+                for (id, _) in batch {
+                    self.seqs.remove(&id);
+                    outcomes.insert(id, Step::Done(Err(NodeError::new(msg.clone()))));
+                }
+            }
+        }
+        let resolve = |list: Vec<(SeqId, Option<Step>)>, outcomes: &mut BTreeMap<SeqId, Step>| {
+            list.into_iter()
+                .map(|(id, step)| {
+                    let step = step
+                        .or_else(|| outcomes.remove(&id))
+                        .expect("every sequence in the pass has an outcome");
+                    (id, step)
+                })
+                .collect::<Vec<_>>()
+        };
+        let filled = resolve(filled, &mut outcomes);
+        (filled, resolve(stepped, &mut outcomes))
     }
 
     fn preempt(&mut self, seq: SeqId) -> usize {

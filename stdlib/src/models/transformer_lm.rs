@@ -375,6 +375,135 @@ impl TransformerLm {
     }
 }
 
+impl SeqState {
+    /// A sequence with nothing computed yet: [`TransformerLm::extend`] fills its caches from
+    /// `tokens` (prompt, or prompt plus generated tokens when recomputed).
+    pub fn empty(prompt_len: usize) -> SeqState {
+        SeqState {
+            tokens: Vec::new(),
+            prompt_len,
+            caches: Vec::new(),
+            logits: Vec::new(),
+            finished: false,
+        }
+    }
+}
+
+impl TransformerLm {
+    /// Append a chunk of tokens to each sequence and run them all in one forward pass:
+    /// `chunks[i]` (at least one token) continues `seqs[i]` from its cached length, so a
+    /// chunk may be a whole prompt (a prefill, from [`SeqState::empty`]) or one token (a
+    /// decode step). Embeddings, LayerNorms, QKV, output projection and MLP run as one
+    /// matmul over all the chunks' tokens; attention runs per sequence against its own cache,
+    /// causally within its chunk; the head runs on each chunk's last token only. This is the
+    /// continuous-batching scheduler's iteration: joining prompts beside running decode rows.
+    pub fn extend(&self, seqs: &mut [&mut SeqState], chunks: &[Vec<u32>]) -> Result<()> {
+        let b = seqs.len();
+        if b == 0 {
+            return Ok(());
+        }
+        if chunks.len() != b {
+            candle_core::bail!("{} chunks for {b} sequences", chunks.len());
+        }
+        let (d, h, hd) = (
+            self.config.d_model,
+            self.config.n_heads,
+            self.config.head_dim(),
+        );
+        let dev = self.tok_emb.device();
+        let mut ids: Vec<u32> = Vec::new();
+        let mut positions: Vec<u32> = Vec::new();
+        let mut last_rows: Vec<u32> = Vec::with_capacity(b);
+        for (s, c) in seqs.iter().zip(chunks) {
+            let start = s.cached();
+            if c.is_empty() {
+                candle_core::bail!("an empty chunk");
+            }
+            if start + c.len() > self.config.max_len {
+                candle_core::bail!(
+                    "position {} is past the model's limit {}",
+                    start + c.len() - 1,
+                    self.config.max_len
+                );
+            }
+            ids.extend_from_slice(c);
+            positions.extend((start..start + c.len()).map(|p| p as u32));
+            last_rows.push(ids.len() as u32 - 1);
+        }
+        let n = ids.len();
+        let ids = Tensor::from_vec(ids, n, dev)?;
+        let pos = Tensor::from_vec(positions, n, dev)?;
+        let mut x = (self.tok_emb.index_select(&ids, 0)? + self.pos_emb.index_select(&pos, 0)?)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let qkv = layer.qkv.forward(&layer.ln1.forward(&x)?)?;
+            let mut rows = Vec::with_capacity(b);
+            let mut off = 0;
+            for (s, c) in seqs.iter_mut().zip(chunks) {
+                let m = c.len();
+                let part = qkv.narrow(0, off, m)?;
+                off += m;
+                let split = |j: usize| -> Result<Tensor> {
+                    if m == 1 {
+                        return part.narrow(1, j * d, d)?.reshape((h, 1, hd));
+                    }
+                    part.narrow(1, j * d, d)?
+                        .reshape((m, h, hd))?
+                        .transpose(0, 1)?
+                        .contiguous()
+                };
+                let q = split(0)?;
+                let (k, v) = (split(1)?, split(2)?);
+                if let Some(cache) = s.caches.get_mut(li) {
+                    cache.k = Tensor::cat(&[&cache.k, &k], 1)?;
+                    cache.v = Tensor::cat(&[&cache.v, &v], 1)?;
+                } else {
+                    s.caches.push(KvCache { k, v });
+                }
+                let cache = &s.caches[li];
+                let mut att = (q.matmul(&cache.k.t()?)? * scale)?;
+                if m > 1 {
+                    let len = cache.k.dim(1)?;
+                    att = att.broadcast_add(&chunk_mask(m, len, dev)?)?;
+                }
+                let y = softmax_last(&att)?.matmul(&cache.v)?;
+                let y = if m == 1 {
+                    y.reshape((1, d))?
+                } else {
+                    y.transpose(0, 1)?.reshape((m, d))?
+                };
+                rows.push(y);
+            }
+            let y = Tensor::cat(&rows, 0)?;
+            x = (x + layer.out.forward(&y)?)?;
+            let m = layer.fc1.forward(&layer.ln2.forward(&x)?)?.gelu()?;
+            x = (x + layer.fc2.forward(&m)?)?;
+        }
+        let last = x.index_select(&Tensor::from_vec(last_rows, b, dev)?, 0)?;
+        let logits = self
+            .head
+            .forward(&self.lnf.forward(&last)?)?
+            .to_vec2::<f32>()?;
+        for ((s, l), c) in seqs.iter_mut().zip(logits).zip(chunks) {
+            s.tokens.extend_from_slice(c);
+            s.logits = l;
+        }
+        Ok(())
+    }
+}
+
+/// The mask of a chunk of `m` new tokens at the end of `len` cached positions: row `i` sees
+/// positions up to `len - m + i`.
+fn chunk_mask(m: usize, len: usize, device: &Device) -> Result<Tensor> {
+    let mut mask = vec![0f32; m * len];
+    for i in 0..m {
+        for j in len - m + i + 1..len {
+            mask[i * len + j] = -1e9;
+        }
+    }
+    Tensor::from_vec(mask, (m, len), device)
+}
+
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampling {
@@ -525,4 +654,51 @@ pub fn generate(
         model.decode_step(&mut running, &next)?;
     }
     Ok(seqs.iter().map(|s| s.generated().to_vec()).collect())
+}
+
+/// Classic static batching, the baseline of `marsc bench continuous`: like [`generate`], but
+/// every sequence of the batch is decoded at every step until the longest has finished; a
+/// finished sequence is fed `<eos>` (its output fixed when it finished), so each step costs a
+/// full batch, as in a padded batch on an accelerator. Returns the same outputs as
+/// [`generate`].
+pub fn generate_padded(
+    model: &TransformerLm,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    sampling: &Sampling,
+    seeds: &[u64],
+) -> Result<Vec<Vec<u32>>> {
+    let mut seqs = model.prefill(prompts)?;
+    let mut rngs: Vec<SplitMix> = seeds.iter().map(|&s| SplitMix(s)).collect();
+    rngs.resize(seqs.len(), SplitMix(sampling.seed));
+    let mut outputs: Vec<Option<Vec<u32>>> = vec![None; seqs.len()];
+    let limit = model.config.max_len;
+    loop {
+        let mut next = Vec::new();
+        let mut rows: Vec<&mut SeqState> = Vec::new();
+        let mut running = false;
+        for ((s, rng), out) in seqs.iter_mut().zip(rngs.iter_mut()).zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match choose_next(s, sampling, rng, max_tokens, limit) {
+                    Some(t) => {
+                        running = true;
+                        next.push(t);
+                        rows.push(s);
+                        continue;
+                    }
+                    None => *out = Some(s.generated().to_vec()),
+                }
+            }
+            // A padding row, while its positions last.
+            if s.cached() + 1 < limit {
+                next.push(EOS);
+                rows.push(s);
+            }
+        }
+        if !running {
+            break;
+        }
+        model.decode_step(&mut rows, &next)?;
+    }
+    Ok(outputs.into_iter().map(Option::unwrap_or_default).collect())
 }
