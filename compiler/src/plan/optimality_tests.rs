@@ -481,3 +481,88 @@ fn on_two_workers_with_a_gpu_each_the_search_reaches_99_percent_too() {
     }
     assert!(compared >= 120, "only {compared} comparable cases");
 }
+
+/// Random cases of at most 4 nodes where about 40% of the nodes with a cpu profile become
+/// generating models measured per step (random step and prefill costs, random length
+/// histograms, sometimes a `kv_tokens` bound), so that each has `none`, `dynamic` and
+/// `continuous` options: the search must still reach 99% of the brute-force optimum.
+#[test]
+fn generating_nodes_keep_the_search_within_99_percent() {
+    let mut rng = Rng(0x6765_6e65);
+    let options = PlanOptions {
+        allow_slo_miss: true,
+        ..PlanOptions::default()
+    };
+    let (mut compared, mut generating) = (0, 0);
+    let mut chosen: std::collections::BTreeMap<String, usize> = Default::default();
+    for case in 0..150 {
+        let (mut p, mut prof, t) = random_case_of(&mut rng, 4);
+        let ids: Vec<String> = p.graph.node_weights().map(|n| n.id.clone()).collect();
+        for id in ids {
+            let Some(kp) = prof.nodes.get_mut(&id) else {
+                continue;
+            };
+            let Some(cpu) = kp.cpu.as_mut() else { continue };
+            if !rng.chance(0.4) {
+                continue;
+            }
+            let base = rng.float(0.5, 5.0);
+            let slope = rng.float(0.0, 1.0) * base;
+            cpu.step_ms = Some(
+                cpu.batch
+                    .iter()
+                    .map(|&b| base + slope * f64::from(b - 1))
+                    .collect(),
+            );
+            cpu.prefill_ms = Some(
+                cpu.batch
+                    .iter()
+                    .map(|&b| rng.float(0.0, 3.0) * base * f64::from(b).sqrt())
+                    .collect(),
+            );
+            let mut tokens: Vec<u32> = (0..1 + rng.below(3))
+                .map(|_| 1 + rng.below(40) as u32)
+                .collect();
+            tokens.sort_unstable();
+            tokens.dedup();
+            let share = tokens.iter().map(|_| rng.float(0.05, 1.0)).collect();
+            kp.output_tokens = Some(mars_plan::TokenHistogram { tokens, share });
+            kp.prompt_tokens = Some(rng.float(1.0, 20.0));
+            let kv = rng.chance(0.3).then(|| 20 + rng.below(200) as i64);
+            super::testkit::make_generating(&mut p, &id, kv);
+            generating += 1;
+        }
+        let model =
+            CostModel::build(&p, Some(&prof), &t, &options).expect("random cases are well-formed");
+        let solution = search::search(&model, &options.search);
+        for (i, node) in model.nodes.iter().enumerate() {
+            if node.generation.is_some() {
+                let policy = node.options[solution.choice[i]].policy;
+                *chosen.entry(format!("{policy:?}")).or_insert(0) += 1;
+            }
+        }
+        if let Some((best, best_choice)) = optimum(&model) {
+            compared += 1;
+            assert_eq!(solution.eval.violation, 0.0, "case {case}: misses an SLO");
+            let claimed = brute_force_throughput(&model, &solution.choice)
+                .unwrap_or_else(|| panic!("case {case}: the planner's plan is infeasible"));
+            assert!(
+                solution.eval.capacity <= claimed * (1.0 + 1e-6),
+                "case {case}"
+            );
+            let ratio = solution.eval.capacity / best;
+            assert!(
+                ratio >= 0.99,
+                "case {case}: planner {} vs optimum {best} ({ratio}); {best_choice:?}",
+                solution.eval.capacity
+            );
+        } else {
+            assert!(solution.eval.violation > 0.0, "case {case}");
+        }
+    }
+    assert!(generating >= 80, "only {generating} generating nodes");
+    // The cases exercise every policy.
+    eprintln!("policies chosen for generating nodes: {chosen:?}");
+    assert_eq!(chosen.len(), 3, "{chosen:?}");
+    assert!(compared >= 90, "only {compared} comparable cases");
+}
