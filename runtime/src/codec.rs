@@ -9,7 +9,7 @@
 //! | `Json` | any value |
 //! | `List<T>` | an array |
 //! | `Box` | `{"x": …, "y": …, "w": …, "h": …}` |
-//! | `Tensor<d, [dims]>` | a nested array of numbers, or `{"$npy": "path"}` (not read by this build) |
+//! | `Tensor<d, [dims]>` | a nested array of numbers, or `{"$npy": "path"}` (a NumPy `.npy` file) |
 //! | `Bytes` | `{"$base64": "…"}` or `{"$file": "path"}` (relative to the base folder) |
 //! | `Image` | like `Bytes`: the encoded file's bytes (PNG, JPEG, …); see below |
 //!
@@ -101,14 +101,25 @@ pub fn decode(json: &Json, ty: &DataType, cx: &EdgeContext) -> Result<Value, Str
                 .collect::<Result<_, _>>()?,
         ),
         DataType::Tensor(dtype, dims) => {
-            if json.get("$npy").is_some() {
-                return Err(
-                    "`$npy` tensors are not supported by this build; give a nested array".into(),
-                );
-            }
-            let mut shape = Vec::new();
-            let mut data = Vec::new();
-            flatten(json, 0, &mut shape, &mut data)?;
+            let (shape, data) = match json.get("$npy") {
+                Some(path) => {
+                    let path = path.as_str().ok_or("`$npy` must be a string")?;
+                    let full = match &cx.base_dir {
+                        Some(dir) => dir.join(path),
+                        None => std::path::PathBuf::from(path),
+                    };
+                    let bytes = std::fs::read(&full)
+                        .map_err(|e| format!("cannot read `$npy` {}: {e}", full.display()))?;
+                    crate::npy::read(&bytes)
+                        .map_err(|e| format!("`$npy` {}: {e}", full.display()))?
+                }
+                None => {
+                    let mut shape = Vec::new();
+                    let mut data = Vec::new();
+                    flatten(json, 0, &mut shape, &mut data)?;
+                    (shape, data)
+                }
+            };
             if shape.len() != dims.len() {
                 return Err(format!(
                     "expected a tensor of rank {}, got rank {}",
@@ -346,6 +357,32 @@ mod tests {
         let e = decode(&json!({"$file": "missing.bin"}), &ty("Bytes"), &cx).expect_err("fails");
         assert!(e.contains("missing.bin"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn npy_tensors_resolve_against_the_base_folder_and_are_checked_like_arrays() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        std::fs::write(
+            dir.path().join("t.npy"),
+            crate::npy::write(&[1, 2, 3], &data),
+        )
+        .expect("write");
+        let cx = EdgeContext {
+            base_dir: Some(dir.path().to_path_buf()),
+            images: None,
+        };
+        let ty: DataType = "Tensor<f32, [1, H, W]>".parse().expect("type");
+        let v = decode(&serde_json::json!({"$npy": "t.npy"}), &ty, &cx).expect("decodes");
+        let Value::Tensor(t) = v else {
+            panic!("a tensor")
+        };
+        assert_eq!((t.shape.clone(), t.data.clone()), (vec![1, 2, 3], data));
+        let wrong: DataType = "Tensor<f32, [2, H, W]>".parse().expect("type");
+        let e = decode(&serde_json::json!({"$npy": "t.npy"}), &wrong, &cx).expect_err("dim 0");
+        assert!(e.contains("dimension 0"), "{e}");
+        let e = decode(&serde_json::json!({"$npy": "none.npy"}), &ty, &cx).expect_err("missing");
+        assert!(e.contains("cannot read `$npy`"), "{e}");
     }
 
     #[test]

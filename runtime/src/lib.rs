@@ -9,6 +9,7 @@ pub mod dataflow;
 pub mod exec;
 pub mod gpu;
 pub mod node;
+pub mod npy;
 pub mod profiler;
 pub mod replicas;
 pub mod run;

@@ -181,6 +181,12 @@ fn to_files(
                 .collect::<Result<Vec<_>, _>>()
                 .map(serde_json::Value::Array)
         }
+        Value::Tensor(t) => {
+            let path = dir.join(format!("{stem}.npy"));
+            std::fs::write(&path, crate::npy::write(&t.shape, &t.data))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            return Ok(serde_json::json!({ "$npy": path.display().to_string() }));
+        }
         other => return codec::encode(other, cx),
     };
     let path = dir.join(format!("{stem}.{}", extension(&bytes)));
@@ -404,6 +410,28 @@ mod tests {
             b""
         );
         assert_eq!(line["ok"]["n"], 2);
+        // Tensors go to .npy files.
+        let t = Outcome {
+            id: 14,
+            result: Ok(vec![
+                Value::Tensor(std::sync::Arc::new(crate::value::TensorData {
+                    dtype: "f32".into(),
+                    shape: vec![2],
+                    data: vec![0.5, -1.0],
+                })),
+                Value::List(vec![]),
+                Value::Int(0),
+            ]),
+            latency: None,
+        };
+        assert_eq!(
+            format_outcome(&mut buf, t, &names, &cx, Some(dir.path())),
+            None
+        );
+        let line: serde_json::Value = serde_json::from_slice(&buf).expect("valid JSON");
+        let npy = line["ok"]["png"]["$npy"].as_str().expect("a $npy");
+        let back = crate::npy::read(&std::fs::read(npy).expect("written")).expect("npy");
+        assert_eq!(back, (vec![2], vec![0.5, -1.0]));
         // A folder that cannot be written makes that request an error record.
         let o = Outcome {
             id: 13,
