@@ -1414,9 +1414,204 @@ mod tests {
             .arg("5")
             .spawn()
             .expect("sleep");
-        let u = descendants(std::process::id());
+        // Right after the spawn the child may not have mapped its program yet (it was seen
+        // with no resident pages on a loaded machine): look again, a bounded number of times.
+        let mut u = descendants(std::process::id());
+        for _ in 0..10_000 {
+            if u.rss > 0 {
+                break;
+            }
+            std::thread::yield_now();
+            u = descendants(std::process::id());
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert!(u.rss > 0, "{u:?}");
+    }
+
+    /// A generating node for the tests: item `n` (an Int) runs for `n` steps; `n ≤ 0` fails at
+    /// admission. Whole batches run every item to its end.
+    struct Counter {
+        left: BTreeMap<SeqId, i64>,
+        with_generator: bool,
+    }
+
+    impl crate::node::Node for Counter {
+        fn run_batch(&mut self, batch: Vec<Item>) -> Vec<Result<Outputs, NodeError>> {
+            batch
+                .into_iter()
+                .map(|i| match i.first() {
+                    Some(Value::Int(n)) if *n > 0 => Ok(vec![Value::Int(*n)]),
+                    _ => Err(NodeError::new("not a positive Int")),
+                })
+                .collect()
+        }
+        fn generator(&mut self) -> Option<&mut dyn Generate> {
+            if self.with_generator {
+                Some(self)
+            } else {
+                None
+            }
+        }
+    }
+
+    impl Generate for Counter {
+        fn admit(&mut self, seq: SeqId, item: Item) -> Result<usize, NodeError> {
+            match item.first() {
+                Some(Value::Int(n)) if *n > 0 => {
+                    self.left.insert(seq, *n);
+                    Ok(2)
+                }
+                _ => Err(NodeError::new("not a positive Int")),
+            }
+        }
+        fn prefill(&mut self, seqs: &[SeqId]) -> Vec<(SeqId, Step)> {
+            seqs.iter()
+                .map(|&s| (s, Step::Running { cached: 2 }))
+                .collect()
+        }
+        fn step(&mut self, seqs: &[SeqId]) -> Vec<(SeqId, Step)> {
+            seqs.iter()
+                .map(|&s| {
+                    let left = self.left.get_mut(&s).expect("admitted");
+                    *left -= 1;
+                    if *left == 0 {
+                        self.left.remove(&s);
+                        (s, Step::Done(Ok(vec![Value::Int(0)])))
+                    } else {
+                        (s, Step::Running { cached: 3 })
+                    }
+                })
+                .collect()
+        }
+        fn preempt(&mut self, _seq: SeqId) -> usize {
+            0
+        }
+        fn max_sequence_tokens(&self) -> usize {
+            64
+        }
+    }
+
+    fn counter_plan(generate: bool) -> Plan {
+        let mut p = plan();
+        let mut n = node("gen", "unused", vec![Arg::input("n")], None, "Int", "Int");
+        n.kind = "Gen".into();
+        n.implementation = Implementation {
+            builtin: None,
+            exec: None,
+            model: Some(mars_plan::ModelImpl {
+                arch: "test.counter".into(),
+                config: [("generate".to_string(), serde_json::Value::Bool(generate))]
+                    .into_iter()
+                    .collect(),
+            }),
+        };
+        p.inputs = vec![PlanInput {
+            name: "n".into(),
+            ty: "Int".into(),
+            default: None,
+        }];
+        p.outputs = vec![PlanOutput {
+            name: "out".into(),
+            ty: "Int".into(),
+            from: Arg::node("gen", 0),
+        }];
+        p.nodes = vec![n];
+        p
+    }
+
+    fn counter_registry(with_generator: bool) -> Registry {
+        let mut r = Registry::new();
+        r.model(
+            "test.counter",
+            Arc::new(move |_ctx: &NodeContext| {
+                Ok(Box::new(Counter {
+                    left: BTreeMap::new(),
+                    with_generator,
+                }) as Box<dyn crate::node::Node>)
+            }),
+        );
+        r
+    }
+
+    #[test]
+    fn a_generating_model_is_measured_step_by_step() {
+        let samples = [1, 3, 3, 0, 6]
+            .iter()
+            .map(|n| serde_json::json!({ "n": n }))
+            .collect();
+        let options = ProfileOptions {
+            samples: Some(samples),
+            ..quick()
+        };
+        let report = profile_plan(
+            &counter_plan(true),
+            &counter_registry(true),
+            &options,
+            &mut |_| {},
+        )
+        .expect("profiles");
+        let kind = &report.profile.nodes["Gen"];
+        // The item that fails admission is not counted; the others took 1, 3, 3 and 6 steps.
+        let h = kind.output_tokens.as_ref().expect("lengths");
+        assert_eq!(h.tokens, vec![1, 3, 6]);
+        assert_eq!(h.share, vec![0.25, 0.5, 0.25]);
+        assert_eq!(kind.prompt_tokens, Some(2.0));
+        let cpu = kind.cpu.as_ref().expect("cpu");
+        assert_eq!(cpu.batch, vec![1, 2, 4, 8]);
+        for list in [&cpu.step_ms, &cpu.prefill_ms] {
+            let list = list.as_ref().expect("per step");
+            assert_eq!(list.len(), 4);
+            assert!(list.iter().all(|&v| v > 0.0), "{list:?}");
+        }
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains("its 4 sequences took 3.25 steps on average")),
+            "{:?}",
+            report.notes
+        );
+        let text = report.profile.to_yaml();
+        assert_eq!(
+            Profile::from_yaml(&text, "t.profile.yaml").as_ref(),
+            Ok(&report.profile)
+        );
+    }
+
+    #[test]
+    fn without_generate_or_a_generator_only_whole_batches_are_measured() {
+        let options = ProfileOptions {
+            samples: Some(vec![serde_json::json!({"n": 2})]),
+            ..quick()
+        };
+        // `generate = false`: nothing per step, no note.
+        let report = profile_plan(
+            &counter_plan(false),
+            &counter_registry(true),
+            &options,
+            &mut |_| {},
+        )
+        .expect("profiles");
+        let kind = &report.profile.nodes["Gen"];
+        assert!(kind.output_tokens.is_none());
+        assert!(kind.cpu.as_ref().is_some_and(|c| c.step_ms.is_none()));
+        // `generate = true` but no step-level interface: a note says so.
+        let report = profile_plan(
+            &counter_plan(true),
+            &counter_registry(false),
+            &options,
+            &mut |_| {},
+        )
+        .expect("profiles");
+        assert!(report.profile.nodes["Gen"].output_tokens.is_none());
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains("not measured per step (its node has no step-level interface)")),
+            "{:?}",
+            report.notes
+        );
     }
 }
