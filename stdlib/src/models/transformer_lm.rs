@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::linear::{Linear, Quantize};
+use super::quant::ActStats;
 use super::tokenizer::{Tokenizer, BOS, EOS, SEP};
 
 /// Shapes, stored as JSON in the weights' metadata key `mars.config`.
@@ -207,7 +208,16 @@ impl TransformerLm {
                 Tensor::zeros(w.dim(0).map_err(|e| e.to_string())?, DType::F32, w.device())
                     .map_err(|e| e.to_string())?
             };
-            Linear::new(w, b, q).map_err(|e| e.to_string())
+            let stats = if q.needs_stats() {
+                let in_dim = w.dim(1).map_err(|e| e.to_string())?;
+                Some(
+                    ActStats::from_tensors(tensors, p, in_dim)?
+                        .ok_or_else(|| format!("layer `{p}` has no calibration statistics"))?,
+                )
+            } else {
+                None
+            };
+            Linear::new(w, b, q, stats.as_ref()).map_err(|e| format!("layer `{p}`: {e}"))
         };
         let ln = |p: &str| -> std::result::Result<LayerNorm, String> {
             Ok(LayerNorm {
@@ -240,6 +250,17 @@ impl TransformerLm {
     /// keys and values `[b, heads, t, head_dim]`. Used for training and prefill; pad at the end
     /// (causality keeps padding from reaching earlier positions).
     pub fn forward_full(&self, tokens: &Tensor) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        self.forward_full_observed(tokens, &mut |_, _| Ok(()))
+    }
+
+    /// [`TransformerLm::forward_full`], calling `observe(layer, input)` with every linear
+    /// layer's input (`[b·t, in]`) before it runs, layers named as in the weights (`l0.qkv`,
+    /// `l0.out`, `l0.fc1`, `l0.fc2`, …, `head`): how calibration records activations.
+    pub fn forward_full_observed(
+        &self,
+        tokens: &Tensor,
+        observe: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
         let (b, t) = tokens.dims2()?;
         let (d, h, hd) = (
             self.config.d_model,
@@ -256,8 +277,10 @@ impl TransformerLm {
         let mask = causal_mask(t, tokens.device())?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut kvs = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            let qkv = layer.qkv.forward(&layer.ln1.forward(&x)?)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h1 = layer.ln1.forward(&x)?;
+            observe(&format!("l{li}.qkv"), &h1)?;
+            let qkv = layer.qkv.forward(&h1)?;
             let split = |i: usize| -> Result<Tensor> {
                 qkv.narrow(1, i * d, d)?
                     .reshape((b, t, h, hd))?
@@ -268,12 +291,18 @@ impl TransformerLm {
             let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
             let y = softmax_last(&att)?.matmul(&v)?;
             let y = y.transpose(1, 2)?.reshape((b * t, d))?;
+            observe(&format!("l{li}.out"), &y)?;
             x = (x + layer.out.forward(&y)?)?;
-            let m = layer.fc1.forward(&layer.ln2.forward(&x)?)?.gelu()?;
+            let h2 = layer.ln2.forward(&x)?;
+            observe(&format!("l{li}.fc1"), &h2)?;
+            let m = layer.fc1.forward(&h2)?.gelu()?;
+            observe(&format!("l{li}.fc2"), &m)?;
             x = (x + layer.fc2.forward(&m)?)?;
             kvs.push((k, v));
         }
-        let logits = self.head.forward(&self.lnf.forward(&x)?)?;
+        let hf = self.lnf.forward(&x)?;
+        observe("head", &hf)?;
+        let logits = self.head.forward(&hf)?;
         Ok((logits.reshape((b, t, self.config.vocab_size))?, kvs))
     }
 
@@ -318,60 +347,14 @@ impl TransformerLm {
 
     /// Append `next[i]` to sequence `seqs[i]` and run one step for all of them together:
     /// afterwards each sequence's cache covers its new token and `logits` predicts the next.
+    /// The same pass as [`TransformerLm::extend`] with one-token chunks, so whole-batch
+    /// generation and the continuous-batching scheduler share one kernel.
     pub fn decode_step(&self, seqs: &mut [&mut SeqState], next: &[u32]) -> Result<()> {
-        let b = seqs.len();
-        if b == 0 {
-            return Ok(());
+        if next.len() != seqs.len() {
+            candle_core::bail!("{} tokens for {} sequences", next.len(), seqs.len());
         }
-        let (d, h, hd) = (
-            self.config.d_model,
-            self.config.n_heads,
-            self.config.head_dim(),
-        );
-        let dev = self.tok_emb.device();
-        let positions: Vec<u32> = seqs.iter().map(|s| s.cached() as u32).collect();
-        if let Some(p) = positions
-            .iter()
-            .find(|&&p| p as usize >= self.config.max_len)
-        {
-            candle_core::bail!(
-                "position {p} is past the model's limit {}",
-                self.config.max_len
-            );
-        }
-        let ids = Tensor::from_vec(next.to_vec(), b, dev)?;
-        let pos = Tensor::from_vec(positions, b, dev)?;
-        let mut x = (self.tok_emb.index_select(&ids, 0)? + self.pos_emb.index_select(&pos, 0)?)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        for (li, layer) in self.layers.iter().enumerate() {
-            let qkv = layer.qkv.forward(&layer.ln1.forward(&x)?)?;
-            let mut rows = Vec::with_capacity(b);
-            for (i, s) in seqs.iter_mut().enumerate() {
-                let row = qkv.get(i)?;
-                let part =
-                    |j: usize| -> Result<Tensor> { row.narrow(0, j * d, d)?.reshape((h, 1, hd)) };
-                let q = part(0)?;
-                let cache = &mut s.caches[li];
-                cache.k = Tensor::cat(&[&cache.k, &part(1)?], 1)?;
-                cache.v = Tensor::cat(&[&cache.v, &part(2)?], 1)?;
-                let att = (q.matmul(&cache.k.t()?)? * scale)?;
-                let y = softmax_last(&att)?.matmul(&cache.v)?;
-                rows.push(y.reshape((1, d))?);
-            }
-            let y = Tensor::cat(&rows, 0)?;
-            x = (x + layer.out.forward(&y)?)?;
-            let m = layer.fc1.forward(&layer.ln2.forward(&x)?)?.gelu()?;
-            x = (x + layer.fc2.forward(&m)?)?;
-        }
-        let logits = self
-            .head
-            .forward(&self.lnf.forward(&x)?)?
-            .to_vec2::<f32>()?;
-        for ((s, l), &t) in seqs.iter_mut().zip(logits).zip(next) {
-            s.tokens.push(t);
-            s.logits = l;
-        }
-        Ok(())
+        let chunks: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+        self.extend(seqs, &chunks)
     }
 }
 
@@ -435,12 +418,28 @@ impl TransformerLm {
         let pos = Tensor::from_vec(positions, n, dev)?;
         let mut x = (self.tok_emb.index_select(&ids, 0)? + self.pos_emb.index_select(&pos, 0)?)?;
         let scale = 1.0 / (hd as f64).sqrt();
+        let fresh = Fresh::of(seqs, chunks, dev)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let qkv = layer.qkv.forward(&layer.ln1.forward(&x)?)?;
+            // The sequences without a cache (prompts) attend together, padded.
+            let mut fresh_rows = match &fresh {
+                Some(f) => f.attend(&qkv, (d, h, hd), scale)?,
+                None => Vec::new(),
+            }
+            .into_iter();
             let mut rows = Vec::with_capacity(b);
             let mut off = 0;
-            for (s, c) in seqs.iter_mut().zip(chunks) {
+            for (i, (s, c)) in seqs.iter_mut().zip(chunks).enumerate() {
                 let m = c.len();
+                if fresh.as_ref().is_some_and(|f| f.member[i]) {
+                    let (y, k, v) = fresh_rows
+                        .next()
+                        .expect("one attention result per fresh sequence");
+                    s.caches.push(KvCache { k, v });
+                    rows.push(y);
+                    off += m;
+                    continue;
+                }
                 let part = qkv.narrow(0, off, m)?;
                 off += m;
                 let split = |j: usize| -> Result<Tensor> {
@@ -489,6 +488,92 @@ impl TransformerLm {
             s.logits = l;
         }
         Ok(())
+    }
+}
+
+/// The sequences of an [`TransformerLm::extend`] pass that start without a cache (prompts,
+/// or recomputations after preemption): their attention runs as one padded batch, as in
+/// [`TransformerLm::forward_full`], instead of sequence by sequence.
+struct Fresh {
+    /// Which of the pass's sequences are fresh.
+    member: Vec<bool>,
+    /// Each fresh sequence's chunk length, in pass order.
+    lens: Vec<usize>,
+    /// The longest fresh chunk.
+    t: usize,
+    /// Rows of the pass's `[n, ·]` activations, `t` per fresh sequence, padded at the end by
+    /// repeating its last row (causality keeps padding from reaching real positions).
+    gather: Tensor,
+    mask: Tensor,
+}
+
+impl Fresh {
+    /// `None` when fewer than two sequences are fresh (one attends alone, as cheaply).
+    fn of(seqs: &[&mut SeqState], chunks: &[Vec<u32>], device: &Device) -> Result<Option<Fresh>> {
+        let member: Vec<bool> = seqs.iter().map(|s| s.caches.is_empty()).collect();
+        if member.iter().filter(|&&f| f).count() < 2 {
+            return Ok(None);
+        }
+        let t = chunks
+            .iter()
+            .zip(&member)
+            .filter(|(_, &f)| f)
+            .map(|(c, _)| c.len())
+            .max()
+            .unwrap_or(1);
+        let mut lens = Vec::new();
+        let mut gather = Vec::new();
+        let mut off = 0u32;
+        for (c, &f) in chunks.iter().zip(&member) {
+            let m = c.len() as u32;
+            if f {
+                lens.push(c.len());
+                gather.extend((0..t as u32).map(|j| off + j.min(m - 1)));
+            }
+            off += m;
+        }
+        let rows = gather.len();
+        Ok(Some(Fresh {
+            member,
+            lens,
+            t,
+            gather: Tensor::from_vec(gather, rows, device)?,
+            mask: causal_mask(t, device)?,
+        }))
+    }
+
+    /// Each fresh sequence's attention output `[m, d]` and its keys and values
+    /// `[heads, m, head_dim]`, from the layer's `qkv` `[n, 3d]`.
+    fn attend(
+        &self,
+        qkv: &Tensor,
+        (d, h, hd): (usize, usize, usize),
+        scale: f64,
+    ) -> Result<Vec<(Tensor, Tensor, Tensor)>> {
+        let nf = self.lens.len();
+        let t = self.t;
+        let g = qkv.index_select(&self.gather, 0)?;
+        let split = |j: usize| -> Result<Tensor> {
+            g.narrow(1, j * d, d)?
+                .reshape((nf, t, h, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&self.mask)?;
+        let y = softmax_last(&att)?.matmul(&v)?;
+        let y = y.transpose(1, 2)?.reshape((nf * t, d))?;
+        self.lens
+            .iter()
+            .enumerate()
+            .map(|(f, &m)| {
+                Ok((
+                    y.narrow(0, f * t, m)?,
+                    k.get(f)?.narrow(1, 0, m)?.contiguous()?,
+                    v.get(f)?.narrow(1, 0, m)?.contiguous()?,
+                ))
+            })
+            .collect()
     }
 }
 
