@@ -10,6 +10,8 @@
 //! - `continuous`: the tiny translator on a heavy-tailed output-length mix under static,
 //!   dynamic and continuous batching at one maximum batch: throughput, latency, and the ratio
 //!   continuous/static against the ideal the length mix allows (SPEC §6.5).
+//! - `quantize`: the tiny translator in every `quantize` mode: held-out exact match and
+//!   prefill / decode-step time (SPEC §4.2).
 
 use std::fs::File;
 use std::io::BufReader;
@@ -76,6 +78,19 @@ pub enum Which {
         #[arg(long, default_value_t = 7)]
         seed: u64,
         /// The translator's weights (default: pipelines/weights/mt.safetensors of this repo).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
+    /// The tiny translator in every `quantize` mode: held-out exact match, load time (AWQ's
+    /// search included), prefill and decode-step time at batch 1 and 16.
+    Quantize {
+        /// Held-out numbers to translate per mode.
+        #[arg(long, default_value_t = 500)]
+        held_out: usize,
+        /// Timed repetitions per measurement (the median is reported).
+        #[arg(long, default_value_t = 200)]
+        reps: usize,
+        /// The translator's weights, calibrated (default: pipelines/weights/mt.safetensors).
         #[arg(long)]
         weights: Option<PathBuf>,
     },
@@ -200,6 +215,11 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             seed,
             weights,
         } => continuous::bench(requests, max_batch, long_share, seed, weights)?,
+        Which::Quantize {
+            held_out,
+            reps,
+            weights,
+        } => quantize::bench(held_out, reps, weights)?,
         Which::Fidelity {
             plan,
             input,
@@ -609,5 +629,112 @@ mod continuous {
             "mean_padded_steps": mean_padded, "ideal_ratio": ideal, "measured_ratio": measured,
             "measured_over_ideal": measured / ideal, "tokens_generated": generated, "modes": rows}),
         )
+    }
+}
+
+/// `marsc bench quantize`: accuracy and speed of the translator per `quantize` mode.
+mod quantize {
+    use std::path::PathBuf;
+    use std::time::Instant;
+
+    use miette::miette;
+
+    use mars_stdlib::models::linear::Quantize;
+    use mars_stdlib::models::train::{evaluate, held_out_numbers};
+    use mars_stdlib::models::transformer_lm::{prompt_tokens, SeqState, TransformerLm};
+    use mars_stdlib::models::{load_lm, numbers};
+
+    fn forward_failed(e: impl std::fmt::Display) -> miette::Report {
+        miette!("forward failed: {e}")
+    }
+
+    fn median_ms(reps: usize, mut f: impl FnMut() -> miette::Result<()>) -> miette::Result<f64> {
+        let mut t = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let start = Instant::now();
+            f()?;
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        t.sort_by(f64::total_cmp);
+        Ok(t[t.len() / 2])
+    }
+
+    /// Median prefill of `b` prompts and median decode step of `b` running sequences, after
+    /// warm-up passes (Q8_0/Q4K repack their weights on the first forward).
+    fn timings(
+        model: &TransformerLm,
+        prompts: &[Vec<u32>],
+        next: u32,
+        reps: usize,
+    ) -> miette::Result<(f64, f64)> {
+        let seqs: Vec<SeqState> = model.prefill(prompts).map_err(forward_failed)?;
+        let next = vec![next; prompts.len()];
+        let step = |seqs: &[SeqState]| -> miette::Result<()> {
+            let mut s = seqs.to_vec();
+            let mut refs: Vec<&mut SeqState> = s.iter_mut().collect();
+            model.decode_step(&mut refs, &next).map_err(forward_failed)
+        };
+        for _ in 0..3 {
+            step(&seqs)?;
+        }
+        let prefill = median_ms(reps, || model.prefill(prompts).map(drop).map_err(forward_failed))?;
+        let decode = median_ms(reps, || step(&seqs))?;
+        Ok((prefill, decode))
+    }
+
+    pub fn bench(
+        held_out: usize,
+        reps: usize,
+        weights: Option<PathBuf>,
+    ) -> miette::Result<serde_json::Value> {
+        let weights = weights.unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/weights/mt.safetensors")
+        });
+        if held_out == 0 || reps == 0 {
+            return Err(miette!("--held-out and --reps must be positive"));
+        }
+        let nums = held_out_numbers(held_out, 4242);
+        println!(
+            "quantize: {} on {held_out} held-out numbers (greedy exact match); times are medians of {reps}",
+            weights.display()
+        );
+        println!(
+            "  {:<17} {:>9} {:>9} {:>10} {:>10} {:>11} {:>11}",
+            "mode", "exact", "load ms", "prefill 1", "prefill 16", "decode 1", "decode 16"
+        );
+        let mut rows = Vec::new();
+        for q in Quantize::ALL {
+            let start = Instant::now();
+            let (model, tok, _) = load_lm(&weights, q)
+                .map_err(|e| miette!(code = "mars::bench::weights", "{e}"))?;
+            let load_ms = start.elapsed().as_secs_f64() * 1e3;
+            let (exact, _) =
+                evaluate(&model, &tok, &nums).map_err(|e| miette!("decoding failed: {e}"))?;
+            // Long prompts (6-digit numbers: 8 to 10 words), as `benches/transformer_lm.rs`.
+            let prompts = |b: usize| -> Vec<Vec<u32>> {
+                (0..b)
+                    .map(|i| prompt_tokens(&tok, &numbers::english(737_373 + i as u32 * 1_111)))
+                    .collect()
+            };
+            let next = tok.encode("sept").first().copied().unwrap_or(0);
+            let (p1, d1) = timings(&model, &prompts(1), next, reps)?;
+            let (p16, d16) = timings(&model, &prompts(16), next, reps)?;
+            let acc = exact as f64 / nums.len() as f64;
+            println!(
+                "  {:<17} {:>8.1}% {:>9.1} {:>10.3} {:>10.3} {:>11.3} {:>11.3}",
+                q.name(),
+                100.0 * acc,
+                load_ms,
+                p1,
+                p16,
+                d1,
+                d16
+            );
+            rows.push(serde_json::json!({"mode": q.name(), "exact": exact, "accuracy": acc,
+                "load_ms": load_ms, "prefill_ms": {"1": p1, "16": p16},
+                "decode_step_ms": {"1": d1, "16": d16}}));
+        }
+        Ok(serde_json::json!({"bench": "quantize", "weights": weights.display().to_string(),
+            "held_out": held_out, "reps": reps, "modes": rows}))
     }
 }

@@ -1,10 +1,14 @@
 //! `marsc weights`: `init` writes deterministic random weights for `unet_tiny` / `crnn_tiny`
 //! (cost stand-ins: their outputs mean nothing); `samples` renders the demo images of
-//! `pipelines/image_translate.mars` (text drawn onto plain backgrounds) and their requests.
+//! `pipelines/image_translate.mars` (text drawn onto plain backgrounds) and their requests;
+//! `calibrate` adds the activation statistics that `quantize = awq_int4` and
+//! `smoothquant_int8` need to a `transformer_lm` weights file (see
+//! `mars_stdlib::models::quant`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use mars_stdlib::models::quant::{calibrate_weights, calibration_phrases};
 use mars_stdlib::models::{init_vision_weights, Vision};
 
 #[derive(clap::Args)]
@@ -40,6 +44,27 @@ enum Command {
     Samples {
         /// Folder for the PNG files and `images.jsonl`.
         #[arg(short, long, default_value = "pipelines/data")]
+        out: PathBuf,
+    },
+    /// Run a `transformer_lm` in f32 over calibration prompts and store, for every linear
+    /// layer's input, per channel mean of x² and max |x| (`<layer>.act_sq_mean`,
+    /// `<layer>.act_abs_max`): what `quantize = awq_int4` / `smoothquant_int8` need.
+    Calibrate {
+        /// The weights to calibrate (safetensors, `transformer_lm`).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Calibration prompts, one JSON value a line: a string, or an object whose string
+        /// values are each a prompt. Default: `--samples` English number phrases.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// How many number phrases to generate when no --input is given.
+        #[arg(long, default_value_t = 512, conflicts_with = "input")]
+        samples: usize,
+        /// Seed of the generated phrases.
+        #[arg(long, default_value_t = 7, conflicts_with = "input")]
+        seed: u64,
+        /// Output file; may be the --weights file itself.
+        #[arg(short, long)]
         out: PathBuf,
     },
 }
@@ -108,6 +133,32 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
                 .map_err(|e| miette::miette!("cannot write `{}`: {e}", path.display()))?;
             println!("wrote 4 images and {}", path.display());
         }
+        Command::Calibrate {
+            weights,
+            input,
+            samples,
+            seed,
+            out,
+        } => {
+            let (phrases, source) = match &input {
+                Some(path) => (read_phrases(path)?, file_label(path)),
+                None if samples == 0 => return Err(miette::miette!("--samples must be positive")),
+                None => (
+                    calibration_phrases(samples, seed),
+                    format!("number phrases, seed {seed}"),
+                ),
+            };
+            create_parent(&out)?;
+            let c = calibrate_weights(&weights, &phrases, &source, &out)
+                .map_err(|e| miette::miette!(code = "mars::weights::calibrate", "{e}"))?;
+            println!(
+                "calibrated {} linear layers on {} prompts ({} tokens); wrote {}",
+                c.layers,
+                c.phrases,
+                c.tokens,
+                out.display()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -118,4 +169,51 @@ fn create_parent(path: &std::path::Path) -> miette::Result<()> {
             .map_err(|e| miette::miette!("cannot create `{}`: {e}", dir.display()))?;
     }
     Ok(())
+}
+
+/// Calibration prompts from a JSON-lines file: each non-blank line a string, or an object whose
+/// string values are each a prompt.
+fn read_phrases(path: &Path) -> miette::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| miette::miette!("cannot read `{}`: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("`{}` line {}", path.display(), i + 1);
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| miette::miette!("{}: not JSON: {e}", at()))?;
+        match v {
+            serde_json::Value::String(s) => out.push(s),
+            serde_json::Value::Object(m) => {
+                let before = out.len();
+                out.extend(m.values().filter_map(|v| v.as_str().map(str::to_string)));
+                if out.len() == before {
+                    return Err(miette::miette!("{}: the object has no text values", at()));
+                }
+            }
+            other => {
+                return Err(miette::miette!(
+                    "{}: expected a string or an object, got `{other}`",
+                    at()
+                ))
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(miette::miette!(
+            "`{}` has no calibration prompts",
+            path.display()
+        ));
+    }
+    Ok(out)
+}
+
+/// A file's name without its folders, so the recorded source does not depend on where the
+/// command ran.
+fn file_label(path: &Path) -> String {
+    path.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }

@@ -7,6 +7,7 @@
 
 pub mod linear;
 pub mod numbers;
+pub mod quant;
 pub mod tokenizer;
 pub mod train;
 pub mod transformer_lm;
@@ -94,6 +95,8 @@ pub fn save_safetensors(
 pub struct Weights {
     pub tensors: HashMap<String, Tensor>,
     pub metadata: BTreeMap<String, String>,
+    /// The file it was read from (for errors).
+    pub path: std::path::PathBuf,
 }
 
 /// Read a safetensors file with its metadata; errors name the file.
@@ -113,7 +116,11 @@ pub fn load_safetensors(path: &Path) -> Result<Weights, String> {
         .unwrap_or_default();
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .map_err(|e| format!("weights `{}`: {e}", path.display()))?;
-    Ok(Weights { tensors, metadata })
+    Ok(Weights {
+        tensors,
+        metadata,
+        path: path.to_path_buf(),
+    })
 }
 
 /// A model node's config keys, with errors that name the node and key.
@@ -221,6 +228,16 @@ fn lm_from_weights(w: &Weights, q: Quantize) -> Result<(TransformerLm, Tokenizer
             tok.vocab_size(),
             config.vocab_size
         ));
+    }
+    if q.needs_stats() {
+        if let Some(layer) = quant::missing_stats(&w.tensors, &config) {
+            return Err(format!(
+                "quantize = {} needs calibration statistics, but `{}` has none for layer \
+                 `{layer}`; add them with `marsc weights calibrate --weights {1} -o {1}`",
+                q.name(),
+                w.path.display()
+            ));
+        }
     }
     let model = TransformerLm::from_tensors(config, &w.tensors, q)?;
     Ok((model, tok))
