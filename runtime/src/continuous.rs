@@ -403,6 +403,16 @@ mod tests {
         seqs: BTreeMap<SeqId, (usize, usize, bool)>,
         max_live_kv: usize,
         panic_on: Option<i64>,
+        kv: Option<usize>,
+    }
+
+    impl Node for Counting {
+        fn run_batch(&mut self, _: Vec<Item>) -> Vec<Result<Outputs, NodeError>> {
+            panic!("a generating node under `continuous` is driven step by step")
+        }
+        fn generator(&mut self) -> Option<&mut dyn Generate> {
+            Some(self)
+        }
     }
 
     impl Counting {
@@ -465,6 +475,9 @@ mod tests {
         }
         fn max_sequence_tokens(&self) -> usize {
             20
+        }
+        fn kv_capacity(&self) -> Option<usize> {
+            self.kv
         }
     }
 
@@ -596,5 +609,68 @@ mod tests {
             .as_ref()
             .is_err_and(|e| e.message == "panic in node: boom 5"));
         assert_eq!(out[&2], Ok(vec![Value::Int(2), Value::Int(2)]));
+    }
+
+    #[test]
+    fn a_continuous_pool_answers_each_item_once_and_counts_preemptions() {
+        use crate::batching::Batcher;
+        use crate::replicas::Pool;
+        use mars_plan::{BatchPolicy, BatchSpec};
+
+        let meter = Arc::new(NodeMeter::new("gen", 2, Instant::now(), false));
+        let nodes: Vec<Box<dyn Node>> = (0..2)
+            .map(|_| {
+                Box::new(Counting {
+                    kv: Some(16),
+                    ..Counting::default()
+                }) as Box<dyn Node>
+            })
+            .collect();
+        let batcher = Batcher::new(&BatchSpec {
+            policy: BatchPolicy::Continuous,
+            max: 4,
+            wait_ms: 0.0,
+        });
+        let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
+        let mut pool = Pool::start("gen", nodes, &batcher, Arc::clone(&meter), move || {
+            let _ = wake_tx.send(());
+        });
+        let counters = Arc::clone(pool.continuous().expect("the replicas generate"));
+        // 40 items of lengths 1..=9 and one bad item; at most (2 + 1) × 4 out at once.
+        let mut queue: VecDeque<(u64, i64)> = (0..41).map(|i| (i, (i % 9) as i64)).collect();
+        let mut got: BTreeMap<u64, Result<Outputs, NodeError>> = BTreeMap::new();
+        while got.len() < 41 {
+            while pool.has_free_replica() {
+                let Some((id, n)) = queue.pop_front() else {
+                    break;
+                };
+                assert_eq!(pool.admissible(5), 5.min(12 - pool.busy()));
+                pool.submit(Job {
+                    keys: vec![(id, 0, 0)],
+                    items: vec![vec![Value::Int(n)]],
+                });
+            }
+            assert!(pool.busy() <= 12);
+            wake_rx.recv().expect("a replica wakes us");
+            for d in pool.finished() {
+                assert_eq!(d.keys.len(), 1, "each sequence is answered on its own");
+                for (k, r) in d.keys.into_iter().zip(d.results) {
+                    assert!(got.insert(k.0, r).is_none(), "request {} twice", k.0);
+                }
+            }
+        }
+        for (id, r) in &got {
+            let n = (id % 9) as i64;
+            if n == 0 {
+                assert!(r.is_err());
+            } else {
+                assert_eq!(r, &Ok(vec![Value::Int(n), Value::Int(n)]), "request {id}");
+            }
+        }
+        assert!(counters.preemptions() > 0, "a 16-token bound preempts");
+        let stats = meter.stats(std::time::Duration::from_secs(1));
+        assert_eq!(stats.items, 41);
+        assert_eq!(stats.item_errors, 5);
+        assert_eq!(pool.busy(), 0);
     }
 }
