@@ -640,6 +640,8 @@ mod quantize {
     use miette::miette;
 
     use mars_stdlib::models::linear::Quantize;
+    use mars_stdlib::models::quant::teacher_forced_logits;
+    use mars_stdlib::models::tokenizer::EOS;
     use mars_stdlib::models::train::{evaluate, held_out_numbers};
     use mars_stdlib::models::transformer_lm::{prompt_tokens, SeqState, TransformerLm};
     use mars_stdlib::models::{load_lm, numbers};
@@ -677,9 +679,37 @@ mod quantize {
         for _ in 0..3 {
             step(&seqs)?;
         }
-        let prefill = median_ms(reps, || model.prefill(prompts).map(drop).map_err(forward_failed))?;
+        let prefill = median_ms(reps, || {
+            model.prefill(prompts).map(drop).map_err(forward_failed)
+        })?;
         let decode = median_ms(reps, || step(&seqs))?;
         Ok((prefill, decode))
+    }
+
+    /// Mean KL(f32 ‖ q) in nats and the RMS logit difference, over the rows.
+    fn divergence(reference: &[Vec<f32>], got: &[Vec<f32>]) -> (f64, f64) {
+        let log_softmax = |l: &[f32]| -> Vec<f64> {
+            let m = l.iter().copied().fold(f32::MIN, f32::max) as f64;
+            let z: f64 = l.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln() + m;
+            l.iter().map(|&x| x as f64 - z).collect()
+        };
+        let (mut kl, mut sq, mut n) = (0.0, 0.0, 0usize);
+        for (a, b) in reference.iter().zip(got) {
+            let (la, lb) = (log_softmax(a), log_softmax(b));
+            kl += la
+                .iter()
+                .zip(&lb)
+                .map(|(x, y)| x.exp() * (x - y))
+                .sum::<f64>();
+            sq += a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| f64::from(x - y).powi(2))
+                .sum::<f64>();
+            n += a.len();
+        }
+        let rows = reference.len().max(1) as f64;
+        (kl / rows, (sq / n.max(1) as f64).sqrt())
     }
 
     pub fn bench(
@@ -695,18 +725,40 @@ mod quantize {
         }
         let nums = held_out_numbers(held_out, 4242);
         println!(
-            "quantize: {} on {held_out} held-out numbers (greedy exact match); times are medians of {reps}",
+            "quantize: {} on {held_out} held-out numbers: greedy exact match; teacher-forced KL(f32 ‖ mode) per target token and RMS logit difference; times are medians of {reps}",
             weights.display()
         );
         println!(
-            "  {:<17} {:>9} {:>9} {:>10} {:>10} {:>11} {:>11}",
-            "mode", "exact", "load ms", "prefill 1", "prefill 16", "decode 1", "decode 16"
+            "  {:<17} {:>9} {:>10} {:>8} {:>9} {:>10} {:>10} {:>11} {:>11}",
+            "mode",
+            "exact",
+            "KL nats",
+            "logit Δ",
+            "load ms",
+            "prefill 1",
+            "prefill 16",
+            "decode 1",
+            "decode 16"
         );
+        let (reference_model, tok, _) = load_lm(&weights, Quantize::None)
+            .map_err(|e| miette!(code = "mars::bench::weights", "{e}"))?;
+        let seqs: Vec<(Vec<u32>, usize)> = nums
+            .iter()
+            .map(|&n| {
+                let mut t = prompt_tokens(&tok, &numbers::english(n));
+                let p = t.len();
+                t.extend(tok.encode(&numbers::french(n)));
+                t.push(EOS);
+                t.truncate(reference_model.config.max_len);
+                (t, p)
+            })
+            .collect();
+        let reference = teacher_forced_logits(&reference_model, &seqs).map_err(forward_failed)?;
         let mut rows = Vec::new();
         for q in Quantize::ALL {
             let start = Instant::now();
-            let (model, tok, _) = load_lm(&weights, q)
-                .map_err(|e| miette!(code = "mars::bench::weights", "{e}"))?;
+            let (model, tok, _) =
+                load_lm(&weights, q).map_err(|e| miette!(code = "mars::bench::weights", "{e}"))?;
             let load_ms = start.elapsed().as_secs_f64() * 1e3;
             let (exact, _) =
                 evaluate(&model, &tok, &nums).map_err(|e| miette!("decoding failed: {e}"))?;
@@ -720,21 +772,32 @@ mod quantize {
             let (p1, d1) = timings(&model, &prompts(1), next, reps)?;
             let (p16, d16) = timings(&model, &prompts(16), next, reps)?;
             let acc = exact as f64 / nums.len() as f64;
+            let (kl, rmse) = divergence(
+                &reference,
+                &teacher_forced_logits(&model, &seqs).map_err(forward_failed)?,
+            );
             println!(
-                "  {:<17} {:>8.1}% {:>9.1} {:>10.3} {:>10.3} {:>11.3} {:>11.3}",
+                "  {:<17} {:>8.1}% {:>10.5} {:>8.4} {:>9.1} {:>10.3} {:>10.3} {:>11.3} {:>11.3}",
                 q.name(),
                 100.0 * acc,
+                kl,
+                rmse,
                 load_ms,
                 p1,
                 p16,
                 d1,
                 d16
             );
-            rows.push(serde_json::json!({"mode": q.name(), "exact": exact, "accuracy": acc,
+            rows.push(
+                serde_json::json!({"mode": q.name(), "exact": exact, "accuracy": acc,
+                "kl_vs_f32": kl, "logit_rmse_vs_f32": rmse,
                 "load_ms": load_ms, "prefill_ms": {"1": p1, "16": p16},
-                "decode_step_ms": {"1": d1, "16": d16}}));
+                "decode_step_ms": {"1": d1, "16": d16}}),
+            );
         }
-        Ok(serde_json::json!({"bench": "quantize", "weights": weights.display().to_string(),
-            "held_out": held_out, "reps": reps, "modes": rows}))
+        Ok(
+            serde_json::json!({"bench": "quantize", "weights": weights.display().to_string(),
+            "held_out": held_out, "reps": reps, "modes": rows}),
+        )
     }
 }

@@ -412,6 +412,26 @@ pub fn smooth_scales(w: &Tensor, stats: &ActStats, alpha: f32) -> Result<Vec<f32
         .collect())
 }
 
+/// Teacher-forced logits of `model` over `seqs` (`(tokens, prompt_len)`: a prompt followed by
+/// its expected continuation): one row per position from the prompt's last on, each
+/// predicting the next token. For comparing a quantized model's predictions with f32's.
+pub fn teacher_forced_logits(
+    model: &TransformerLm,
+    seqs: &[(Vec<u32>, usize)],
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::new();
+    for (t, p) in seqs {
+        if *p == 0 || *p > t.len() {
+            candle_core::bail!("prompt length {p} for a sequence of {} tokens", t.len());
+        }
+        let ids = Tensor::from_vec(t.clone(), (1, t.len()), &Device::Cpu)?;
+        let (logits, _) = model.forward_full(&ids)?;
+        let rows = logits.squeeze(0)?.to_vec2::<f32>()?;
+        out.extend(rows.into_iter().skip(p - 1));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
