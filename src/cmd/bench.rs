@@ -72,6 +72,9 @@ pub enum Which {
         requests: usize,
         #[arg(long, default_value_t = 16)]
         max_batch: u32,
+        /// Rounds: the modes take turns this many times; each is reported by its median run.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
         /// Share of long outputs (10 to 12 words); the rest have 1 to 3.
         #[arg(long, default_value_t = 0.15)]
         long_share: f64,
@@ -214,7 +217,8 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             long_share,
             seed,
             weights,
-        } => continuous::bench(requests, max_batch, long_share, seed, weights)?,
+            repeat,
+        } => continuous::bench(requests, max_batch, repeat, long_share, seed, weights)?,
         Which::Quantize {
             held_out,
             reps,
@@ -452,6 +456,7 @@ mod continuous {
     pub fn bench(
         requests: usize,
         max_batch: u32,
+        repeat: usize,
         long_share: f64,
         seed: u64,
         weights: Option<PathBuf>,
@@ -525,21 +530,33 @@ mod continuous {
             .collect();
         let warm_plan = translator_plan("transformer_lm", &file, modes[3].3.clone());
         run(&warm_plan, &base, &registry, &warm).wrap_err("warm-up run")?;
-        let mut results = Vec::new();
-        for (name, what, arch, batch) in &modes {
-            let m = run(
-                &translator_plan(arch, &file, batch.clone()),
-                &base,
-                &registry,
-                &input,
-            )
-            .wrap_err_with(|| format!("the {name} run"))?;
-            results.push((*name, *what, m));
+        // The modes take turns, `repeat` rounds, so that load from other processes falls on
+        // all of them alike; each mode is reported by its median run.
+        let mut runs: Vec<Vec<Measured>> = modes.iter().map(|_| Vec::new()).collect();
+        for _ in 0..repeat.max(1) {
+            for ((name, _, arch, batch), done) in modes.iter().zip(runs.iter_mut()) {
+                let m = run(
+                    &translator_plan(arch, &file, batch.clone()),
+                    &base,
+                    &registry,
+                    &input,
+                )
+                .wrap_err_with(|| format!("the {name} run"))?;
+                done.push(m);
+            }
         }
+        for r in runs.iter_mut() {
+            r.sort_by(|a, b| {
+                let t = |m: &Measured| m.report.stats.throughput;
+                t(a).total_cmp(&t(b))
+            });
+        }
+        let median = |i: usize| &runs[i][runs[i].len() / 2];
+        let tput = |i: usize| median(i).report.stats.throughput;
 
         // Decode steps per request: its output's tokens plus the `<eos>` pick, from the
         // continuous run's outputs (checked equal to the others' below).
-        let reference = &results[3].2.outputs;
+        let reference = &median(3).outputs;
         let steps: Vec<usize> = (1..=mix.len() as u64)
             .map(|id| match reference.get(&id) {
                 Some(Ok(t)) => (tok.encode(t).len() + 1).min(MAX_TOKENS as usize),
@@ -562,9 +579,10 @@ mod continuous {
             .count();
 
         println!(
-            "continuous: tiny translator ({}), {} requests queued at t=0, max batch {b}, seed {seed}",
+            "continuous: tiny translator ({}), {} requests queued at t=0, max batch {b}, seed {seed}, {} rounds (median run shown)",
             weights.display(),
-            mix.len()
+            mix.len(),
+            repeat.max(1)
         );
         println!(
             "  mix: {short} short (1-3 words), {} long (10-12 words); {intended_match}/{} outputs of the intended length",
@@ -576,31 +594,40 @@ mod continuous {
         );
         println!("  tokens generated: {generated} (+ {} <eos>)", mix.len());
         println!(
-            "  {:<12} {:>9} {:>10} {:>10} {:>9} {:>10}   policy",
-            "mode", "req/s", "p50 ms", "p99 ms", "batches", "mean batch"
+            "  {:<12} {:>9} {:>17} {:>9} {:>9} {:>8} {:>10}   policy",
+            "mode", "req/s", "(min..max)", "p50 ms", "p99 ms", "batches", "mean batch"
         );
         let mut rows = Vec::new();
-        for (name, what, m) in &results {
+        for (i, (name, what, _, _)) in modes.iter().enumerate() {
+            let m = median(i);
             let st = &m.report.stats;
             let node = st.nodes.get("mt");
+            let all: Vec<f64> = runs[i].iter().map(|r| r.report.stats.throughput).collect();
+            let (lo, hi) = (all[0], all[all.len() - 1]);
             println!(
-                "  {name:<12} {:>9.1} {:>10.1} {:>10.1} {:>9} {:>10.2}   {what}",
+                "  {name:<12} {:>9.1} {:>17} {:>9.1} {:>9.1} {:>8} {:>10.2}   {what}",
                 st.throughput,
+                format!("({lo:.1}..{hi:.1})"),
                 st.latency.p50_ms,
                 st.latency.p99_ms,
                 node.map_or(0, |n| n.batches),
                 node.map_or(0.0, |n| n.mean_batch),
             );
-            let same = (1..=mix.len() as u64)
-                .filter(|id| m.outputs.get(id) == reference.get(id))
-                .count();
+            let same = runs[i]
+                .iter()
+                .map(|r| {
+                    (1..=mix.len() as u64)
+                        .filter(|id| r.outputs.get(id) == reference.get(id))
+                        .count()
+                })
+                .min()
+                .unwrap_or(0);
             rows.push(
                 serde_json::json!({"mode": name, "policy": what, "throughput": st.throughput,
-                "p50_ms": st.latency.p50_ms, "p99_ms": st.latency.p99_ms, "errors": st.errors,
-                "same_as_continuous": same, "stats": st}),
+                "throughput_runs": all, "p50_ms": st.latency.p50_ms, "p99_ms": st.latency.p99_ms,
+                "errors": st.errors, "same_as_continuous": same, "stats": st}),
             );
         }
-        let tput = |i: usize| results[i].2.report.stats.throughput;
         let measured = tput(3) / tput(0);
         println!(
             "  continuous/static = {measured:.2}; ideal (mean padded length / mean length) = {ideal:.2}; measured/ideal = {:.2} (target >= 0.90)",
@@ -611,10 +638,15 @@ mod continuous {
             tput(3) / tput(1),
             tput(3) / tput(2)
         );
-        for (name, _, m) in &results {
-            let differ: Vec<u64> = (1..=mix.len() as u64)
-                .filter(|id| m.outputs.get(id) != reference.get(id))
+        for ((name, _, _, _), mode_runs) in modes.iter().zip(&runs) {
+            let mut differ: Vec<u64> = mode_runs
+                .iter()
+                .flat_map(|r| {
+                    (1..=mix.len() as u64).filter(|id| r.outputs.get(id) != reference.get(id))
+                })
                 .collect();
+            differ.sort_unstable();
+            differ.dedup();
             if !differ.is_empty() {
                 println!(
                     "  {name}: {} outputs differ from continuous (ids {:?})",
@@ -625,7 +657,7 @@ mod continuous {
         }
         Ok(
             serde_json::json!({"bench": "continuous", "requests": mix.len(), "max_batch": b,
-            "long_share": long_share, "seed": seed, "mean_steps": mean_len,
+            "long_share": long_share, "seed": seed, "rounds": repeat.max(1), "mean_steps": mean_len,
             "mean_padded_steps": mean_padded, "ideal_ratio": ideal, "measured_ratio": measured,
             "measured_over_ideal": measured / ideal, "tokens_generated": generated, "modes": rows}),
         )
