@@ -695,40 +695,57 @@ mod quantize {
         miette!("forward failed: {e}")
     }
 
-    fn median_ms(reps: usize, mut f: impl FnMut() -> miette::Result<()>) -> miette::Result<f64> {
-        let mut t = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            let start = Instant::now();
-            f()?;
-            t.push(start.elapsed().as_secs_f64() * 1e3);
-        }
+    fn median(mut t: Vec<f64>) -> f64 {
         t.sort_by(f64::total_cmp);
-        Ok(t[t.len() / 2])
+        t[t.len() / 2]
     }
 
-    /// Median prefill of `b` prompts and median decode step of `b` running sequences, after
-    /// warm-up passes (Q8_0/Q4K repack their weights on the first forward).
-    fn timings(
-        model: &TransformerLm,
-        prompts: &[Vec<u32>],
-        next: u32,
-        reps: usize,
-    ) -> miette::Result<(f64, f64)> {
-        let seqs: Vec<SeqState> = model.prefill(prompts).map_err(forward_failed)?;
-        let next = vec![next; prompts.len()];
-        let step = |seqs: &[SeqState]| -> miette::Result<()> {
-            let mut s = seqs.to_vec();
-            let mut refs: Vec<&mut SeqState> = s.iter_mut().collect();
-            model.decode_step(&mut refs, &next).map_err(forward_failed)
-        };
-        for _ in 0..3 {
-            step(&seqs)?;
+    /// One model's timed workloads: prefill of `prompts` and a decode step of the sequences
+    /// they start.
+    struct Workload<'a> {
+        model: &'a TransformerLm,
+        prompts: Vec<Vec<u32>>,
+        seqs: Vec<SeqState>,
+        next: Vec<u32>,
+    }
+
+    impl<'a> Workload<'a> {
+        fn new(
+            model: &'a TransformerLm,
+            prompts: Vec<Vec<u32>>,
+            next: u32,
+        ) -> miette::Result<Self> {
+            let seqs = model.prefill(&prompts).map_err(forward_failed)?;
+            let next = vec![next; prompts.len()];
+            let w = Workload {
+                model,
+                prompts,
+                seqs,
+                next,
+            };
+            // Q8_0/Q4K repack their weights on the first forward: warm every layer.
+            for _ in 0..3 {
+                w.prefill_ms()?;
+                w.decode_ms()?;
+            }
+            Ok(w)
         }
-        let prefill = median_ms(reps, || {
-            model.prefill(prompts).map(drop).map_err(forward_failed)
-        })?;
-        let decode = median_ms(reps, || step(&seqs))?;
-        Ok((prefill, decode))
+
+        fn prefill_ms(&self) -> miette::Result<f64> {
+            let start = Instant::now();
+            self.model.prefill(&self.prompts).map_err(forward_failed)?;
+            Ok(start.elapsed().as_secs_f64() * 1e3)
+        }
+
+        fn decode_ms(&self) -> miette::Result<f64> {
+            let mut s = self.seqs.clone();
+            let mut refs: Vec<&mut SeqState> = s.iter_mut().collect();
+            let start = Instant::now();
+            self.model
+                .decode_step(&mut refs, &self.next)
+                .map_err(forward_failed)?;
+            Ok(start.elapsed().as_secs_f64() * 1e3)
+        }
     }
 
     /// Mean KL(f32 ‖ q) in nats and the RMS logit difference, over the rows.
@@ -799,28 +816,49 @@ mod quantize {
             })
             .collect();
         let reference = teacher_forced_logits(&reference_model, &seqs).map_err(forward_failed)?;
-        let mut rows = Vec::new();
+        let mut models = Vec::new();
         for q in Quantize::ALL {
             let start = Instant::now();
-            let (model, tok, _) =
+            let (model, _, _) =
                 load_lm(&weights, q).map_err(|e| miette!(code = "mars::bench::weights", "{e}"))?;
             let load_ms = start.elapsed().as_secs_f64() * 1e3;
             let (exact, _) =
                 evaluate(&model, &tok, &nums).map_err(|e| miette!("decoding failed: {e}"))?;
-            // Long prompts (6-digit numbers: 8 to 10 words), as `benches/transformer_lm.rs`.
-            let prompts = |b: usize| -> Vec<Vec<u32>> {
-                (0..b)
-                    .map(|i| prompt_tokens(&tok, &numbers::english(737_373 + i as u32 * 1_111)))
-                    .collect()
-            };
-            let next = tok.encode("sept").first().copied().unwrap_or(0);
-            let (p1, d1) = timings(&model, &prompts(1), next, reps)?;
-            let (p16, d16) = timings(&model, &prompts(16), next, reps)?;
-            let acc = exact as f64 / nums.len() as f64;
             let (kl, rmse) = divergence(
                 &reference,
                 &teacher_forced_logits(&model, &seqs).map_err(forward_failed)?,
             );
+            models.push((q, model, load_ms, exact, kl, rmse));
+        }
+        // Long prompts (6-digit numbers: 8 to 10 words), as `benches/transformer_lm.rs`.
+        let prompts = |b: usize| -> Vec<Vec<u32>> {
+            (0..b)
+                .map(|i| prompt_tokens(&tok, &numbers::english(737_373 + i as u32 * 1_111)))
+                .collect()
+        };
+        let next = tok.encode("sept").first().copied().unwrap_or(0);
+        let mut work = Vec::new();
+        for (_, model, ..) in &models {
+            work.push([
+                Workload::new(model, prompts(1), next)?,
+                Workload::new(model, prompts(16), next)?,
+            ]);
+        }
+        // Modes take turns, one measurement each, so load from other processes on a shared
+        // machine falls on all of them alike.
+        let mut samples = vec![[[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]]; work.len()];
+        for _ in 0..reps {
+            for (w, s) in work.iter().zip(samples.iter_mut()) {
+                for k in 0..2 {
+                    s[k][0].push(w[k].prefill_ms()?);
+                    s[k][1].push(w[k].decode_ms()?);
+                }
+            }
+        }
+        let mut rows = Vec::new();
+        for ((q, _, load_ms, exact, kl, rmse), s) in models.iter().zip(samples) {
+            let [[p1, d1], [p16, d16]] = s.map(|k| k.map(median));
+            let acc = *exact as f64 / nums.len() as f64;
             println!(
                 "  {:<17} {:>8.1}% {:>10.5} {:>8.4} {:>9.1} {:>10.3} {:>10.3} {:>11.3} {:>11.3}",
                 q.name(),

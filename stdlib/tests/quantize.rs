@@ -224,7 +224,9 @@ fn smoothquant_beats_plain_int8_on_an_outlier_channel() {
     assert!(sq < 0.5 * plain, "smoothquant {sq} vs int8 {plain}");
 }
 
-/// The shipped file carries what `marsc weights calibrate` writes by default, byte for byte.
+/// The shipped file carries what `marsc weights calibrate` writes by default: the same tensors
+/// and metadata, statistics equal up to float rounding (byte equality would depend on the
+/// CPU's SIMD paths).
 #[test]
 fn the_shipped_translator_is_calibrated_by_the_default_command() {
     let out = scratch("recalibrated.safetensors");
@@ -236,12 +238,35 @@ fn the_shipped_translator_is_calibrated_by_the_default_command() {
     )
     .expect("calibrates");
     assert_eq!((c.phrases, c.layers), (512, 13));
-    let a = std::fs::read(shipped()).expect("read");
-    let b = std::fs::read(&out).expect("read");
-    assert!(
-        a == b,
-        "pipelines/weights/mt.safetensors differs from a fresh calibration"
+    let (a, b) = (
+        load_safetensors(&shipped()).expect("loads"),
+        load_safetensors(&out).expect("loads"),
     );
+    assert_eq!(a.metadata, b.metadata);
+    let names = |w: &mars_stdlib::models::Weights| {
+        let mut n: Vec<String> = w.tensors.keys().cloned().collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&a), names(&b));
+    for (name, t) in &a.tensors {
+        let x = t
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("f32");
+        let y = b.tensors[name]
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("f32");
+        let close = x
+            .iter()
+            .zip(&y)
+            .all(|(p, q)| (p - q).abs() <= 1e-4 * p.abs().max(q.abs()).max(1e-3));
+        assert!(close, "`{name}` differs from a fresh calibration");
+        if !name.contains(".act_") {
+            assert_eq!(x, y, "`{name}` is not kept as it was");
+        }
+    }
 }
 
 fn strip_stats(from: &Path, to: &Path, keep: impl Fn(&str) -> bool) {
