@@ -403,6 +403,8 @@ mod tests {
         seqs: BTreeMap<SeqId, (usize, usize, bool)>,
         max_live_kv: usize,
         panic_on: Option<i64>,
+        /// Panic in the step that would finish a sequence of this target length.
+        panic_finishing: Option<usize>,
         kv: Option<usize>,
     }
 
@@ -454,6 +456,9 @@ mod tests {
                     let s = self.seqs.get_mut(&id).expect("running");
                     assert!(s.2, "stepped without a cache");
                     if s.1 - 2 == s.0 {
+                        if Some(s.0) == self.panic_finishing {
+                            panic!("boom at the end of {}", s.0);
+                        }
                         let (n, t, _) = self.seqs.remove(&id).expect("present");
                         let out = vec![Value::Int((t - 2) as i64), Value::Int(n as i64)];
                         return (id, Step::Done(Ok(out)));
@@ -609,6 +614,27 @@ mod tests {
             .as_ref()
             .is_err_and(|e| e.message == "panic in node: boom 5"));
         assert_eq!(out[&2], Ok(vec![Value::Int(2), Value::Int(2)]));
+
+        // A panic inside a step fails the sequences of that step; later ones run.
+        let mut s = Scheduler::new(limits(2, 100), Arc::new(Counters::default()));
+        let mut g = Counting {
+            panic_finishing: Some(3),
+            ..Counting::default()
+        };
+        s.offer(&mut g, job(0, &[3, 4, 2, 1]));
+        let (out, _) = drain(&mut s, &mut g, vec![]);
+        for id in [0, 1] {
+            assert!(
+                out[&id]
+                    .as_ref()
+                    .is_err_and(|e| e.message == "panic in node: boom at the end of 3"),
+                "{:?}",
+                out[&id]
+            );
+        }
+        assert_eq!(out[&2], Ok(vec![Value::Int(2), Value::Int(2)]));
+        assert_eq!(out[&3], Ok(vec![Value::Int(1), Value::Int(1)]));
+        assert!(g.seqs.is_empty(), "the failed sequences are forgotten");
     }
 
     #[test]
