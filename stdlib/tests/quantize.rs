@@ -294,6 +294,38 @@ fn activation_aware_modes_refuse_weights_without_statistics() {
             "{e}"
         );
     }
+    // Through the registry, as `marsc run` builds nodes: a build error, not a fallback.
+    for (file, quantize, ok) in [
+        ("plain.safetensors", "awq_int4", false),
+        ("plain.safetensors", "smoothquant_int8", false),
+        ("plain.safetensors", "int4", true),
+    ] {
+        let mut n = mars_stdlib::params::plan_node("translator", &[]);
+        n.implementation.builtin = None;
+        n.implementation.model = Some(mars_plan::ModelImpl {
+            arch: "transformer_lm".into(),
+            config: serde_json::from_value(
+                serde_json::json!({"weights": file, "quantize": quantize}),
+            )
+            .expect("object"),
+        });
+        let ctx = mars_runtime::NodeContext {
+            node: n,
+            replica: 0,
+            base_dir: plain.parent().expect("a folder").to_path_buf(),
+        };
+        match mars_stdlib::registry().instantiate(&ctx) {
+            Ok(_) => assert!(ok, "{quantize} built without statistics"),
+            Err(e) => {
+                assert!(!ok, "{quantize}: {}", e.message);
+                assert!(
+                    e.message.contains("node `") && e.message.contains("marsc weights calibrate"),
+                    "{}",
+                    e.message
+                );
+            }
+        }
+    }
     // A file with half of one layer's statistics is refused too, naming the tensor.
     let half = scratch("half.safetensors");
     strip_stats(&shipped(), &half, |n| n != "l1.fc2.act_abs_max");
