@@ -439,3 +439,36 @@ fn images_cross_the_edge_as_encoded_bytes() {
         .as_str()
         .is_some_and(|m| m.contains("missing.png")));
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_run_quietly() {
+    use std::io::{BufRead, Write};
+    // `marsc run … | head -1`: once the reader closes the pipe, marsc stops without an error.
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("marsc"))
+        .arg("run")
+        .arg(fixture("slow.plan.yaml"))
+        .arg("-q")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("marsc starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = std::thread::spawn(move || {
+        for i in 1..=200_000u64 {
+            if writeln!(stdin, "{{\"x\": {i}}}").is_err() {
+                break;
+            }
+        }
+    });
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("one record");
+    assert!(first.starts_with("{\"id\":"), "{first}");
+    // The reader is dropped here: the pipe closes.
+    let out = child.wait_with_output().expect("exits");
+    feeder.join().expect("feeder");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -433,7 +433,14 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let report = report.map_err(run_error)?;
+    let report = match report {
+        // A reader that went away (`marsc run … | head`) ends the run quietly, as other
+        // command-line tools do; a file output never gives this error.
+        Err(RunError::Output(e)) if to_stdout && e.kind() == std::io::ErrorKind::BrokenPipe => {
+            return Ok(ExitCode::SUCCESS)
+        }
+        r => r.map_err(run_error)?,
+    };
     output
         .flush()
         .into_diagnostic()

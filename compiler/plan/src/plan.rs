@@ -105,13 +105,28 @@ fn is_zero(n: &usize) -> bool {
 
 impl Arg {
     pub fn input(name: impl Into<String>) -> Arg {
-        Arg { input: Some(name.into()), node: None, port: 0, value: None }
+        Arg {
+            input: Some(name.into()),
+            node: None,
+            port: 0,
+            value: None,
+        }
     }
     pub fn node(id: impl Into<String>, port: usize) -> Arg {
-        Arg { input: None, node: Some(id.into()), port, value: None }
+        Arg {
+            input: None,
+            node: Some(id.into()),
+            port,
+            value: None,
+        }
     }
     pub fn value(v: serde_json::Value) -> Arg {
-        Arg { input: None, node: None, port: 0, value: Some(v) }
+        Arg {
+            input: None,
+            node: None,
+            port: 0,
+            value: Some(v),
+        }
     }
 }
 
@@ -250,7 +265,10 @@ impl Plan {
                 path,
                 crate::find_key_line(text, "mars_plan"),
                 "mars_plan",
-                format!("unsupported plan version {} (this Mars reads {PLAN_VERSION})", plan.mars_plan),
+                format!(
+                    "unsupported plan version {} (this Mars reads {PLAN_VERSION})",
+                    plan.mars_plan
+                ),
             ));
         }
         Ok(plan)

@@ -472,8 +472,17 @@ pub fn run_plan(
         (read, written)
     });
     let wall = start.elapsed();
+    let written = match written {
+        Ok(w) => w,
+        Err(e) => {
+            // Nothing can be written any more (a full disk, a closed pipe): do not wait for
+            // the requests in flight to drain through the pipeline. The dataflow's threads are
+            // left to end with the process, which is what a caller does with this error.
+            std::mem::forget(guards);
+            return Err(RunError::Output(e));
+        }
+    };
     join(guards)?;
-    let written = written.map_err(RunError::Output)?;
     let (lines, skipped) = read.map_err(RunError::Input)?;
     let requests = lines - skipped;
     if written.stopped_at.is_none() && written.records != requests {
