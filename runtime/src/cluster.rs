@@ -2,9 +2,10 @@
 //! which node, the start-up check that every process runs the same plan and Mars version, and
 //! what happens when a peer is lost.
 //!
-//! Placement: the plan's distinct `worker` names, in the order they first appear among its
-//! nodes, are workers 0, 1, …; worker `w` runs in process `w mod P` of a `P`-process cluster
-//! (the hosts file lists processes in that order). Inside a process, node `i` runs on thread
+//! Placement: the plan's workers, in the target's order (`workers` in the plan; a plan without
+//! that list numbers its `worker` names in the order they first appear among its nodes), are
+//! workers 0, 1, …; worker `w` runs in process `w mod P` of a `P`-process cluster (the hosts
+//! file lists processes in that order). Inside a process, node `i` runs on thread
 //! `i mod T`. Timely's exchange pacts move each node's records to its process; process 0,
 //! thread 0 holds the source and the sink, so process 0 alone reads input and writes output.
 //!
@@ -55,9 +56,10 @@ impl Cluster {
     }
 }
 
-/// The plan's worker names in order of first appearance.
+/// The plan's worker names in process order: the target's order as the plan records it, or,
+/// for a plan that records none, the order of first appearance among the nodes.
 pub fn worker_names(plan: &Plan) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
+    let mut names: Vec<String> = plan.workers.clone();
     for n in &plan.nodes {
         if !names.contains(&n.worker) {
             names.push(n.worker.clone());
@@ -230,6 +232,26 @@ pub fn exit_on_lost_peer(hosts: Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_follow_the_targets_worker_order_when_the_plan_records_it() {
+        let mut plan = crate::scenarios::delay_chain(
+            "p",
+            &[1.0, 1.0, 1.0],
+            crate::scenarios::batch_none(),
+            1,
+        );
+        for (node, w) in plan.nodes.iter_mut().zip(["cpu-b", "cpu-a", "cpu-b"]) {
+            node.worker = w.into();
+        }
+        // Without the target's order: first appearance.
+        assert_eq!(worker_names(&plan), ["cpu-b", "cpu-a"]);
+        assert_eq!(placement(&plan, 2, 1), [0, 1, 0]);
+        // With it (a worker that runs no node still has its process).
+        plan.workers = vec!["gpu".into(), "cpu-a".into(), "cpu-b".into()];
+        assert_eq!(worker_names(&plan), ["gpu", "cpu-a", "cpu-b"]);
+        assert_eq!(placement(&plan, 3, 1), [2, 1, 2]);
+    }
 
     #[test]
     fn hosts_files_list_host_port_lines() {

@@ -1212,6 +1212,7 @@ mod tests {
     fn plan() -> Plan {
         Plan {
             mars_plan: 1,
+            workers: Vec::new(),
             mars_version: "test".into(),
             pipeline: "p".into(),
             inputs_of_plan: PlanOrigin {

@@ -91,6 +91,7 @@ pub fn delay_chain(name: &str, item_ms: &[f64], batch: BatchSpec, replicas: u32)
     let last = nodes.last().map(|n| n.id.clone()).unwrap_or_default();
     Plan {
         mars_plan: PLAN_VERSION,
+        workers: Vec::new(),
         mars_version: env!("CARGO_PKG_VERSION").into(),
         pipeline: name.into(),
         inputs_of_plan: PlanOrigin {

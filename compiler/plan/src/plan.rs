@@ -29,6 +29,11 @@ pub struct Plan {
     pub inputs: Vec<PlanInput>,
     /// The pipeline's outputs, in declaration order.
     pub outputs: Vec<PlanOutput>,
+    /// The target's worker names, in the target's order: a cluster's hosts file lists one
+    /// process per worker in this order. Empty in plans that do not record it; then workers are
+    /// numbered in the order they first appear among the nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<String>,
     /// Every node, in a topological order of the DAG.
     pub nodes: Vec<PlanNode>,
     /// The pipeline-level prediction.

@@ -180,6 +180,7 @@ pub fn lower_plan(
 
     Plan {
         mars_plan: PLAN_VERSION,
+        workers: model.workers.iter().map(|w| w.name.clone()).collect(),
         mars_version: env!("CARGO_PKG_VERSION").to_string(),
         pipeline: pipeline.name.clone(),
         inputs_of_plan: options.origin.clone(),

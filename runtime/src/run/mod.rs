@@ -632,6 +632,7 @@ mod tests {
     ) -> Plan {
         Plan {
             mars_plan: mars_plan::PLAN_VERSION,
+            workers: Vec::new(),
             mars_version: "test".into(),
             pipeline: "p".into(),
             inputs_of_plan: PlanOrigin {
