@@ -119,7 +119,7 @@ fn continuous_batching_gives_one_at_a_time_results_and_keeps_the_kv_bound() {
     // 28 KV tokens: room for the longest sequence here (797 797: 12 prompt tokens, 14
     // generated) but for few at once, so running sequences are preempted and recomputed; the
     // 28-token prompt can never fit.
-    let (bounded, _) = run(
+    let (bounded, bounded_stats) = run(
         dir.path(),
         "bounded",
         &source("@batch(continuous, max = 8)", "  kv_tokens = 28\n"),
@@ -166,4 +166,20 @@ fn continuous_batching_gives_one_at_a_time_results_and_keeps_the_kv_bound() {
         .as_u64()
         .is_some_and(|b| b > 0 && b < 40 * n));
     assert_eq!(stats["ok"], serde_json::json!(n));
+    // The scheduler's own counters: sequences ran together, and only the bound preempted.
+    let c = &node["continuous"];
+    assert!(c["mean_running"].as_f64().is_some_and(|m| m > 1.0), "{c}");
+    assert_eq!(c["preemptions"], serde_json::json!(0), "{c}");
+    assert!(c["prefilled"].as_u64().is_some_and(|p| p >= n), "{c}");
+    let b = bounded_stats["nodes"]
+        .as_object()
+        .and_then(|m| m.values().next())
+        .map(|v| v["continuous"].clone())
+        .expect("bounded node stats");
+    assert!(b["preemptions"].as_u64().is_some_and(|p| p > 0), "{b}");
+    // A preempted sequence is prefilled again.
+    assert!(
+        b["prefilled"].as_u64().is_some_and(|p| p > n - 1),
+        "{b}"
+    );
 }

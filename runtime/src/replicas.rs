@@ -70,6 +70,9 @@ impl Pool {
             && !nodes.is_empty()
             && nodes.iter_mut().all(|n| n.generator().is_some()))
         .then(|| Arc::new(Counters::default()));
+        if let Some(c) = &continuous {
+            meter.watch_continuous(Arc::clone(c));
+        }
         let max = batcher.max;
         let threads = nodes
             .into_iter()

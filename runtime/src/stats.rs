@@ -2,7 +2,7 @@
 //! (`--stats-json` writes [`RunStats`] as JSON; the text summary is [`RunStats::summary`]).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -26,6 +26,8 @@ pub struct NodeMeter {
     epoch: Instant,
     keep_spans: bool,
     inner: Mutex<NodeCounts>,
+    /// The continuous-batching scheduler's counters, when the node batches continuously.
+    continuous: std::sync::OnceLock<Arc<crate::continuous::Counters>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -45,7 +47,13 @@ impl NodeMeter {
             epoch,
             keep_spans,
             inner: Mutex::new(NodeCounts::default()),
+            continuous: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Report the continuous-batching scheduler's counters with this node's stats.
+    pub fn watch_continuous(&self, counters: Arc<crate::continuous::Counters>) {
+        let _ = self.continuous.set(counters);
     }
 
     /// Record one finished batch.
@@ -103,6 +111,15 @@ impl NodeMeter {
             } else {
                 0.0
             },
+            continuous: self.continuous.get().map(|k| {
+                use std::sync::atomic::Ordering::Relaxed;
+                ContinuousStats {
+                    iterations: k.iterations.load(Relaxed),
+                    prefilled: k.prefilled.load(Relaxed),
+                    mean_running: round3(k.mean_running()),
+                    preemptions: k.preemptions(),
+                }
+            }),
         }
     }
 }
@@ -121,6 +138,23 @@ pub struct NodeStats {
     pub busy_s: f64,
     /// `busy_s / (replicas × wall_s)`.
     pub utilization: f64,
+    /// For a node that batched continuously (chapter 6): its scheduler's counters. There a
+    /// "batch" is one scheduler iteration and `items` the sequences that finished in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continuous: Option<ContinuousStats>,
+}
+
+/// What the continuous-batching scheduler of a node did, over all its replicas.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContinuousStats {
+    /// Scheduler iterations that prefilled or stepped something.
+    pub iterations: u64,
+    /// Sequences prefilled, recomputations after a preemption included.
+    pub prefilled: u64,
+    /// Mean number of sequences running per iteration.
+    pub mean_running: f64,
+    /// Running sequences preempted to keep the KV bound (`kv_tokens`).
+    pub preemptions: u64,
 }
 
 /// Request latency from admission to the last output, over successful requests.
@@ -297,6 +331,15 @@ impl RunStats {
                 n.mean_batch,
                 n.utilization * 100.0
             );
+        }
+        for (id, n) in &self.nodes {
+            if let Some(c) = &n.continuous {
+                let _ = writeln!(
+                    s,
+                    "{id}: continuous batching, {} iterations, {:.2} sequences running on average, {} prefilled, {} preempted",
+                    c.iterations, c.mean_running, c.prefilled, c.preemptions
+                );
+            }
         }
         if let Some(id) = self.stopped_at {
             let _ = writeln!(
