@@ -178,8 +178,5 @@ fn continuous_batching_gives_one_at_a_time_results_and_keeps_the_kv_bound() {
         .expect("bounded node stats");
     assert!(b["preemptions"].as_u64().is_some_and(|p| p > 0), "{b}");
     // A preempted sequence is prefilled again.
-    assert!(
-        b["prefilled"].as_u64().is_some_and(|p| p > n - 1),
-        "{b}"
-    );
+    assert!(b["prefilled"].as_u64().is_some_and(|p| p > n - 1), "{b}");
 }
