@@ -492,72 +492,8 @@ impl Generate for LmNode {
     }
 
     fn step(&mut self, seqs: &[SeqId]) -> Vec<(SeqId, Step)> {
-        let limit = self.model.config.max_len;
-        let mut out: Vec<(SeqId, Option<Step>)> = Vec::with_capacity(seqs.len());
-        let mut running: Vec<(SeqId, SeqState)> = Vec::new();
-        let mut next: Vec<u32> = Vec::new();
-        for &id in seqs {
-            let Some(seq) = self.seqs.get_mut(&id) else {
-                out.push((id, Some(Step::Done(Err(unknown(id))))));
-                continue;
-            };
-            let Some(mut st) = seq.state.take() else {
-                self.seqs.remove(&id);
-                let e = NodeError::new(format!("sequence {id} was stepped before its prefill"));
-                out.push((id, Some(Step::Done(Err(e)))));
-                continue;
-            };
-            match choose_next(
-                &mut st,
-                &self.sampling,
-                &mut seq.rng,
-                self.max_tokens,
-                limit,
-            ) {
-                Some(t) => {
-                    next.push(t);
-                    running.push((id, st));
-                    out.push((id, None));
-                }
-                None => {
-                    self.seqs.remove(&id);
-                    out.push((id, Some(Step::Done(Ok(self.output(&st))))));
-                }
-            }
-        }
-        let mut stepped: BTreeMap<SeqId, Step> = BTreeMap::new();
-        let result = {
-            let mut refs: Vec<&mut SeqState> = running.iter_mut().map(|(_, s)| s).collect();
-            self.model.decode_step(&mut refs, &next)
-        };
-        match result {
-            Ok(()) => {
-                for (id, st) in running {
-                    stepped.insert(
-                        id,
-                        Step::Running {
-                            cached: st.cached(),
-                        },
-                    );
-                    self.seqs.get_mut(&id).expect("taken above").state = Some(st);
-                }
-            }
-            Err(e) => {
-                let msg = format!("transformer_lm forward failed: {e}");
-                for (id, _) in running {
-                    self.seqs.remove(&id);
-                    stepped.insert(id, Step::Done(Err(NodeError::new(msg.clone()))));
-                }
-            }
-        }
-        out.into_iter()
-            .map(|(id, step)| {
-                let step = step
-                    .or_else(|| stepped.remove(&id))
-                    .expect("every stepped id has an outcome");
-                (id, step)
-            })
-            .collect()
+        // A decode step is an iteration in which nothing joins: one new token per sequence.
+        self.prefill_and_step(&[], seqs).1
     }
 
     /// One forward pass per iteration ([`TransformerLm::extend`]): the joining sequences'
