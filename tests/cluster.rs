@@ -100,6 +100,15 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// A hosts file of `n` free local ports in `dir`; also the ports.
+fn hosts_file(dir: &Path, n: usize) -> (PathBuf, Vec<u16>) {
+    let hosts = dir.join("hosts.txt");
+    let ports = free_ports(n);
+    let text: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
+    std::fs::write(&hosts, text).expect("hosts");
+    (hosts, ports)
+}
+
 fn worker(plan: &Path, hosts: &Path, process: usize, io: Option<(&Path, &Path)>) -> Child {
     let mut c = StdCommand::new(marsc_path());
     c.arg("worker")
@@ -138,16 +147,7 @@ fn stderr_of(child: Child) -> String {
 #[test]
 fn a_killed_process_stops_the_cluster_and_resume_finishes_the_run_exactly_once() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let hosts = dir.path().join("hosts.txt");
-    let ports = free_ports(3);
-    std::fs::write(
-        &hosts,
-        ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}\n"))
-            .collect::<String>(),
-    )
-    .expect("hosts");
+    let (hosts, _) = hosts_file(dir.path(), 3);
     let input = dir.path().join("in.jsonl");
     std::fs::write(
         &input,
@@ -214,16 +214,7 @@ fn a_killed_process_stops_the_cluster_and_resume_finishes_the_run_exactly_once()
 #[test]
 fn processes_with_different_plans_refuse_to_run() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let hosts = dir.path().join("hosts.txt");
-    let ports = free_ports(2);
-    std::fs::write(
-        &hosts,
-        ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}\n"))
-            .collect::<String>(),
-    )
-    .expect("hosts");
+    let (hosts, _) = hosts_file(dir.path(), 2);
     let plan = fixture("slow.plan.yaml");
     let other = dir.path().join("other.plan.yaml");
     let text = std::fs::read_to_string(&plan).expect("plan");
@@ -258,16 +249,7 @@ fn a_cluster_writes_to_a_file_not_stdout() {
 #[test]
 fn a_process_whose_peers_never_start_gives_up_naming_them() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let hosts = dir.path().join("hosts.txt");
-    let ports = free_ports(3);
-    std::fs::write(
-        &hosts,
-        ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}\n"))
-            .collect::<String>(),
-    )
-    .expect("hosts");
+    let (hosts, ports) = hosts_file(dir.path(), 3);
     // Only process 1 starts; 0 and 2 never do.
     let mut p1 = StdCommand::new(marsc_path())
         .arg("worker")
