@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 
 use mars_plan::Device;
 
-use super::model::{CostModel, MAX_REPLICAS, MAX_THROUGHPUT};
+use super::model::{CostModel, ModelNode, NodeOption, MAX_REPLICAS, MAX_THROUGHPUT};
 
 /// What bounds a plan's throughput.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,8 @@ pub struct Evaluation {
     pub critical_path: Vec<usize>,
     /// The same for the median.
     pub critical_path_p50: Vec<usize>,
+    /// Σ over nodes of their own p99 time at `rate` (batch p99 plus fill).
+    pub node_p99_ms: f64,
     /// 0 when every SLO holds and the plan fits; otherwise the relative miss, summed.
     pub violation: f64,
     /// Whether every node fits in memory with at least one replica.
@@ -85,14 +87,43 @@ pub fn replicas_for(x: f64, per_request: f64) -> u32 {
     }
 }
 
+/// Plans whose throughput is within this fraction of the most reachable count as equally fast:
+/// among them the search takes the lowest p99 (SPEC 2.5). Waiting to fill a batch at a node
+/// far from the bottleneck saves a sliver of CPU and costs a fill time of latency.
+pub const THROUGHPUT_TOLERANCE: f64 = 5e-3;
+
+/// Length of [`Evaluation::key`].
+pub const KEY_LEN: usize = 9;
+
+/// Which order the search ranks plans by (without a throughput SLO it runs in two stages).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stage {
+    /// SLO misses, then the most throughput, then p99, then resources; under a throughput SLO,
+    /// misses, then resources, then latency, then spare throughput.
+    Throughput,
+    /// SLO misses, then any shortfall under `floor` requests/s, then p99, then the nodes' own
+    /// p99 times summed (so nodes off the critical path do not wait either), then throughput,
+    /// then resources.
+    Latency { floor: f64 },
+}
+
 impl Evaluation {
-    /// The search's order: smaller is better. Maximizing throughput: SLO misses, then
-    /// throughput, then p99 latency, then resources. Under a throughput SLO: misses, then
-    /// resources, then latency, then spare throughput.
-    pub fn key(&self, model: &CostModel) -> [f64; 7] {
+    /// The search's order under `stage`: smaller is better.
+    pub fn key(&self, model: &CostModel, stage: Stage) -> [f64; KEY_LEN] {
         let c = &self.cost;
-        if model.objectives.throughput.is_some() {
-            [
+        match stage {
+            Stage::Latency { floor } => [
+                self.violation,
+                ((floor - self.capacity) / floor.max(f64::MIN_POSITIVE)).max(0.0),
+                self.p99_ms,
+                self.node_p99_ms,
+                -self.capacity,
+                c.gpus_used as f64,
+                c.cpu_busy,
+                c.gpu_busy,
+                f64::from(c.replicas),
+            ],
+            Stage::Throughput if model.objectives.throughput.is_some() => [
                 self.violation,
                 c.gpus_used as f64,
                 c.cpu_busy,
@@ -100,9 +131,10 @@ impl Evaluation {
                 f64::from(c.replicas),
                 self.p99_ms,
                 -self.capacity,
-            ]
-        } else {
-            [
+                0.0,
+                0.0,
+            ],
+            Stage::Throughput => [
                 self.violation,
                 -self.capacity,
                 self.p99_ms,
@@ -110,7 +142,9 @@ impl Evaluation {
                 c.cpu_busy,
                 c.gpu_busy,
                 f64::from(c.replicas),
-            ]
+                0.0,
+                0.0,
+            ],
         }
     }
 }
@@ -151,6 +185,12 @@ pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
     };
     let (p50_ms, critical_path_p50) = longest_path(model, choice, rate, false);
     let (p99_ms, critical_path) = longest_path(model, choice, rate, true);
+    let node_p99_ms = model
+        .nodes
+        .iter()
+        .zip(choice)
+        .map(|(node, &o)| own_ms(node, &node.options[o], rate, true))
+        .sum();
     if let Some(s) = model.objectives.p50_ms {
         violation += ((p50_ms - s) / s).clamp(0.0, 1e6);
     }
@@ -182,6 +222,7 @@ pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
         p99_ms,
         critical_path,
         critical_path_p50,
+        node_p99_ms,
         violation,
         fits,
         cost,
@@ -355,7 +396,7 @@ pub fn longest_path(
     for i in 0..n {
         let node = &model.nodes[i];
         let opt = &node.options[choice[i]];
-        let own = if p99 { opt.p99_ms } else { opt.latency_ms } + opt.fill_ms(rate * node.fanout);
+        let own = own_ms(node, opt, rate, p99);
         let mut best = 0.0;
         for &p in &node.preds {
             let hop = if model.nodes[p].options[choice[p]].worker != opt.worker {
@@ -396,8 +437,7 @@ pub fn longest_through(model: &CostModel, choice: &[usize], rate: f64, p99: bool
     let own: Vec<f64> = (0..n)
         .map(|i| {
             let node = &model.nodes[i];
-            let opt = &node.options[choice[i]];
-            (if p99 { opt.p99_ms } else { opt.latency_ms }) + opt.fill_ms(rate * node.fanout)
+            own_ms(node, &node.options[choice[i]], rate, p99)
         })
         .collect();
     let hop = |a: usize, b: usize| {
@@ -431,6 +471,12 @@ pub fn longest_through(model: &CostModel, choice: &[usize], rate: f64, p99: bool
         bwd[i] = after + own[i];
     }
     (0..n).map(|i| fwd[i] + bwd[i] - own[i]).collect()
+}
+
+/// A node's own time on `opt` at `rate` requests/s (p99 when `p99`, else median): its batch's
+/// time plus the time the batch takes to fill.
+pub fn own_ms(node: &ModelNode, opt: &NodeOption, rate: f64, p99: bool) -> f64 {
+    (if p99 { opt.p99_ms } else { opt.latency_ms }) + opt.fill_ms(rate * node.fanout)
 }
 
 /// The time a batch of `batch` items takes to fill at `items_per_s` (ms); 0 for batches of one.

@@ -40,7 +40,11 @@ pub fn explain(
     if model.objectives.throughput.is_some() {
         let _ = writeln!(s, "objective: sustain the throughput SLO with the fewest resources (latencies judged at {}/s)", round3(e.rate));
     } else {
-        let _ = writeln!(s, "objective: the most throughput the target allows");
+        let _ = writeln!(
+            s,
+            "objective: the most throughput the target allows, then (within {}% of it) the lowest p99",
+            super::evaluate::THROUGHPUT_TOLERANCE * 100.0
+        );
     }
     for note in &plan.notes {
         let _ = writeln!(s, "note: {note}");

@@ -71,6 +71,9 @@ pub struct ModelNode {
     pub fanout: f64,
     /// `@replicas(N)`.
     pub fixed_replicas: Option<u32>,
+    /// `@batch(max = N, …)` or `@batch(continuous, max = N)`: the user asked for batching, so
+    /// the search's latency stage keeps the batch the throughput stage chose.
+    pub batch_annotated: bool,
     pub options: Vec<NodeOption>,
     /// Positions (in [`CostModel::nodes`]) of the nodes feeding this one.
     pub preds: Vec<usize>,
@@ -196,6 +199,10 @@ impl CostModel {
                     id: node.id.clone(),
                     fanout,
                     fixed_replicas: node.annotations.replicas.map(|r| r.max(1)),
+                    batch_annotated: matches!(
+                        node.annotations.batch,
+                        Some(BatchHint::Dynamic { .. } | BatchHint::Continuous { .. })
+                    ),
                     options: opts,
                     preds,
                     generation,

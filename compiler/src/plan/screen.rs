@@ -7,7 +7,7 @@
 //!
 //! [`evaluate`]: super::evaluate::evaluate
 
-use super::evaluate::{compare_keys, replicas_for, Evaluation};
+use super::evaluate::{compare_keys, own_ms, replicas_for, Evaluation, Stage};
 use super::model::{CostModel, MAX_REPLICAS, MAX_THROUGHPUT};
 
 /// Sums of the current assignment, from which a move's bounds follow in O(workers + GPUs).
@@ -85,8 +85,10 @@ impl MoveScreen {
     /// a lower or equal rate batches fill no faster, so its move cannot lower latency or the
     /// SLO misses; it can only win through more throughput or, at equal throughput, fewer
     /// resources. A node on a critical path can win on latency only if its own time at the
-    /// current rate drops or its worker changes; only a plan that misses an SLO lets such a
-    /// move give up throughput.
+    /// current rate drops or its worker changes; only a plan that misses an SLO, or the latency
+    /// stage down to its floor, lets such a move give up throughput. In the latency stage every
+    /// node's own time counts (the key sums them after p99), so there a node off the critical
+    /// paths qualifies by its own time as well.
     pub fn may_improve(
         &self,
         model: &CostModel,
@@ -94,24 +96,26 @@ impl MoveScreen {
         i: usize,
         from: usize,
         to: usize,
+        stage: Stage,
     ) -> bool {
         if !current.fits {
             return true;
         }
         let critical = self.on_critical_path[i];
+        let latency_stage = matches!(stage, Stage::Latency { .. });
         // On a critical path, latency can only drop if the node's own time at the current rate
         // does (at a lower rate its batches fill even slower), or if its worker, and so the
         // hops around it, changes.
         let faster = |rate: f64| -> bool {
             let node = &model.nodes[i];
             let (a, b) = (&node.options[from], &node.options[to]);
-            let own = |o: &super::model::NodeOption, p99: bool| {
-                (if p99 { o.p99_ms } else { o.latency_ms }) + o.fill_ms(rate * node.fanout)
-            };
-            critical
+            let own = |o: &super::model::NodeOption, p99: bool| own_ms(node, o, rate, p99);
+            let critical_faster = critical
                 && (a.worker != b.worker
                     || own(b, true) < own(a, true)
-                    || own(b, false) < own(a, false))
+                    || own(b, false) < own(a, false));
+            // In the latency stage the nodes' own times count too, on a critical path or not.
+            critical_faster || (latency_stage && own(b, true) < own(a, true))
         };
         // A plan that misses a latency SLO may trade throughput for latency.
         if current.violation > 0.0 && faster(current.rate) {
@@ -169,11 +173,20 @@ impl MoveScreen {
                 }
             }
             _ => {
-                if upper < current.capacity * (1.0 - TOLERANCE) {
+                // The least throughput a move may keep: the current one, or in the latency
+                // stage the floor (which then only latency can justify).
+                let floor = match stage {
+                    Stage::Throughput => current.capacity,
+                    Stage::Latency { floor } => floor,
+                };
+                if upper < floor * (1.0 - TOLERANCE) {
                     return false;
                 }
                 if upper > current.capacity * (1.0 + TOLERANCE) || faster(current.rate) {
                     return true;
+                }
+                if upper < current.capacity * (1.0 - TOLERANCE) {
+                    return false;
                 }
                 compare_keys(&cost(current.rate), &now) == std::cmp::Ordering::Less
             }

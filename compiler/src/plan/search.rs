@@ -1,12 +1,15 @@
 //! The search over assignments: a few deterministic starting points, each improved by local
 //! search (move one node to another option; on small pipelines also two nodes at once) until no
 //! move improves [`Evaluation::key`]. The best result wins; ties go to the earlier start.
+//! Without a throughput SLO a second stage, started from the first's results, trades up to
+//! [`THROUGHPUT_TOLERANCE`] of the throughput for a lower p99: so a node far from the
+//! bottleneck does not wait to fill a batch that saves a sliver of CPU.
 
 use std::cmp::Ordering;
 
 use mars_plan::Device;
 
-use super::evaluate::{compare_keys, evaluate, Evaluation};
+use super::evaluate::{compare_keys, evaluate, Evaluation, Stage, KEY_LEN, THROUGHPUT_TOLERANCE};
 use super::model::CostModel;
 use super::screen::MoveScreen;
 
@@ -46,24 +49,88 @@ pub struct Solution {
     pub eval: Evaluation,
 }
 
-/// Search the best assignment of `model`.
+/// Search the best assignment of `model`. Without a throughput SLO in two stages: the most
+/// throughput, then, keeping within [`THROUGHPUT_TOLERANCE`] of it, the lowest p99 (SPEC 2.5).
 pub fn search(model: &CostModel, options: &SearchOptions) -> Solution {
-    let mut best: Option<(Solution, [f64; 7])> = None;
+    let (fastest, locals) = search_stage(model, options, Stage::Throughput, starts(model));
+    if model.objectives.throughput.is_some() || !fastest.eval.fits {
+        return fastest;
+    }
+    let floor = fastest.eval.capacity * (1.0 - THROUGHPUT_TOLERANCE);
+    let (pinned, original) = pin_annotated_batches(model, &fastest.choice);
+    let to_pinned = |choice: &[usize]| -> Option<Vec<usize>> {
+        (0..choice.len())
+            .map(|i| original[i].iter().position(|&o| o == choice[i]))
+            .collect()
+    };
+    // From the best plan, then from every other start's local optimum that is as fast.
+    let mut again = vec![to_pinned(&fastest.choice).expect("the best plan's options are kept")];
+    again.extend(
+        locals
+            .iter()
+            .filter(|s| s.eval.capacity >= floor)
+            .filter_map(|s| to_pinned(&s.choice)),
+    );
+    let best = search_stage(&pinned, options, Stage::Latency { floor }, again).0;
+    let choice: Vec<usize> = (0..best.choice.len())
+        .map(|i| original[i][best.choice[i]])
+        .collect();
+    Solution {
+        eval: evaluate(model, &choice),
+        choice,
+    }
+}
+
+/// `model` where every node with a `@batch(max = …)` annotation keeps only the options of the
+/// batch size and policy it has in `choice` (the user asked for that batching; the latency
+/// stage must not undo it), and for each node the original index of each option kept.
+fn pin_annotated_batches(model: &CostModel, choice: &[usize]) -> (CostModel, Vec<Vec<usize>>) {
+    let mut pinned = model.clone();
+    let mut original = Vec::with_capacity(model.nodes.len());
+    for (i, node) in pinned.nodes.iter_mut().enumerate() {
+        let chosen = &model.nodes[i].options[choice[i]];
+        let keep: Vec<usize> = (0..node.options.len())
+            .filter(|&o| {
+                let opt = &model.nodes[i].options[o];
+                !node.batch_annotated || (opt.batch == chosen.batch && opt.policy == chosen.policy)
+            })
+            .collect();
+        node.options = keep
+            .iter()
+            .map(|&o| model.nodes[i].options[o].clone())
+            .collect();
+        original.push(keep);
+    }
+    (pinned, original)
+}
+
+/// One stage of the search under `stage`'s order: local search from each start (duplicates
+/// skipped), then iterated local search from the best. Returns the best and each start's local
+/// optimum.
+fn search_stage(
+    model: &CostModel,
+    options: &SearchOptions,
+    stage: Stage,
+    starts: Vec<Vec<usize>>,
+) -> (Solution, Vec<Solution>) {
+    let mut best: Option<(Solution, [f64; KEY_LEN])> = None;
     let mut seen: Vec<Vec<usize>> = Vec::new();
-    for start in starts(model) {
+    let mut locals = Vec::new();
+    for start in starts {
         if seen.contains(&start) {
             continue;
         }
         seen.push(start.clone());
-        let solution = improve(model, start, options);
-        let key = solution.eval.key(model);
+        let solution = improve(model, start, options, stage);
+        let key = solution.eval.key(model, stage);
         let better = match &best {
             None => true,
             Some((_, k)) => compare_keys(&key, k) == Ordering::Less,
         };
         if better {
-            best = Some((solution, key));
+            best = Some((solution.clone(), key));
         }
+        locals.push(solution);
     }
     let (mut best, mut best_key) = best.expect("there is always at least one start");
 
@@ -95,14 +162,14 @@ pub fn search(model: &CostModel, options: &SearchOptions) -> Solution {
             pair_moves_up_to: 0,
             ..options.clone()
         };
-        let solution = improve(model, choice, &quick);
-        let key = solution.eval.key(model);
+        let solution = improve(model, choice, &quick, stage);
+        let key = solution.eval.key(model, stage);
         if compare_keys(&key, &best_key) == Ordering::Less {
             best = solution;
             best_key = key;
         }
     }
-    best
+    (best, locals)
 }
 
 /// splitmix64, for the perturbations.
@@ -232,7 +299,12 @@ fn fastest_option(model: &CostModel, i: usize, rate: f64, keep: usize) -> usize 
 }
 
 /// Local search from `choice` until no move improves it.
-fn improve(model: &CostModel, mut choice: Vec<usize>, options: &SearchOptions) -> Solution {
+fn improve(
+    model: &CostModel,
+    mut choice: Vec<usize>,
+    options: &SearchOptions,
+    stage: Stage,
+) -> Solution {
     let n = model.nodes.len();
     // Moves of two nodes at once: on small pipelines, and only while their number stays small.
     let pairs_affordable = n <= options.pair_moves_up_to && {
@@ -241,7 +313,7 @@ fn improve(model: &CostModel, mut choice: Vec<usize>, options: &SearchOptions) -
         k.iter().map(|&a| a * (all - a)).sum::<usize>() / 2 <= MAX_PAIR_MOVES
     };
     let mut current = evaluate(model, &choice);
-    let mut key = current.key(model);
+    let mut key = current.key(model, stage);
 
     for _ in 0..options.max_passes {
         let mut improved = false;
@@ -264,7 +336,7 @@ fn improve(model: &CostModel, mut choice: Vec<usize>, options: &SearchOptions) -
             }
             if rush != choice {
                 let e = evaluate(model, &rush);
-                let k = e.key(model);
+                let k = e.key(model, stage);
                 if compare_keys(&k, &key) == Ordering::Less {
                     choice = rush;
                     current = e;
@@ -276,14 +348,14 @@ fn improve(model: &CostModel, mut choice: Vec<usize>, options: &SearchOptions) -
         let mut screen = MoveScreen::new(model, &choice, &current);
         for i in 0..n {
             let keep = choice[i];
-            let mut best: Option<(usize, Evaluation, [f64; 7])> = None;
+            let mut best: Option<(usize, Evaluation, [f64; KEY_LEN])> = None;
             for o in 0..model.nodes[i].options.len() {
-                if o == keep || !screen.may_improve(model, &current, i, keep, o) {
+                if o == keep || !screen.may_improve(model, &current, i, keep, o, stage) {
                     continue;
                 }
                 choice[i] = o;
                 let e = evaluate(model, &choice);
-                let k = e.key(model);
+                let k = e.key(model, stage);
                 let bar = best.as_ref().map_or(&key, |b| &b.2);
                 if compare_keys(&k, bar) == Ordering::Less {
                     best = Some((o, e, k));
@@ -312,7 +384,7 @@ fn improve(model: &CostModel, mut choice: Vec<usize>, options: &SearchOptions) -
                             choice[i] = oi;
                             choice[j] = oj;
                             let e = evaluate(model, &choice);
-                            let k = e.key(model);
+                            let k = e.key(model, stage);
                             if compare_keys(&k, &key) == Ordering::Less {
                                 current = e;
                                 key = k;

@@ -680,3 +680,105 @@ fn generating_plans_are_deterministic_and_explained() {
         "{text}"
     );
 }
+
+/// A heavy node between two cheap ones on a 2-core pool, as in `title_translate`: batching
+/// the cheap nodes by 32 saves 0.075% of the CPU but makes each wait 155 ms to fill.
+fn heavy_between_cheap(annotate_first: Option<BatchHint>) -> (Pipeline, Profile, Target) {
+    let mut a = spec("a", &[]);
+    a.annotations.batch = annotate_first;
+    let p = pipeline(&[a, spec("heavy", &[0]), spec("c", &[1])], &[]);
+    let cheap = || Some(device(&[1, 32], &[0.01, 0.2]));
+    let prof = profile(&[
+        ("a", cheap(), None),
+        ("heavy", Some(device(&[1], &[10.0])), None),
+        ("c", cheap(), None),
+    ]);
+    (p, prof, target(2.0, &[]))
+}
+
+#[test]
+fn cheap_nodes_off_the_bottleneck_do_not_wait_to_fill_batches() {
+    // Regression (title_translate planned `≤32 wait 38.38ms` on nodes at utilization 0.00).
+    // Batches of 32 at a and c: X = 2000/(10 + 2·0.2/32) = 199.750/s, but each batch takes
+    // 31/X = 155.2 ms to fill. Batches of one: X = 2000/10.02 = 199.601/s (0.075% less, within
+    // the tolerance) and p99 = 10.02 ms.
+    let (p, prof, t) = heavy_between_cheap(None);
+    let plan = plan_ok(&p, Some(&prof), &t);
+    for n in &plan.nodes {
+        assert_eq!(
+            (n.id.as_str(), n.batch.policy, n.batch.max, n.batch.wait_ms),
+            (n.id.as_str(), BatchPolicy::None, 1, 0.0)
+        );
+    }
+    assert_eq!(plan.predicted.throughput, 199.601);
+    assert_eq!(plan.predicted.latency_p99_ms, 10.02);
+    assert_eq!(plan.predicted.bottleneck, "w0.cpu");
+
+    // The batched assignment sustains more, by less than the tolerance, at a far worse p99.
+    let model = CostModel::build(&p, Some(&prof), &t, &PlanOptions::default()).expect("builds");
+    let batched: Vec<usize> = model
+        .nodes
+        .iter()
+        .map(|n| {
+            let b = if n.id == "heavy" { 1 } else { 32 };
+            n.options
+                .iter()
+                .position(|o| o.batch == b)
+                .expect("profiled")
+        })
+        .collect();
+    let e = evaluate::evaluate(&model, &batched);
+    assert!(
+        e.capacity > 199.75 && e.capacity < 199.751,
+        "{}",
+        e.capacity
+    );
+    assert!(plan.predicted.throughput >= e.capacity * (1.0 - evaluate::THROUGHPUT_TOLERANCE));
+    assert!(e.p99_ms > 320.0, "{}", e.p99_ms);
+}
+
+#[test]
+fn a_cheap_node_that_would_bound_the_throughput_unbatched_keeps_its_batch() {
+    // a (one replica) → heavy, 4 cores. a unbatched: 6 ms an item, its one replica bounds X at
+    // 166.667/s. Batches of 8 take 8 ms (1 ms an item): X = 4000/(1 + 10) = 363.636/s, the CPU
+    // pool bounds it, and a batch fills in 7/X = 19.25 ms. 54% less throughput is no tie.
+    let mut a = spec("a", &[]);
+    a.annotations.replicas = Some(1);
+    let p = pipeline(&[a, spec("heavy", &[0])], &[]);
+    let prof = profile(&[
+        ("a", Some(device(&[1, 8], &[6.0, 8.0])), None),
+        ("heavy", Some(device(&[1], &[10.0])), None),
+    ]);
+    let plan = plan_ok(&p, Some(&prof), &target(4.0, &[]));
+    let a = &plan.nodes[0];
+    assert_eq!(
+        (a.batch.policy, a.batch.max, a.batch.wait_ms),
+        (BatchPolicy::Dynamic, 8, 19.25)
+    );
+    assert_eq!(plan.predicted.throughput, 363.636);
+    assert_eq!(plan.predicted.bottleneck, "w0.cpu");
+}
+
+#[test]
+fn a_batch_annotation_on_a_cheap_node_is_kept() {
+    // As above, but the user asked a to batch: it keeps the throughput stage's 32 and its
+    // wait; c, unannotated, does not wait.
+    let (p, prof, t) = heavy_between_cheap(Some(BatchHint::Dynamic {
+        max: Some(32),
+        wait_ms: Some(2.0),
+    }));
+    let plan = plan_ok(&p, Some(&prof), &t);
+    let batches: Vec<_> = plan
+        .nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.batch.policy, n.batch.max, n.batch.wait_ms))
+        .collect();
+    assert_eq!(
+        batches,
+        [
+            ("a", BatchPolicy::Dynamic, 32, 2.0),
+            ("heavy", BatchPolicy::None, 1, 0.0),
+            ("c", BatchPolicy::None, 1, 0.0),
+        ]
+    );
+}
