@@ -469,6 +469,14 @@ fn a_reader_that_goes_away_ends_the_run_quietly() {
     // The reader is dropped here: the pipe closes.
     let out = child.wait_with_output().expect("exits");
     feeder.join().expect("feeder");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

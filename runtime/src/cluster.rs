@@ -235,12 +235,8 @@ mod tests {
 
     #[test]
     fn processes_follow_the_targets_worker_order_when_the_plan_records_it() {
-        let mut plan = crate::scenarios::delay_chain(
-            "p",
-            &[1.0, 1.0, 1.0],
-            crate::scenarios::batch_none(),
-            1,
-        );
+        let mut plan =
+            crate::scenarios::delay_chain("p", &[1.0, 1.0, 1.0], crate::scenarios::batch_none(), 1);
         for (node, w) in plan.nodes.iter_mut().zip(["cpu-b", "cpu-a", "cpu-b"]) {
             node.worker = w.into();
         }

@@ -67,11 +67,7 @@ pub trait Generate: Send {
     /// [`Generate::prefill`] then [`Generate::step`]; a node may instead run both in one
     /// forward pass (the joining prompts beside the running sequences' decode rows), which is
     /// what keeps joins from costing running sequences a pass of their own.
-    fn prefill_and_step(
-        &mut self,
-        prefill: &[SeqId],
-        step: &[SeqId],
-    ) -> (Outcomes, Outcomes) {
+    fn prefill_and_step(&mut self, prefill: &[SeqId], step: &[SeqId]) -> (Outcomes, Outcomes) {
         let filled = self.prefill(prefill);
         (filled, self.step(step))
     }
