@@ -32,6 +32,8 @@ pub struct MoveScreen {
     /// Σ replicas at the current evaluation's rate.
     replicas: f64,
     on_critical_path: Vec<bool>,
+    /// Whether a node on the p99 critical path waits for its batch to fill.
+    fill_on_critical_path: bool,
 }
 
 const TOLERANCE: f64 = 1e-7;
@@ -51,6 +53,10 @@ impl MoveScreen {
             busy_gpu: 0.0,
             replicas: eval.replicas.iter().map(|&r| f64::from(r)).sum(),
             on_critical_path: vec![false; n],
+            fill_on_critical_path: eval.critical_path.iter().any(|&i| {
+                let node = &model.nodes[i];
+                node.options[choice[i]].fill_ms(eval.rate * node.fanout) > 0.0
+            }),
         };
         for &i in eval.critical_path.iter().chain(&eval.critical_path_p50) {
             s.on_critical_path[i] = true;
@@ -88,7 +94,8 @@ impl MoveScreen {
     /// current rate drops or its worker changes; only a plan that misses an SLO, or the latency
     /// stage down to its floor, lets such a move give up throughput. In the latency stage every
     /// node's own time counts (the key sums them after p99), so there a node off the critical
-    /// paths qualifies by its own time as well.
+    /// paths qualifies by its own time as well: where the move keeps the rate, or where the p99
+    /// critical path has no fill time that a lower rate would lengthen.
     pub fn may_improve(
         &self,
         model: &CostModel,
@@ -110,12 +117,20 @@ impl MoveScreen {
             let node = &model.nodes[i];
             let (a, b) = (&node.options[from], &node.options[to]);
             let own = |o: &super::model::NodeOption, p99: bool| own_ms(node, o, rate, p99);
-            let critical_faster = critical
+            critical
                 && (a.worker != b.worker
                     || own(b, true) < own(a, true)
-                    || own(b, false) < own(a, false));
-            // In the latency stage the nodes' own times count too, on a critical path or not.
-            critical_faster || (latency_stage && own(b, true) < own(a, true))
+                    || own(b, false) < own(a, false))
+        };
+        // In the latency stage the nodes' own times count too (after p99), on a critical path
+        // or not; but at a lower rate a p99 critical path that waits for batches to fill grows,
+        // so there only a move that keeps the rate can win by its own time.
+        let own_faster = |keeps_rate: bool| -> bool {
+            let node = &model.nodes[i];
+            let (a, b) = (&node.options[from], &node.options[to]);
+            latency_stage
+                && (keeps_rate || !self.fill_on_critical_path)
+                && own_ms(node, b, current.rate, true) < own_ms(node, a, current.rate, true)
         };
         // A plan that misses a latency SLO may trade throughput for latency.
         if current.violation > 0.0 && faster(current.rate) {
@@ -185,7 +200,11 @@ impl MoveScreen {
                 if upper > current.capacity * (1.0 + TOLERANCE) || faster(current.rate) {
                     return true;
                 }
-                if upper < current.capacity * (1.0 - TOLERANCE) {
+                let keeps_rate = upper >= current.capacity * (1.0 - TOLERANCE);
+                if own_faster(keeps_rate) {
+                    return true;
+                }
+                if !keeps_rate {
                     return false;
                 }
                 compare_keys(&cost(current.rate), &now) == std::cmp::Ordering::Less
