@@ -68,10 +68,36 @@ fn two_and_three_processes_write_what_one_process_writes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = spread_input(dir.path(), 2000);
     let mut outputs = Vec::new();
+    let mut stats = Vec::new();
     for (n, workers) in [(1, "1"), (2, "1"), (3, "2")] {
         let out = dir.path().join(format!("out{n}.jsonl"));
-        run_local("spread.plan.yaml", &input, &out, n, &["--workers", workers]);
+        let s = dir.path().join(format!("stats{n}.json"));
+        let s_arg = s.display().to_string();
+        run_local(
+            "spread.plan.yaml",
+            &input,
+            &out,
+            n,
+            &["--workers", workers, "--stats-json", &s_arg],
+        );
         outputs.push(records(&out));
+        let json: Json =
+            serde_json::from_str(&std::fs::read_to_string(&s).expect("stats")).expect("JSON");
+        stats.push(json);
+    }
+    // Process 0's stats count every node, wherever it ran: the same items as one process.
+    for s in &stats {
+        let nodes = s["nodes"].as_object().expect("nodes");
+        assert_eq!(nodes.len(), 4, "{s}");
+        for (id, n) in nodes {
+            let one = &stats[0]["nodes"][id];
+            assert_eq!(n["items"], one["items"], "node {id}: {n} vs {one}");
+            assert_eq!(n["item_errors"], one["item_errors"], "node {id}");
+            assert!(
+                n["batches"].as_u64().is_some_and(|b| b > 0),
+                "node {id}: {n}"
+            );
+        }
     }
     assert_eq!(outputs[0].len(), 2000);
     assert_eq!(

@@ -143,6 +143,48 @@ pub fn agree(
     Ok(())
 }
 
+/// After a run, send the counts of the nodes this worker's process ran to worker 0, which adds
+/// them to its own meters: so process 0's summary and `--stats-json` cover every node. Workers
+/// of process 0 send nothing (they share its meters); every worker must call this.
+pub fn gather_stats(
+    worker: &mut Worker,
+    meters: &[std::sync::Arc<crate::stats::NodeMeter>],
+    owners: &[usize],
+    threads: usize,
+) {
+    let me = worker.index();
+    let mine: Vec<(u64, Vec<u64>)> = if me / threads.max(1) == 0 {
+        Vec::new()
+    } else {
+        owners
+            .iter()
+            .enumerate()
+            .filter(|(_, &owner)| owner == me)
+            .map(|(i, _)| (i as u64, meters[i].totals().to_vec()))
+            .collect()
+    };
+    let got: Rc<RefCell<Vec<(u64, Vec<u64>)>>> = Rc::new(RefCell::new(Vec::new()));
+    let probe = {
+        let got = Rc::clone(&got);
+        worker.dataflow::<u64, _, _>(move |scope| {
+            mine.to_stream(scope)
+                .container::<Vec<_>>()
+                .exchange(|_: &(u64, Vec<u64>)| 0)
+                .inspect(move |x| got.borrow_mut().push(x.clone()))
+                .probe()
+                .0
+        })
+    };
+    while !probe.done() {
+        worker.step_or_park(None);
+    }
+    for (i, t) in got.borrow().iter() {
+        if let (Some(m), Ok(t)) = (meters.get(*i as usize), <[u64; 9]>::try_from(t.as_slice())) {
+            m.absorb(t);
+        }
+    }
+}
+
 /// Tracks whether this process's timely workers started, which timely does only once every
 /// process of the cluster has connected.
 pub struct Connected {

@@ -51,6 +51,59 @@ impl NodeMeter {
         }
     }
 
+    /// This node's counts as numbers, to send to another process: batches, items, errors,
+    /// busy nanoseconds, then the continuous scheduler's iterations, prefilled, sequence-steps
+    /// and preemptions (all 0 without one), then 1 when it has one.
+    pub fn totals(&self) -> [u64; 9] {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut t = [
+            c.batches,
+            c.items,
+            c.errors,
+            u64::try_from(c.busy.as_nanos()).unwrap_or(u64::MAX),
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        if let Some(k) = self.continuous.get() {
+            t[4] = k.iterations.load(Relaxed);
+            t[5] = k.prefilled.load(Relaxed);
+            t[6] = k.stepped.load(Relaxed);
+            t[7] = k.preemptions.load(Relaxed);
+            t[8] = 1;
+        }
+        t
+    }
+
+    /// Add another process's [`NodeMeter::totals`] for this node (in a cluster, process 0
+    /// reports every node).
+    pub fn absorb(&self, t: [u64; 9]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        {
+            let mut c = self
+                .inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            c.batches += t[0];
+            c.items += t[1];
+            c.errors += t[2];
+            c.busy += Duration::from_nanos(t[3]);
+        }
+        if t[8] == 1 {
+            let k = self.continuous.get_or_init(Default::default);
+            k.iterations.fetch_add(t[4], Relaxed);
+            k.prefilled.fetch_add(t[5], Relaxed);
+            k.stepped.fetch_add(t[6], Relaxed);
+            k.preemptions.fetch_add(t[7], Relaxed);
+        }
+    }
+
     /// Report the continuous-batching scheduler's counters with this node's stats.
     pub fn watch_continuous(&self, counters: Arc<crate::continuous::Counters>) {
         let _ = self.continuous.set(counters);

@@ -323,6 +323,9 @@ fn launch(
             output_sink(input, deps.clone(), lowered.outputs.clone(), flow, out);
         });
         while worker.step_or_park(None) {}
+        if in_cluster {
+            cluster::gather_stats(worker, &meters, &owners, threads);
+        }
         Ok(())
     })
     .map_err(RunError::Runtime)
