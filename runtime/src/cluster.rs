@@ -153,7 +153,9 @@ pub fn gather_stats(
     threads: usize,
 ) {
     let me = worker.index();
-    let mine: Vec<(u64, Vec<u64>)> = if me / threads.max(1) == 0 {
+    // (node index, its `NodeMeter::totals`)
+    type Counts = (u64, Vec<u64>);
+    let mine: Vec<Counts> = if me / threads.max(1) == 0 {
         Vec::new()
     } else {
         owners
@@ -163,13 +165,13 @@ pub fn gather_stats(
             .map(|(i, _)| (i as u64, meters[i].totals().to_vec()))
             .collect()
     };
-    let got: Rc<RefCell<Vec<(u64, Vec<u64>)>>> = Rc::new(RefCell::new(Vec::new()));
+    let got: Rc<RefCell<Vec<Counts>>> = Rc::new(RefCell::new(Vec::new()));
     let probe = {
         let got = Rc::clone(&got);
         worker.dataflow::<u64, _, _>(move |scope| {
             mine.to_stream(scope)
                 .container::<Vec<_>>()
-                .exchange(|_: &(u64, Vec<u64>)| 0)
+                .exchange(|_: &Counts| 0)
                 .inspect(move |x| got.borrow_mut().push(x.clone()))
                 .probe()
                 .0
