@@ -2,26 +2,15 @@
 //! stepped, preempted and recomputed in an interleaving like the continuous-batching
 //! scheduler's give the same outputs as `run_batch` one item at a time, greedy and sampled.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
+mod common;
 
-use mars_runtime::{Node, NodeContext, Outputs, SeqId, Step, Value};
+use std::collections::VecDeque;
+
+use mars_runtime::{Node, Outputs, SeqId, Step, Value};
 use mars_stdlib::models::numbers;
-use mars_stdlib::params::plan_node;
 
 fn node(config: serde_json::Value) -> Box<dyn Node> {
-    let mut n = plan_node("unused", &[]);
-    n.implementation.builtin = None;
-    n.implementation.model = Some(mars_plan::ModelImpl {
-        arch: "transformer_lm".into(),
-        config: serde_json::from_value(config).expect("config object"),
-    });
-    let ctx = NodeContext {
-        node: n,
-        replica: 0,
-        base_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pipelines"),
-    };
-    match mars_stdlib::registry().instantiate(&ctx) {
+    match mars_stdlib::registry().instantiate(&common::lm_context(config)) {
         Ok(n) => n,
         Err(e) => panic!("the translator node builds: {e}"),
     }
@@ -205,17 +194,7 @@ fn max_tokens_one_ends_at_the_first_step_and_errors_name_the_sequence() {
 fn the_padded_static_baseline_gives_the_same_outputs() {
     let config = serde_json::json!({"weights": "weights/mt.safetensors", "max_tokens": 24});
     let mut plain = node(config.clone());
-    let mut n = plan_node("unused", &[]);
-    n.implementation.builtin = None;
-    n.implementation.model = Some(mars_plan::ModelImpl {
-        arch: "transformer_lm".into(),
-        config: serde_json::from_value(config).expect("config object"),
-    });
-    let ctx = NodeContext {
-        node: n,
-        replica: 0,
-        base_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pipelines"),
-    };
+    let ctx = common::lm_context(config);
     let mut padded = match mars_stdlib::models::padded_lm_factory()(&ctx) {
         Ok(n) => n,
         Err(e) => panic!("the padded node builds: {e}"),

@@ -2,6 +2,8 @@
 //! and on a synthetic layer with one outlier input channel: accuracy per mode, per-layer
 //! errors against the plain schemes, calibration statistics and their absence.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -300,20 +302,10 @@ fn activation_aware_modes_refuse_weights_without_statistics() {
         ("plain.safetensors", "smoothquant_int8", false),
         ("plain.safetensors", "int4", true),
     ] {
-        let mut n = mars_stdlib::params::plan_node("translator", &[]);
-        n.implementation.builtin = None;
-        n.implementation.model = Some(mars_plan::ModelImpl {
-            arch: "transformer_lm".into(),
-            config: serde_json::from_value(
-                serde_json::json!({"weights": file, "quantize": quantize}),
-            )
-            .expect("object"),
-        });
-        let ctx = mars_runtime::NodeContext {
-            node: n,
-            replica: 0,
-            base_dir: plain.parent().expect("a folder").to_path_buf(),
-        };
+        let ctx = common::lm_context_in(
+            serde_json::json!({"weights": file, "quantize": quantize}),
+            plain.parent().expect("a folder"),
+        );
         match mars_stdlib::registry().instantiate(&ctx) {
             Ok(_) => assert!(ok, "{quantize} built without statistics"),
             Err(e) => {

@@ -2,6 +2,8 @@
 //! `transformer_lm` node: exact match on held-out numbers, batch independence of greedy
 //! decoding, quantized modes, per-item errors.
 
+mod common;
+
 use std::path::PathBuf;
 
 use mars_runtime::{Node, NodeContext, Value};
@@ -10,18 +12,7 @@ use mars_stdlib::models::train::held_out_numbers;
 use mars_stdlib::params::plan_node;
 
 fn node(config: serde_json::Value) -> Box<dyn Node> {
-    let mut n = plan_node("unused", &[]);
-    n.implementation.builtin = None;
-    n.implementation.model = Some(mars_plan::ModelImpl {
-        arch: "transformer_lm".into(),
-        config: serde_json::from_value(config).expect("config object"),
-    });
-    let ctx = NodeContext {
-        node: n,
-        replica: 0,
-        base_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pipelines"),
-    };
-    match mars_stdlib::registry().instantiate(&ctx) {
+    match mars_stdlib::registry().instantiate(&common::lm_context(config)) {
         Ok(n) => n,
         Err(e) => panic!("the translator node builds: {e}"),
     }
