@@ -92,6 +92,13 @@ pub trait Generate: Send {
     fn kv_capacity(&self) -> Option<usize> {
         None
     }
+
+    /// The text a running sequence has generated so far (its decoded output tokens), for
+    /// streaming it to a client while the sequence runs. `None` (the default) when the node
+    /// cannot say; the scheduler then streams only the final result.
+    fn generated_text(&self, _seq: SeqId) -> Option<String> {
+        None
+    }
 }
 
 /// What a factory gets to build one replica of a node.
