@@ -1,0 +1,181 @@
+//! Watching the other processes of a formed cluster: every pair of processes keeps a heartbeat
+//! connection (opened and authenticated with the data link, see [`super::handshake`]) on which
+//! each side writes a byte every [`BEAT`]. A peer whose heartbeat stays silent for the stall
+//! limit (stopped with SIGSTOP, hung hard, cut off by the network), or whose connection closes
+//! before it said goodbye (it died), fails the run: [`Health::failed`] fires and
+//! [`Health::failure`] names the process. The runtime turns that into an error for its caller;
+//! only `marsc` turns it into exit status 2.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+/// How often a heartbeat is written.
+pub const BEAT: Duration = Duration::from_millis(500);
+
+const ALIVE: u8 = b'.';
+const BYE: u8 = b'B';
+
+struct State {
+    failure: Mutex<Option<String>>,
+    /// Dropped at the first failure: every clone of `failed` then sees the channel closed.
+    alarm: Mutex<Option<Sender<()>>>,
+    failed: Receiver<()>,
+    /// Dropped by [`Health::finish`]: tells the heartbeat writers to say goodbye.
+    finish: Mutex<Option<Sender<()>>>,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl State {
+    fn fail(&self, why: String) {
+        if self.finished.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            tracing::error!("cluster: {why}");
+            *f = Some(why);
+        }
+        drop(f);
+        self.alarm.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// The running cluster's health, as this process sees it.
+#[derive(Clone)]
+pub struct Health {
+    state: Arc<State>,
+}
+
+/// The health of the cluster this process runs in now, for the panic hook of timely's network
+/// threads ([`report_lost_link`]).
+static ACTIVE: Mutex<Option<Weak<State>>> = Mutex::new(None);
+
+/// A timely network thread lost its link to `process`: fail the active run, if any.
+pub fn report_lost_link(process: usize, host: &str, why: &str) {
+    let active = ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(state) = active.and_then(|w| w.upgrade()) {
+        state.fail(format!(
+            "lost the connection to process {process} ({host}): {why}"
+        ));
+    }
+}
+
+impl Health {
+    /// Start watching `links[p]` (the heartbeat connection to each other process `p`).
+    pub fn watch(links: Vec<Option<TcpStream>>, hosts: &[String], stall: Duration) -> Health {
+        let (alarm, failed) = crossbeam_channel::bounded(1);
+        let (finish, finishing) = crossbeam_channel::bounded::<()>(1);
+        let state = Arc::new(State {
+            failure: Mutex::new(None),
+            alarm: Mutex::new(Some(alarm)),
+            failed,
+            finish: Mutex::new(Some(finish)),
+            finished: std::sync::atomic::AtomicBool::new(false),
+        });
+        *ACTIVE.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&state));
+        for (p, link) in links.into_iter().enumerate() {
+            let Some(link) = link else { continue };
+            let host = hosts.get(p).cloned().unwrap_or_else(|| "?".into());
+            let Ok(mut writer) = link.try_clone() else {
+                state.fail(format!("cannot watch process {p} ({host})"));
+                continue;
+            };
+            let finishing = finishing.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("mars:heartbeat-w{p}"))
+                .spawn(move || loop {
+                    match finishing.recv_timeout(BEAT) {
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            if writer.write_all(&[ALIVE]).is_err() {
+                                return; // the reader reports the lost link
+                            }
+                        }
+                        _ => {
+                            let _ = writer.write_all(&[BYE]);
+                            let _ = writer.shutdown(std::net::Shutdown::Write);
+                            return;
+                        }
+                    }
+                });
+            let watched = Arc::downgrade(&state);
+            let _ = std::thread::Builder::new()
+                .name(format!("mars:heartbeat-r{p}"))
+                .spawn(move || read_beats(link, p, &host, stall, &watched));
+        }
+        Health { state }
+    }
+
+    /// Closed (ready) once the cluster has failed.
+    pub fn failed(&self) -> &Receiver<()> {
+        &self.state.failed
+    }
+
+    /// What failed, if anything has.
+    pub fn failure(&self) -> Option<String> {
+        self.state
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// This process's run is over: say goodbye to every peer and stop watching them.
+    pub fn finish(&self) {
+        self.state
+            .finished
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state
+            .finish
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Fail the run from outside (for tests and for callers with their own watchdogs).
+    pub fn fail(&self, why: String) {
+        self.state.fail(why);
+    }
+}
+
+fn read_beats(mut link: TcpStream, p: usize, host: &str, stall: Duration, state: &Weak<State>) {
+    let _ = link.set_read_timeout(Some(stall));
+    let mut buf = [0u8; 64];
+    loop {
+        let outcome = link.read(&mut buf);
+        let Some(state) = state.upgrade() else { return };
+        if state.finished.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        match outcome {
+            Ok(0) => {
+                state.fail(format!(
+                    "lost the connection to process {p} ({host}): it closed without finishing the run"
+                ));
+                return;
+            }
+            Ok(n) if buf[..n].contains(&BYE) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                state.fail(format!(
+                    "process {p} ({host}) sent no heartbeat for {:.0} s: it is stopped, hung or cut off",
+                    stall.as_secs_f64()
+                ));
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                state.fail(format!("lost the connection to process {p} ({host}): {e}"));
+                return;
+            }
+        }
+    }
+}
