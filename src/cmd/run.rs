@@ -184,7 +184,7 @@ fn run_error(e: RunError) -> miette::Report {
         RunError::Input(_) => "mars::run::input",
         RunError::Output(_) => "mars::run::output",
         RunError::Runtime(_) => "mars::run::runtime",
-        RunError::Cluster(_) => "mars::cluster::failed",
+        RunError::Cluster(f) => f.code,
     };
     miette!(code = code, "{e}")
 }
@@ -369,11 +369,14 @@ fn local_cluster(args: Args, n: usize) -> miette::Result<ExitCode> {
 }
 
 /// Report a cluster failure; its exit status is 2.
-pub fn cluster_failed(why: &str) -> ExitCode {
-    eprintln!("error[mars::cluster::failed]: {why}");
-    eprintln!(
-        "  the run stops; records written so far are whole lines: rerun with --resume to finish it"
-    );
+pub fn cluster_failed(f: &mars_runtime::cluster::health::Failure) -> ExitCode {
+    use mars_runtime::cluster::handshake::{CONNECT, PLAN};
+    eprintln!("error[{}]: {}", f.code, f.message);
+    if f.code == CONNECT {
+        eprintln!("  start every process listed in the hosts file (same plan, same marsc, same --cluster-secret), check the addresses and firewalls, or raise --connect-timeout");
+    } else if f.code != PLAN {
+        eprintln!("  the run stops; records written so far are whole lines: rerun with --resume to finish it");
+    }
     ExitCode::from(2)
 }
 
@@ -527,7 +530,7 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
             return Ok(ExitCode::SUCCESS)
         }
         // A cluster that did not form, or lost or stalled a peer: status 2 (SPEC 3.10).
-        Err(RunError::Cluster(why)) => return Ok(cluster_failed(&why)),
+        Err(RunError::Cluster(f)) => return Ok(cluster_failed(&f)),
         r => r.map_err(run_error)?,
     };
     output

@@ -57,7 +57,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     match mars_runtime::run::run_peer(&plan, &base_dir, &mars_stdlib::registry(), opts) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // A cluster that did not form, or lost or stalled a peer: status 2 (SPEC 3.10).
-        Err(mars_runtime::RunError::Cluster(why)) => Ok(super::run::cluster_failed(&why)),
+        Err(mars_runtime::RunError::Cluster(f)) => Ok(super::run::cluster_failed(&f)),
         Err(e) => Err(miette!(code = "mars::cluster::run", "{e}")),
     }
 }

@@ -143,9 +143,23 @@ pub struct Forming<'a> {
     pub timeout: Duration,
 }
 
-/// Why the cluster did not form.
+/// Why the cluster did not form (diagnostic code `mars::cluster::connect`, or
+/// `mars::cluster::plan` when authenticated processes run different plans).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FormError(pub String);
+
+pub const CONNECT: &str = "mars::cluster::connect";
+pub const PLAN: &str = "mars::cluster::plan";
+
+impl FormError {
+    pub fn code(&self) -> &'static str {
+        if self.0.contains("start every process with the same plan") {
+            PLAN
+        } else {
+            CONNECT
+        }
+    }
+}
 
 impl std::fmt::Display for FormError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -17,10 +17,22 @@ use crossbeam_channel::{Receiver, Sender};
 pub const BEAT: Duration = Duration::from_millis(500);
 
 const ALIVE: u8 = b'.';
+
+/// The diagnostic codes of [`Failure`].
+pub const LOST: &str = "mars::cluster::lost";
+pub const STALLED: &str = "mars::cluster::stalled";
 const BYE: u8 = b'B';
 
+/// How the cluster failed: a diagnostic code (`mars::cluster::lost`, `mars::cluster::stalled`)
+/// and a message naming the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: &'static str,
+    pub message: String,
+}
+
 struct State {
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<Failure>>,
     /// Dropped at the first failure: every clone of `failed` then sees the channel closed.
     alarm: Mutex<Option<Sender<()>>>,
     failed: Receiver<()>,
@@ -30,14 +42,14 @@ struct State {
 }
 
 impl State {
-    fn fail(&self, why: String) {
+    fn fail(&self, code: &'static str, why: String) {
         if self.finished.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
             tracing::error!("cluster: {why}");
-            *f = Some(why);
+            *f = Some(Failure { code, message: why });
         }
         drop(f);
         self.alarm.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -58,9 +70,10 @@ static ACTIVE: Mutex<Option<Weak<State>>> = Mutex::new(None);
 pub fn report_lost_link(process: usize, host: &str, why: &str) {
     let active = ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(state) = active.and_then(|w| w.upgrade()) {
-        state.fail(format!(
-            "lost the connection to process {process} ({host}): {why}"
-        ));
+        state.fail(
+            LOST,
+            format!("lost the connection to process {process} ({host}): {why}"),
+        );
     }
 }
 
@@ -81,7 +94,7 @@ impl Health {
             let Some(link) = link else { continue };
             let host = hosts.get(p).cloned().unwrap_or_else(|| "?".into());
             let Ok(mut writer) = link.try_clone() else {
-                state.fail(format!("cannot watch process {p} ({host})"));
+                state.fail(LOST, format!("cannot watch process {p} ({host})"));
                 continue;
             };
             let finishing = finishing.clone();
@@ -115,7 +128,7 @@ impl Health {
     }
 
     /// What failed, if anything has.
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<Failure> {
         self.state
             .failure
             .lock()
@@ -136,8 +149,8 @@ impl Health {
     }
 
     /// Fail the run from outside (for tests and for callers with their own watchdogs).
-    pub fn fail(&self, why: String) {
-        self.state.fail(why);
+    pub fn fail(&self, code: &'static str, why: String) {
+        self.state.fail(code, why);
     }
 }
 
@@ -152,9 +165,10 @@ fn read_beats(mut link: TcpStream, p: usize, host: &str, stall: Duration, state:
         }
         match outcome {
             Ok(0) => {
-                state.fail(format!(
-                    "lost the connection to process {p} ({host}): it closed without finishing the run"
-                ));
+                state.fail(
+                    LOST,
+                    format!("lost the connection to process {p} ({host}): it closed without finishing the run"),
+                );
                 return;
             }
             Ok(n) if buf[..n].contains(&BYE) => return,
@@ -165,15 +179,21 @@ fn read_beats(mut link: TcpStream, p: usize, host: &str, stall: Duration, state:
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                state.fail(format!(
-                    "process {p} ({host}) sent no heartbeat for {:.0} s: it is stopped, hung or cut off",
-                    stall.as_secs_f64()
-                ));
+                state.fail(
+                    STALLED,
+                    format!(
+                        "process {p} ({host}) sent no heartbeat for {:.0} s: it is stopped, hung or cut off",
+                        stall.as_secs_f64()
+                    ),
+                );
                 return;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                state.fail(format!("lost the connection to process {p} ({host}): {e}"));
+                state.fail(
+                    LOST,
+                    format!("lost the connection to process {p} ({host}): {e}"),
+                );
                 return;
             }
         }

@@ -229,7 +229,7 @@ pub struct Joining<'a> {
 impl Joining<'_> {
     /// Form the cluster (see [`handshake`]) and hand the sockets to timely. Errors name the
     /// processes and hosts concerned; nothing here exits the process.
-    pub fn join(self) -> Result<Joined, String> {
+    pub fn join(self) -> Result<Joined, health::Failure> {
         use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
         use timely::communication::allocator::ProcessBuilder;
         use timely::communication::{AllocatorBuilder, Hooks};
@@ -247,7 +247,10 @@ impl Joining<'_> {
             timeout: self.connect_timeout,
         }
         .form()
-        .map_err(|e| e.0)?;
+        .map_err(|e| health::Failure {
+            code: e.code(),
+            message: e.0,
+        })?;
         let health = health::Health::watch(links.heartbeat, &c.hosts, self.peer_timeout);
         let hooks = Hooks::default();
         let threads = self.threads.max(1);
@@ -260,7 +263,10 @@ impl Joining<'_> {
             threads,
             hooks,
         )
-        .map_err(|e| format!("cannot start the cluster's network threads: {e}"))?;
+        .map_err(|e| health::Failure {
+            code: handshake::CONNECT,
+            message: format!("cannot start the cluster's network threads: {e}"),
+        })?;
         Ok(Joined {
             builders: builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
             comms: Box::new(comms),

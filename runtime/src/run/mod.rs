@@ -162,8 +162,8 @@ pub enum RunError {
     #[error("the runtime failed: {0}")]
     Runtime(String),
     /// The cluster did not form, or a peer was lost or stalled (SPEC 3.10).
-    #[error("{0}")]
-    Cluster(String),
+    #[error("{}", .0.message)]
+    Cluster(cluster::health::Failure),
 }
 
 /// The built replicas of one node.
@@ -445,7 +445,10 @@ pub fn run_peer(
             health.finish();
             r.unwrap_or_else(|_| Err(RunError::Runtime("the workers' joiner failed".into())))
         }
-        recv(health.failed()) -> _ => Err(RunError::Cluster(health.failure().unwrap_or_default())),
+        recv(health.failed()) -> _ => Err(RunError::Cluster(health.failure().unwrap_or(cluster::health::Failure {
+            code: cluster::health::LOST,
+            message: "the cluster failed".into(),
+        }))),
     }
 }
 
