@@ -165,19 +165,28 @@ fn strangers_on_a_forming_clusters_port_are_refused_and_the_run_forms() {
     let out = dir.path().join("out.jsonl");
     let mut p0 = worker(&hosts, 0, &key, Some((&input, &out)), &[]);
     // A port scan: connect and close (this is also how the test learns the port is open).
-    wait_for(Duration::from_secs(60), "process 0 to listen", || accepting(ports[0]));
+    wait_for(Duration::from_secs(60), "process 0 to listen", || {
+        accepting(ports[0])
+    });
     // Garbage bytes, and an HTTP request.
     let mut garbage = TcpStream::connect(("127.0.0.1", ports[0])).expect("connect");
-    garbage.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3]).expect("write");
+    garbage
+        .write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3])
+        .expect("write");
     drop(garbage);
     let mut http = TcpStream::connect(("127.0.0.1", ports[0])).expect("connect");
-    http.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("write");
-    http.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    http.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("write");
+    http.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     let mut answer = Vec::new();
     let _ = http.read_to_end(&mut answer);
     // An idle connection, held open until the run is over.
     let idle = TcpStream::connect(("127.0.0.1", ports[0])).expect("connect");
-    assert!(p0.try_wait().expect("wait").is_none(), "a stranger killed process 0");
+    assert!(
+        p0.try_wait().expect("wait").is_none(),
+        "a stranger killed process 0"
+    );
 
     let mut p1 = worker(&hosts, 1, &key, None, &[]);
     let s0 = exit_within(&mut p0, Duration::from_secs(120)).expect("process 0 finishes");
@@ -200,14 +209,19 @@ fn a_second_cluster_on_the_same_hosts_file_is_refused_and_the_first_runs() {
     let input = int_input(dir.path(), 200);
     let out = dir.path().join("out.jsonl");
     let mut a0 = worker(&hosts, 0, &ours, Some((&input, &out)), &[]);
-    wait_for(Duration::from_secs(60), "process 0 to listen", || accepting(ports[0]));
+    wait_for(Duration::from_secs(60), "process 0 to listen", || {
+        accepting(ports[0])
+    });
     // Process 1 of another run, started with the same hosts file.
     let mut b1 = worker(&hosts, 1, &theirs, None, &[]);
     let sb = exit_within(&mut b1, Duration::from_secs(60)).expect("the stranger gives up");
     assert_eq!(sb.code(), Some(2));
     let eb = stderr_of(b1);
     assert!(eb.contains("not part of this run"), "{eb}");
-    assert!(a0.try_wait().expect("wait").is_none(), "the second cluster killed the first");
+    assert!(
+        a0.try_wait().expect("wait").is_none(),
+        "the second cluster killed the first"
+    );
 
     let mut a1 = worker(&hosts, 1, &ours, None, &[]);
     let s0 = exit_within(&mut a0, Duration::from_secs(120)).expect("process 0 finishes");
@@ -239,7 +253,10 @@ fn a_stopped_peer_is_noticed_and_named() {
     let e0 = stderr_of(p0);
     assert!(e0.contains("mars::cluster::stalled"), "{e0}");
     assert!(
-        e0.contains(&format!("process 1 (127.0.0.1:{}) sent no heartbeat", ports[1])),
+        e0.contains(&format!(
+            "process 1 (127.0.0.1:{}) sent no heartbeat",
+            ports[1]
+        )),
         "{e0}"
     );
 }
@@ -286,7 +303,9 @@ fn the_local_clusters_hosts_file_is_private_and_gone_after_sigterm() {
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
     };
-    wait_for(Duration::from_secs(60), "the cluster's folder", || !entries().is_empty());
+    wait_for(Duration::from_secs(60), "the cluster's folder", || {
+        !entries().is_empty()
+    });
     let folder = entries().remove(0);
     let meta = std::fs::symlink_metadata(&folder).expect("metadata");
     assert!(meta.is_dir(), "{} is not a folder", folder.display());
@@ -296,7 +315,9 @@ fn the_local_clusters_hosts_file_is_private_and_gone_after_sigterm() {
         assert!(m.is_file());
         assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f}");
     }
-    wait_for(Duration::from_secs(60), "the run to get going", || lines_in(&out) >= 20);
+    wait_for(Duration::from_secs(60), "the run to get going", || {
+        lines_in(&out) >= 20
+    });
     let children = processes_mentioning(&folder.to_string_lossy());
     assert!(!children.is_empty(), "no cluster children found");
     signal(run.id(), "-TERM");
@@ -324,15 +345,25 @@ fn exec_plan(args: &str, annotation: &str, timeout_ms: Option<u64>) -> tempfile:
     std::fs::write(dir.path().join("target.yaml"), TARGET).expect("target");
     Command::new(marsc())
         .current_dir(dir.path())
-        .args(["compile", "app.mars", "--target", "target.yaml", "-o", "app.plan.yaml"])
+        .args([
+            "compile",
+            "app.mars",
+            "--target",
+            "target.yaml",
+            "-o",
+            "app.plan.yaml",
+        ])
         .assert()
         .success();
     if let Some(ms) = timeout_ms {
         let path = dir.path().join("app.plan.yaml");
         let plan = std::fs::read_to_string(&path).expect("plan");
         assert!(plan.contains("timeout_ms: 30000"), "{plan}");
-        std::fs::write(&path, plan.replace("timeout_ms: 30000", &format!("timeout_ms: {ms}")))
-            .expect("edit plan");
+        std::fs::write(
+            &path,
+            plan.replace("timeout_ms: 30000", &format!("timeout_ms: {ms}")),
+        )
+        .expect("edit plan");
     }
     dir
 }
@@ -352,7 +383,15 @@ fn run_texts(dir: &Path, texts: &[&str]) -> BTreeMap<u64, Json> {
     write_texts(dir, texts);
     let o = Command::new(marsc())
         .current_dir(dir)
-        .args(["run", "app.plan.yaml", "-i", "in.jsonl", "-o", "out.jsonl", "-q"])
+        .args([
+            "run",
+            "app.plan.yaml",
+            "-i",
+            "in.jsonl",
+            "-o",
+            "out.jsonl",
+            "-q",
+        ])
         .timeout(Duration::from_secs(180))
         .output()
         .expect("marsc runs");
@@ -367,7 +406,10 @@ fn ok(r: &Json) -> Option<&str> {
 }
 
 fn error(r: &Json) -> String {
-    r["error"]["message"].as_str().unwrap_or_default().to_string()
+    r["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -375,7 +417,11 @@ fn endless_blank_or_stale_lines_time_out_like_silence() {
     for mode in ["blank", "stale"] {
         let dir = exec_plan(mode, "@batch(none)", Some(500));
         let r = run_texts(dir.path(), &["a"]);
-        assert!(error(&r[&1]).contains("did not answer within 500 ms"), "{mode}: {:?}", r[&1]);
+        assert!(
+            error(&r[&1]).contains("did not answer within 500 ms"),
+            "{mode}: {:?}",
+            r[&1]
+        );
     }
 }
 
@@ -389,7 +435,11 @@ fn a_response_line_has_a_size_limit() {
 #[test]
 fn a_request_that_crashes_the_program_fails_alone() {
     // Batches of up to 16 gather while the program works: the crash shares its batch.
-    let dir = exec_plan("poison", "@batch(max = 16, wait = 200ms) @replicas(1)", None);
+    let dir = exec_plan(
+        "poison",
+        "@batch(max = 16, wait = 200ms) @replicas(1)",
+        None,
+    );
     let mut texts: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
     texts[7] = "crash 1".into();
     texts[23] = "crash 2".into();
@@ -440,13 +490,23 @@ fn sigterm_and_sigint_stop_busy_exec_programs() {
         write_texts(dir.path(), &["a"]);
         let mut run = StdCommand::new(marsc())
             .current_dir(dir.path())
-            .args(["run", "app.plan.yaml", "-i", "in.jsonl", "-o", "out.jsonl", "-q"])
+            .args([
+                "run",
+                "app.plan.yaml",
+                "-i",
+                "in.jsonl",
+                "-o",
+                "out.jsonl",
+                "-q",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("marsc starts");
         let pid_file = dir.path().join("busy.pid");
-        wait_for(Duration::from_secs(60), "the program to be busy", || pid_file.exists());
+        wait_for(Duration::from_secs(60), "the program to be busy", || {
+            pid_file.exists()
+        });
         let pid = std::fs::read_to_string(&pid_file).expect("pid");
         signal(run.id(), sig);
         let status = exit_within(&mut run, Duration::from_secs(30)).expect("marsc stops");

@@ -13,8 +13,8 @@
 //! ```
 //!
 //! The key comes from the run token (a shared secret file, or the token process 0 of
-//! `--local-cluster` generates for its children); without one it is derived from the plan's
-//! fingerprint alone. A listener drops a connection that fails any step, logs it, and keeps
+//! `--local-cluster` generates for its children); without one it is a constant every `marsc`
+//! knows. A listener drops a connection that fails any step, logs it, and keeps
 //! accepting; each handshake runs on a thread of its own with a read timeout, so an idle or
 //! slow stranger cannot hold forming up. Plans that differ between authenticated processes end
 //! forming with an error naming both. The links are not encrypted, and nothing after the
@@ -77,12 +77,10 @@ impl RunKey {
         RunKey(h.finalize().into())
     }
 
-    /// Without a token: a key every process running the same plan and `marsc` derives.
-    pub fn from_fingerprint(fingerprint: &str) -> RunKey {
-        let mut h = Sha256::new();
-        h.update(b"mars cluster plan key\0");
-        h.update(fingerprint.as_bytes());
-        RunKey(h.finalize().into())
+    /// Without a token: the key every `marsc` knows. It keeps out what does not speak the
+    /// handshake (scanners, garbage, other protocols), not other Mars processes.
+    pub fn without_token() -> RunKey {
+        RunKey::from_token(b"mars cluster without a run token")
     }
 
     fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
@@ -218,9 +216,17 @@ impl Forming<'_> {
                     std::thread::Builder::new()
                         .name(format!("mars:cluster-connect-{peer}"))
                         .spawn(move || {
-                            let r = connect(&hosts, me, peer, kind, &key, &fingerprint, deadline)
-                                .map(|s| (peer, kind, s));
-                            let _ = found_tx.send(r);
+                            // At the deadline a connector just stops: the forming loop
+                            // reports every process still missing.
+                            match connect(&hosts, me, peer, kind, &key, &fingerprint, deadline) {
+                                Ok(Some(s)) => {
+                                    let _ = found_tx.send(Ok((peer, kind, s)));
+                                }
+                                Ok(None) => {}
+                                Err(e) => {
+                                    let _ = found_tx.send(Err(e));
+                                }
+                            }
                         })
                         .map_err(|e| FormError(format!("cannot start a thread: {e}")))?,
                 );
@@ -309,7 +315,7 @@ fn connect(
     key: &RunKey,
     fingerprint: &str,
     deadline: Instant,
-) -> Result<TcpStream, FormError> {
+) -> Result<Option<TcpStream>, FormError> {
     let address = host(hosts, peer);
     let not_ours = |why: &str| {
         FormError(format!(
@@ -318,9 +324,7 @@ fn connect(
     };
     loop {
         if Instant::now() >= deadline {
-            return Err(FormError(format!(
-                "process {me} could not connect to process {peer} ({address}) in time"
-            )));
+            return Ok(None);
         }
         let stream = address
             .to_socket_addrs()
@@ -347,18 +351,12 @@ fn connect(
         })();
         let (raw, theirs, mac) = match step {
             Ok(x) => x,
-            // The listener went away mid-handshake (it may be restarting): try again.
-            Err(e)
-                if e.kind() != std::io::ErrorKind::WouldBlock
-                    && e.kind() != std::io::ErrorKind::TimedOut =>
-            {
-                if &reply[..8] != MAGIC && reply != [0u8; 24] {
-                    return Err(not_ours("it does not speak the Mars handshake"));
-                }
+            // The listener went away or stalled mid-handshake (it may be restarting, or not
+            // be ours): try again until the deadline.
+            Err(_) => {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            Err(_) => return Err(not_ours("it did not answer the handshake")),
         };
         if &reply[..8] != MAGIC {
             return Err(not_ours("it does not speak the Mars handshake"));
@@ -382,7 +380,7 @@ fn connect(
         match verdict[0] {
             ACCEPTED if theirs == fingerprint => {
                 let _ = s.set_read_timeout(None);
-                return Ok(s);
+                return Ok(Some(s));
             }
             ACCEPTED | PLANS_DIFFER => return Err(differ(me, fingerprint, peer, &address, &theirs)),
             ALREADY_CONNECTED => {

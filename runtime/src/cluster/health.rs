@@ -36,8 +36,9 @@ struct State {
     /// Dropped at the first failure: every clone of `failed` then sees the channel closed.
     alarm: Mutex<Option<Sender<()>>>,
     failed: Receiver<()>,
-    /// Dropped by [`Health::finish`]: tells the heartbeat writers to say goodbye.
-    finish: Mutex<Option<Sender<()>>>,
+    /// The write halves of the heartbeat links; emptied by [`Health::finish`] once it has said
+    /// goodbye on each.
+    writers: Mutex<Vec<TcpStream>>,
     finished: std::sync::atomic::AtomicBool,
 }
 
@@ -81,44 +82,48 @@ impl Health {
     /// Start watching `links[p]` (the heartbeat connection to each other process `p`).
     pub fn watch(links: Vec<Option<TcpStream>>, hosts: &[String], stall: Duration) -> Health {
         let (alarm, failed) = crossbeam_channel::bounded(1);
-        let (finish, finishing) = crossbeam_channel::bounded::<()>(1);
         let state = Arc::new(State {
             failure: Mutex::new(None),
             alarm: Mutex::new(Some(alarm)),
             failed,
-            finish: Mutex::new(Some(finish)),
+            writers: Mutex::new(Vec::new()),
             finished: std::sync::atomic::AtomicBool::new(false),
         });
         *ACTIVE.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&state));
         for (p, link) in links.into_iter().enumerate() {
             let Some(link) = link else { continue };
             let host = hosts.get(p).cloned().unwrap_or_else(|| "?".into());
-            let Ok(mut writer) = link.try_clone() else {
+            let Ok(writer) = link.try_clone() else {
                 state.fail(LOST, format!("cannot watch process {p} ({host})"));
                 continue;
             };
-            let finishing = finishing.clone();
-            let _ = std::thread::Builder::new()
-                .name(format!("mars:heartbeat-w{p}"))
-                .spawn(move || loop {
-                    match finishing.recv_timeout(BEAT) {
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                            if writer.write_all(&[ALIVE]).is_err() {
-                                return; // the reader reports the lost link
-                            }
-                        }
-                        _ => {
-                            let _ = writer.write_all(&[BYE]);
-                            let _ = writer.shutdown(std::net::Shutdown::Write);
-                            return;
-                        }
-                    }
-                });
+            state
+                .writers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(writer);
             let watched = Arc::downgrade(&state);
             let _ = std::thread::Builder::new()
                 .name(format!("mars:heartbeat-r{p}"))
                 .spawn(move || read_beats(link, p, &host, stall, &watched));
         }
+        let beating = Arc::downgrade(&state);
+        let _ = std::thread::Builder::new()
+            .name("mars:heartbeat".into())
+            .spawn(move || loop {
+                std::thread::sleep(BEAT);
+                let Some(state) = beating.upgrade() else {
+                    return;
+                };
+                let mut writers = state.writers.lock().unwrap_or_else(|p| p.into_inner());
+                if state.finished.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                // A failed write is the reader's to report (the link is gone).
+                for w in writers.iter_mut() {
+                    let _ = w.write_all(&[ALIVE]);
+                }
+            });
         Health { state }
     }
 
@@ -136,16 +141,17 @@ impl Health {
             .clone()
     }
 
-    /// This process's run is over: say goodbye to every peer and stop watching them.
+    /// This process's run is over: say goodbye to every peer (before returning, so that a
+    /// process exiting right after cannot look lost) and stop watching them.
     pub fn finish(&self) {
+        let mut writers = self.state.writers.lock().unwrap_or_else(|p| p.into_inner());
         self.state
             .finished
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.state
-            .finish
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        for mut w in writers.drain(..) {
+            let _ = w.write_all(&[BYE]);
+            let _ = w.shutdown(std::net::Shutdown::Write);
+        }
     }
 
     /// Fail the run from outside (for tests and for callers with their own watchdogs).

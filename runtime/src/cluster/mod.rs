@@ -32,8 +32,8 @@ pub struct Cluster {
     /// This process's index into `hosts`.
     pub process: usize,
     /// The run token every process of this run shares (a secret file's contents, or the token
-    /// `--local-cluster` generates). Without one, any process running the same plan and
-    /// `marsc` is accepted as a peer.
+    /// `--local-cluster` generates). Without one, any `marsc` process is accepted as a peer
+    /// (and refused later if its plan differs).
     pub token: Option<String>,
 }
 
@@ -237,7 +237,7 @@ impl Joining<'_> {
         let c = self.cluster;
         let key = match &c.token {
             Some(t) => handshake::RunKey::from_token(t.as_bytes()),
-            None => handshake::RunKey::from_fingerprint(&self.fingerprint),
+            None => handshake::RunKey::without_token(),
         };
         let links = handshake::Forming {
             hosts: &c.hosts,
