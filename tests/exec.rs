@@ -184,7 +184,7 @@ fn hung_program_is_killed_after_the_timeout_then_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pid_file = dir.path().join("pid");
     let command = format!("python3 echo.py {}", pid_file.display());
-    let mut node = exec_node(&command, &["Text"], &["Text"], Some(500));
+    let mut node = exec_node(&command, &["Text"], &["Text"], Some(3000));
     let first = node.run_batch(texts(&["warm"]));
     assert_eq!(ok_texts(&first), vec![Some("warm".into())]);
     let hung_pid = std::fs::read_to_string(&pid_file).expect("pid written");
@@ -193,7 +193,7 @@ fn hung_program_is_killed_after_the_timeout_then_restarts() {
     // "x" succeeds when run again alone; "hang" times out again.
     assert_eq!(ok_texts(&out)[0], Some("x".into()));
     assert!(
-        message(&out[1]).contains("did not answer within 500 ms"),
+        message(&out[1]).contains("did not answer within 3000 ms"),
         "{}",
         message(&out[1])
     );
@@ -461,7 +461,7 @@ mod through_run {
 
     #[test]
     fn a_hung_program_times_out_and_the_run_goes_on() {
-        let dir = compiled(&echo_source("@batch(none) @replicas(1)"), Some(500));
+        let dir = compiled(&echo_source("@batch(none) @replicas(1)"), Some(3000));
         let r = run(
             &dir,
             &[
@@ -472,7 +472,7 @@ mod through_run {
         );
         assert_eq!(ok(&r[&1]), Some("a"));
         let hang = error(&r[&2]);
-        assert!(hang.contains("did not answer within 500 ms"), "{hang}");
+        assert!(hang.contains("did not answer within 3000 ms"), "{hang}");
         assert_eq!(ok(&r[&3]), Some("b"));
     }
 

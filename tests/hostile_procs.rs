@@ -415,7 +415,7 @@ fn error(r: &Json) -> String {
 #[test]
 fn endless_blank_or_stale_lines_time_out_like_silence() {
     for mode in ["blank", "stale"] {
-        let dir = exec_plan(mode, "@batch(none)", Some(500));
+        let dir = exec_plan(mode, "@batch(none)", Some(3000));
         let r = run_texts(dir.path(), &["a"]);
         assert!(
             error(&r[&1]).contains("did not answer within 500 ms"),
