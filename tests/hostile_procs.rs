@@ -418,7 +418,7 @@ fn endless_blank_or_stale_lines_time_out_like_silence() {
         let dir = exec_plan(mode, "@batch(none)", Some(3000));
         let r = run_texts(dir.path(), &["a"]);
         assert!(
-            error(&r[&1]).contains("did not answer within 500 ms"),
+            error(&r[&1]).contains("did not answer within 3000 ms"),
             "{mode}: {:?}",
             r[&1]
         );
