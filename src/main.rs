@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod shutdown;
 
 /// Mars: compile pipelines of ML models and functions into planned, batched, pipelined dataflows.
 ///
@@ -52,6 +53,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First, before any thread starts: every thread inherits the blocked signals.
+    shutdown::install();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("MARS_LOG"))
         .with_writer(std::io::stderr)
@@ -71,6 +74,8 @@ fn main() -> ExitCode {
         Command::Weights(a) => cmd::weights::run(a),
         Command::TrainDemo(a) => cmd::train_demo::run(a),
     };
+    // Every way out kills leftover exec programs and removes private temporary folders.
+    shutdown::cleanup();
     match result {
         Ok(code) => code,
         Err(report) => {

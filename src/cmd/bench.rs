@@ -302,23 +302,17 @@ fn run_on_cluster(
     std::fs::create_dir_all(&dir).into_diagnostic()?;
     let plan_path = dir.join(format!("{}.plan.yaml", plan.pipeline));
     std::fs::write(&plan_path, plan.to_yaml()).into_diagnostic()?;
-    let (hosts, mut children, hosts_file) = super::run::spawn_peers(&plan_path, processes, 1)?;
-    mars_runtime::cluster::exit_on_lost_peer(hosts.clone());
+    let mut peers = super::run::spawn_peers(&plan_path, processes, 1)?;
+    mars_runtime::cluster::report_lost_links(peers.hosts.clone());
     let opts = RunOptions {
-        cluster: Some(mars_runtime::cluster::Cluster { hosts, process: 0 }),
+        cluster: Some(peers.cluster()),
         ..quiet()
     };
     let mut sink = CountingSink::default();
     let input = mars_runtime::scenarios::SyntheticInput::new(requests);
     let result =
         mars_runtime::run_plan(plan, &dir, &mars_stdlib::registry(), opts, input, &mut sink);
-    for c in &mut children {
-        if result.is_err() {
-            let _ = c.kill();
-        }
-        let _ = c.wait();
-    }
-    let _ = std::fs::remove_file(&hosts_file);
+    peers.wait(result.is_err());
     let _ = std::fs::remove_dir_all(&dir);
     result.map_err(fail)
 }

@@ -64,6 +64,14 @@ pub struct Args {
     /// (status 2) that names the hosts.
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     pub connect_timeout: f64,
+    /// In a cluster: a file holding the run token every process of the run shares; a process
+    /// that does not know it cannot join (see docs/cluster.md). `--local-cluster` makes one.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret: Option<PathBuf>,
+    /// In a cluster: a process whose heartbeat is silent this many seconds (stopped, hung,
+    /// cut off) ends the run with status 2, naming it.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub peer_timeout: f64,
     /// Write `Bytes` and `Image` outputs as files in this folder (created if missing), named
     /// `ID-OUTPUT.EXT`, and put `{"$file": "…"}` in the records instead of base64.
     #[arg(long, value_name = "DIR")]
@@ -88,6 +96,8 @@ impl Args {
             hosts: None,
             local_cluster: None,
             connect_timeout: 60.0,
+            cluster_secret: None,
+            peer_timeout: 30.0,
             files_dir: None,
         }
     }
@@ -95,14 +105,45 @@ impl Args {
 
 /// `--connect-timeout` as a duration; it must be a positive number of seconds.
 pub fn connect_timeout(secs: f64) -> miette::Result<Duration> {
-    if secs.is_finite() && secs > 0.0 {
+    seconds(secs, "--connect-timeout")
+}
+
+/// A flag's positive number of seconds (at most a day) as a duration.
+pub fn seconds(secs: f64, flag: &str) -> miette::Result<Duration> {
+    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
         Ok(Duration::from_secs_f64(secs))
     } else {
         Err(miette!(
-            code = "mars::cluster::connect_timeout",
-            "--connect-timeout must be a positive number of seconds, got {secs}"
+            code = "mars::cluster::timeout",
+            "{flag} must be a positive number of seconds (at most 86400), got {secs}"
         ))
     }
+}
+
+/// The run token in `--cluster-secret FILE` (surrounding whitespace trimmed; not empty).
+pub fn read_secret(path: Option<&Path>) -> miette::Result<Option<String>> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read --cluster-secret {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(miette!(
+            code = "mars::cluster::secret",
+            "--cluster-secret {} is empty",
+            path.display()
+        ));
+    }
+    Ok(Some(token.to_string()))
+}
+
+/// The cluster this process is part of, from the flags.
+fn cluster_of(args: &Args, hosts: Vec<String>, process: usize) -> miette::Result<Cluster> {
+    Ok(Cluster {
+        hosts,
+        process,
+        token: read_secret(args.cluster_secret.as_deref())?,
+    })
 }
 
 fn folder_of(path: &Path) -> PathBuf {
@@ -143,6 +184,7 @@ fn run_error(e: RunError) -> miette::Report {
         RunError::Input(_) => "mars::run::input",
         RunError::Output(_) => "mars::run::output",
         RunError::Runtime(_) => "mars::run::runtime",
+        RunError::Cluster(f) => f.code,
     };
     miette!(code = code, "{e}")
 }
@@ -155,10 +197,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         return local_cluster(args, n);
     }
     let cluster = match &args.hosts {
-        Some(path) => Some(Cluster {
-            hosts: read_hosts(path)?,
-            process: 0,
-        }),
+        Some(path) => Some(cluster_of(&args, read_hosts(path)?, 0)?),
         None => None,
     };
     execute(args, cluster)
@@ -181,16 +220,49 @@ pub fn read_hosts(path: &Path) -> miette::Result<Vec<String>> {
         .map_err(|e| miette!(code = "mars::cluster::hosts", "{}: {e}", path.display()))
 }
 
-/// Pick `n` free local ports, write them to a hosts file, and start processes 1..n of a
-/// cluster running `plan` as children (`marsc worker`). Returns the hosts, the children and
-/// the hosts file (the caller removes it).
-pub fn spawn_peers(
-    plan: &Path,
-    n: usize,
-    workers: usize,
-) -> miette::Result<(Vec<String>, Vec<std::process::Child>, PathBuf)> {
-    // Ports the OS says are free now; a clash with another program in between makes timely fail
-    // to bind, which is reported.
+/// Processes 1..n of a local cluster, running as children, and the private folder holding
+/// their hosts file and run token (removed when this is dropped, and on every way out).
+pub struct LocalPeers {
+    pub hosts: Vec<String>,
+    pub children: Vec<std::process::Child>,
+    /// The run token the children were given.
+    pub token: String,
+    _dir: crate::shutdown::PrivateDir,
+}
+
+impl LocalPeers {
+    /// Process 0's view of the cluster.
+    pub fn cluster(&self) -> Cluster {
+        Cluster {
+            hosts: self.hosts.clone(),
+            process: 0,
+            token: Some(self.token.clone()),
+        }
+    }
+
+    /// Wait for every child (killing them first when `kill`); the failures, described.
+    pub fn wait(&mut self, kill: bool) -> Vec<String> {
+        let mut failed = Vec::new();
+        for (i, child) in self.children.iter_mut().enumerate() {
+            if kill {
+                let _ = child.kill();
+            }
+            crate::shutdown::forget_child(child.id());
+            match child.wait() {
+                Ok(status) if status.success() => {}
+                Ok(status) => failed.push(format!("process {} {status}", i + 1)),
+                Err(e) => failed.push(format!("process {}: {e}", i + 1)),
+            }
+        }
+        failed
+    }
+}
+
+/// Pick `n` free local ports, write them and a fresh run token to a private folder, and
+/// start processes 1..n of a cluster running `plan` as children (`marsc worker`).
+pub fn spawn_peers(plan: &Path, n: usize, workers: usize) -> miette::Result<LocalPeers> {
+    // Ports the OS says are free now; a clash with another program in between makes a
+    // process fail to listen, which is reported.
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()
@@ -202,9 +274,14 @@ pub fn spawn_peers(
         .collect::<Result<_, _>>()
         .into_diagnostic()?;
     drop(listeners);
-    let hosts_file =
-        std::env::temp_dir().join(format!("mars-cluster-{}.hosts", std::process::id()));
-    std::fs::write(&hosts_file, hosts.join("\n") + "\n").into_diagnostic()?;
+    let dir = crate::shutdown::PrivateDir::new("mars-cluster")
+        .into_diagnostic()
+        .wrap_err("creating a private temporary folder for the cluster")?;
+    let token = mars_runtime::cluster::handshake::new_token().into_diagnostic()?;
+    let hosts_file = dir
+        .write("hosts", (hosts.join("\n") + "\n").as_bytes())
+        .into_diagnostic()?;
+    let secret_file = dir.write("token", token.as_bytes()).into_diagnostic()?;
     let exe = std::env::current_exe().into_diagnostic()?;
     let mut children = Vec::new();
     for process in 1..n {
@@ -213,6 +290,8 @@ pub fn spawn_peers(
             .arg(plan)
             .arg("--hosts")
             .arg(&hosts_file)
+            .arg("--cluster-secret")
+            .arg(&secret_file)
             .arg("--process")
             .arg(process.to_string())
             .arg("--workers")
@@ -222,9 +301,15 @@ pub fn spawn_peers(
             .spawn()
             .into_diagnostic()
             .wrap_err("starting a cluster process")?;
+        crate::shutdown::stop_on_exit(child.id());
         children.push(child);
     }
-    Ok((hosts, children, hosts_file))
+    Ok(LocalPeers {
+        hosts,
+        children,
+        token,
+        _dir: dir,
+    })
 }
 
 /// Start processes 1..n as children (`marsc worker`), run process 0 here, then wait for them.
@@ -235,25 +320,23 @@ fn local_cluster(args: Args, n: usize) -> miette::Result<ExitCode> {
             "--local-cluster needs at least 1 process"
         ));
     }
-    let (hosts, children, hosts_file) = spawn_peers(&args.plan, n, args.workers)?;
-    // A child that dies makes this process stop too, even while timely still waits for it to
-    // connect (which timely would do forever).
-    let children = Arc::new(std::sync::Mutex::new(children));
+    let peers = spawn_peers(&args.plan, n, args.workers)?;
+    let cluster = peers.cluster();
+    // A child that dies makes this process stop too, even while it still waits for the
+    // child to connect.
+    let peers = Arc::new(std::sync::Mutex::new(peers));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watchdog = {
-        let children = Arc::clone(&children);
+        let peers = Arc::clone(&peers);
         let done = Arc::clone(&done);
         std::thread::spawn(move || {
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                if let Ok(mut cs) = children.lock() {
-                    for (i, c) in cs.iter_mut().enumerate() {
+                if let Ok(mut p) = peers.lock() {
+                    for (i, c) in p.children.iter_mut().enumerate() {
                         if let Ok(Some(status)) = c.try_wait() {
                             if !status.success() {
                                 eprintln!("error[mars::cluster::lost]: cluster process {} exited ({status}); the run stops", i + 1);
-                                for c in cs.iter_mut() {
-                                    let _ = c.kill();
-                                }
-                                std::process::exit(2);
+                                crate::shutdown::exit(2);
                             }
                         }
                     }
@@ -262,26 +345,20 @@ fn local_cluster(args: Args, n: usize) -> miette::Result<ExitCode> {
             }
         })
     };
-    let result = execute(args, Some(Cluster { hosts, process: 0 }));
+    let result = execute(args, Some(cluster));
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = watchdog.join();
-    let mut failed = Vec::new();
-    let mut children = children
+    let mut peers = peers
         .lock()
         .map_err(|_| miette!("cluster bookkeeping failed"))?;
-    for (i, child) in children.iter_mut().enumerate() {
-        if result.is_err() {
-            let _ = child.kill();
-        }
-        match child.wait() {
-            Ok(status) if status.success() => {}
-            Ok(status) => failed.push(format!("process {} {status}", i + 1)),
-            Err(e) => failed.push(format!("process {}: {e}", i + 1)),
-        }
-    }
-    let _ = std::fs::remove_file(&hosts_file);
+    // After an error or a cluster failure (status 2) the children are stopped, not awaited.
+    let stopped = match &result {
+        Err(_) => true,
+        Ok(c) => *c == ExitCode::from(2),
+    };
+    let failed = peers.wait(stopped);
     let code = result?;
-    if !failed.is_empty() {
+    if code == ExitCode::SUCCESS && !failed.is_empty() {
         return Err(miette!(
             code = "mars::cluster::lost",
             "cluster processes failed: {}",
@@ -289,6 +366,18 @@ fn local_cluster(args: Args, n: usize) -> miette::Result<ExitCode> {
         ));
     }
     Ok(code)
+}
+
+/// Report a cluster failure; its exit status is 2.
+pub fn cluster_failed(f: &mars_runtime::cluster::health::Failure) -> ExitCode {
+    use mars_runtime::cluster::handshake::{CONNECT, PLAN};
+    eprintln!("error[{}]: {}", f.code, f.message);
+    if f.code == CONNECT {
+        eprintln!("  start every process listed in the hosts file (same plan, same marsc, same --cluster-secret), check the addresses and firewalls, or raise --connect-timeout");
+    } else if f.code != PLAN {
+        eprintln!("  the run stops; records written so far are whole lines: rerun with --resume to finish it");
+    }
+    ExitCode::from(2)
 }
 
 /// The ids already written to `path` (whole lines only); a cut-off last line is removed.
@@ -347,7 +436,7 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
                 "in a cluster, give --output FILE (stdout carries timely's connection messages)"
             ));
         }
-        mars_runtime::cluster::exit_on_lost_peer(c.hosts.clone());
+        mars_runtime::cluster::report_lost_links(c.hosts.clone());
     }
     let skip = if args.resume {
         if to_stdout {
@@ -388,6 +477,7 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
         cluster,
         skip: Arc::new(skip),
         connect_timeout: connect_timeout(args.connect_timeout)?,
+        peer_timeout: seconds(args.peer_timeout, "--peer-timeout")?,
         files_dir: match &args.files_dir {
             Some(d) => {
                 std::fs::create_dir_all(d)
@@ -439,6 +529,8 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
         Err(RunError::Output(e)) if to_stdout && e.kind() == std::io::ErrorKind::BrokenPipe => {
             return Ok(ExitCode::SUCCESS)
         }
+        // A cluster that did not form, or lost or stalled a peer: status 2 (SPEC 3.10).
+        Err(RunError::Cluster(f)) => return Ok(cluster_failed(&f)),
         r => r.map_err(run_error)?,
     };
     output

@@ -40,19 +40,24 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     let cluster = Cluster {
         hosts: hosts.clone(),
         process: args.process,
+        token: super::run::read_secret(args.run.cluster_secret.as_deref())?,
     };
     if args.process == 0 {
         return super::run::execute(args.run, Some(cluster));
     }
     let (plan, base_dir) = super::run::load_plan(&args.run.plan)?;
-    cluster::exit_on_lost_peer(hosts);
+    cluster::report_lost_links(hosts);
     let opts = RunOptions {
         workers: args.run.workers,
         cluster: Some(cluster),
         connect_timeout: super::run::connect_timeout(args.run.connect_timeout)?,
+        peer_timeout: super::run::seconds(args.run.peer_timeout, "--peer-timeout")?,
         ..RunOptions::default()
     };
-    mars_runtime::run::run_peer(&plan, &base_dir, &mars_stdlib::registry(), opts)
-        .map_err(|e| miette!(code = "mars::cluster::run", "{e}"))?;
-    Ok(ExitCode::SUCCESS)
+    match mars_runtime::run::run_peer(&plan, &base_dir, &mars_stdlib::registry(), opts) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // A cluster that did not form, or lost or stalled a peer: status 2 (SPEC 3.10).
+        Err(mars_runtime::RunError::Cluster(f)) => Ok(super::run::cluster_failed(&f)),
+        Err(e) => Err(miette!(code = "mars::cluster::run", "{e}")),
+    }
 }

@@ -107,6 +107,9 @@ pub struct RunOptions {
     /// Write `Bytes` and `Image` outputs as files in this folder (which must exist) and put
     /// `{"$file": "FOLDER/ID-OUTPUT.EXT"}` in the records instead of base64.
     pub files_dir: Option<PathBuf>,
+    /// In a cluster: a peer whose heartbeat is silent this long fails the run
+    /// ([`RunError::Cluster`]).
+    pub peer_timeout: std::time::Duration,
 }
 
 /// The default bound on requests in flight.
@@ -126,9 +129,13 @@ impl Default for RunOptions {
             skip: Arc::new(HashSet::new()),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             files_dir: None,
+            peer_timeout: DEFAULT_PEER_TIMEOUT,
         }
     }
 }
+
+/// The default for [`RunOptions::peer_timeout`].
+pub const DEFAULT_PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The default for [`RunOptions::connect_timeout`].
 pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -154,6 +161,9 @@ pub enum RunError {
     Output(std::io::Error),
     #[error("the runtime failed: {0}")]
     Runtime(String),
+    /// The cluster did not form, or a peer was lost or stalled (SPEC 3.10).
+    #[error("{}", .0.message)]
+    Cluster(cluster::health::Failure),
 }
 
 /// The built replicas of one node.
@@ -216,6 +226,12 @@ fn build_replicas(
 
 type Guards = timely::communication::initialize::WorkerGuards<Result<(), String>>;
 
+/// The running workers of this process, and in a cluster the watch on its peers.
+struct Launched {
+    guards: Guards,
+    health: Option<cluster::health::Health>,
+}
+
 /// Start this process's timely workers on the plan. `feed` and `out` are used by global worker
 /// 0 only (process 0).
 #[allow(clippy::too_many_arguments)]
@@ -228,10 +244,10 @@ fn launch(
     meters: &Arc<Vec<Arc<NodeMeter>>>,
     feed: Option<Feed>,
     out: Sender<Outcome>,
-) -> Result<Guards, RunError> {
+) -> Result<Launched, RunError> {
     let threads = opts.workers.max(1);
-    let (config, process, hosts) = match &opts.cluster {
-        None => (timely::Config::process(threads), 0, Vec::new()),
+    let (process, hosts) = match &opts.cluster {
+        None => (0, Vec::new()),
         Some(c) => {
             if c.process >= c.hosts.len() {
                 return Err(RunError::Runtime(format!(
@@ -240,21 +256,7 @@ fn launch(
                     c.hosts.len()
                 )));
             }
-            let communication = CommunicationConfig::Cluster {
-                threads,
-                process: c.process,
-                addresses: c.hosts.clone(),
-                report: false,
-                zerocopy: false,
-            };
-            (
-                timely::Config {
-                    communication,
-                    worker: WorkerConfig::default(),
-                },
-                c.process,
-                c.hosts.clone(),
-            )
+            (c.process, c.hosts.clone())
         }
     };
     let processes = hosts.len().max(1);
@@ -270,65 +272,117 @@ fn launch(
     let max_inflight = opts.max_inflight.max(1);
     let lowered = Arc::clone(lowered);
     let meters = Arc::clone(meters);
-    let connected = in_cluster
-        .then(|| cluster::connect_watchdog(hosts.clone(), process, threads, opts.connect_timeout));
-    timely::execute(config, move |worker| {
-        if let Some(c) = &connected {
-            c.arrived();
+    // In a cluster, the processes connect and authenticate each other before timely starts.
+    let (builders, comms, health) = match &opts.cluster {
+        None => {
+            let (b, o) = CommunicationConfig::Process(threads)
+                .try_build()
+                .map_err(RunError::Runtime)?;
+            (b, o, None)
         }
-        if in_cluster {
-            cluster::agree(worker, &fingerprint, threads, &hosts)?;
-        }
-        let index = worker.index();
-        let feed = if index == 0 {
-            feed.lock().ok().and_then(|mut f| f.take())
-        } else {
-            None
-        };
-        let out = out.clone();
-        worker.dataflow::<u64, _, _>(|scope| {
-            let flow = Rc::new(Flow::default());
-            let mut streams = vec![request_source(scope, feed, Rc::clone(&flow), max_inflight)];
-            for (i, spec) in lowered.nodes.iter().enumerate() {
-                let input = if spec.deps.len() == 1 {
-                    streams[spec.deps[0] as usize].clone()
-                } else {
-                    scope.concatenate(spec.deps.iter().map(|&d| streams[d as usize].clone()))
-                };
-                let owner = owners[i];
-                let nodes = if owner == index {
-                    replicas
-                        .lock()
-                        .ok()
-                        .and_then(|mut r| r.get_mut(i).and_then(Option::take))
-                } else {
-                    None
-                };
-                let stream = node_stage(
-                    input,
-                    spec.clone(),
-                    i as u32 + 1,
-                    owner,
-                    nodes,
-                    Arc::clone(&meters[i]),
-                );
-                streams.push(stream);
+        Some(c) => {
+            let joined = cluster::Joining {
+                cluster: c,
+                threads,
+                fingerprint: fingerprint.clone(),
+                connect_timeout: opts.connect_timeout,
+                peer_timeout: opts.peer_timeout,
             }
-            let deps = &lowered.sink_deps;
-            let input = if deps.len() == 1 {
-                streams[deps[0] as usize].clone()
-            } else {
-                scope.concatenate(deps.iter().map(|&d| streams[d as usize].clone()))
-            };
-            output_sink(input, deps.clone(), lowered.outputs.clone(), flow, out);
-        });
-        while worker.step_or_park(None) {}
-        if in_cluster {
-            cluster::gather_stats(worker, &meters, &owners, threads);
+            .join()
+            .map_err(RunError::Cluster)?;
+            (joined.builders, joined.comms, Some(joined.health))
         }
-        Ok(())
-    })
-    .map_err(RunError::Runtime)
+    };
+    let guards =
+        timely::execute::execute_from(builders, comms, WorkerConfig::default(), move |worker| {
+            if in_cluster {
+                cluster::agree(worker, &fingerprint, threads, &hosts)?;
+            }
+            let index = worker.index();
+            let feed = if index == 0 {
+                feed.lock().ok().and_then(|mut f| f.take())
+            } else {
+                None
+            };
+            let out = out.clone();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let flow = Rc::new(Flow::default());
+                let mut streams = vec![request_source(scope, feed, Rc::clone(&flow), max_inflight)];
+                for (i, spec) in lowered.nodes.iter().enumerate() {
+                    let input = if spec.deps.len() == 1 {
+                        streams[spec.deps[0] as usize].clone()
+                    } else {
+                        scope.concatenate(spec.deps.iter().map(|&d| streams[d as usize].clone()))
+                    };
+                    let owner = owners[i];
+                    let nodes = if owner == index {
+                        replicas
+                            .lock()
+                            .ok()
+                            .and_then(|mut r| r.get_mut(i).and_then(Option::take))
+                    } else {
+                        None
+                    };
+                    let stream = node_stage(
+                        input,
+                        spec.clone(),
+                        i as u32 + 1,
+                        owner,
+                        nodes,
+                        Arc::clone(&meters[i]),
+                    );
+                    streams.push(stream);
+                }
+                let deps = &lowered.sink_deps;
+                let input = if deps.len() == 1 {
+                    streams[deps[0] as usize].clone()
+                } else {
+                    scope.concatenate(deps.iter().map(|&d| streams[d as usize].clone()))
+                };
+                output_sink(input, deps.clone(), lowered.outputs.clone(), flow, out);
+            });
+            while worker.step_or_park(None) {}
+            if in_cluster {
+                cluster::gather_stats(worker, &meters, &owners, threads);
+            }
+            Ok(())
+        })
+        .map_err(RunError::Runtime)?;
+    Ok(Launched { guards, health })
+}
+
+/// In a cluster, records reach the writer through this relay, which stops at the first
+/// cluster failure (a lost or stalled peer) so that the writer returns instead of waiting for
+/// records that will never come. After a failure it also sets `stop` and drains the request
+/// queue until the run's threads are done, so that a reader blocked on a full queue returns.
+fn relay_unless_failed(
+    health: &cluster::health::Health,
+    from: crossbeam_channel::Receiver<Outcome>,
+    requests: crossbeam_channel::Receiver<Request>,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+) -> crossbeam_channel::Receiver<Outcome> {
+    let (to, rx) = crossbeam_channel::unbounded::<Outcome>();
+    let failed = health.failed().clone();
+    let _ = std::thread::Builder::new()
+        .name("mars:cluster-relay".into())
+        .spawn(move || {
+            loop {
+                crossbeam_channel::select! {
+                    recv(from) -> o => match o {
+                        Ok(o) => if to.send(o).is_err() { return },
+                        Err(_) => return,
+                    },
+                    recv(failed) -> _ => break,
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(to);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = requests.recv_timeout(std::time::Duration::from_millis(50));
+            }
+        });
+    rx
 }
 
 fn join(guards: Guards) -> Result<(), RunError> {
@@ -372,10 +426,30 @@ pub fn run_peer(
     let lowered = Arc::new(Lowered::from_plan(plan, &cx).map_err(RunError::Plan)?);
     let meters = meters_of(plan, Instant::now(), false);
     let (out_tx, _out_rx) = crossbeam_channel::unbounded();
-    let guards = launch(
+    let Launched { guards, health } = launch(
         plan, base_dir, registry, &opts, &lowered, &meters, None, out_tx,
     )?;
-    join(guards)
+    let Some(health) = health else {
+        return join(guards);
+    };
+    // Wait for the workers or the first cluster failure, whichever comes first; after a
+    // failure the workers are left to end with the process.
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let _ = std::thread::Builder::new()
+        .name("mars:cluster-join".into())
+        .spawn(move || {
+            let _ = done_tx.send(join(guards));
+        });
+    crossbeam_channel::select! {
+        recv(done) -> r => {
+            health.finish();
+            r.unwrap_or_else(|_| Err(RunError::Runtime("the workers' joiner failed".into())))
+        }
+        recv(health.failed()) -> _ => Err(RunError::Cluster(health.failure().unwrap_or(cluster::health::Failure {
+            code: cluster::health::LOST,
+            message: "the cluster failed".into(),
+        }))),
+    }
 }
 
 /// Run `plan` over the JSONL requests of `input`, writing one JSONL record per request to
@@ -406,13 +480,15 @@ pub fn run_plan(
     let (act_tx, act_rx) = crossbeam_channel::bounded(1);
     let wake = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    // Kept to unblock the reader after a cluster failure (see `relay_unless_failed`).
+    let req_drain = req_rx.clone();
     let feed = Feed {
         requests: req_rx,
         wake: Arc::clone(&wake),
         stop: Arc::clone(&stop),
         activator: act_tx,
     };
-    let guards = launch(
+    let Launched { guards, health } = launch(
         plan,
         base_dir,
         registry,
@@ -423,6 +499,17 @@ pub fn run_plan(
         out_tx.clone(),
     )?;
     let reader_out = out_tx;
+    let scope_done = Arc::new(AtomicBool::new(false));
+    let out_rx = match &health {
+        Some(h) => relay_unless_failed(
+            h,
+            out_rx,
+            req_drain,
+            Arc::clone(&stop),
+            Arc::clone(&scope_done),
+        ),
+        None => out_rx,
+    };
 
     let Ok(source) = act_rx.recv() else {
         drop(reader_out);
@@ -475,6 +562,15 @@ pub fn run_plan(
         (read, written)
     });
     let wall = start.elapsed();
+    scope_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(h) = &health {
+        if let Some(why) = h.failure() {
+            // The dataflow cannot finish without the lost peer: its threads are left to end
+            // with the process, which is what a caller does with this error.
+            std::mem::forget(guards);
+            return Err(RunError::Cluster(why));
+        }
+    }
     let written = match written {
         Ok(w) => w,
         Err(e) => {
@@ -486,6 +582,9 @@ pub fn run_plan(
         }
     };
     join(guards)?;
+    if let Some(h) = &health {
+        h.finish();
+    }
     let (lines, skipped) = read.map_err(RunError::Input)?;
     let requests = lines - skipped;
     if written.stopped_at.is_none() && written.records != requests {

@@ -9,8 +9,13 @@
 //! `i mod T`. Timely's exchange pacts move each node's records to its process; process 0,
 //! thread 0 holds the source and the sink, so process 0 alone reads input and writes output.
 //!
-//! Timely's links are plain TCP: neither encrypted nor authenticated. Workers belong on a
-//! private network.
+//! Forming: [`handshake`] connects the processes and authenticates each link before timely
+//! sees it; [`health`] watches the peers of a formed cluster. Timely's links are plain TCP,
+//! authenticated at connection time only and never encrypted: workers belong on a private
+//! network.
+
+pub mod handshake;
+pub mod health;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -26,9 +31,21 @@ pub struct Cluster {
     pub hosts: Vec<String>,
     /// This process's index into `hosts`.
     pub process: usize,
+    /// The run token every process of this run shares (a secret file's contents, or the token
+    /// `--local-cluster` generates). Without one, any `marsc` process is accepted as a peer
+    /// (and refused later if its plan differs).
+    pub token: Option<String>,
 }
 
 impl Cluster {
+    pub fn new(hosts: Vec<String>, process: usize) -> Cluster {
+        Cluster {
+            hosts,
+            process,
+            token: None,
+        }
+    }
+
     /// Parse a hosts file: one `host:port` a line; blank lines and `#` comments are skipped.
     pub fn parse_hosts(text: &str) -> Result<Vec<String>, String> {
         let mut hosts = Vec::new();
@@ -187,71 +204,81 @@ pub fn gather_stats(
     }
 }
 
-/// Tracks whether this process's timely workers started, which timely does only once every
-/// process of the cluster has connected.
-pub struct Connected {
-    arrived: std::sync::atomic::AtomicUsize,
-    threads: usize,
+/// A cluster this process has joined: timely's allocators over the authenticated data links,
+/// and the watch on the other processes.
+pub struct Joined {
+    pub builders: Vec<timely::communication::AllocatorBuilder>,
+    /// Timely's network threads; dropping it joins them.
+    pub comms: Box<dyn std::any::Any + Send>,
+    pub health: health::Health,
 }
 
-impl Connected {
-    /// Called by each worker thread as it starts.
-    pub fn arrived(&self) {
-        self.arrived
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn all(&self) -> bool {
-        self.arrived.load(std::sync::atomic::Ordering::SeqCst) >= self.threads
-    }
+/// How this process joins its cluster.
+pub struct Joining<'a> {
+    pub cluster: &'a Cluster,
+    /// Timely worker threads per process.
+    pub threads: usize,
+    /// What every process must agree on (plan, Mars version, threads).
+    pub fingerprint: String,
+    /// How long forming may take.
+    pub connect_timeout: std::time::Duration,
+    /// A peer silent this long fails the run.
+    pub peer_timeout: std::time::Duration,
 }
 
-/// Timely waits forever for peers that never start. This watchdog ends the process with status
-/// 2 and a message naming the hosts when the cluster has not formed within `timeout`.
-/// Process-wide, like [`exit_on_lost_peer`].
-pub fn connect_watchdog(
-    hosts: Vec<String>,
-    process: usize,
-    threads: usize,
-    timeout: std::time::Duration,
-) -> std::sync::Arc<Connected> {
-    let connected = std::sync::Arc::new(Connected {
-        arrived: std::sync::atomic::AtomicUsize::new(0),
-        threads: threads.max(1),
-    });
-    let watched = std::sync::Arc::clone(&connected);
-    std::thread::Builder::new()
-        .name("mars:connect-watchdog".into())
-        .spawn(move || {
-            let start = std::time::Instant::now();
-            while !watched.all() {
-                if start.elapsed() >= timeout {
-                    let others: Vec<String> = hosts
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| *i != process)
-                        .map(|(i, h)| format!("process {i} ({h})"))
-                        .collect();
-                    eprintln!(
-                        "error[mars::cluster::connect]: process {process} waited {:.0} s and the cluster did not form: not every one of {} connected",
-                        timeout.as_secs_f64(),
-                        others.join(", ")
-                    );
-                    eprintln!("  start every process listed in the hosts file (same plan, same marsc), check the addresses and firewalls, or raise --connect-timeout");
-                    std::process::exit(2);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
+impl Joining<'_> {
+    /// Form the cluster (see [`handshake`]) and hand the sockets to timely. Errors name the
+    /// processes and hosts concerned; nothing here exits the process.
+    pub fn join(self) -> Result<Joined, health::Failure> {
+        use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+        use timely::communication::allocator::ProcessBuilder;
+        use timely::communication::{AllocatorBuilder, Hooks};
+
+        let c = self.cluster;
+        let key = match &c.token {
+            Some(t) => handshake::RunKey::from_token(t.as_bytes()),
+            None => handshake::RunKey::without_token(),
+        };
+        let links = handshake::Forming {
+            hosts: &c.hosts,
+            process: c.process,
+            key,
+            fingerprint: self.fingerprint,
+            timeout: self.connect_timeout,
+        }
+        .form()
+        .map_err(|e| health::Failure {
+            code: e.code(),
+            message: e.0,
+        })?;
+        let health = health::Health::watch(links.heartbeat, &c.hosts, self.peer_timeout);
+        let hooks = Hooks::default();
+        let threads = self.threads.max(1);
+        let process_allocators =
+            ProcessBuilder::new_typed_vector(threads, hooks.refill.clone(), hooks.spill.clone());
+        let (builders, comms) = initialize_networking_from_sockets(
+            process_allocators,
+            links.data,
+            c.process,
+            threads,
+            hooks,
+        )
+        .map_err(|e| health::Failure {
+            code: handshake::CONNECT,
+            message: format!("cannot start the cluster's network threads: {e}"),
+        })?;
+        Ok(Joined {
+            builders: builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
+            comms: Box::new(comms),
+            health,
         })
-        .expect("the OS can start a thread");
-    connected
+    }
 }
 
-/// Make a lost peer end this process at once: timely's network threads (named
-/// `timely:send-P` / `timely:recv-P`) panic when a connection drops; this hook prints which
-/// process was lost and exits with status 2 instead of leaving the other threads waiting.
-/// Process-wide: for the `marsc` binary, not for libraries embedding the runtime.
-pub fn exit_on_lost_peer(hosts: Vec<String>) {
+/// Route a panic of timely's network threads (named `timely:send-P` / `timely:recv-P`, which
+/// panic when a link drops) to the running cluster's [`health::Health`], without the default
+/// panic message; other panics go to the previous hook. Process-wide: for the `marsc` binary.
+pub fn report_lost_links(hosts: Vec<String>) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let name = std::thread::current()
@@ -263,11 +290,14 @@ pub fn exit_on_lost_peer(hosts: Vec<String>) {
             .or_else(|| name.strip_prefix("timely:send-"));
         if let Some(p) = peer.and_then(|p| p.parse::<usize>().ok()) {
             let host = hosts.get(p).cloned().unwrap_or_else(|| "?".into());
-            eprintln!(
-                "error[mars::cluster::lost]: lost the connection to process {p} ({host}): {info}"
-            );
-            eprintln!("  the run stops; records written so far are whole lines: rerun with --resume to finish it");
-            std::process::exit(2);
+            let why = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the link failed".into());
+            health::report_lost_link(p, &host, &why);
+            return;
         }
         previous(info);
     }));
