@@ -42,6 +42,8 @@ enum Command {
     Profile(cmd::profile::Args),
     /// Run a plan over a JSONL file of requests.
     Run(cmd::run::Args),
+    /// Work with target files (`marsc target detect` describes this machine).
+    Target(cmd::target::Args),
     /// Start one process of a multi-process cluster running a plan.
     Worker(cmd::worker::Args),
     /// Benchmarks of whole pipelines and of the runtime.
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Plan(a) => cmd::plan::run(a),
         Command::Profile(a) => cmd::profile::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Target(a) => cmd::target::run(a),
         Command::Worker(a) => cmd::worker::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Weights(a) => cmd::weights::run(a),

@@ -278,7 +278,8 @@ impl Printer<'_> {
     }
 
     fn arch(&mut self, a: &ArchItem) {
-        self.open(&format!("arch {} {{", a.name.name), a.name.span.end);
+        let gpu = if a.gpu.is_some() { "@gpu " } else { "" };
+        self.open(&format!("{gpu}arch {} {{", a.name.name), a.name.span.end);
         let rows: Vec<Row> = a
             .keys
             .iter()
@@ -395,7 +396,8 @@ fn ports_text(ports: &[PortParam]) -> String {
 }
 
 fn fn_text(f: &FnItem) -> String {
-    let mut s = format!("fn {}", f.name.name);
+    let gpu = if f.gpu.is_some() { "@gpu " } else { "" };
+    let mut s = format!("{gpu}fn {}", f.name.name);
     if !f.type_params.is_empty() {
         let ts: Vec<&str> = f.type_params.iter().map(|t| t.name.as_str()).collect();
         s.push_str(&format!("<{}>", ts.join(", ")));

@@ -123,6 +123,9 @@ pub struct Node {
     pub annotations: Annotations,
     /// A model with `generate = true`.
     pub generates: bool,
+    /// The kind has a GPU implementation (`@gpu` on its fn or its model's arch): only then
+    /// may the planner place it on a GPU.
+    pub gpu: bool,
     pub span: SourceSpan,
 }
 

@@ -3,8 +3,10 @@
 //! without a driver, has no GPUs, and a plan that places a node on one is refused with a message
 //! saying why, never a panic.
 //!
-//! Model nodes run on candle's CPU backend whatever their placement: this runtime has no CUDA
-//! kernels yet. A node placed on a GPU that exists runs on the CPU and the run says so.
+//! Model nodes run on candle's CPU backend whatever their placement: the CUDA executor
+//! (`mars-cuda`: NVRTC kernels, cuBLAS, paged KV cache) exists but is not yet wired into the
+//! model nodes, and has never run on a GPU (SPEC 7). A node placed on a GPU that exists runs on
+//! the CPU and the run says so. The probing itself is `mars_cuda::probe`.
 
 /// One GPU the driver reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,39 +31,16 @@ mod imp {
 #[cfg(feature = "cuda")]
 mod imp {
     use super::GpuInfo;
-    use cudarc::driver::CudaContext;
 
     pub fn probe() -> Result<Vec<GpuInfo>, String> {
-        // cudarc panics on the first call into a library or symbol that is missing: look first,
-        // and keep the panic from escaping if a symbol is.
-        // SAFETY: only checks whether the driver library can be loaded.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err("no CUDA driver was found (libcuda could not be loaded)".into());
-        }
-        let found = std::panic::catch_unwind(|| -> Result<Vec<GpuInfo>, String> {
-            let count = CudaContext::device_count()
-                .map_err(|e| format!("the CUDA driver failed: {e:?}"))?;
-            (0..count.max(0) as usize)
-                .map(|ordinal| {
-                    let ctx = CudaContext::new(ordinal)
-                        .map_err(|e| format!("cannot open GPU {ordinal}: {e:?}"))?;
-                    Ok(GpuInfo {
-                        ordinal,
-                        name: ctx.name().map_err(|e| format!("GPU {ordinal}: {e:?}"))?,
-                        memory_mb: ctx
-                            .total_mem()
-                            .map_err(|e| format!("GPU {ordinal}: {e:?}"))?
-                            as u64
-                            / (1 << 20),
-                    })
-                })
-                .collect()
-        });
-        match found {
-            Ok(Ok(gpus)) if gpus.is_empty() => Err("the CUDA driver reports no GPU".into()),
-            Ok(r) => r,
-            Err(_) => Err("the CUDA driver lacks a function cudarc needs (driver too old?)".into()),
-        }
+        Ok(mars_cuda::probe::gpus()?
+            .into_iter()
+            .map(|g| GpuInfo {
+                ordinal: g.ordinal,
+                name: g.name,
+                memory_mb: g.memory_mb,
+            })
+            .collect())
     }
 }
 

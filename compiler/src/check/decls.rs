@@ -85,6 +85,8 @@ pub struct Sig {
     pub implementation: ir::Implementation,
     pub generates: bool,
     pub is_model: bool,
+    /// The kind has a GPU implementation (`@gpu` on the fn or on the model's arch).
+    pub gpu: bool,
 }
 
 impl Sig {
@@ -134,6 +136,8 @@ pub struct ArchKeySig {
 pub struct Arch {
     pub name: String,
     pub keys: Vec<ArchKeySig>,
+    /// Marked `@gpu`: models of this architecture may be placed on a GPU.
+    pub gpu: bool,
 }
 
 /// Every declaration the checker knows.
@@ -566,6 +570,7 @@ fn lower_arch(env: &Env, module: ModuleId, a: &ast::ArchItem, sink: &mut Sink) -
     ok.then(|| Arch {
         name: a.name.name.clone(),
         keys,
+        gpu: a.gpu.is_some(),
     })
 }
 
@@ -742,6 +747,7 @@ fn lower_fn(env: &Env, module: ModuleId, f: &ast::FnItem, sink: &mut Sink) -> Op
         implementation,
         generates: false,
         is_model: false,
+        gpu: f.gpu.is_some(),
     })
 }
 
@@ -962,6 +968,7 @@ fn lower_model(env: &Env, module: ModuleId, m: &ast::ModelItem, sink: &mut Sink)
         },
         generates,
         is_model: true,
+        gpu: arch.gpu,
     })
 }
 

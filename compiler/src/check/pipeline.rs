@@ -1040,6 +1040,7 @@ impl Checker<'_, '_> {
             out_names: sig.outputs.iter().map(|(n, _)| n.clone()).collect(),
             annotations: ir::Annotations::default(),
             generates: sig.generates,
+            gpu: sig.gpu,
             span: call.span.into(),
         };
         let n = self.graph.add_node(node);

@@ -19,6 +19,22 @@ pub enum PlanError {
         span: Option<SourceSpan>,
     },
 
+    /// `@device(gpu)` on a node whose kind has no GPU implementation (its `arch` or `fn` is
+    /// not declared `@gpu`).
+    #[error("node `{node}` must run on the gpu, but its kind `{kind}` ({implementation}) has no GPU implementation")]
+    #[diagnostic(
+        code(mars::plan::no_gpu_implementation),
+        help("change the annotation to `@device(cpu)` or `@device(any)`; only kinds whose `arch` or `fn` is declared `@gpu` run on a GPU")
+    )]
+    NoGpuImplementation {
+        node: String,
+        kind: String,
+        /// What implements the kind, e.g. ``arch `unet_tiny` `` or ``builtin `text.lower` ``.
+        implementation: String,
+        #[label("placed on a GPU here")]
+        span: Option<SourceSpan>,
+    },
+
     /// The profile has no measurements for a node kind the pipeline uses (or none on the
     /// device an annotation demands).
     #[error("{location}: the profile has no entry `{key}` for node `{node}` (kind `{kind}`)")]
@@ -84,6 +100,7 @@ impl PlanError {
     pub fn code(&self) -> &'static str {
         match self {
             PlanError::DeviceUnavailable { .. } => "mars::plan::device_unavailable",
+            PlanError::NoGpuImplementation { .. } => "mars::plan::no_gpu_implementation",
             PlanError::MissingProfile { .. } => "mars::plan::missing_profile",
             PlanError::NoOption { .. } => "mars::plan::no_option",
             PlanError::DoesNotFit { .. } => "mars::plan::does_not_fit",
@@ -98,6 +115,9 @@ impl PlanError {
         let label = match self {
             PlanError::DeviceUnavailable { span, .. } => {
                 span.map(|s| (s, "this needs a GPU".to_string()))
+            }
+            PlanError::NoGpuImplementation { span, .. } => {
+                span.map(|s| (s, "placed on a GPU here".to_string()))
             }
             PlanError::MissingProfile {
                 span, node, kind, ..

@@ -263,6 +263,19 @@ fn node_options(
             span: device_span,
         });
     }
+    // Only a kind with a GPU implementation (`@gpu` on its arch or fn) may go to a GPU.
+    if ann.device == Some(DeviceHint::Gpu) && !node.gpu {
+        return Err(PlanError::NoGpuImplementation {
+            node: node.id.clone(),
+            kind: node.kind.clone(),
+            implementation: match &node.implementation {
+                Implementation::Model { arch, .. } => format!("arch `{arch}`"),
+                Implementation::Builtin(id) => format!("builtin `{id}`"),
+                Implementation::Exec(cmd) => format!("exec `{cmd}`"),
+            },
+            span: device_span,
+        });
+    }
     // The devices, with their measurements: from the profile, or the defaults.
     let mut measured: Vec<(Device, DeviceProfile)> = Vec::new();
     // A generating model's output lengths and mean prompt length, where profiled.
@@ -289,6 +302,7 @@ fn node_options(
             let wanted: &[Device] = match ann.device {
                 Some(DeviceHint::Cpu) => &[Device::Cpu],
                 Some(DeviceHint::Gpu) => &[Device::Gpu],
+                _ if !node.gpu => &[Device::Cpu],
                 _ => &[Device::Cpu, Device::Gpu],
             };
             for &d in wanted {

@@ -212,6 +212,8 @@ pub enum PortDir {
 /// `arch name { key: Type = default … }`: the config schema of a model architecture.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArchItem {
+    /// `@gpu`: the architecture has a GPU implementation.
+    pub gpu: Option<Span>,
     pub name: Ident,
     pub keys: Vec<ArchKey>,
     pub span: Span,
@@ -276,6 +278,8 @@ pub enum DimExpr {
 /// `fn name<T>(ports; statics) -> outputs = builtin "id" | exec "cmd"`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FnItem {
+    /// `@gpu`: the fn has a GPU implementation.
+    pub gpu: Option<Span>,
     pub name: Ident,
     pub type_params: Vec<Ident>,
     pub ports: Vec<PortParam>,

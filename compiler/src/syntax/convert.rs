@@ -1,7 +1,7 @@
 //! pest pairs → AST. Spans are shifted by the offset of the item in its file.
 
 use pest::error::{ErrorVariant, InputLocation};
-use pest::iterators::Pair;
+use pest::iterators::{Pair, Pairs};
 use pest::Parser;
 
 use super::ast::*;
@@ -67,6 +67,7 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         Rule::const_item => "`const`",
         Rule::model_item => "`model`",
         Rule::arch_item => "`arch`",
+        Rule::gpu_mark => "`@gpu`",
         Rule::fn_item => "`fn`",
         Rule::pipeline_item => "`pipeline`",
         Rule::let_stmt => "`let`",
@@ -186,6 +187,13 @@ impl Conv {
         Span::new(self.offset + s.start(), self.offset + end)
     }
 
+    /// The span of a leading `@gpu`, consumed if present.
+    fn gpu_mark<'i>(&self, inner: &mut std::iter::Peekable<Pairs<'i, Rule>>) -> Option<Span> {
+        inner
+            .next_if(|p| p.as_rule() == Rule::gpu_mark)
+            .map(|p| self.span(&p))
+    }
+
     fn ident(&self, p: Pair<Rule>) -> Ident {
         debug_assert_eq!(p.as_rule(), Rule::ident);
         Ident {
@@ -265,7 +273,8 @@ impl Conv {
                 })
             }
             Rule::arch_item => {
-                let mut inner = p.into_inner();
+                let mut inner = p.into_inner().peekable();
+                let gpu = self.gpu_mark(&mut inner);
                 let name = self.ident(inner.next().expect("arch name"));
                 let mut keys = Vec::new();
                 let mut end = span;
@@ -293,6 +302,7 @@ impl Conv {
                     });
                 }
                 Item::Arch(ArchItem {
+                    gpu,
                     name,
                     keys,
                     span,
@@ -300,7 +310,8 @@ impl Conv {
                 })
             }
             Rule::fn_item => {
-                let mut inner = p.into_inner();
+                let mut inner = p.into_inner().peekable();
+                let gpu = self.gpu_mark(&mut inner);
                 let name = self.ident(inner.next().expect("fn name"));
                 let mut type_params = Vec::new();
                 let mut ports = Vec::new();
@@ -356,6 +367,7 @@ impl Conv {
                     }
                 }
                 Item::Fn(FnItem {
+                    gpu,
                     name,
                     type_params,
                     ports,

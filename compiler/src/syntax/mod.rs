@@ -114,7 +114,7 @@ fn skip_layout(text: &str, mut at: usize) -> usize {
     }
 }
 
-const ITEM_KEYWORDS: [&str; 6] = ["use", "const", "model", "arch", "fn", "pipeline"];
+const ITEM_KEYWORDS: [&str; 7] = ["use", "const", "model", "arch", "fn", "pipeline", "@gpu"];
 
 /// Where to resume after a syntax error at `at` in the item starting at `item_start`: the
 /// first line that begins with an item keyword at its first column, from the line of `at`
