@@ -9,6 +9,7 @@ pub mod json;
 pub mod list;
 pub mod models;
 pub mod params;
+pub mod store;
 pub mod text;
 
 use mars_runtime::Registry;
