@@ -10,4 +10,5 @@ pub const DECLARATIONS: &[(&str, &str)] = &[
     ("std/llm.mars", include_str!("../mars/std/llm.mars")),
     ("std/models.mars", include_str!("../mars/std/models.mars")),
     ("std/text.mars", include_str!("../mars/std/text.mars")),
+    ("std/vector.mars", include_str!("../mars/std/vector.mars")),
 ];
