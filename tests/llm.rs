@@ -152,3 +152,92 @@ fn continuous_batching_gives_the_answers_of_one_at_a_time_decoding() {
         );
     }
 }
+
+fn embedder_present() -> bool {
+    let store = Store::from_env().expect("manifest");
+    match store.resolve("model:all-minilm-l6-v2") {
+        Ok(_) => true,
+        Err(e) if std::env::var("MARS_REQUIRE_MODELS").as_deref() == Ok("1") => {
+            panic!("MARS_REQUIRE_MODELS=1 but: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED (model not pulled): {e}");
+            false
+        }
+    }
+}
+
+/// Top-1 retrieval over the FAQ on the 56 paraphrased questions of
+/// `pipelines/data/faq_questions.jsonl`, through the library (measured: 52 of 56).
+#[test]
+fn retrieval_finds_the_right_faq_passage_for_most_paraphrases() {
+    if !embedder_present() {
+        return;
+    }
+    use mars_stdlib::models::bert::Bert;
+    use mars_stdlib::vector::{read_corpus, Index};
+    let store = Store::from_env().expect("manifest");
+    let w = store.resolve("model:all-minilm-l6-v2").expect("pulled").path;
+    let bert = Bert::load(&w, 256).expect("load");
+    let data = root().join("pipelines/data");
+    let passages = read_corpus(&data.join("faq.jsonl"), "text").expect("corpus");
+    let ids = read_corpus(&data.join("faq.jsonl"), "id").expect("ids");
+    let index = Index::build(&bert, passages).expect("index");
+    let questions = std::fs::read_to_string(data.join("faq_questions.jsonl")).expect("questions");
+    let (mut hits, mut n) = (0, 0);
+    for line in questions.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        let q = bert.embed(v["question"].as_str().expect("q")).expect("embed");
+        let best = index.top_k(&q, 3).expect("top");
+        assert_eq!(best.len(), 3);
+        n += 1;
+        if ids[best[0]] == v["expect"].as_str().expect("expect") {
+            hits += 1;
+        }
+    }
+    assert!(n >= 50);
+    assert!(hits * 100 >= n * 85, "top-1 {hits}/{n}");
+}
+
+/// `pipelines/support_chat.mars` end to end through `marsc compile` and `marsc run`: every
+/// request answered, with its three FAQ passages, and the battery question's answer uses the
+/// battery passage.
+#[test]
+fn support_chat_answers_from_the_faq_end_to_end() {
+    if model_path().is_none() || !embedder_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipelines = root().join("pipelines");
+    let plan = dir.path().join("support_chat.plan.yaml");
+    marsc(&pipelines)
+        .args(["compile", "support_chat.mars", "--target", "targets/local.yaml", "-o"])
+        .arg(&plan)
+        .assert()
+        .success();
+    let out = dir.path().join("out.jsonl");
+    marsc(&pipelines)
+        .arg("run")
+        .arg(&plan)
+        .args(["--input", "data/support_requests.jsonl", "--ordered", "--quiet", "--output"])
+        .arg(&out)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&out).expect("output");
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    assert_eq!(records.len(), 8);
+    for r in &records {
+        let ok = &r["ok"];
+        assert!(!ok["answer"].as_str().expect("answer").is_empty(), "{r}");
+        assert_eq!(ok["sources"].as_array().expect("sources").len(), 3, "{r}");
+    }
+    let battery = &records[0]["ok"];
+    assert!(
+        battery["sources"][0].as_str().expect("source").contains("12 hours"),
+        "{battery}"
+    );
+    assert!(battery["answer"].as_str().expect("answer").contains("12"), "{battery}");
+}
