@@ -9,7 +9,9 @@ pub mod json;
 pub mod list;
 pub mod models;
 pub mod params;
+pub mod store;
 pub mod text;
+pub mod vector;
 
 use mars_runtime::Registry;
 
@@ -22,5 +24,6 @@ pub fn registry() -> Registry {
     list::register(&mut r);
     text::register(&mut r);
     models::register(&mut r);
+    vector::register(&mut r);
     r
 }

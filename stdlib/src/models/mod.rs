@@ -5,7 +5,11 @@
 //! architecture's shapes as JSON) and, for text models, `tokenizer` (see [`tokenizer`]). A
 //! model block's `quantize` key maps onto candle's quantized matmul (see [`linear`]).
 
+pub mod bert;
+pub mod chat;
+pub mod gguf;
 pub mod linear;
+pub mod llama;
 pub mod numbers;
 pub mod quant;
 pub mod tokenizer;
@@ -42,6 +46,14 @@ pub fn register(registry: &mut Registry) {
         Arc::new(|ctx: &NodeContext| {
             Ok(Box::new(VisionNode::from_ctx(ctx, Vision::Crnn)?) as Box<dyn Node>)
         }),
+    );
+    registry.model(
+        "bert",
+        Arc::new(|ctx: &NodeContext| Ok(Box::new(bert::BertNode::from_ctx(ctx)?) as Box<dyn Node>)),
+    );
+    registry.model(
+        "llama",
+        Arc::new(|ctx: &NodeContext| Ok(Box::new(chat::ChatNode::from_ctx(ctx)?) as Box<dyn Node>)),
     );
     registry.model(
         "transformer_lm",
