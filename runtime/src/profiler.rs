@@ -1257,6 +1257,7 @@ mod tests {
             },
             slos: vec![],
             notes: vec![],
+            inline: vec![],
         }
     }
 

@@ -195,6 +195,7 @@ pub fn lower_plan(
         },
         slos,
         notes: options.notes.clone(),
+        inline: Vec::new(),
     }
 }
 
