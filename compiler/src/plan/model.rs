@@ -19,8 +19,16 @@ pub const MAX_REPLICAS: u32 = 64;
 pub const CROSS_WORKER_MS: f64 = 1.0;
 /// The largest throughput the planner reports (requests/s), for pipelines that nothing bounds.
 pub const MAX_THROUGHPUT: f64 = 1.0e9;
-/// Without a profile, every node is assumed to take this long per item (ms).
+/// Without a profile, every node is assumed to take this long per item (ms), unless its
+/// declaration states a cost (`@cost`, SPEC 2.4.8).
 pub const DEFAULT_ITEM_MS: f64 = 1.0;
+/// Without a profile, a `@batchable` node without a `@batch` annotation takes up to this many
+/// queued items per batch, without waiting.
+pub const UNPROFILED_BATCH_MAX: u32 = 256;
+/// A CPU builtin at most this costly per item (ms) runs inline on its worker's thread ...
+pub const INLINE_ITEM_MS: f64 = 0.02;
+/// ... when its batches also take at most this long (ms).
+pub const INLINE_BATCH_MS: f64 = 0.5;
 
 /// One way to run a node: where, with which batch policy and batch size.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +144,8 @@ pub struct CostModel {
     pub workers: Vec<WorkerResource>,
     pub gpus: Vec<GpuResource>,
     pub objectives: Objectives,
+    /// Planned without a profile: costs are declared or assumed.
+    pub unprofiled: bool,
 }
 
 impl CostModel {
@@ -233,6 +243,7 @@ impl CostModel {
             workers,
             gpus,
             objectives,
+            unprofiled: profile.is_none(),
         })
     }
 }
@@ -313,8 +324,21 @@ fn node_options(
                 Device::Cpu
             };
             let b = max_batch.unwrap_or(1).max(1);
-            let ms = DEFAULT_ITEM_MS * f64::from(b);
-            measured.push((device, DeviceProfile::new(vec![b], vec![ms])));
+            let mut dp = match node.declared.cost {
+                Some(c) => {
+                    let mut dp = DeviceProfile::new(
+                        vec![b],
+                        vec![c.batch_ms + c.item_ms * f64::from(b)],
+                    );
+                    dp.cpu_cores = Some(c.cores);
+                    dp
+                }
+                None => DeviceProfile::new(vec![b], vec![DEFAULT_ITEM_MS * f64::from(b)]),
+            };
+            if device == Device::Gpu {
+                dp.cpu_cores = None;
+            }
+            measured.push((device, dp));
         }
     }
 
@@ -499,6 +523,20 @@ fn node_options(
 
 fn round3(x: f64) -> f64 {
     super::lower::round3(x)
+}
+
+/// Whether a node on `opt` with `replicas` replicas runs inline on its worker's thread: a CPU
+/// builtin (never an exec program or a model) with one replica, whose items cost at most
+/// [`INLINE_ITEM_MS`] and whose batches at most [`INLINE_BATCH_MS`]. A hand-off to a replica
+/// thread would cost more than such a node's work.
+pub fn runs_inline(node: &crate::ir::Node, opt: &NodeOption, replicas: u32) -> bool {
+    matches!(node.implementation, Implementation::Builtin(_))
+        && opt.device == Device::Cpu
+        && !node.generates
+        && replicas == 1
+        && opt.policy != BatchPolicy::Continuous
+        && opt.item_ms <= INLINE_ITEM_MS
+        && opt.latency_ms <= INLINE_BATCH_MS
 }
 
 fn missing_profile(options: &PlanOptions, key: &[&str], node: &crate::ir::Node) -> PlanError {

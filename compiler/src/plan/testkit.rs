@@ -51,6 +51,7 @@ pub fn pipeline(specs: &[NodeSpec], slos: &[SloKind]) -> Pipeline {
             out_names: vec!["out".to_string()],
             annotations: s.annotations.clone(),
             generates: false,
+            declared: Default::default(),
             span: (i, 1).into(),
         });
         for (port, &p) in s.preds.iter().enumerate() {
