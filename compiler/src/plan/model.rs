@@ -85,6 +85,8 @@ pub struct ModelNode {
     pub options: Vec<NodeOption>,
     /// Positions (in [`CostModel::nodes`]) of the nodes feeding this one.
     pub preds: Vec<usize>,
+    /// A builtin that does not generate: it may run inline when cheap.
+    pub builtin_cpu: bool,
     /// For a generating model costed per step: its output lengths and what each policy would
     /// give, allowed or not (for `--explain`).
     pub generation: Option<Generation>,
@@ -146,6 +148,44 @@ pub struct CostModel {
     pub objectives: Objectives,
     /// Planned without a profile: costs are declared or assumed.
     pub unprofiled: bool,
+    /// The runtime's own CPU, from the profile's `runtime` section (SPEC 2.4.9).
+    pub runtime: Option<mars_plan::RuntimeProfile>,
+}
+
+impl CostModel {
+    /// Cores the runtime spends per request/s on the first worker outside the nodes (reading,
+    /// parsing, admitting, encoding, writing).
+    pub fn request_cores(&self) -> f64 {
+        self.runtime.map_or(0.0, |r| r.request_us / 1e6)
+    }
+
+    /// Cores the runtime spends per request/s on node `i`'s worker when it runs on `opt`: a
+    /// hop per item, and for a node on replica threads a hand-off per batch (under `none`
+    /// items are handed over in chunks, counted as [`NONE_CHUNK`] items each).
+    pub fn runtime_cores(&self, i: usize, opt: &NodeOption) -> f64 {
+        let Some(r) = self.runtime else { return 0.0 };
+        let node = &self.nodes[i];
+        let inline = node.builtin_cpu && cheap(opt);
+        let per_batch = if inline {
+            0.0
+        } else if opt.policy == BatchPolicy::None {
+            r.batch_us / f64::from(NONE_CHUNK)
+        } else {
+            r.batch_us / f64::from(opt.batch.max(1))
+        };
+        node.fanout * (r.hop_us + per_batch) / 1e6
+    }
+}
+
+/// The items a hand-off under `none` is assumed to carry, for the runtime's cost.
+pub const NONE_CHUNK: u32 = 16;
+
+/// Whether an option is cheap enough to run inline (for a CPU builtin).
+pub fn cheap(opt: &NodeOption) -> bool {
+    opt.device == Device::Cpu
+        && opt.policy != BatchPolicy::Continuous
+        && opt.item_ms <= INLINE_ITEM_MS
+        && opt.latency_ms <= INLINE_BATCH_MS
 }
 
 impl CostModel {
@@ -215,6 +255,8 @@ impl CostModel {
                     ),
                     options: opts,
                     preds,
+                    builtin_cpu: matches!(node.implementation, Implementation::Builtin(_))
+                        && !node.generates,
                     generation,
                 }),
                 Err(e) => errors.push(e),
@@ -244,6 +286,7 @@ impl CostModel {
             gpus,
             objectives,
             unprofiled: profile.is_none(),
+            runtime: profile.and_then(|p| p.runtime),
         })
     }
 }
@@ -531,12 +574,9 @@ fn round3(x: f64) -> f64 {
 /// thread would cost more than such a node's work.
 pub fn runs_inline(node: &crate::ir::Node, opt: &NodeOption, replicas: u32) -> bool {
     matches!(node.implementation, Implementation::Builtin(_))
-        && opt.device == Device::Cpu
         && !node.generates
         && replicas == 1
-        && opt.policy != BatchPolicy::Continuous
-        && opt.item_ms <= INLINE_ITEM_MS
-        && opt.latency_ms <= INLINE_BATCH_MS
+        && cheap(opt)
 }
 
 fn missing_profile(options: &PlanOptions, key: &[&str], node: &crate::ir::Node) -> PlanError {

@@ -130,6 +130,7 @@ pub fn profile(entries: &[(&str, Option<DeviceProfile>, Option<DeviceProfile>)])
             })
             .collect(),
         fanout: BTreeMap::new(),
+        runtime: None,
     }
 }
 
