@@ -105,6 +105,16 @@ pub enum Which {
         #[arg(long)]
         weights: Option<PathBuf>,
     },
+    /// A CPU-bound pipeline of spin and delay nodes on a 2-core target, profiled (the
+    /// runtime's own cost included), compiled and run here: measured throughput over the
+    /// plan's prediction (bound: within ±10%).
+    FidelityCpu {
+        #[arg(long, default_value_t = 40_000)]
+        requests: u64,
+        /// Cores of the target (the plan keeps them busy).
+        #[arg(long, default_value_t = 2.0)]
+        cpus: f64,
+    },
     /// Run a compiled plan over an input file: measured throughput over the plan's prediction.
     Fidelity {
         plan: PathBuf,
@@ -232,6 +242,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             reps,
             weights,
         } => quantize::bench(held_out, reps, weights)?,
+        Which::FidelityCpu { requests, cpus } => fidelity_cpu(requests, cpus)?,
         Which::Fidelity {
             plan,
             input,
@@ -442,6 +453,76 @@ mod overhead {
         json.insert("nodes".into(), nodes.into());
         Ok(serde_json::Value::Object(json))
     }
+}
+
+/// `marsc bench fidelity-cpu`: profile, compile and run a spin + delay pipeline whose
+/// bottleneck is the CPU pool.
+fn fidelity_cpu(requests: u64, cpus: f64) -> miette::Result<serde_json::Value> {
+    let dir = std::env::temp_dir().join(format!("mars-fidelity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).into_diagnostic()?;
+    let src = "use std.bench.{delay, spin}\n\npipeline cpu_bound(x: Int) -> (y: Int) {\n  let a = spin(x, item_ms = 0.02)\n  let b = delay(a, batch_ms = 0.5, item_ms = 0.01)\n  let c = spin(b, item_ms = 0.03)\n  y = spin(c, batch_ms = 0.05, item_ms = 0.01)\n}\n";
+    let file = dir.join("cpu_bound.mars");
+    let target = dir.join("target.yaml");
+    let profile = dir.join("cpu_bound.profile.yaml");
+    let plan_path = dir.join("cpu_bound.plan.yaml");
+    std::fs::write(&file, src).into_diagnostic()?;
+    std::fs::write(
+        &target,
+        format!("mars_target: 1\nworkers:\n  - {{name: w0, cpus: {cpus}, memory_gb: 16}}\n"),
+    )
+    .into_diagnostic()?;
+    super::profile::run(super::profile::Args {
+        file: file.clone(),
+        pipeline: None,
+        target: target.clone(),
+        output: profile.clone(),
+        input: None,
+        samples: 256,
+        max_batch: 32,
+        min_runs: 10,
+        min_time_ms: 200,
+        max_runs: 1000,
+    })?;
+    let code = super::compile::run(super::compile::Args {
+        file,
+        profile: Some(profile.clone()),
+        target: Some(target),
+        output: Some(plan_path.clone()),
+        pipeline: None,
+        explain: true,
+        allow_slo_miss: false,
+    })?;
+    if code != ExitCode::SUCCESS {
+        return Err(miette!("the fidelity pipeline did not compile"));
+    }
+    let (plan, _) = super::run::load_plan(&plan_path)?;
+    let runtime = mars_plan::Profile::from_yaml(
+        &std::fs::read_to_string(&profile).into_diagnostic()?,
+        "profile",
+    )
+    .into_diagnostic()?
+    .runtime;
+    let registry = mars_stdlib::registry();
+    let (r, _) = measure(&plan, &registry, requests, quiet()).map_err(fail)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let predicted = plan.predicted.throughput;
+    let ratio = r.stats.throughput / predicted.max(1e-9);
+    println!("fidelity-cpu: spin/delay/spin/spin on {cpus} cores, {requests} requests");
+    if let Some(rt) = runtime {
+        println!(
+            "  runtime cost (profiled): {} us per request, {} us per hop, {} us per hand-off",
+            rt.request_us, rt.hop_us, rt.batch_us
+        );
+    }
+    println!("  measured   {:>10.1} req/s", r.stats.throughput);
+    println!(
+        "  predicted  {predicted:>10.1} req/s (bottleneck {})",
+        plan.predicted.bottleneck
+    );
+    println!("  measured/predicted = {ratio:.3}   (bound: within 0.9..1.1)");
+    print_nodes(&r);
+    Ok(serde_json::json!({"bench": "fidelity-cpu", "measured": r.stats.throughput, "predicted": predicted,
+                          "ratio": ratio, "runtime": runtime, "stats": r.stats}))
 }
 
 /// A run's throughput and cost per request per node, as JSON.
