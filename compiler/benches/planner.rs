@@ -120,6 +120,7 @@ fn layered(n: usize) -> (Pipeline, Profile, Target) {
             mars_profile: 1,
             nodes,
             fanout: BTreeMap::new(),
+            runtime: None,
         },
         target,
     )

@@ -429,6 +429,10 @@ fn fn_text(f: &FnItem) -> String {
         FnBody::Builtin(l) => s.push_str(&format!(" = builtin {}", l.raw)),
         FnBody::Exec(l) => s.push_str(&format!(" = exec {}", l.raw)),
     }
+    if !f.attributes.is_empty() {
+        s.push(' ');
+        s.push_str(&annotations_text(&f.attributes));
+    }
     s
 }
 

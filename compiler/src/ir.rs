@@ -126,7 +126,65 @@ pub struct Node {
     /// The kind has a GPU implementation (`@gpu` on its fn or its model's arch): only then
     /// may the planner place it on a GPU.
     pub gpu: bool,
+    /// What the fn's declaration says of its cost (its attributes, with this node's
+    /// parameters), for planning without a profile.
+    pub declared: Declared,
     pub span: SourceSpan,
+}
+
+/// A fn declaration's attributes as they apply to one node (SPEC 2.4.8).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Declared {
+    /// `@batchable`: batches of several items cost less per item than one at a time.
+    pub batchable: bool,
+    /// `@cost(…)`, its terms evaluated with the node's static parameters.
+    pub cost: Option<DeclaredCost>,
+}
+
+/// `@cost(batch_ms = …, item_ms = …, cores = …)`: a batch of b items takes
+/// `batch_ms + item_ms × b` and keeps `cores` cores busy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeclaredCost {
+    pub batch_ms: f64,
+    pub item_ms: f64,
+    pub cores: f64,
+}
+
+/// A term of `@cost`: a number, or the name of a numeric static parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CostTerm {
+    Fixed(f64),
+    Param(String),
+}
+
+/// A fn declaration's attributes, before a call gives its parameters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeclAttributes {
+    pub batchable: bool,
+    /// `batch_ms`, `item_ms`, `cores` terms (defaults 0, 0, 1).
+    pub cost: Option<[CostTerm; 3]>,
+}
+
+impl DeclAttributes {
+    /// The attributes as they apply to a call with static parameters `params`.
+    pub fn resolve(&self, params: &BTreeMap<String, Literal>) -> Declared {
+        let value = |t: &CostTerm| match t {
+            CostTerm::Fixed(x) => *x,
+            CostTerm::Param(name) => match params.get(name) {
+                Some(Literal::Float(x) | Literal::Duration(x)) => *x,
+                Some(Literal::Int(i)) => *i as f64,
+                _ => 0.0,
+            },
+        };
+        Declared {
+            batchable: self.batchable,
+            cost: self.cost.as_ref().map(|[b, i, c]| DeclaredCost {
+                batch_ms: value(b).max(0.0),
+                item_ms: value(i).max(0.0),
+                cores: value(c).max(0.0),
+            }),
+        }
+    }
 }
 
 /// How a node kind is implemented.

@@ -14,6 +14,7 @@ pub mod profiler;
 pub mod replicas;
 pub mod run;
 pub mod scenarios;
+pub mod self_cost;
 pub mod stats;
 pub mod trace;
 pub mod value;

@@ -197,6 +197,7 @@ pub fn profile_plan(
         mars_profile: PROFILE_VERSION,
         nodes: BTreeMap::new(),
         fanout: BTreeMap::new(),
+        runtime: None,
     };
     for variant in &variants {
         let (kind, node) = (variant.keys[0].as_str(), variant.node);
@@ -1257,6 +1258,7 @@ mod tests {
             },
             slos: vec![],
             notes: vec![],
+            inline: vec![],
         }
     }
 

@@ -1,16 +1,24 @@
 //! A node's replica slots: one thread per replica, each owning its `Box<dyn Node>`. The timely
 //! operator sends batches in and never blocks: results come back on a channel, and the replica
-//! wakes the operator through a thread-safe activator. A panic inside a node is caught here and
-//! fails that batch's items; the replica goes on with the next batch.
+//! wakes the operator through a thread-safe activator.
+//!
+//! Under the `none` policy a job is a chunk of items that the replica runs one at a time (the
+//! node sees single items, but items do not cross threads one by one); results of a chunk go
+//! back together, or every millisecond while a chunk of slow items runs.
+//!
+//! A panic inside a node is caught here. A batch of one fails with it; in a larger batch each
+//! item is run again alone, once, and only an item that panics again fails (poison
+//! isolation). The replica goes on with the next batch.
 //!
 //! A generating node under the `continuous` policy runs the iteration-level scheduler of
 //! [`crate::continuous`] instead: its replicas take items one at a time, as they arrive, and
 //! answer each item on its own as its sequence finishes.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -48,8 +56,16 @@ pub struct Pool {
     slots: usize,
     /// Jobs handed out and not yet answered (a continuous pool's jobs are single items).
     busy: usize,
+    /// Jobs the replicas have answered in full (a chunk's results may come in several
+    /// messages), for a pool that does not batch continuously.
+    answered: Arc<AtomicUsize>,
+    /// Jobs handed out, for a pool that does not batch continuously.
+    submitted: usize,
     continuous: Option<Arc<Counters>>,
 }
+
+/// While a chunk of items runs one at a time, its results go back at least this often.
+const CHUNK_FLUSH: Duration = Duration::from_millis(1);
 
 impl Pool {
     /// Start one thread per node replica. `wake` is called after every finished batch (for a
@@ -74,6 +90,8 @@ impl Pool {
             meter.watch_continuous(Arc::clone(c));
         }
         let max = batcher.max;
+        let one_at_a_time = batcher.policy == BatchPolicy::None;
+        let answered = Arc::new(AtomicUsize::new(0));
         let threads = nodes
             .into_iter()
             .enumerate()
@@ -83,6 +101,7 @@ impl Pool {
                 let meter = Arc::clone(&meter);
                 let wake = wake.clone();
                 let counters = continuous.clone();
+                let answered = Arc::clone(&answered);
                 std::thread::Builder::new()
                     .name(format!("{node_id}#{r}"))
                     .spawn(move || match counters {
@@ -95,7 +114,18 @@ impl Pool {
                             &meter,
                             wake,
                         ),
-                        None => replica_loop(r as u32, node, &jobs, &done, &meter, wake),
+                        None => replica_loop(
+                            Replica {
+                                replica: r as u32,
+                                one_at_a_time,
+                                meter: &meter,
+                                answered: &answered,
+                            },
+                            node,
+                            &jobs,
+                            &done,
+                            wake,
+                        ),
                     })
                     .expect("the OS can start a replica thread")
             })
@@ -110,8 +140,15 @@ impl Pool {
                 replicas
             },
             busy: 0,
+            answered,
+            submitted: 0,
             continuous,
         }
+    }
+
+    /// Replicas free to take a batch now.
+    pub fn free(&self) -> usize {
+        self.slots.saturating_sub(self.busy)
     }
 
     /// Whether a replica is free to take a batch (for a continuous pool: an item).
@@ -134,6 +171,7 @@ impl Pool {
         let Some(jobs) = &self.jobs else { return };
         if self.continuous.is_none() {
             if jobs.send(job).is_ok() {
+                self.submitted += 1;
                 self.busy += 1;
             }
             return;
@@ -151,8 +189,15 @@ impl Pool {
 
     /// Batches finished since the last call, without waiting.
     pub fn finished(&mut self) -> Vec<Done> {
-        let done: Vec<Done> = self.done.try_iter().collect();
-        self.busy -= done.len().min(self.busy);
+        if self.continuous.is_some() {
+            let done: Vec<Done> = self.done.try_iter().collect();
+            self.busy -= done.len().min(self.busy);
+            return done;
+        }
+        // Read the count first: a job counted here has sent all its results already.
+        let answered = self.answered.load(Ordering::Acquire);
+        let done = self.done.try_iter().collect();
+        self.busy = self.submitted.saturating_sub(answered);
         done
     }
 
@@ -178,37 +223,96 @@ impl Drop for Pool {
     }
 }
 
-fn replica_loop(
+/// What a replica thread knows of itself.
+struct Replica<'a> {
     replica: u32,
+    /// The `none` policy: run a job's items one at a time.
+    one_at_a_time: bool,
+    meter: &'a NodeMeter,
+    answered: &'a AtomicUsize,
+}
+
+fn replica_loop(
+    me: Replica<'_>,
     mut node: Box<dyn Node>,
     jobs: &Receiver<Job>,
     done: &Sender<Done>,
-    meter: &NodeMeter,
     wake: impl Fn(),
 ) {
     for job in jobs.iter() {
         let n = job.items.len();
         let start = Instant::now();
-        let results = run_guarded(node.as_mut(), job.items);
-        let end = Instant::now();
-        let errors = results.iter().filter(|r| r.is_err()).count();
-        meter.batch(replica, start, end, n, errors);
-        if done
-            .send(Done {
+        let sent = if me.one_at_a_time && n > 1 {
+            run_chunk(&me, node.as_mut(), job, done, &wake)
+        } else {
+            let results = run_guarded(node.as_mut(), job.items);
+            let errors = results.iter().filter(|r| r.is_err()).count();
+            me.meter.batch(me.replica, start, Instant::now(), n, errors);
+            done.send(Done {
                 keys: job.keys,
                 results,
             })
-            .is_err()
-        {
+            .is_ok()
+        };
+        me.answered.fetch_add(1, Ordering::Release);
+        if !sent {
             return;
         }
         wake();
     }
 }
 
-/// Run one batch, turning a panic or a wrong number of results into per-item errors.
+/// Run a chunk's items one at a time, sending results back every [`CHUNK_FLUSH`] and at the
+/// end; `false` when the operator is gone.
+fn run_chunk(
+    me: &Replica<'_>,
+    node: &mut dyn Node,
+    job: Job,
+    done: &Sender<Done>,
+    wake: &impl Fn(),
+) -> bool {
+    let n = job.items.len();
+    let start = Instant::now();
+    let mut flushed = start;
+    let mut errors = 0;
+    let mut keys = Vec::with_capacity(n);
+    let mut results = Vec::with_capacity(n);
+    let each = me.meter.keeps_spans();
+    for (key, item) in job.keys.into_iter().zip(job.items) {
+        let t = Instant::now();
+        let r = run_guarded(node, vec![item]);
+        let failed = r.iter().filter(|r| r.is_err()).count();
+        if each {
+            me.meter.batch(me.replica, t, Instant::now(), 1, failed);
+        }
+        errors += failed;
+        keys.push(key);
+        results.extend(r);
+        if flushed.elapsed() >= CHUNK_FLUSH {
+            let d = Done {
+                keys: std::mem::take(&mut keys),
+                results: std::mem::take(&mut results),
+            };
+            if done.send(d).is_err() {
+                return false;
+            }
+            wake();
+            flushed = Instant::now();
+        }
+    }
+    if !each {
+        me.meter.batches(me.replica, start, Instant::now(), n, n, errors);
+    }
+    keys.is_empty() || done.send(Done { keys, results }).is_ok()
+}
+
+/// Run one batch, turning a panic or a wrong number of results into per-item errors. After a
+/// panic in a batch of several items, each item runs again alone, once: only an item that
+/// panics again (or fails) gets an error, so one poison item does not fail its batch-mates.
 pub fn run_guarded(node: &mut dyn Node, items: Vec<Item>) -> Vec<Result<Outputs, NodeError>> {
     let n = items.len();
+    // Values share their large buffers (`Arc`), so the copy kept for a retry is cheap.
+    let spare = (n > 1).then(|| items.clone());
     match catch_unwind(AssertUnwindSafe(|| node.run_batch(items))) {
         Ok(results) if results.len() == n => results,
         Ok(results) => {
@@ -218,11 +322,27 @@ pub fn run_guarded(node: &mut dyn Node, items: Vec<Item>) -> Vec<Result<Outputs,
             ));
             vec![Err(e); n]
         }
-        Err(payload) => {
-            let msg = panic_message(&payload);
-            vec![Err(NodeError::new(format!("panic in node: {msg}"))); n]
-        }
+        Err(payload) => match spare {
+            None => (0..n).map(|_| Err(panicked(&payload))).collect(),
+            Some(items) => items.into_iter().map(|item| run_alone(node, item)).collect(),
+        },
     }
+}
+
+/// One item alone, after its batch panicked: no further retry.
+fn run_alone(node: &mut dyn Node, item: Item) -> Result<Outputs, NodeError> {
+    match catch_unwind(AssertUnwindSafe(|| node.run_batch(vec![item]))) {
+        Ok(mut results) if results.len() == 1 => results.pop().expect("one result"),
+        Ok(results) => Err(NodeError::new(format!(
+            "node returned {} results for a batch of 1 item",
+            results.len()
+        ))),
+        Err(payload) => Err(panicked(&payload)),
+    }
+}
+
+fn panicked(payload: &Box<dyn std::any::Any + Send>) -> NodeError {
+    NodeError::new(format!("panic in node: {}", panic_message(payload)))
 }
 
 /// The message of a caught panic.
@@ -260,6 +380,71 @@ mod tests {
         }
         let r = run_guarded(&mut Short, vec![vec![Value::Int(1)]]);
         assert!(matches!(&r[0], Err(e) if e.message.contains("0 results for a batch of 1")));
+    }
+
+    #[test]
+    fn a_panic_in_a_batch_fails_only_the_item_that_panics_again() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        let mut node = per_item(move |item| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            match item.first() {
+                Some(Value::Int(7)) => panic!("seven"),
+                Some(v) => Ok(vec![v.clone()]),
+                None => Err(NodeError::new("empty")),
+            }
+        });
+        let items: Vec<Item> = (5..10).map(|i| vec![Value::Int(i)]).collect();
+        let r = run_guarded(node.as_mut(), items);
+        assert_eq!(r.len(), 5);
+        for (i, res) in (5..10).zip(&r) {
+            match res {
+                Ok(v) => assert_eq!(v, &vec![Value::Int(i)]),
+                Err(e) => {
+                    assert_eq!(i, 7);
+                    assert_eq!(e.message, "panic in node: seven");
+                }
+            }
+        }
+        assert_eq!(r.iter().filter(|x| x.is_err()).count(), 1);
+        // The batch ran up to the poison item (5, 6, 7), then each item once alone (5 more).
+        assert_eq!(calls.load(Ordering::SeqCst), 3 + 5);
+    }
+
+    #[test]
+    fn under_none_a_chunk_runs_one_item_at_a_time() {
+        struct Sizes(Arc<std::sync::Mutex<Vec<usize>>>);
+        impl Node for Sizes {
+            fn run_batch(&mut self, b: Vec<Item>) -> Vec<Result<Outputs, NodeError>> {
+                self.0.lock().expect("lock").push(b.len());
+                b.into_iter().map(Ok).collect()
+            }
+        }
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let meter = Arc::new(NodeMeter::new("n", 1, Instant::now(), false));
+        let batcher = Batcher::new(&mars_plan::BatchSpec {
+            policy: BatchPolicy::None,
+            max: 1,
+            wait_ms: 0.0,
+        });
+        let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
+        let nodes: Vec<Box<dyn Node>> = vec![Box::new(Sizes(Arc::clone(&sizes)))];
+        let mut pool = Pool::start("n", nodes, &batcher, Arc::clone(&meter), move || {
+            let _ = wake_tx.send(());
+        });
+        pool.submit(Job {
+            keys: (0..100).map(|i| (i, 0, 0)).collect(),
+            items: (0..100).map(|i| vec![Value::Int(i as i64)]).collect(),
+        });
+        assert_eq!(pool.busy(), 1);
+        let mut got = 0;
+        while got < 100 || pool.busy() > 0 {
+            wake_rx.recv().expect("a replica wakes us");
+            got += pool.finished().iter().map(|d| d.results.len()).sum::<usize>();
+        }
+        assert_eq!(got, 100);
+        assert_eq!(*sizes.lock().expect("lock"), vec![1; 100]);
+        assert_eq!(meter.stats(std::time::Duration::from_secs(1)).batches, 100);
     }
 
     #[test]

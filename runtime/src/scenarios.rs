@@ -123,6 +123,7 @@ pub fn delay_chain(name: &str, item_ms: &[f64], batch: BatchSpec, replicas: u32)
         nodes,
         slos: vec![],
         notes: vec![],
+        inline: vec![],
     }
 }
 

@@ -109,13 +109,32 @@ impl NodeMeter {
         let _ = self.continuous.set(counters);
     }
 
+    /// Whether spans are kept (a traced run): then every batch is recorded on its own.
+    pub fn keeps_spans(&self) -> bool {
+        self.keep_spans
+    }
+
     /// Record one finished batch.
     pub fn batch(&self, replica: u32, start: Instant, end: Instant, items: usize, errors: usize) {
+        self.batches(replica, start, end, 1, items, errors);
+    }
+
+    /// Record `batches` batches run back to back between `start` and `end` (a chunk of items
+    /// run one at a time, or an inline node's batches of one container), `items` in all.
+    pub fn batches(
+        &self,
+        replica: u32,
+        start: Instant,
+        end: Instant,
+        batches: usize,
+        items: usize,
+        errors: usize,
+    ) {
         let mut c = self
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        c.batches += 1;
+        c.batches += batches as u64;
         c.items += items as u64;
         c.errors += errors as u64;
         let duration = end.saturating_duration_since(start);

@@ -49,6 +49,14 @@ pub enum Which {
         nodes: usize,
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// `unbatched`: `delay(x) @batch(none)` nodes compiled without a profile; `batched`:
+        /// the same without `@batch` (batchable: dynamic, no wait); `cluster`: the unbatched
+        /// chain spread over `--processes` processes against one process; `pool`: the chain
+        /// built in code with batches of 1,024 on replica threads; `all`: each in turn.
+        #[arg(long, value_enum, default_value_t = OverheadMode::All)]
+        mode: OverheadMode,
+        #[arg(long, default_value_t = 3)]
+        processes: usize,
     },
     /// Requests through a slow node: peak RSS stays flat as the input grows.
     Memory {
@@ -97,6 +105,16 @@ pub enum Which {
         #[arg(long)]
         weights: Option<PathBuf>,
     },
+    /// A CPU-bound pipeline of spin and delay nodes on a 2-core target, profiled (the
+    /// runtime's own cost included), compiled and run here: measured throughput over the
+    /// plan's prediction (bound: within ±10%).
+    FidelityCpu {
+        #[arg(long, default_value_t = 40_000)]
+        requests: u64,
+        /// Cores of the target (the plan keeps them busy).
+        #[arg(long, default_value_t = 2.0)]
+        cpus: f64,
+    },
     /// Run a compiled plan over an input file: measured throughput over the plan's prediction.
     Fidelity {
         plan: PathBuf,
@@ -105,6 +123,15 @@ pub enum Which {
         #[arg(long, default_value_t = 1)]
         workers: usize,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OverheadMode {
+    Unbatched,
+    Batched,
+    Cluster,
+    Pool,
+    All,
 }
 
 fn quiet() -> RunOptions {
@@ -142,18 +169,9 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             requests,
             nodes,
             workers,
-        } => {
-            let plan = delay_chain("overhead", &vec![0.0; nodes], batch_dynamic(1024, 0.0), 1);
-            let opts = RunOptions { workers, ..quiet() };
-            let (r, bytes) = measure(&plan, &registry, requests, opts).map_err(fail)?;
-            let rate = r.stats.throughput;
-            let per_node_us = 1e6 / rate / nodes as f64;
-            println!("overhead: {nodes} no-op nodes, {requests} requests, {workers} worker(s), JSON in and out ({bytes} bytes written)");
-            println!("  measured   {rate:>12.0} req/s   (bound: >= 200000)   {:.2} us per request per node", per_node_us);
-            print_nodes(&r);
-            serde_json::json!({"bench": "overhead", "requests": requests, "nodes": nodes, "workers": workers,
-                               "measured": rate, "bound": 200000.0, "per_node_us": per_node_us, "stats": r.stats})
-        }
+            mode,
+            processes,
+        } => overhead::bench(requests, nodes, workers, mode, processes)?,
         Which::Memory { requests } => {
             // A slow node: 0.02 ms per item in batches of up to 64, ~50,000 items/s at most,
             // slower than input can be read, so without flow control the queue would grow.
@@ -224,6 +242,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             reps,
             weights,
         } => quantize::bench(held_out, reps, weights)?,
+        Which::FidelityCpu { requests, cpus } => fidelity_cpu(requests, cpus)?,
         Which::Fidelity {
             plan,
             input,
@@ -288,6 +307,7 @@ fn on_workers(mut plan: mars_plan::Plan, processes: usize) -> mars_plan::Plan {
     for (i, node) in plan.nodes.iter_mut().enumerate() {
         node.worker = format!("w{}", i * n / len);
     }
+    plan.workers = (0..n).map(|w| format!("w{w}")).collect();
     plan
 }
 
@@ -326,6 +346,184 @@ fn print_nodes(r: &RunReport) {
             n.utilization * 100.0
         );
     }
+}
+
+/// `marsc bench overhead`.
+mod overhead {
+    use miette::IntoDiagnostic;
+
+    use super::{fail, measure_json, on_workers, quiet, run_on_cluster, OverheadMode};
+    use mars_runtime::run::RunOptions;
+    use mars_runtime::scenarios::{batch_dynamic, delay_chain, measure};
+
+    /// A chain of `nodes` `std.bench.delay(…)` nodes (no cost), compiled by `marsc compile`
+    /// without a profile, `@batch(none)` on each when `unbatched`.
+    fn compiled_chain(nodes: usize, unbatched: bool) -> miette::Result<mars_plan::Plan> {
+        let dir = std::env::temp_dir().join(format!("mars-overhead-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).into_diagnostic()?;
+        let ann = if unbatched { "  @batch(none)" } else { "" };
+        let mut src = String::from("use std.bench.{delay}\n\npipeline overhead(x: Int) -> (y: Int) {\n");
+        let mut prev = "x".to_string();
+        for i in 0..nodes.max(1) {
+            let name = if i + 1 == nodes.max(1) { "y".to_string() } else { format!("s{i}") };
+            let kw = if name == "y" { "" } else { "let " };
+            src.push_str(&format!("  {kw}{name} = delay({prev}, batch_ms = 0.0){ann}\n"));
+            prev = name;
+        }
+        src.push_str("}\n");
+        let file = dir.join("overhead.mars");
+        let out = dir.join("overhead.plan.yaml");
+        std::fs::write(&file, src).into_diagnostic()?;
+        let code = crate::cmd::compile::run(crate::cmd::compile::Args {
+            file,
+            profile: None,
+            target: None,
+            output: Some(out.clone()),
+            pipeline: None,
+            explain: false,
+            allow_slo_miss: false,
+        })?;
+        if code != std::process::ExitCode::SUCCESS {
+            return Err(miette::miette!("the overhead chain did not compile"));
+        }
+        let (plan, _) = crate::cmd::run::load_plan(&out)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(plan)
+    }
+
+    fn line(what: &str, rate: f64, nodes: usize, target: &str, plan: &mars_plan::Plan) {
+        let ns = 1e9 / rate / nodes as f64;
+        println!(
+            "  {what:<10} {rate:>12.0} req/s  {ns:>8.1} ns per request per node   ({} of {} nodes inline; {target})",
+            plan.inline.len(),
+            plan.nodes.len()
+        );
+    }
+
+    pub fn bench(
+        requests: u64,
+        nodes: usize,
+        workers: usize,
+        mode: OverheadMode,
+        processes: usize,
+    ) -> miette::Result<serde_json::Value> {
+        let registry = mars_stdlib::registry();
+        let opts = || RunOptions { workers, ..quiet() };
+        let all = mode == OverheadMode::All;
+        let mut json = serde_json::Map::new();
+        println!("overhead: {nodes} no-op nodes, {requests} requests, {workers} worker(s), JSON in and out");
+        if all || mode == OverheadMode::Unbatched || mode == OverheadMode::Cluster {
+            let plan = compiled_chain(nodes, true)?;
+            let (one, _) = measure(&plan, &registry, requests, opts()).map_err(fail)?;
+            if all || mode == OverheadMode::Unbatched {
+                line("unbatched", one.stats.throughput, nodes, "bound: >= 200000", &plan);
+                json.insert("unbatched".into(), measure_json(&one, nodes));
+            }
+            if all || mode == OverheadMode::Cluster {
+                let spread = on_workers(plan.clone(), processes);
+                let many = run_on_cluster(&spread, processes, requests)?;
+                line(&format!("{processes} procs"), many.stats.throughput, nodes, "", &plan);
+                let ratio = one.stats.throughput / many.stats.throughput.max(1e-9);
+                println!("  one process / {processes} processes = {ratio:.2}   (bound: <= 2)");
+                json.insert("cluster".into(), measure_json(&many, nodes));
+                json.insert("one_process".into(), measure_json(&one, nodes));
+                json.insert("cluster_slowdown".into(), ratio.into());
+            }
+        }
+        if all || mode == OverheadMode::Batched {
+            let plan = compiled_chain(nodes, false)?;
+            let (r, _) = measure(&plan, &registry, requests, opts()).map_err(fail)?;
+            line("batched", r.stats.throughput, nodes, "bound: >= 1000000", &plan);
+            json.insert("batched".into(), measure_json(&r, nodes));
+        }
+        if all || mode == OverheadMode::Pool {
+            let plan = delay_chain("overhead", &vec![0.0; nodes], batch_dynamic(1024, 0.0), 1);
+            let (r, _) = measure(&plan, &registry, requests, opts()).map_err(fail)?;
+            line("pool", r.stats.throughput, nodes, "replica threads, batches of 1024", &plan);
+            json.insert("pool".into(), measure_json(&r, nodes));
+        }
+        json.insert("bench".into(), "overhead".into());
+        json.insert("requests".into(), requests.into());
+        json.insert("nodes".into(), nodes.into());
+        Ok(serde_json::Value::Object(json))
+    }
+}
+
+/// `marsc bench fidelity-cpu`: profile, compile and run a spin + delay pipeline whose
+/// bottleneck is the CPU pool.
+fn fidelity_cpu(requests: u64, cpus: f64) -> miette::Result<serde_json::Value> {
+    let dir = std::env::temp_dir().join(format!("mars-fidelity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).into_diagnostic()?;
+    let src = "use std.bench.{delay, spin}\n\npipeline cpu_bound(x: Int) -> (y: Int) {\n  let a = spin(x, item_ms = 0.02)\n  let b = delay(a, batch_ms = 0.5, item_ms = 0.01)\n  let c = spin(b, item_ms = 0.03)\n  y = spin(c, batch_ms = 0.05, item_ms = 0.01)\n}\n";
+    let file = dir.join("cpu_bound.mars");
+    let target = dir.join("target.yaml");
+    let profile = dir.join("cpu_bound.profile.yaml");
+    let plan_path = dir.join("cpu_bound.plan.yaml");
+    std::fs::write(&file, src).into_diagnostic()?;
+    std::fs::write(
+        &target,
+        format!("mars_target: 1\nworkers:\n  - {{name: w0, cpus: {cpus}, memory_gb: 16}}\n"),
+    )
+    .into_diagnostic()?;
+    super::profile::run(super::profile::Args {
+        file: file.clone(),
+        pipeline: None,
+        target: target.clone(),
+        output: profile.clone(),
+        input: None,
+        samples: 256,
+        max_batch: 32,
+        min_runs: 10,
+        min_time_ms: 200,
+        max_runs: 1000,
+    })?;
+    let code = super::compile::run(super::compile::Args {
+        file,
+        profile: Some(profile.clone()),
+        target: Some(target),
+        output: Some(plan_path.clone()),
+        pipeline: None,
+        explain: true,
+        allow_slo_miss: false,
+    })?;
+    if code != ExitCode::SUCCESS {
+        return Err(miette!("the fidelity pipeline did not compile"));
+    }
+    let (plan, _) = super::run::load_plan(&plan_path)?;
+    let runtime = mars_plan::Profile::from_yaml(
+        &std::fs::read_to_string(&profile).into_diagnostic()?,
+        "profile",
+    )
+    .into_diagnostic()?
+    .runtime;
+    let registry = mars_stdlib::registry();
+    let (r, _) = measure(&plan, &registry, requests, quiet()).map_err(fail)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let predicted = plan.predicted.throughput;
+    let ratio = r.stats.throughput / predicted.max(1e-9);
+    println!("fidelity-cpu: spin/delay/spin/spin on {cpus} cores, {requests} requests");
+    if let Some(rt) = runtime {
+        println!(
+            "  runtime cost (profiled): {} us per request, {} us per hop, {} us per hand-off",
+            rt.request_us, rt.hop_us, rt.batch_us
+        );
+    }
+    println!("  measured   {:>10.1} req/s", r.stats.throughput);
+    println!(
+        "  predicted  {predicted:>10.1} req/s (bottleneck {})",
+        plan.predicted.bottleneck
+    );
+    println!("  measured/predicted = {ratio:.3}   (bound: within 0.9..1.1)");
+    print_nodes(&r);
+    Ok(serde_json::json!({"bench": "fidelity-cpu", "measured": r.stats.throughput, "predicted": predicted,
+                          "ratio": ratio, "runtime": runtime, "stats": r.stats}))
+}
+
+/// A run's throughput and cost per request per node, as JSON.
+fn measure_json(r: &RunReport, nodes: usize) -> serde_json::Value {
+    let rate = r.stats.throughput;
+    serde_json::json!({"measured": rate, "ns_per_request_per_node": 1e9 / rate.max(1e-9) / nodes.max(1) as f64,
+                       "latency": r.stats.latency})
 }
 
 /// `marsc bench continuous`.

@@ -36,6 +36,12 @@ pub struct Plan {
     pub workers: Vec<String>,
     /// Every node, in a topological order of the DAG.
     pub nodes: Vec<PlanNode>,
+    /// The ids of the nodes whose executor is `inline`: they run on their timely worker's
+    /// thread, inside the node's operator, with no replica thread (each has one replica).
+    /// Every other node's executor is `pool` (replica threads or exec processes). The planner
+    /// chooses inline for CPU builtins that cost a few microseconds (SPEC 2.3, 3.5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inline: Vec<String>,
     /// The pipeline-level prediction.
     pub predicted: PipelinePrediction,
     /// One verdict per `slo` statement.
@@ -287,5 +293,10 @@ impl Plan {
     /// The node with this id.
     pub fn node(&self, id: &str) -> Option<&PlanNode> {
         self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Whether node `id` runs inline on its worker's thread (see [`Plan::inline`]).
+    pub fn is_inline(&self, id: &str) -> bool {
+        self.inline.iter().any(|i| i == id)
     }
 }

@@ -19,6 +19,30 @@ pub struct Profile {
     /// Mean list length at a map node, keyed by node id; default 1.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fanout: BTreeMap<String, f64>,
+    /// The runtime's own CPU cost on the profiled machine; absent in older profiles (then the
+    /// planner charges nothing for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeProfile>,
+}
+
+/// The version of the `runtime` section this build writes and reads.
+pub const RUNTIME_SECTION_VERSION: u32 = 1;
+
+/// The runtime's CPU outside the nodes' own work, in core-microseconds (SPEC 2.4.9).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeProfile {
+    /// Always [`RUNTIME_SECTION_VERSION`].
+    pub version: u32,
+    /// Per request, on the first worker: reading and parsing its line, admitting it, encoding
+    /// and writing its record.
+    pub request_us: f64,
+    /// Per item per node, on the node's worker: moving the record through the node's operator
+    /// (dispatch and progress tracking), for a node that runs inline.
+    pub hop_us: f64,
+    /// Per batch handed to a replica thread, on the node's worker: the hand-off, the wake-ups
+    /// and the operator's queueing (a node on replica threads pays it per batch).
+    pub batch_us: f64,
 }
 
 /// A node kind's measurements per device, and for a generating model (`generate = true`) what
@@ -114,6 +138,29 @@ impl Profile {
                     self.mars_profile
                 ),
             ));
+        }
+        if let Some(r) = &self.runtime {
+            if r.version != RUNTIME_SECTION_VERSION {
+                return Err(LoadError::invalid(
+                    path,
+                    crate::find_key_path(text, &["runtime", "version"]),
+                    "runtime.version",
+                    format!(
+                        "unsupported runtime section version {} (this Mars reads {RUNTIME_SECTION_VERSION})",
+                        r.version
+                    ),
+                ));
+            }
+            for (field, v) in [("request_us", r.request_us), ("hop_us", r.hop_us), ("batch_us", r.batch_us)] {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(LoadError::invalid(
+                        path,
+                        crate::find_key_path(text, &["runtime", field]),
+                        &format!("runtime.{field}"),
+                        format!("value {v} must be non-negative"),
+                    ));
+                }
+            }
         }
         for (kind, kp) in &self.nodes {
             for (dev, dp) in [("cpu", &kp.cpu), ("gpu", &kp.gpu)] {

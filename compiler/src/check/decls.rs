@@ -87,6 +87,8 @@ pub struct Sig {
     pub is_model: bool,
     /// The kind has a GPU implementation (`@gpu` on the fn or on the model's arch).
     pub gpu: bool,
+    /// A fn declaration's attributes (a model has none).
+    pub attributes: ir::DeclAttributes,
 }
 
 impl Sig {
@@ -727,6 +729,7 @@ fn lower_fn(env: &Env, module: ModuleId, f: &ast::FnItem, sink: &mut Sink) -> Op
             }
         }
     };
+    let attributes = lower_attributes(f, &statics, &mut problems);
     let failed = !problems.is_empty();
     sink.extend(problems);
     if failed {
@@ -748,7 +751,97 @@ fn lower_fn(env: &Env, module: ModuleId, f: &ast::FnItem, sink: &mut Sink) -> Op
         generates: false,
         is_model: false,
         gpu: f.gpu.is_some(),
+        attributes,
     })
+}
+
+/// A fn declaration's attributes: `@batchable` and `@cost(batch_ms = …, item_ms = …,
+/// cores = …)`, whose terms are numbers or names of the fn's numeric static parameters.
+fn lower_attributes(
+    f: &ast::FnItem,
+    statics: &[StaticSig],
+    problems: &mut Vec<Problem>,
+) -> ir::DeclAttributes {
+    let mut out = ir::DeclAttributes::default();
+    for a in &f.attributes {
+        match a.name.name.as_str() {
+            "batchable" if a.args.is_empty() => out.batchable = true,
+            "cost" => {
+                let mut terms = [
+                    ir::CostTerm::Fixed(0.0),
+                    ir::CostTerm::Fixed(0.0),
+                    ir::CostTerm::Fixed(1.0),
+                ];
+                for arg in &a.args {
+                    let ast::AnnArg::Named { name, value, span } = arg else {
+                        problems.push(
+                            Problem::error(
+                                "mars::fn::bad_attribute",
+                                "`@cost` takes named terms: batch_ms, item_ms, cores",
+                            )
+                            .label(a.span, "here"),
+                        );
+                        continue;
+                    };
+                    let k = match name.name.as_str() {
+                        "batch_ms" => 0,
+                        "item_ms" => 1,
+                        "cores" => 2,
+                        other => {
+                            problems.push(
+                                Problem::error(
+                                    "mars::fn::bad_attribute",
+                                    format!("`@cost` has no term `{other}`; its terms are batch_ms, item_ms, cores"),
+                                )
+                                .label(*span, "unknown term"),
+                            );
+                            continue;
+                        }
+                    };
+                    terms[k] = match value {
+                        ast::Value::Lit(l) => match l.kind {
+                            ast::LitKind::Float(x) | ast::LitKind::Duration(x) => ir::CostTerm::Fixed(x),
+                            ast::LitKind::Int(i) => ir::CostTerm::Fixed(i as f64),
+                            _ => {
+                                problems.push(
+                                    Problem::error("mars::fn::bad_attribute", "a `@cost` term is a number or a numeric parameter")
+                                        .label(l.span, "not a number"),
+                                );
+                                continue;
+                            }
+                        },
+                        ast::Value::Name(p) => {
+                            let param = p.segments.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(".");
+                            let numeric = statics.iter().any(|s| {
+                                s.name == param && matches!(s.ty, StaticType::Int | StaticType::Float | StaticType::Duration)
+                            });
+                            if !numeric {
+                                problems.push(
+                                    Problem::error(
+                                        "mars::fn::bad_attribute",
+                                        format!("`{param}` is not a numeric static parameter of `{}`", f.name.name),
+                                    )
+                                    .label(p.span, "not a parameter of this fn"),
+                                );
+                                continue;
+                            }
+                            ir::CostTerm::Param(param)
+                        }
+                    };
+                }
+                out.cost = Some(terms);
+            }
+            other => problems.push(
+                Problem::error(
+                    "mars::fn::bad_attribute",
+                    format!("unknown fn attribute `@{other}`"),
+                )
+                .label(a.span, "not an attribute of fn declarations")
+                .help("fn declarations take `@batchable` and `@cost(batch_ms = …, item_ms = …, cores = …)`"),
+            ),
+        }
+    }
+    out
 }
 
 fn lower_model(env: &Env, module: ModuleId, m: &ast::ModelItem, sink: &mut Sink) -> Option<Sig> {
@@ -969,6 +1062,7 @@ fn lower_model(env: &Env, module: ModuleId, m: &ast::ModelItem, sink: &mut Sink)
         generates,
         is_model: true,
         gpu: arch.gpu,
+        attributes: ir::DeclAttributes::default(),
     })
 }
 

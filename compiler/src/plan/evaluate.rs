@@ -199,9 +199,11 @@ pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
     }
     let mut cost = Cost::default();
     let mut gpu_used = vec![false; model.gpus.len()];
-    for ((node, &o), &r) in model.nodes.iter().zip(choice).zip(&replicas) {
+    cost.cpu_busy += rate * model.request_cores();
+    for (i, ((node, &o), &r)) in model.nodes.iter().zip(choice).zip(&replicas).enumerate() {
         let opt = &node.options[o];
         let u = rate * opt.per_request;
+        cost.cpu_busy += rate * model.runtime_cores(i, opt);
         match opt.gpu {
             Some(g) => {
                 gpu_used[g] = true;
@@ -295,6 +297,10 @@ pub fn capacity(model: &CostModel, choice: &[usize], fixed: &[Option<u32>]) -> (
             Some(g) => gpu_load[g] += opt.per_request,
             None => cpu_load[opt.worker] += opt.per_request * opt.cores,
         }
+        cpu_load[opt.worker] += model.runtime_cores(i, opt);
+    }
+    if let Some(first) = cpu_load.first_mut() {
+        *first += model.request_cores();
     }
     for (w, &load) in cpu_load.iter().enumerate() {
         if load > 0.0 {

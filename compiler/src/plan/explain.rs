@@ -66,6 +66,7 @@ pub fn explain(
     for n in &plan.nodes {
         let device = match &n.gpu {
             Some(g) => format!("gpu {}@{}", g, n.worker),
+            None if plan.is_inline(&n.id) => format!("cpu@{} inline", n.worker),
             None => format!("cpu@{}", n.worker),
         };
         let batch = match n.batch.policy {
@@ -148,8 +149,14 @@ pub fn explain(
     let mut gpu = vec![0.0; model.gpus.len()];
     let mut gpu_mem = vec![0.0; model.gpus.len()];
     let mut host_mem = vec![0.0; model.workers.len()];
+    // The runtime's own CPU (SPEC 2.4.9), part of `cpu`.
+    let mut runtime = vec![0.0; model.workers.len()];
+    if let Some(first) = runtime.first_mut() {
+        *first += e.rate * model.request_cores();
+    }
     for (i, node) in model.nodes.iter().enumerate() {
         let o = &node.options[planned.solution.choice[i]];
+        runtime[o.worker] += e.rate * model.runtime_cores(i, o);
         let u = e.rate * o.per_request;
         let r = f64::from(e.replicas[i]);
         match o.gpu {
@@ -164,6 +171,7 @@ pub fn explain(
         }
     }
     for (w, worker) in model.workers.iter().enumerate() {
+        cpu[w] += runtime[w];
         let mut l = format!(
             "  {}.cpu: {} of {} cores busy, {} free",
             worker.name,
@@ -171,6 +179,14 @@ pub fn explain(
             worker.cpus,
             round3((worker.cpus - cpu[w]).max(0.0))
         );
+        if model.runtime.is_some() {
+            let _ = write!(
+                l,
+                " (the runtime's own share: {} cores, {}%)",
+                round3(runtime[w]),
+                round3(100.0 * runtime[w] / worker.cpus.max(f64::MIN_POSITIVE))
+            );
+        }
         if let Some(m) = worker.memory_mb {
             let _ = write!(l, "; memory {} of {} MB", round3(host_mem[w]), round3(m));
         }

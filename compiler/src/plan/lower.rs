@@ -62,6 +62,7 @@ pub fn lower_plan(
         .collect();
 
     let mut nodes = Vec::with_capacity(model.nodes.len());
+    let mut inline = Vec::new();
     for (i, mnode) in model.nodes.iter().enumerate() {
         let node = &pipeline.graph[mnode.index];
         let opt = &mnode.options[solution.choice[i]];
@@ -120,6 +121,12 @@ pub fn lower_plan(
                 max: opt.batch,
                 wait_ms: 0.0,
             },
+            // Without a profile a batchable node takes what is queued (SPEC 2.4.8).
+            None if opt.batch <= 1 && model.unprofiled && node.declared.batchable => BatchSpec {
+                policy: BatchPolicy::Dynamic,
+                max: super::model::UNPROFILED_BATCH_MAX,
+                wait_ms: 0.0,
+            },
             None if opt.policy == BatchPolicy::Continuous => BatchSpec {
                 policy: BatchPolicy::Continuous,
                 max: opt.batch,
@@ -136,6 +143,9 @@ pub fn lower_plan(
                 wait_ms: fill,
             },
         };
+        if super::model::runs_inline(node, opt, replicas) {
+            inline.push(node.id.clone());
+        }
         nodes.push(PlanNode {
             id: node.id.clone(),
             kind: node.kind.clone(),
@@ -195,6 +205,7 @@ pub fn lower_plan(
         },
         slos,
         notes: options.notes.clone(),
+        inline,
     }
 }
 

@@ -19,8 +19,16 @@ pub const MAX_REPLICAS: u32 = 64;
 pub const CROSS_WORKER_MS: f64 = 1.0;
 /// The largest throughput the planner reports (requests/s), for pipelines that nothing bounds.
 pub const MAX_THROUGHPUT: f64 = 1.0e9;
-/// Without a profile, every node is assumed to take this long per item (ms).
+/// Without a profile, every node is assumed to take this long per item (ms), unless its
+/// declaration states a cost (`@cost`, SPEC 2.4.8).
 pub const DEFAULT_ITEM_MS: f64 = 1.0;
+/// Without a profile, a `@batchable` node without a `@batch` annotation takes up to this many
+/// queued items per batch, without waiting.
+pub const UNPROFILED_BATCH_MAX: u32 = 256;
+/// A CPU builtin at most this costly per item (ms) runs inline on its worker's thread ...
+pub const INLINE_ITEM_MS: f64 = 0.02;
+/// ... when its batches also take at most this long (ms).
+pub const INLINE_BATCH_MS: f64 = 0.5;
 
 /// One way to run a node: where, with which batch policy and batch size.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +85,8 @@ pub struct ModelNode {
     pub options: Vec<NodeOption>,
     /// Positions (in [`CostModel::nodes`]) of the nodes feeding this one.
     pub preds: Vec<usize>,
+    /// A builtin that does not generate: it may run inline when cheap.
+    pub builtin_cpu: bool,
     /// For a generating model costed per step: its output lengths and what each policy would
     /// give, allowed or not (for `--explain`).
     pub generation: Option<Generation>,
@@ -136,6 +146,46 @@ pub struct CostModel {
     pub workers: Vec<WorkerResource>,
     pub gpus: Vec<GpuResource>,
     pub objectives: Objectives,
+    /// Planned without a profile: costs are declared or assumed.
+    pub unprofiled: bool,
+    /// The runtime's own CPU, from the profile's `runtime` section (SPEC 2.4.9).
+    pub runtime: Option<mars_plan::RuntimeProfile>,
+}
+
+impl CostModel {
+    /// Cores the runtime spends per request/s on the first worker outside the nodes (reading,
+    /// parsing, admitting, encoding, writing).
+    pub fn request_cores(&self) -> f64 {
+        self.runtime.map_or(0.0, |r| r.request_us / 1e6)
+    }
+
+    /// Cores the runtime spends per request/s on node `i`'s worker when it runs on `opt`: a
+    /// hop per item, and for a node on replica threads a hand-off per batch (under `none`
+    /// items are handed over in chunks, counted as [`NONE_CHUNK`] items each).
+    pub fn runtime_cores(&self, i: usize, opt: &NodeOption) -> f64 {
+        let Some(r) = self.runtime else { return 0.0 };
+        let node = &self.nodes[i];
+        let inline = node.builtin_cpu && cheap(opt);
+        let per_batch = if inline {
+            0.0
+        } else if opt.policy == BatchPolicy::None {
+            r.batch_us / f64::from(NONE_CHUNK)
+        } else {
+            r.batch_us / f64::from(opt.batch.max(1))
+        };
+        node.fanout * (r.hop_us + per_batch) / 1e6
+    }
+}
+
+/// The items a hand-off under `none` is assumed to carry, for the runtime's cost.
+pub const NONE_CHUNK: u32 = 16;
+
+/// Whether an option is cheap enough to run inline (for a CPU builtin).
+pub fn cheap(opt: &NodeOption) -> bool {
+    opt.device == Device::Cpu
+        && opt.policy != BatchPolicy::Continuous
+        && opt.item_ms <= INLINE_ITEM_MS
+        && opt.latency_ms <= INLINE_BATCH_MS
 }
 
 impl CostModel {
@@ -205,6 +255,8 @@ impl CostModel {
                     ),
                     options: opts,
                     preds,
+                    builtin_cpu: matches!(node.implementation, Implementation::Builtin(_))
+                        && !node.generates,
                     generation,
                 }),
                 Err(e) => errors.push(e),
@@ -233,6 +285,8 @@ impl CostModel {
             workers,
             gpus,
             objectives,
+            unprofiled: profile.is_none(),
+            runtime: profile.and_then(|p| p.runtime),
         })
     }
 }
@@ -327,8 +381,21 @@ fn node_options(
                 Device::Cpu
             };
             let b = max_batch.unwrap_or(1).max(1);
-            let ms = DEFAULT_ITEM_MS * f64::from(b);
-            measured.push((device, DeviceProfile::new(vec![b], vec![ms])));
+            let mut dp = match node.declared.cost {
+                Some(c) => {
+                    let mut dp = DeviceProfile::new(
+                        vec![b],
+                        vec![c.batch_ms + c.item_ms * f64::from(b)],
+                    );
+                    dp.cpu_cores = Some(c.cores);
+                    dp
+                }
+                None => DeviceProfile::new(vec![b], vec![DEFAULT_ITEM_MS * f64::from(b)]),
+            };
+            if device == Device::Gpu {
+                dp.cpu_cores = None;
+            }
+            measured.push((device, dp));
         }
     }
 
@@ -513,6 +580,17 @@ fn node_options(
 
 fn round3(x: f64) -> f64 {
     super::lower::round3(x)
+}
+
+/// Whether a node on `opt` with `replicas` replicas runs inline on its worker's thread: a CPU
+/// builtin (never an exec program or a model) with one replica, whose items cost at most
+/// [`INLINE_ITEM_MS`] and whose batches at most [`INLINE_BATCH_MS`]. A hand-off to a replica
+/// thread would cost more than such a node's work.
+pub fn runs_inline(node: &crate::ir::Node, opt: &NodeOption, replicas: u32) -> bool {
+    matches!(node.implementation, Implementation::Builtin(_))
+        && !node.generates
+        && replicas == 1
+        && cheap(opt)
 }
 
 fn missing_profile(options: &PlanOptions, key: &[&str], node: &crate::ir::Node) -> PlanError {

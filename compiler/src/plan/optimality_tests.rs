@@ -253,6 +253,7 @@ fn random_case_of(rng: &mut Rng, max_nodes: u64) -> (Pipeline, Profile, Target) 
         mars_profile: 1,
         nodes: Default::default(),
         fanout: Default::default(),
+        runtime: None,
     };
     let mut specs: Vec<NodeSpec> = Vec::new();
     for i in 0..n {

@@ -52,6 +52,7 @@ pub fn pipeline(specs: &[NodeSpec], slos: &[SloKind]) -> Pipeline {
             annotations: s.annotations.clone(),
             generates: false,
             gpu: true, // bench.delay stands for a device-bound stage on any device
+            declared: Default::default(),
             span: (i, 1).into(),
         });
         for (port, &p) in s.preds.iter().enumerate() {
@@ -130,6 +131,7 @@ pub fn profile(entries: &[(&str, Option<DeviceProfile>, Option<DeviceProfile>)])
             })
             .collect(),
         fanout: BTreeMap::new(),
+        runtime: None,
     }
 }
 

@@ -287,6 +287,8 @@ pub struct FnItem {
     pub statics: Option<Vec<StaticParam>>,
     pub outputs: FnOutputs,
     pub body: FnBody,
+    /// Attributes after the body (`@batchable`, `@cost(…)`).
+    pub attributes: Vec<Annotation>,
     pub span: Span,
 }
 

@@ -318,6 +318,7 @@ impl Conv {
                 let mut statics = None;
                 let mut outputs = None;
                 let mut body = None;
+                let mut attributes = Vec::new();
                 for part in inner {
                     match part.as_rule() {
                         Rule::type_params => {
@@ -363,6 +364,7 @@ impl Conv {
                                 self.literal_of(part.into_inner().next().expect("command")),
                             ))
                         }
+                        Rule::annotation => attributes.push(self.annotation(part)),
                         r => unreachable!("fn part {r:?}"),
                     }
                 }
@@ -374,6 +376,7 @@ impl Conv {
                     statics,
                     outputs: outputs.expect("the grammar requires outputs"),
                     body: body.expect("the grammar requires a body"),
+                    attributes,
                     span,
                 })
             }

@@ -13,8 +13,14 @@
 //! Placement: each node operator's records are exchanged to the worker that owns the node's
 //! replicas (node index modulo the worker count); the source and the sink live on worker 0,
 //! which alone talks to the input and output threads.
+//!
+//! Executors: a node the plan lists under `inline` runs on its worker's thread inside its
+//! operator ([`inline`]); every other node hands its batches to replica threads ([`stage`]).
 
+pub mod inline;
+pub mod mapping;
 pub mod sink;
+pub mod slab;
 pub mod source;
 pub mod stage;
 
@@ -64,9 +70,19 @@ pub enum ArgSpec {
     Literal(Value),
 }
 
+/// Where a node's function runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executor {
+    /// On the timely worker thread, inside the node's operator: no replica thread, no hand-off.
+    Inline,
+    /// On the node's replica threads (or its exec processes).
+    Pool,
+}
+
 /// A plan node as its operator needs it.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
+    pub executor: Executor,
     pub id: String,
     /// Producers this node joins, in slot order.
     pub deps: Vec<u32>,
@@ -159,11 +175,23 @@ impl Lowered {
                     arg, &ty, &inputs, &index, &nodes, plan, &mut deps, cx, &what,
                 )?);
             }
+            let executor = if plan.inline.iter().any(|id| id == &node.id) {
+                if node.replicas != 1 {
+                    return Err(format!(
+                        "{what}: it runs inline but has {} replicas; an inline node has one",
+                        node.replicas
+                    ));
+                }
+                Executor::Inline
+            } else {
+                Executor::Pool
+            };
             if deps.is_empty() {
                 // A node of literals alone still runs once per request: it follows the source.
                 deps.push(0);
             }
             nodes.push(NodeSpec {
+                executor,
                 id: node.id.clone(),
                 deps,
                 args,
@@ -199,6 +227,9 @@ impl Lowered {
         }
         if sink_deps.is_empty() {
             sink_deps.push(0);
+        }
+        if let Some(id) = plan.inline.iter().find(|id| plan.node(id).is_none()) {
+            return Err(format!("`inline` names `{id}`, which is not a node of the plan"));
         }
         Ok(Lowered {
             pipeline: plan.pipeline.clone(),
@@ -287,14 +318,15 @@ pub fn first_failure(bodies: &[Body]) -> Option<&Failure> {
 /// Joins the records of several producers by request id.
 pub struct Joiner {
     deps: Vec<u32>,
-    partial: HashMap<u64, (usize, Vec<Option<Body>>)>,
+    /// Per waiting request: how many producers have spoken, and their bodies by slot.
+    partial: slab::SeqSlab<(usize, Vec<Option<Body>>)>,
 }
 
 impl Joiner {
     pub fn new(deps: Vec<u32>) -> Joiner {
         Joiner {
             deps,
-            partial: HashMap::new(),
+            partial: slab::SeqSlab::new(),
         }
     }
 
@@ -307,8 +339,7 @@ impl Joiner {
         let n = self.deps.len();
         let entry = self
             .partial
-            .entry(rec.id)
-            .or_insert_with(|| (0, vec![None; n]));
+            .get_or_insert_with(rec.id, || (0, vec![None; n]));
         if entry.1[slot].is_none() {
             entry.0 += 1;
         }
@@ -316,7 +347,7 @@ impl Joiner {
         if entry.0 < n {
             return None;
         }
-        let (_, bodies) = self.partial.remove(&rec.id)?;
+        let (_, bodies) = self.partial.remove(rec.id)?;
         Some((rec.id, bodies.into_iter().flatten().collect()))
     }
 

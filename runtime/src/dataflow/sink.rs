@@ -33,7 +33,8 @@ pub fn output_sink(
     let mut joiner = Joiner::new(deps);
     let pact = Exchange::new(|_: &Rec| 0u64);
     stream.sink(pact, "outputs", move |(input, _frontier)| {
-        input.for_each(|_cap, data| {
+        input.for_each(|cap, data| {
+            let Some(&round) = cap.least() else { return };
             for rec in data.drain(..) {
                 let Some((id, bodies)) = joiner.offer(rec) else {
                     continue;
@@ -42,7 +43,7 @@ pub fn output_sink(
                     Some(f) => Err(f.clone()),
                     None => Ok(outputs.iter().map(|o| arg_value(&o.arg, &bodies)).collect()),
                 };
-                let latency = flow.finished(id).map(|t| t.elapsed());
+                let latency = flow.finished(round).map(|t| t.elapsed());
                 // The writer outlives the dataflow unless the run is being torn down.
                 let _ = out.send(Outcome {
                     id,

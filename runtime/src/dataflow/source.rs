@@ -7,7 +7,6 @@
 //! source when it queues a request (at most one wake-up pending at a time).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 use timely::scheduling::{Activator, SyncActivator};
 
+use super::slab::SeqSlab;
 use super::Rec;
 use crate::value::Value;
 
@@ -49,20 +49,37 @@ pub struct Feed {
 pub struct Flow {
     pub in_flight: Cell<usize>,
     pub throttled: Cell<bool>,
-    pub admitted_at: RefCell<HashMap<u64, Instant>>,
+    /// Per admission round (timestamp) still in flight: when it was admitted and how many of
+    /// its requests have not left. Every request of a round shares its admission time, so
+    /// the hot path keeps one entry per round, not per request.
+    pub rounds: RefCell<SeqSlab<(Instant, usize)>>,
     pub source: RefCell<Option<Activator>>,
 }
 
 impl Flow {
-    /// A request left the dataflow: its admission time, and a wake-up for a throttled source.
-    pub fn finished(&self, id: u64) -> Option<Instant> {
+    /// `n` requests were admitted under timestamp `round` at `at`.
+    pub fn admitted(&self, round: u64, at: Instant, n: usize) {
+        self.in_flight.set(self.in_flight.get() + n);
+        self.rounds.borrow_mut().insert(round, (at, n));
+    }
+
+    /// A request of timestamp `round` left the dataflow: its admission time, and a wake-up for
+    /// a throttled source.
+    pub fn finished(&self, round: u64) -> Option<Instant> {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
         if self.throttled.replace(false) {
             if let Some(a) = self.source.borrow().as_ref() {
                 a.activate();
             }
         }
-        self.admitted_at.borrow_mut().remove(&id)
+        let mut rounds = self.rounds.borrow_mut();
+        let entry = rounds.get_mut(round)?;
+        let at = entry.0;
+        entry.1 = entry.1.saturating_sub(1);
+        if entry.1 == 0 {
+            rounds.remove(round);
+        }
+        Some(at)
     }
 }
 
@@ -117,11 +134,9 @@ pub fn request_source<'s>(
             }
             let n = batch.len();
             if n > 0 {
-                let now = Instant::now();
-                let mut admitted = flow.admitted_at.borrow_mut();
+                let t = *c.time();
                 let mut session = output.session(&*c);
                 for r in batch {
-                    admitted.insert(r.id, now);
                     session.give(Rec {
                         id: r.id,
                         src: 0,
@@ -129,8 +144,7 @@ pub fn request_source<'s>(
                     });
                 }
                 drop(session);
-                flow.in_flight.set(flow.in_flight.get() + n);
-                let t = *c.time();
+                flow.admitted(t, Instant::now(), n);
                 c.downgrade(&(t + 1));
             }
             if closed {

@@ -7,7 +7,7 @@
 //! request's record under it when the last of its items returns; replicas wake the operator
 //! when a batch is done, and a timer wakes it when a partial batch's wait runs out.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,12 +18,19 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use super::{arg_value, first_failure, ArgSpec, Body, Failure, Joiner, NodeSpec, Rec};
+use super::inline::identity_args;
+use super::mapping;
+use super::slab::SeqSlab;
+use super::{arg_value, first_failure, Body, Failure, Joiner, NodeSpec, Rec};
 use crate::batching::{Batcher, Decision};
+use mars_plan::BatchPolicy;
 use crate::node::{Item, Node, Outputs};
 use crate::replicas::{Done, Job, Key, Pool};
 use crate::stats::NodeMeter;
-use crate::value::{NodeError, Value};
+use crate::value::NodeError;
+
+/// The most items of a `none` node handed to a replica at once.
+const CHUNK: usize = 256;
 
 struct Work {
     key: Key,
@@ -48,7 +55,9 @@ struct Stage {
     /// values become the item without copying.
     identity_args: bool,
     queue: VecDeque<Work>,
-    pending: HashMap<u64, Pending>,
+    pending: SeqSlab<Pending>,
+    /// When the records being admitted arrived (read once per activation).
+    now: Instant,
     caps: BTreeMap<u64, (Capability<u64>, usize)>,
     /// Records ready to leave, with their timestamps.
     emits: Vec<(u64, Rec)>,
@@ -57,8 +66,11 @@ struct Stage {
 }
 
 impl Stage {
-    fn hold(&mut self, time: u64, cap: impl FnOnce() -> Capability<u64>) {
-        self.caps.entry(time).or_insert_with(|| (cap(), 0)).1 += 1;
+    /// Hold the capability of `time` for `n` more records.
+    fn hold(&mut self, time: u64, n: usize, cap: impl FnOnce() -> Capability<u64>) {
+        if n > 0 {
+            self.caps.entry(time).or_insert_with(|| (cap(), 0)).1 += n;
+        }
     }
 
     fn finish(&mut self, id: u64, time: u64, body: Body) {
@@ -100,8 +112,8 @@ impl Stage {
     }
 
     /// Queue a request's item, or one item per element for a map node.
-    fn enqueue(&mut self, id: u64, time: u64, mut item: Item) {
-        let now = Instant::now();
+    fn enqueue(&mut self, id: u64, time: u64, item: Item) {
+        let now = self.now;
         let Some(k) = self.spec.map_over else {
             self.queue.push_back(Work {
                 key: (id, 0, time),
@@ -110,19 +122,15 @@ impl Stage {
             });
             return;
         };
-        let list = match std::mem::replace(&mut item[k], Value::Bool(false)) {
-            Value::List(l) => l,
-            Value::Json(serde_json::Value::Array(a)) => a.into_iter().map(Value::Json).collect(),
-            other => {
-                let msg = format!("map over a {}, expected a List", other.kind());
-                return self.finish(id, time, Err(Failure::new(&self.spec.id, msg)));
-            }
+        let elems = match mapping::expand(item, k) {
+            Ok(elems) => elems,
+            Err(msg) => return self.finish(id, time, Err(Failure::new(&self.spec.id, msg))),
         };
-        if list.is_empty() {
-            let empty = vec![Value::List(Vec::new()); self.spec.out_ports];
+        if elems.is_empty() {
+            let empty = mapping::assemble(Vec::new(), self.spec.out_ports);
             return self.finish(id, time, Ok(empty));
         }
-        let n = list.len();
+        let n = elems.len();
         self.pending.insert(
             id,
             Pending {
@@ -132,9 +140,7 @@ impl Stage {
                 failure: None,
             },
         );
-        for (e, elem) in list.into_iter().enumerate() {
-            let mut it = item.clone();
-            it[k] = elem;
+        for (e, it) in elems.into_iter().enumerate() {
             self.queue.push_back(Work {
                 key: (id, e as u32, time),
                 item: it,
@@ -161,7 +167,7 @@ impl Stage {
                 self.finish(id, time, body);
                 continue;
             }
-            let Some(p) = self.pending.get_mut(&id) else {
+            let Some(p) = self.pending.get_mut(id) else {
                 continue;
             };
             match result {
@@ -175,25 +181,17 @@ impl Stage {
             }
             p.left -= 1;
             if p.left == 0 {
-                let p = self.pending.remove(&id).expect("present above");
+                let p = self.pending.remove(id).expect("present above");
                 let body = match p.failure {
                     Some((_, f)) => Err(f),
-                    None => Ok(self.assemble(p.outs)),
+                    None => Ok(mapping::assemble(
+                        p.outs.into_iter().flatten(),
+                        self.spec.out_ports,
+                    )),
                 };
                 self.finish(id, p.time, body);
             }
         }
-    }
-
-    /// A map request's output ports: one list per port, in element order.
-    fn assemble(&self, outs: Vec<Option<Outputs>>) -> Vec<Value> {
-        let mut ports: Vec<Vec<Value>> = vec![Vec::with_capacity(outs.len()); self.spec.out_ports];
-        for o in outs.into_iter().flatten() {
-            for (j, v) in o.into_iter().enumerate() {
-                ports[j].push(v);
-            }
-        }
-        ports.into_iter().map(Value::List).collect()
     }
 
     /// Hand batches to free replicas; `Some(wait)` when a partial batch should be looked at
@@ -222,7 +220,14 @@ impl Stage {
                 Decision::Idle => return None,
                 Decision::WaitFor(d) => return Some(d),
                 Decision::Dispatch(n) => {
-                    let n = pool.admissible(n);
+                    let n = if self.batcher.policy == BatchPolicy::None && pool.continuous().is_none() {
+                        // One item at a time for the node, but a chunk per hand-off: the
+                        // queue shared out over the free replicas.
+                        let free = pool.free().max(1);
+                        self.queue.len().div_ceil(free).clamp(1, CHUNK)
+                    } else {
+                        pool.admissible(n)
+                    };
                     let mut keys = Vec::with_capacity(n);
                     let mut items = Vec::with_capacity(n);
                     for w in self.queue.drain(..n) {
@@ -275,7 +280,8 @@ impl Stage {
 }
 
 /// Build the operator of node `spec` (stream number `me`), placed on worker `owner`. `nodes`
-/// holds its replicas on the owning worker and is `None` elsewhere.
+/// holds its replicas on the owning worker and is `None` elsewhere. A node whose executor is
+/// inline gets the operator of [`super::inline`] instead.
 pub fn node_stage<'s>(
     stream: Stream<'s, u64, Vec<Rec>>,
     spec: NodeSpec,
@@ -284,6 +290,10 @@ pub fn node_stage<'s>(
     nodes: Option<Vec<Box<dyn Node>>>,
     meter: Arc<NodeMeter>,
 ) -> Stream<'s, u64, Vec<Rec>> {
+    if spec.executor == super::Executor::Inline {
+        let node = nodes.and_then(|n| n.into_iter().next());
+        return super::inline::inline_stage(stream, spec, me, owner, node, meter);
+    }
     let scope = stream.scope();
     let name = spec.id.clone();
     let pact = Exchange::new(move |_: &Rec| owner as u64);
@@ -299,12 +309,7 @@ pub fn node_stage<'s>(
                     let _ = wake.activate();
                 })
             });
-            let identity_args = spec.deps.len() == 1
-                && spec
-                    .args
-                    .iter()
-                    .enumerate()
-                    .all(|(k, a)| *a == ArgSpec::From { slot: 0, port: k });
+            let identity_args = identity_args(&spec);
             let mut st = Stage {
                 joiner: Joiner::new(spec.deps.clone()),
                 batcher,
@@ -312,26 +317,31 @@ pub fn node_stage<'s>(
                 spec,
                 me,
                 queue: VecDeque::new(),
-                pending: HashMap::new(),
+                pending: SeqSlab::new(),
+                now: Instant::now(),
                 caps: BTreeMap::new(),
                 emits: Vec::new(),
                 pool,
             };
             move |(input, frontier), output| {
+                st.now = Instant::now();
                 input.for_each_stamp(|cap, data| {
                     let Some(&time) = cap.least() else { return };
                     let single = st.spec.deps.len() == 1;
+                    let mut admitted = 0;
                     for container in data {
                         for rec in container.drain(..) {
                             if single {
-                                st.hold(time, || cap.delayed(&time, 0));
+                                admitted += 1;
                                 st.admit_one(rec.id, time, rec.body);
                             } else if let Some((id, bodies)) = st.joiner.offer(rec) {
-                                st.hold(time, || cap.delayed(&time, 0));
+                                admitted += 1;
                                 st.admit(id, time, bodies);
                             }
                         }
                     }
+                    // Held before anything of this time is flushed, below.
+                    st.hold(time, admitted, || cap.delayed(&time, 0));
                 });
                 if let Some(pool) = st.pool.as_mut() {
                     for done in pool.finished() {

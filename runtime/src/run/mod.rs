@@ -768,6 +768,7 @@ mod tests {
             },
             slos: vec![],
             notes: vec![],
+            inline: vec![],
         }
     }
 
@@ -961,6 +962,103 @@ mod tests {
             serde_json::json!({"node": "seven", "message": "panic in node: seven"})
         );
         assert_eq!(m.values().filter(|l| l.get("ok").is_some()).count(), 9);
+    }
+
+    #[test]
+    fn a_panic_in_a_batch_fails_only_the_item_that_panics_again() {
+        for inline in [false, true] {
+            let mut p = plan(
+                &[("x", "Int")],
+                vec![node(
+                    "seven",
+                    "t.panics_on_7",
+                    vec![Arg::input("x")],
+                    dynamic(16, 50.0),
+                    1,
+                )],
+                vec![("y", "Int", Arg::node("seven", 0))],
+            );
+            if inline {
+                p.inline = vec!["seven".into()];
+            }
+            let (lines, report) = run(&p, &xs(40), RunOptions::default());
+            let m = by_id(&lines);
+            assert_eq!(m.len(), 40, "one record per request (inline {inline})");
+            let failed: Vec<u64> = m
+                .iter()
+                .filter(|(_, l)| l.get("error").is_some())
+                .map(|(id, _)| *id)
+                .collect();
+            assert_eq!(failed, vec![8], "inline {inline}");
+            assert_eq!(m[&8]["error"]["message"], "panic in node: seven");
+            assert_eq!(report.stats.nodes["seven"].item_errors, 1);
+        }
+    }
+
+    /// Records without their latencies, by request id.
+    fn records(lines: &[serde_json::Value]) -> BTreeMap<u64, serde_json::Value> {
+        by_id(lines)
+            .into_iter()
+            .map(|(id, mut l)| {
+                l.as_object_mut().map(|o| o.remove("latency_ms"));
+                (id, l)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn inline_nodes_give_the_records_replica_threads_give() {
+        let mut mapped = node(
+            "each",
+            "t.odd_fails",
+            vec![Arg::node("inc", 0), Arg::value(0.into())],
+            dynamic(5, 0.0),
+            1,
+        );
+        mapped.map_over = Some(0);
+        mapped.in_types = vec!["Int".into(), "Int".into()];
+        let mut inc = node("inc", "t.inc", vec![Arg::input("xs")], none(), 1);
+        inc.map_over = Some(0);
+        let pool = plan(
+            &[("xs", "List<Int>"), ("x", "Int")],
+            vec![
+                inc,
+                mapped,
+                node("odd", "t.odd_fails", vec![Arg::input("x")], dynamic(4, 0.0), 1),
+                node("seven", "t.panics_on_7", vec![Arg::input("x")], none(), 1),
+                node(
+                    "sum",
+                    "t.add",
+                    vec![Arg::node("odd", 0), Arg::node("seven", 0)],
+                    none(),
+                    1,
+                ),
+            ],
+            vec![
+                ("s", "Int", Arg::node("sum", 0)),
+                ("ys", "List<Int>", Arg::node("each", 0)),
+            ],
+        );
+        let mut inline = pool.clone();
+        inline.inline = inline.nodes.iter().map(|n| n.id.clone()).collect();
+        let input: String = (0..200)
+            .map(|i| format!("{{\"xs\": [{}, {}], \"x\": {}}}\n", i, i + 1, 2 * (i % 5)))
+            .chain(["{\"xs\": 3, \"x\": 7}\n".to_string(), "{\"xs\": [], \"x\": 7}\n".to_string()])
+            .collect();
+        let (want, _) = run(&pool, &input, RunOptions::default());
+        let want = records(&want);
+        assert_eq!(want.len(), 202);
+        assert_eq!(want[&201]["error"]["node"], "input");
+        assert_eq!(want[&202]["error"]["node"], "odd");
+        for workers in [1, 3] {
+            let opts = RunOptions {
+                workers,
+                ..RunOptions::default()
+            };
+            let (got, report) = run(&inline, &input, opts);
+            assert_eq!(records(&got), want, "workers {workers}");
+            assert_eq!(report.stats.nodes["inc"].items, 400);
+        }
     }
 
     #[test]
