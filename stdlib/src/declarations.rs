@@ -8,5 +8,6 @@ pub const DECLARATIONS: &[(&str, &str)] = &[
     ("std/json.mars", include_str!("../mars/std/json.mars")),
     ("std/list.mars", include_str!("../mars/std/list.mars")),
     ("std/models.mars", include_str!("../mars/std/models.mars")),
+    ("std/ocr.mars", include_str!("../mars/std/ocr.mars")),
     ("std/text.mars", include_str!("../mars/std/text.mars")),
 ];

@@ -4,10 +4,12 @@
 
 pub mod bench;
 pub mod declarations;
+pub mod font;
 pub mod image;
 pub mod json;
 pub mod list;
 pub mod models;
+pub mod ocr;
 pub mod params;
 pub mod text;
 
@@ -22,5 +24,6 @@ pub fn registry() -> Registry {
     list::register(&mut r);
     text::register(&mut r);
     models::register(&mut r);
+    ocr::register(&mut r);
     r
 }

@@ -7,6 +7,8 @@
 
 pub mod linear;
 pub mod numbers;
+pub mod onnx;
+pub mod onnx_shapes;
 pub mod quant;
 pub mod tokenizer;
 pub mod train;
@@ -42,6 +44,10 @@ pub fn register(registry: &mut Registry) {
         Arc::new(|ctx: &NodeContext| {
             Ok(Box::new(VisionNode::from_ctx(ctx, Vision::Crnn)?) as Box<dyn Node>)
         }),
+    );
+    registry.model(
+        "onnx",
+        Arc::new(|ctx: &NodeContext| Ok(Box::new(onnx::OnnxNode::from_ctx(ctx)?) as Box<dyn Node>)),
     );
     registry.model(
         "transformer_lm",
@@ -121,6 +127,29 @@ pub fn load_safetensors(path: &Path) -> Result<Weights, String> {
         metadata,
         path: path.to_path_buf(),
     })
+}
+
+/// The file a model node's `weights` key names (see [`model_file`]).
+pub fn weights_path(ctx: &NodeContext) -> Result<std::path::PathBuf, NodeError> {
+    let cfg = ModelConfig::of(ctx)?;
+    let w = cfg
+        .text("weights")?
+        .ok_or_else(|| cfg.err("weights", "is missing"))?;
+    model_file(w, &ctx.base_dir).map_err(|e| cfg.err("weights", &format!(": {e}")))
+}
+
+/// A weights reference: `model:NAME` in the model store (`$MARS_MODELS/NAME/model.onnx`), or
+/// a path relative to `base` (the plan's folder).
+pub fn model_file(reference: &str, base: &Path) -> Result<std::path::PathBuf, String> {
+    match reference.strip_prefix("model:") {
+        Some(name) => {
+            let root = std::env::var_os("MARS_MODELS")
+                .map(std::path::PathBuf::from)
+                .ok_or_else(|| format!("`{reference}` names a stored model but MARS_MODELS is unset"))?;
+            Ok(root.join(name).join("model.onnx"))
+        }
+        None => Ok(base.join(reference)),
+    }
 }
 
 /// A model node's config keys, with errors that name the node and key.
