@@ -49,6 +49,8 @@ enum Command {
     Weights(cmd::weights::Args),
     /// Train the tiny number-phrase translator used by the demo pipelines.
     TrainDemo(cmd::train_demo::Args),
+    /// The model store: `marsc models list | pull NAME | path NAME`.
+    Models(cmd::models::Args),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Weights(a) => cmd::weights::run(a),
         Command::TrainDemo(a) => cmd::train_demo::run(a),
+        Command::Models(a) => cmd::models::run(a),
     };
     match result {
         Ok(code) => code,

@@ -165,7 +165,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         allow_slo_miss: args.allow_slo_miss,
         search: Default::default(),
     };
-    let planned = match plan_pipeline_explained(pipeline, profile.as_ref(), &target, &options) {
+    let mut planned = match plan_pipeline_explained(pipeline, profile.as_ref(), &target, &options) {
         Ok(p) => p,
         Err(errors) => {
             let mut problems = Problems::for_file(&file);
@@ -175,6 +175,16 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             return Ok(report(&problems));
         }
     };
+    // `weights = "model:NAME"` resolves through the model store; every weights file's sha256
+    // goes into the plan (SPEC §4.8).
+    let source_dir = args.file.parent().unwrap_or(Path::new(""));
+    match mars_stdlib::store::record_plan_hashes(&mut planned.plan, source_dir) {
+        Ok(store_notes) => store_notes.iter().for_each(|n| eprintln!("note: {n}")),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     let plan = &planned.plan;
     for v in plan.slos.iter().filter(|v| !v.met) {
         eprintln!(

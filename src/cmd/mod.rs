@@ -6,6 +6,7 @@ pub mod compile;
 pub mod demo;
 pub mod fmt;
 pub mod graph;
+pub mod models;
 pub mod plan;
 pub mod profile;
 pub mod run;

@@ -7,6 +7,7 @@ pub const DECLARATIONS: &[(&str, &str)] = &[
     ("std/image.mars", include_str!("../mars/std/image.mars")),
     ("std/json.mars", include_str!("../mars/std/json.mars")),
     ("std/list.mars", include_str!("../mars/std/list.mars")),
+    ("std/llm.mars", include_str!("../mars/std/llm.mars")),
     ("std/models.mars", include_str!("../mars/std/models.mars")),
     ("std/ocr.mars", include_str!("../mars/std/ocr.mars")),
     ("std/text.mars", include_str!("../mars/std/text.mars")),

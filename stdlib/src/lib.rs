@@ -11,6 +11,7 @@ pub mod list;
 pub mod models;
 pub mod ocr;
 pub mod params;
+pub mod store;
 pub mod text;
 
 use mars_runtime::Registry;

@@ -5,7 +5,10 @@
 //! architecture's shapes as JSON) and, for text models, `tokenizer` (see [`tokenizer`]). A
 //! model block's `quantize` key maps onto candle's quantized matmul (see [`linear`]).
 
+pub mod chat;
+pub mod gguf;
 pub mod linear;
+pub mod llama;
 pub mod numbers;
 pub mod onnx;
 pub mod onnx_shapes;
@@ -48,6 +51,10 @@ pub fn register(registry: &mut Registry) {
     registry.model(
         "onnx",
         Arc::new(|ctx: &NodeContext| Ok(Box::new(onnx::OnnxNode::from_ctx(ctx)?) as Box<dyn Node>)),
+    );
+    registry.model(
+        "llama",
+        Arc::new(|ctx: &NodeContext| Ok(Box::new(chat::ChatNode::from_ctx(ctx)?) as Box<dyn Node>)),
     );
     registry.model(
         "transformer_lm",
@@ -129,26 +136,23 @@ pub fn load_safetensors(path: &Path) -> Result<Weights, String> {
     })
 }
 
-/// The file a model node's `weights` key names (see [`model_file`]).
+/// The file a model node's `weights` key names, through the model store for `model:NAME`
+/// (checked against the hashes the plan recorded; see [`crate::store::open_weights`]).
 pub fn weights_path(ctx: &NodeContext) -> Result<std::path::PathBuf, NodeError> {
-    let cfg = ModelConfig::of(ctx)?;
-    let w = cfg
-        .text("weights")?
-        .ok_or_else(|| cfg.err("weights", "is missing"))?;
-    model_file(w, &ctx.base_dir).map_err(|e| cfg.err("weights", &format!(": {e}")))
+    crate::store::open_weights(&ctx.node, &ctx.base_dir)
+        .map(|w| w.path)
+        .map_err(|e| NodeError::new(e.0))
 }
 
-/// A weights reference: `model:NAME` in the model store (`$MARS_MODELS/NAME/model.onnx`), or
-/// a path relative to `base` (the plan's folder).
+/// A weights reference: `model:NAME` (or `model:NAME/FILE`) in the model store, or a path
+/// relative to `base` (the plan's folder). A stored model not pulled yet is an error naming
+/// the command that pulls it.
 pub fn model_file(reference: &str, base: &Path) -> Result<std::path::PathBuf, String> {
-    match reference.strip_prefix("model:") {
-        Some(name) => {
-            let root = std::env::var_os("MARS_MODELS")
-                .map(std::path::PathBuf::from)
-                .ok_or_else(|| format!("`{reference}` names a stored model but MARS_MODELS is unset"))?;
-            Ok(root.join(name).join("model.onnx"))
-        }
-        None => Ok(base.join(reference)),
+    if reference.starts_with("model:") {
+        let store = crate::store::Store::from_env().map_err(|e| e.0)?;
+        Ok(store.resolve(reference).map_err(|e| e.0)?.path)
+    } else {
+        Ok(base.join(reference))
     }
 }
 

@@ -1,0 +1,154 @@
+//! SmolLM2-135M-Instruct (`arch = "llama"`) against an independent reference, and under
+//! continuous batching end to end.
+//!
+//! The reference (`tests/llm/smollm2_reference.json`) was made by `tests/llm/make_reference.py`:
+//! numpy reading the GGUF with the `gguf` package, prompts tokenized by the `tokenizers` PyPI
+//! package. These tests need the model in the store (`marsc models pull
+//! smollm2-135m-instruct`); without it they say so and pass, unless `MARS_REQUIRE_MODELS=1`
+//! (set by `.ci/run`, which pulls it), where a missing model fails them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use mars_stdlib::models::chat::{greedy, ChatModel};
+use mars_stdlib::store::Store;
+
+const MODEL: &str = "smollm2-135m-instruct";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The stored model's file, or `None` (test skipped) when it is not pulled.
+fn model_path() -> Option<PathBuf> {
+    let store = Store::from_env().expect("manifest");
+    match store.resolve(&format!("model:{MODEL}")) {
+        Ok(r) => Some(r.path),
+        Err(e) if std::env::var("MARS_REQUIRE_MODELS").as_deref() == Ok("1") => {
+            panic!("MARS_REQUIRE_MODELS=1 but: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED (model not pulled): {e}");
+            None
+        }
+    }
+}
+
+fn reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(root().join("tests/llm/smollm2_reference.json"))
+        .expect("reference file");
+    serde_json::from_str(&text).expect("reference JSON")
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+#[test]
+fn smollm2_greedy_tokens_equal_the_numpy_reference() {
+    let Some(path) = model_path() else { return };
+    let model = ChatModel::load(&path, 512).expect("load");
+    let r = reference();
+    let system = r["system"].as_str().expect("system");
+    let max_new = r["max_new_tokens"].as_u64().expect("max") as usize;
+    let cases = r["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 10);
+    for case in cases {
+        let prompt = case["prompt"].as_str().expect("prompt");
+        let text = model.template.render(Some(system), prompt);
+        let got_prompt = model.encode(&text).expect("encode");
+        assert_eq!(got_prompt, ids(&case["prompt_ids"]), "prompt ids of {prompt:?}");
+        let got = greedy(&model, &got_prompt, max_new).expect("generate");
+        assert_eq!(
+            got,
+            ids(&case["generated"]),
+            "greedy tokens of {prompt:?}: got {:?}",
+            model.decode(&got)
+        );
+        assert_eq!(model.decode(&got), case["text"].as_str().expect("text"));
+    }
+}
+
+fn marsc(dir: &Path) -> Command {
+    let mut c = Command::cargo_bin("marsc").expect("marsc is built");
+    c.current_dir(dir);
+    c
+}
+
+/// Answers by request id of a one-node chat pipeline under `annotation`.
+fn answers(dir: &Path, name: &str, annotation: &str, input: &Path) -> BTreeMap<u64, String> {
+    let src = format!(
+        "model Chat {{\n  arch = \"llama\"\n  weights = \"model:{MODEL}\"\n  max_tokens = 24\n  \
+         max_positions = 512\n  in question: Text\n  out answer: Text\n}}\n\n\
+         pipeline chat(question: Text) -> (answer: Text) {{\n  answer = Chat(question) {annotation}\n}}\n"
+    );
+    let mars = dir.join(format!("{name}.mars"));
+    std::fs::write(&mars, src).expect("write");
+    let plan = dir.join(format!("{name}.plan.yaml"));
+    marsc(dir)
+        .args(["compile", &format!("{name}.mars"), "-o"])
+        .arg(&plan)
+        .assert()
+        .success();
+    let out = dir.join(format!("{name}.out.jsonl"));
+    marsc(dir)
+        .arg("run")
+        .arg(&plan)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(&out)
+        .arg("--quiet")
+        .assert()
+        .success();
+    std::fs::read_to_string(&out)
+        .expect("output")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("record");
+            let id = v["id"].as_u64().expect("id");
+            let a = v["ok"]["answer"]
+                .as_str()
+                .unwrap_or_else(|| panic!("an error record: {l}"))
+                .to_string();
+            (id, a)
+        })
+        .collect()
+}
+
+#[test]
+fn continuous_batching_gives_the_answers_of_one_at_a_time_decoding() {
+    if model_path().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = reference();
+    let input = dir.path().join("q.jsonl");
+    let lines: Vec<String> = r["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .take(8)
+        .map(|c| serde_json::json!({ "question": c["prompt"] }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").expect("input");
+    let one = answers(dir.path(), "one", "@batch(none)", &input);
+    let cont = answers(dir.path(), "cont", "@batch(continuous, max = 8)", &input);
+    assert_eq!(one.len(), 8);
+    assert_eq!(one, cont);
+    // And both are the reference's answers (greedy, the reference's system message is the
+    // template's default).
+    for (i, c) in r["cases"].as_array().expect("cases").iter().take(8).enumerate() {
+        assert_eq!(
+            one[&(i as u64 + 1)],
+            c["text"].as_str().expect("text").trim(),
+            "{}",
+            c["prompt"]
+        );
+    }
+}
