@@ -192,3 +192,31 @@ pub fn charset_of(reference: &str, base: &std::path::Path) -> Result<rec::Charse
     })?;
     Ok(rec::Charset::from_lines(text))
 }
+
+/// Levenshtein distance between two texts, in characters (the OCR benchmark's character
+/// errors: accuracy is `1 − errors / reference length`).
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn edit_distance_counts_characters() {
+        assert_eq!(super::edit_distance("买一送一", "买二送一"), 1);
+        assert_eq!(super::edit_distance("kitten", "sitting"), 3);
+        assert_eq!(super::edit_distance("", "abc"), 3);
+    }
+}
