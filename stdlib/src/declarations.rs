@@ -9,6 +9,7 @@ pub const DECLARATIONS: &[(&str, &str)] = &[
     ("std/list.mars", include_str!("../mars/std/list.mars")),
     ("std/llm.mars", include_str!("../mars/std/llm.mars")),
     ("std/models.mars", include_str!("../mars/std/models.mars")),
+    ("std/ocr.mars", include_str!("../mars/std/ocr.mars")),
     ("std/text.mars", include_str!("../mars/std/text.mars")),
     ("std/vector.mars", include_str!("../mars/std/vector.mars")),
 ];

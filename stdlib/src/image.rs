@@ -1,7 +1,8 @@
 //! `std.image` implementations: `decode` (PNG, JPEG, WebP), `encode` (static `format`: png,
 //! jpeg or webp; WebP is written lossless), `resize`, `crop` (one image per box), `draw_text`
-//! (the public-domain 8×8 `font8x8` bitmap font, Basic Latin and Latin-1, scaled to the box)
-//! and `text_boxes` (connected regions of a mask, as boxes in image coordinates).
+//! (TrueType fonts from packages, fitted to each box; see [`crate::font`]) and `text_boxes`
+//! (connected regions of a mask, as boxes in image coordinates). `image.inpaint` is in
+//! [`crate::ocr::inpaint`]. The 8×8 `font8x8` bitmap font draws `marsc weights samples`.
 //!
 //! A corrupt or unsupported image is that item's error, with the decoder's reason.
 
@@ -12,6 +13,7 @@ use font8x8::UnicodeFonts;
 use mars_runtime::node::per_item;
 use mars_runtime::{BoxData, ImageData, Item, NodeContext, NodeError, Registry, TensorData, Value};
 
+use crate::font::Fonts;
 use crate::params::{int_param, text_param};
 
 /// Register this module's nodes under `image.decode`, `image.encode`, `image.resize`,
@@ -76,8 +78,13 @@ pub fn register(registry: &mut Registry) {
     );
     registry.builtin(
         "image.draw_text",
-        Arc::new(|_: &NodeContext| {
-            Ok(per_item(|i| {
+        Arc::new(|ctx: &NodeContext| {
+            let fonts = Fonts::load(&text_param(ctx, "font", Some("DejaVuSans.ttf"))?, &ctx.base_dir)
+                .map_err(|e| NodeError::new(format!("node `{}`: parameter `font`: {e}", ctx.node.id)))?;
+            let color = Ink::parse(&text_param(ctx, "color", Some("auto"))?).map_err(|e| {
+                NodeError::new(format!("node `{}`: parameter `color`: {e}", ctx.node.id))
+            })?;
+            Ok(per_item(move |i| {
                 let mut img = image(&i, 0)?.clone();
                 let bs = boxes(&i, 1)?;
                 let texts = arg(&i, 2)?
@@ -93,7 +100,7 @@ pub fn register(registry: &mut Registry) {
                     )));
                 }
                 for (b, t) in bs.iter().zip(texts) {
-                    draw_text(&mut img, b, t);
+                    draw_text(&mut img, &fonts, b, t, color);
                 }
                 Ok(vec![Value::Image(Arc::new(img))])
             }))
@@ -268,6 +275,62 @@ pub fn crop(img: &ImageData, b: &BoxData) -> Result<ImageData, NodeError> {
     })
 }
 
+/// The colour `draw_text` writes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ink {
+    /// Black or white, whichever contrasts more with the box's mean luminance.
+    Auto,
+    Rgb([u8; 3]),
+}
+
+impl Ink {
+    /// `auto` or `#rrggbb`.
+    pub fn parse(s: &str) -> Result<Ink, String> {
+        if s == "auto" {
+            return Ok(Ink::Auto);
+        }
+        let hex = s
+            .strip_prefix('#')
+            .filter(|h| h.len() == 6 && h.chars().all(|c| c.is_ascii_hexdigit()))
+            .ok_or_else(|| format!("`{s}` is neither `auto` nor `#rrggbb`"))?;
+        let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0);
+        Ok(Ink::Rgb([byte(0), byte(2), byte(4)]))
+    }
+}
+
+/// Mean luminance (0–255) of the pixels inside `(x0, y0, x1, y1)`.
+fn mean_luminance(img: &ImageData, (x0, y0, x1, y1): (u32, u32, u32, u32)) -> u64 {
+    let mut sum = [0u64; 3];
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let p = (y as usize * img.width as usize + x as usize) * 3;
+            for (s, &v) in sum.iter_mut().zip(&img.rgb[p..p + 3]) {
+                *s += u64::from(v);
+            }
+        }
+    }
+    let count = u64::from((x1 - x0) * (y1 - y0)).max(1);
+    (299 * sum[0] + 587 * sum[1] + 114 * sum[2]) / (1000 * count)
+}
+
+/// Render `text` into box `b` with `fonts` (see [`crate::font::fit`]): the largest size at
+/// which it fits the box, wrapped at spaces (and between CJK characters) when that lets it
+/// be larger, centred, clipped to the box. An empty text draws nothing.
+pub fn draw_text(img: &mut ImageData, fonts: &Fonts, b: &BoxData, text: &str, ink: Ink) {
+    let bounds = clamp(img, b);
+    let (x0, y0, x1, y1) = bounds;
+    if x1 <= x0 || y1 <= y0 || text.trim().is_empty() {
+        return;
+    }
+    let ink = match ink {
+        Ink::Rgb(c) => c,
+        Ink::Auto if mean_luminance(img, bounds) > 127 => [0; 3],
+        Ink::Auto => [255; 3],
+    };
+    let layout = crate::font::fit(fonts, text.trim(), (x1 - x0) as f32, (y1 - y0) as f32);
+    crate::font::draw_layout(img, fonts, &layout, bounds, ink);
+}
+
 fn glyph(c: char) -> [u8; 8] {
     font8x8::BASIC_FONTS
         .get(c)
@@ -276,10 +339,11 @@ fn glyph(c: char) -> [u8; 8] {
         .unwrap_or([0; 8])
 }
 
-/// Render `text` into box `b`: the largest integer scale of the 8×8 font that fits the box
-/// (at least 1; text past the box's right edge is cut), left-aligned, centred vertically, in
-/// black or white, whichever contrasts more with the box's mean colour.
-pub fn draw_text(img: &mut ImageData, b: &BoxData, text: &str) {
+/// Render `text` into box `b` with the 8×8 bitmap font (for `marsc weights samples`): the
+/// largest integer scale that fits the box (at least 1; text past the box's right edge is
+/// cut), left-aligned, centred vertically, in black or white, whichever contrasts more with
+/// the box's mean colour.
+pub fn draw_bitmap_text(img: &mut ImageData, b: &BoxData, text: &str) {
     let (x0, y0, x1, y1) = clamp(img, b);
     if x1 <= x0 || y1 <= y0 {
         return;
@@ -424,7 +488,7 @@ pub fn render_sample(
             w: (line.chars().count() as f64 * 16.0).min(f64::from(width) - 32.0),
             h: line_h,
         };
-        draw_text(&mut img, &b, line);
+        draw_bitmap_text(&mut img, &b, line);
         bs.push(b);
     }
     (img, bs)
@@ -501,7 +565,7 @@ mod tests {
     }
 
     #[test]
-    fn draw_text_inks_inside_the_box_only() {
+    fn bitmap_text_inks_inside_the_box_only() {
         let mut img = ImageData {
             width: 40,
             height: 20,
@@ -513,7 +577,7 @@ mod tests {
             w: 30.0,
             h: 16.0,
         };
-        draw_text(&mut img, &b, "Ab");
+        draw_bitmap_text(&mut img, &b, "Ab");
         let dark: Vec<(u32, u32)> = (0..20u32)
             .flat_map(|y| (0..40u32).map(move |x| (x, y)))
             .filter(|&(x, y)| img.rgb[((y * 40 + x) * 3) as usize] == 0)

@@ -4,10 +4,12 @@
 
 pub mod bench;
 pub mod declarations;
+pub mod font;
 pub mod image;
 pub mod json;
 pub mod list;
 pub mod models;
+pub mod ocr;
 pub mod params;
 pub mod store;
 pub mod text;
@@ -25,5 +27,6 @@ pub fn registry() -> Registry {
     text::register(&mut r);
     models::register(&mut r);
     vector::register(&mut r);
+    ocr::register(&mut r);
     r
 }

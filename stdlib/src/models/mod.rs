@@ -11,6 +11,8 @@ pub mod gguf;
 pub mod linear;
 pub mod llama;
 pub mod numbers;
+pub mod onnx;
+pub mod onnx_shapes;
 pub mod quant;
 pub mod tokenizer;
 pub mod train;
@@ -50,6 +52,10 @@ pub fn register(registry: &mut Registry) {
     registry.model(
         "bert",
         Arc::new(|ctx: &NodeContext| Ok(Box::new(bert::BertNode::from_ctx(ctx)?) as Box<dyn Node>)),
+    );
+    registry.model(
+        "onnx",
+        Arc::new(|ctx: &NodeContext| Ok(Box::new(onnx::OnnxNode::from_ctx(ctx)?) as Box<dyn Node>)),
     );
     registry.model(
         "llama",
@@ -133,6 +139,26 @@ pub fn load_safetensors(path: &Path) -> Result<Weights, String> {
         metadata,
         path: path.to_path_buf(),
     })
+}
+
+/// The file a model node's `weights` key names, through the model store for `model:NAME`
+/// (checked against the hashes the plan recorded; see [`crate::store::open_weights`]).
+pub fn weights_path(ctx: &NodeContext) -> Result<std::path::PathBuf, NodeError> {
+    crate::store::open_weights(&ctx.node, &ctx.base_dir)
+        .map(|w| w.path)
+        .map_err(|e| NodeError::new(e.0))
+}
+
+/// A weights reference: `model:NAME` (or `model:NAME/FILE`) in the model store, or a path
+/// relative to `base` (the plan's folder). A stored model not pulled yet is an error naming
+/// the command that pulls it.
+pub fn model_file(reference: &str, base: &Path) -> Result<std::path::PathBuf, String> {
+    if reference.starts_with("model:") {
+        let store = crate::store::Store::from_env().map_err(|e| e.0)?;
+        Ok(store.resolve(reference).map_err(|e| e.0)?.path)
+    } else {
+        Ok(base.join(reference))
+    }
 }
 
 /// A model node's config keys, with errors that name the node and key.
