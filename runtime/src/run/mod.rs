@@ -54,6 +54,7 @@
 
 pub mod images;
 pub mod reader;
+pub mod service;
 pub mod writer;
 
 use std::collections::HashSet;
@@ -214,12 +215,12 @@ fn build_replicas(
         .collect()
 }
 
-type Guards = timely::communication::initialize::WorkerGuards<Result<(), String>>;
+pub(crate) type Guards = timely::communication::initialize::WorkerGuards<Result<(), String>>;
 
 /// Start this process's timely workers on the plan. `feed` and `out` are used by global worker
 /// 0 only (process 0).
 #[allow(clippy::too_many_arguments)]
-fn launch(
+pub(crate) fn launch(
     plan: &Plan,
     base_dir: &Path,
     registry: &Registry,
@@ -331,7 +332,7 @@ fn launch(
     .map_err(RunError::Runtime)
 }
 
-fn join(guards: Guards) -> Result<(), RunError> {
+pub(crate) fn join(guards: Guards) -> Result<(), RunError> {
     for result in guards.join() {
         result
             .map_err(RunError::Runtime)?
@@ -340,7 +341,7 @@ fn join(guards: Guards) -> Result<(), RunError> {
     Ok(())
 }
 
-fn meters_of(plan: &Plan, start: Instant, trace: bool) -> Arc<Vec<Arc<NodeMeter>>> {
+pub(crate) fn meters_of(plan: &Plan, start: Instant, trace: bool) -> Arc<Vec<Arc<NodeMeter>>> {
     Arc::new(
         plan.nodes
             .iter()
@@ -411,6 +412,7 @@ pub fn run_plan(
         wake: Arc::clone(&wake),
         stop: Arc::clone(&stop),
         activator: act_tx,
+        watch: None,
     };
     let guards = launch(
         plan,
