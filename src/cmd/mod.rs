@@ -9,6 +9,7 @@ pub mod graph;
 pub mod plan;
 pub mod profile;
 pub mod run;
+pub mod serve;
 pub mod train_demo;
 pub mod weights;
 pub mod worker;
