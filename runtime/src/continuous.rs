@@ -726,6 +726,35 @@ mod tests {
     }
 
     #[test]
+    fn abandoned_sequences_leave_between_steps_and_free_their_kv() {
+        let mut s = Scheduler::new(limits(4, 1000), Arc::new(Counters::default()));
+        let mut g = Counting::default();
+        s.offer(&mut g, job(0, &[9, 9, 9]));
+        s.iterate(&mut g);
+        s.iterate(&mut g);
+        let before = s.kv_used();
+        assert!(before > 0 && s.running() == 3);
+        // Request 1's caller went away, request 2's deadline passed.
+        let dropped = s.drop_abandoned(&mut g, |id| match id {
+            1 => Some(Abandoned::Cancelled),
+            2 => Some(Abandoned::DeadlineExceeded),
+            _ => None,
+        });
+        assert_eq!(dropped, 2);
+        assert_eq!(s.running(), 1);
+        assert!(s.kv_used() < before);
+        assert_eq!(g.seqs.len(), 1, "the node forgot the dropped sequences");
+        let gone = s.take_finished();
+        assert_eq!(gone.len(), 2);
+        assert!(gone.iter().all(|(_, r)| r.is_err()));
+        assert!(gone
+            .iter()
+            .any(|(k, r)| k.0 == 2 && r.as_ref().is_err_and(|e| e.message.contains("deadline passed"))));
+        let (rest, _) = drain(&mut s, &mut g, vec![]);
+        assert_eq!(rest[&0], Ok(vec![Value::Int(9), Value::Int(9)]));
+    }
+
+    #[test]
     fn a_continuous_pool_answers_each_item_once_and_counts_preemptions() {
         use crate::batching::Batcher;
         use crate::replicas::Pool;

@@ -13,9 +13,10 @@
 //! Operations: a bounded admission queue per pipeline (503 / `UNAVAILABLE` when full),
 //! per-request deadlines (504 / `DEADLINE_EXCEEDED`), readiness that waits for every model,
 //! drain on SIGTERM, Prometheus metrics ([`metrics`]), one access-log line per request, a
-//! body size limit, an optional bearer token.
+//! body size limit, an optional bearer token. [`bench`] is the load generator of `marsc bench serve`.
 
 
+pub mod bench;
 pub mod grpc;
 pub mod http;
 pub mod kserve;
