@@ -475,9 +475,9 @@ async fn openai_completions_answer_and_stream_generated_text() {
         .map(|c| c["choices"][0]["text"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(text, "trois cent vingt et un");
-    // More than one piece of text came before the end: tokens streamed as they were made.
-    let pieces = chunks.iter().filter(|c| c["choices"][0]["text"] != "").count();
-    assert!(pieces >= 2, "{events:?}");
+    // (That the text streams step by step, not only at the end, is pinned by the service's
+    // own test with a generator that waits for it; here the tiny model may finish before the
+    // client reads.)
     assert_eq!(chunks.last().expect("a last chunk")["choices"][0]["finish_reason"], "stop");
 
     let r = c

@@ -388,8 +388,9 @@ fn after_iteration(
     let Some(w) = watch else { return };
     for (seq, key) in sched.running_keys() {
         if w.streams(key.0) {
-            if let Some(text) = g.generated_text(seq) {
-                w.partial(key.0, node, &text);
+            match g.generated_text(seq) {
+                Some(text) if !text.is_empty() => w.partial(key.0, node, &text),
+                _ => {}
             }
         }
     }

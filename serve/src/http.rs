@@ -253,7 +253,7 @@ struct Wants {
 }
 
 /// Parse a KServe v2 JSON (or binary-extension) infer body.
-fn parse_infer(p: &str, headers: &HeaderMap, body: &[u8]) -> Result<(Json, Vec<Tensor>, Wants), String> {
+fn parse_infer(headers: &HeaderMap, body: &[u8]) -> Result<(Json, Vec<Tensor>, Wants), String> {
     let split = match headers.get(HEADER_LENGTH) {
         Some(v) => {
             let n: usize = v
@@ -334,7 +334,6 @@ fn parse_infer(p: &str, headers: &HeaderMap, body: &[u8]) -> Result<(Json, Vec<T
                 .collect()
         })
         .unwrap_or_default();
-    let _ = p;
     Ok((json, tensors, Wants { outputs, all_binary }))
 }
 
@@ -344,7 +343,7 @@ async fn infer(State(s): State<AppState>, Path(p): Path<String>, headers: Header
         Ok(d) => d,
         Err(e) => return kserve_error(&e),
     };
-    let (json, inputs, wants) = match parse_infer(&p, &headers, &body) {
+    let (json, inputs, wants) = match parse_infer(&headers, &body) {
         Ok(parsed) => parsed,
         Err(m) => {
             let e = CallError::BadRequest(m);
@@ -456,6 +455,7 @@ async fn plain_call(s: &Server, p: &str, headers: &HeaderMap, body: &[u8]) -> Re
         return Ok(json!([]));
     }
     // Admit every valid row first (so the runtime batches them), then wait.
+    let t0 = Instant::now();
     let mut flights = Vec::with_capacity(items.len());
     for item in &items {
         match service.decode(item) {
@@ -472,7 +472,6 @@ async fn plain_call(s: &Server, p: &str, headers: &HeaderMap, body: &[u8]) -> Re
     let mut records = Vec::with_capacity(flights.len());
     for (k, f) in flights.into_iter().enumerate() {
         let id = k as u64 + 1;
-        let t0 = Instant::now();
         let rec = match f {
             Err(m) => {
                 if !many {

@@ -100,7 +100,6 @@ def check_openai(http, grpc):
     pieces = [ch.choices[0].text for ch in c.completions.create(
         model="translate", prompt="three hundred twenty one", stream=True)]
     assert "".join(pieces) == "trois cent vingt et un", pieces
-    assert len([p for p in pieces if p]) >= 2, pieces
     deltas = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
         model="translate", messages=[{"role": "user", "content": "twenty four"}], stream=True)]
     assert "".join(deltas) == "vingt-quatre", deltas

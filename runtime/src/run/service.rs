@@ -147,7 +147,7 @@ struct Pending {
     reply: Reply,
     deadline: Option<Instant>,
     cancelled: bool,
-    partial: Option<Partial>,
+    partial: Option<Arc<Partial>>,
 }
 
 /// The requests in a service, by id: what the router, the source and the scheduler ask about.
@@ -190,7 +190,9 @@ impl Watch for Live {
         if self.stream_node.as_deref() != Some(node) {
             return;
         }
-        if let Some(f) = self.lock().get(&id).and_then(|p| p.partial.as_ref()) {
+        // Called outside the lock: the callback may take its time without stopping the router.
+        let f = self.lock().get(&id).and_then(|p| p.partial.clone());
+        if let Some(f) = f {
             f(text);
         }
     }
@@ -403,7 +405,7 @@ impl Service {
                 reply,
                 deadline: ticket.deadline,
                 cancelled: false,
-                partial: ticket.partial,
+                partial: ticket.partial.map(Arc::new),
             },
         );
         match tx.try_send(Request { id, values }) {
@@ -697,6 +699,148 @@ predicted: {throughput: 1000.0, latency_p50_ms: 1.0, latency_p99_ms: 1.0, bottle
             s.submit(after, Ticket::default(), Box::new(|_| {})),
             Err(Refused::Closed)
         );
+    }
+
+    /// A generating node that spells its input out one character per step.
+    #[derive(Default)]
+    struct Spell {
+        seqs: HashMap<u64, (Vec<char>, usize)>,
+        forgotten: Arc<AtomicU64>,
+    }
+
+    impl crate::node::Node for Spell {
+        fn run_batch(&mut self, _: Vec<crate::node::Item>) -> Vec<Result<crate::node::Outputs, NodeError>> {
+            unreachable!("driven step by step")
+        }
+        fn generator(&mut self) -> Option<&mut dyn crate::node::Generate> {
+            Some(self)
+        }
+    }
+
+    impl crate::node::Generate for Spell {
+        fn admit(&mut self, seq: u64, item: crate::node::Item) -> Result<usize, NodeError> {
+            let text = item[0].as_text()?.chars().collect();
+            self.seqs.insert(seq, (text, 0));
+            Ok(1)
+        }
+        fn prefill(&mut self, seqs: &[u64]) -> Vec<(u64, crate::node::Step)> {
+            seqs.iter().map(|&s| (s, crate::node::Step::Running { cached: 1 })).collect()
+        }
+        fn step(&mut self, seqs: &[u64]) -> Vec<(u64, crate::node::Step)> {
+            seqs.iter()
+                .map(|&s| {
+                    let e = self.seqs.get_mut(&s).expect("admitted");
+                    e.1 += 1;
+                    if e.1 > e.0.len() {
+                        let (t, _) = self.seqs.remove(&s).expect("present");
+                        let out = t.into_iter().collect::<String>();
+                        (s, crate::node::Step::Done(Ok(vec![Value::Text(out)])))
+                    } else {
+                        (s, crate::node::Step::Running { cached: 1 + e.1 })
+                    }
+                })
+                .collect()
+        }
+        fn preempt(&mut self, _: u64) -> usize {
+            0
+        }
+        fn forget(&mut self, seq: u64) {
+            if self.seqs.remove(&seq).is_some() {
+                self.forgotten.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        fn max_sequence_tokens(&self) -> usize {
+            64
+        }
+        fn generated_text(&self, seq: u64) -> Option<String> {
+            self.seqs.get(&seq).map(|(t, n)| t[..(*n).min(t.len())].iter().collect())
+        }
+    }
+
+    fn spell_plan() -> Plan {
+        Plan::from_yaml(
+            r#"
+mars_plan: 1
+mars_version: test
+pipeline: spell
+inputs_of_plan: {source: p.mars, source_hash: "sha256:0"}
+inputs: [{name: text, type: Text}]
+outputs: [{name: out, type: Text, from: {node: g}}]
+nodes:
+  - id: g
+    kind: Speller
+    implementation: {model: {arch: t.spell, config: {generate: true}}}
+    args: [{input: text}]
+    in_types: [Text]
+    out_types: [Text]
+    device: cpu
+    worker: local
+    replicas: 1
+    batch: {policy: continuous, max: 4, wait_ms: 0.0}
+    predicted: {latency_ms: 1.0, p99_ms: 1.0, throughput: 1000.0, utilization: 0.1}
+predicted: {throughput: 1000.0, latency_p50_ms: 1.0, latency_p99_ms: 1.0, bottleneck: g}
+"#,
+            "spell.plan.yaml",
+        )
+        .expect("a valid plan")
+    }
+
+    #[test]
+    fn a_streamed_request_sees_its_text_grow_and_a_cancelled_one_frees_its_sequence() {
+        let forgotten = Arc::new(AtomicU64::new(0));
+        let mut r = Registry::new();
+        let f = Arc::clone(&forgotten);
+        r.model(
+            "t.spell",
+            Arc::new(move |_: &NodeContext| {
+                Ok(Box::new(Spell {
+                    forgotten: Arc::clone(&f),
+                    ..Spell::default()
+                }) as Box<dyn crate::node::Node>)
+            }),
+        );
+        let s = Service::start(&spell_plan(), Path::new("."), &r, ServiceOptions::default()).expect("starts");
+        assert_eq!(s.streamed_output(), Some(0));
+        let (ptx, prx) = mpsc::channel::<String>();
+        let (tx, rx) = mpsc::channel();
+        let ticket = Ticket {
+            deadline: None,
+            partial: Some(Box::new(move |t: &str| drop(ptx.send(t.to_string())))),
+        };
+        let v = s.decode(&serde_json::json!({"text": "hello"})).expect("decodes");
+        let tx2 = tx.clone();
+        s.submit(v, ticket, Box::new(move |o| drop(tx2.send(o)))).expect("admitted");
+        let o = rx.recv().expect("answered");
+        assert_eq!(o.result, Ok(vec![Value::Text("hello".into())]));
+        let seen: Vec<String> = prx.try_iter().collect();
+        assert_eq!(seen, vec!["h", "he", "hel", "hell", "hello"]);
+
+        // Cancelled after its first piece of text: it leaves as an error and the node forgets it.
+        // The replica waits in the callback until the test has cancelled, so the sequence is
+        // still running when it is cancelled.
+        let long = "x".repeat(60);
+        let (ptx, prx) = mpsc::channel::<String>();
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate_rx);
+        let ticket = Ticket {
+            deadline: None,
+            partial: Some(Box::new(move |t: &str| {
+                if ptx.send(t.to_string()).is_ok() {
+                    let _ = gate.lock().map(|g| g.recv());
+                }
+            })),
+        };
+        let v = s.decode(&serde_json::json!({ "text": long })).expect("decodes");
+        let id = s.submit(v, ticket, Box::new(move |o| drop(tx.send(o)))).expect("admitted");
+        prx.recv().expect("a first piece");
+        s.cancel(id);
+        drop(prx);
+        drop(gate_tx);
+        let o = rx.recv().expect("answered");
+        let f = o.result.expect_err("cancelled");
+        assert!(f.message.contains("the caller went away"), "{f:?}");
+        assert_eq!(forgotten.load(Ordering::SeqCst), 1);
+        assert!(s.drain(Duration::from_secs(10)));
     }
 
     #[test]
