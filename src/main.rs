@@ -44,6 +44,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Work with target files (`marsc target detect` describes this machine).
     Target(cmd::target::Args),
+    /// Serve plans over HTTP and gRPC (KServe v2, OpenAI-compatible, plain JSON).
+    Serve(cmd::serve::Args),
     /// Start one process of a multi-process cluster running a plan.
     Worker(cmd::worker::Args),
     /// Benchmarks of whole pipelines and of the runtime.
@@ -59,11 +61,16 @@ enum Command {
 fn main() -> ExitCode {
     // First, before any thread starts: every thread inherits the blocked signals.
     shutdown::install();
+    let cli = Cli::parse();
+    // A server logs one access line per request unless MARS_LOG says otherwise.
+    let filter = match (&cli.command, std::env::var_os("MARS_LOG")) {
+        (Command::Serve(_), None) => tracing_subscriber::EnvFilter::new("info"),
+        _ => tracing_subscriber::EnvFilter::from_env("MARS_LOG"),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MARS_LOG"))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Check(a) => cmd::check::run(a),
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
         Command::Profile(a) => cmd::profile::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Target(a) => cmd::target::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Worker(a) => cmd::worker::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Weights(a) => cmd::weights::run(a),

@@ -12,6 +12,16 @@ static FOLDERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// Child `marsc` processes (pids) to stop on the way out.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+/// A command that drains on SIGTERM/SIGINT instead of stopping at once (`marsc serve`): the
+/// first such signal calls this (once); a second one stops the process as usual.
+type DrainFn = Box<dyn FnOnce() + Send>;
+static DRAIN: Mutex<Option<DrainFn>> = Mutex::new(None);
+
+/// On the next SIGTERM or SIGINT, call `f` instead of stopping (a later signal stops).
+pub fn drain_on_signal(f: impl FnOnce() + Send + 'static) {
+    *DRAIN.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+}
+
 const SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 fn signal_set() -> libc::sigset_t {
@@ -42,6 +52,13 @@ pub fn install() {
             // SAFETY: sigwait on a valid set, writing the signal number to `sig`.
             if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
                 continue;
+            }
+            if sig != libc::SIGHUP {
+                let drain = DRAIN.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(drain) = drain {
+                    drain();
+                    continue;
+                }
             }
             let name = match sig {
                 libc::SIGINT => "SIGINT",

@@ -23,6 +23,12 @@
 //!    result is sent at the end of the iteration as its own [`Done`] message, followed by one
 //!    wake-up of the operator.
 //!
+//! In a served run (a [`crate::watch::Watch`] on the node's meter), each iteration first drops
+//! the sequences nobody waits for any more (their caller went away or their deadline passed):
+//! the node forgets them, which frees their KV cache, and they leave as errors. After the
+//! iteration the scheduler hands the text of each streamed running sequence
+//! ([`Generate::generated_text`]) to the watch, and reports the replica's KV use.
+//!
 //! Every admitted item leaves exactly once: as a result, or as an error (its admission failed,
 //! its prompt exceeds the KV bound, it outgrew the bound alone, or a node call that included
 //! it panicked or answered wrongly). This module knows nothing of timely; the meter records
@@ -40,6 +46,7 @@ use crate::node::{Generate, Node, Outputs, SeqId, Step};
 use crate::replicas::{panic_message, Done, Job, Key};
 use crate::stats::NodeMeter;
 use crate::value::NodeError;
+use crate::watch::{Abandoned, Watch};
 
 /// A replica's scheduling limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,6 +316,85 @@ impl Scheduler {
     fn recount(&mut self) {
         self.kv_used = self.running.iter().map(|r| r.cached).sum();
     }
+
+    /// Drop the waiting and running sequences whose requests `gone` calls abandoned: the node
+    /// forgets them (freeing their KV cache) and each leaves as an error naming why. Returns
+    /// how many were dropped.
+    pub fn drop_abandoned(
+        &mut self,
+        g: &mut dyn Generate,
+        gone: impl Fn(u64) -> Option<Abandoned>,
+    ) -> usize {
+        let mut dropped = 0;
+        let mut keep_waiting = VecDeque::with_capacity(self.waiting.len());
+        for w in std::mem::take(&mut self.waiting) {
+            match gone(w.key.0) {
+                Some(why) => {
+                    g.forget(w.id);
+                    self.finished.push((w.key, Err(abandoned_error(why))));
+                    dropped += 1;
+                }
+                None => keep_waiting.push_back(w),
+            }
+        }
+        self.waiting = keep_waiting;
+        let mut keep_running = Vec::with_capacity(self.running.len());
+        for r in std::mem::take(&mut self.running) {
+            match gone(r.key.0) {
+                Some(why) => {
+                    g.forget(r.id);
+                    self.finished.push((r.key, Err(abandoned_error(why))));
+                    dropped += 1;
+                }
+                None => keep_running.push(r),
+            }
+        }
+        self.running = keep_running;
+        if dropped > 0 {
+            self.recount();
+        }
+        dropped
+    }
+
+    /// The scheduler's sequence ids of running sequences with their request keys.
+    pub fn running_keys(&self) -> impl Iterator<Item = (SeqId, Key)> + '_ {
+        self.running.iter().map(|r| (r.id, r.key))
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+}
+
+fn abandoned_error(why: Abandoned) -> NodeError {
+    NodeError::new(why.failure("a generating node, between steps").message)
+}
+
+/// A served run's per-iteration work: drop abandoned sequences before the iteration.
+fn before_iteration(sched: &mut Scheduler, g: &mut dyn Generate, watch: Option<&Arc<dyn Watch>>) {
+    if let Some(w) = watch {
+        sched.drop_abandoned(g, |id| w.abandoned(id));
+    }
+}
+
+/// A served run's per-iteration work after it: streamed sequences' text so far, and KV use.
+fn after_iteration(
+    sched: &Scheduler,
+    g: &dyn Generate,
+    watch: Option<&Arc<dyn Watch>>,
+    node: &str,
+    replica: u32,
+) {
+    let Some(w) = watch else { return };
+    for (seq, key) in sched.running_keys() {
+        if w.streams(key.0) {
+            match g.generated_text(seq) {
+                Some(text) if !text.is_empty() => w.partial(key.0, node, &text),
+                _ => {}
+            }
+        }
+    }
+    w.kv(node, replica, sched.kv_used(), sched.limits().kv_capacity);
 }
 
 /// Run `f`, turning a panic into its message (`panic in node: …`).
@@ -346,6 +432,7 @@ pub(crate) fn replica_loop(
     };
     let mut sched = Scheduler::new(Limits::of(g, max), counters);
     let mut open = true;
+    let watch = meter.watch().cloned();
     loop {
         if sched.is_idle() {
             if !open {
@@ -363,9 +450,11 @@ pub(crate) fn replica_loop(
                 Err(TryRecvError::Disconnected) => open = false,
             }
         }
+        before_iteration(&mut sched, g, watch.as_ref());
         let start = Instant::now();
         let worked = sched.iterate(g);
         let end = Instant::now();
+        after_iteration(&sched, g, watch.as_ref(), &meter.id, replica);
         let finished = sched.take_finished();
         if worked || !finished.is_empty() {
             let errors = finished.iter().filter(|f| f.1.is_err()).count();
@@ -635,6 +724,35 @@ mod tests {
         assert_eq!(out[&2], Ok(vec![Value::Int(2), Value::Int(2)]));
         assert_eq!(out[&3], Ok(vec![Value::Int(1), Value::Int(1)]));
         assert!(g.seqs.is_empty(), "the failed sequences are forgotten");
+    }
+
+    #[test]
+    fn abandoned_sequences_leave_between_steps_and_free_their_kv() {
+        let mut s = Scheduler::new(limits(4, 1000), Arc::new(Counters::default()));
+        let mut g = Counting::default();
+        s.offer(&mut g, job(0, &[9, 9, 9]));
+        s.iterate(&mut g);
+        s.iterate(&mut g);
+        let before = s.kv_used();
+        assert!(before > 0 && s.running() == 3);
+        // Request 1's caller went away, request 2's deadline passed.
+        let dropped = s.drop_abandoned(&mut g, |id| match id {
+            1 => Some(Abandoned::Cancelled),
+            2 => Some(Abandoned::DeadlineExceeded),
+            _ => None,
+        });
+        assert_eq!(dropped, 2);
+        assert_eq!(s.running(), 1);
+        assert!(s.kv_used() < before);
+        assert_eq!(g.seqs.len(), 1, "the node forgot the dropped sequences");
+        let gone = s.take_finished();
+        assert_eq!(gone.len(), 2);
+        assert!(gone.iter().all(|(_, r)| r.is_err()));
+        assert!(gone
+            .iter()
+            .any(|(k, r)| k.0 == 2 && r.as_ref().is_err_and(|e| e.message.contains("deadline passed"))));
+        let (rest, _) = drain(&mut s, &mut g, vec![]);
+        assert_eq!(rest[&0], Ok(vec![Value::Int(9), Value::Int(9)]));
     }
 
     #[test]

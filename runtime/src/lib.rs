@@ -18,6 +18,7 @@ pub mod self_cost;
 pub mod stats;
 pub mod trace;
 pub mod value;
+pub mod watch;
 
 pub use node::{Generate, Item, Node, NodeContext, NodeFactory, Outputs, Registry, SeqId, Step};
 pub use run::{run_plan, RunError, RunOptions, RunReport};

@@ -28,6 +28,8 @@ pub struct NodeMeter {
     inner: Mutex<NodeCounts>,
     /// The continuous-batching scheduler's counters, when the node batches continuously.
     continuous: std::sync::OnceLock<Arc<crate::continuous::Counters>>,
+    /// A served run's watch (`crate::watch`): told of every batch.
+    watch: std::sync::OnceLock<crate::watch::WatchSlot>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -48,6 +50,7 @@ impl NodeMeter {
             keep_spans,
             inner: Mutex::new(NodeCounts::default()),
             continuous: std::sync::OnceLock::new(),
+            watch: std::sync::OnceLock::new(),
         }
     }
 
@@ -114,6 +117,16 @@ impl NodeMeter {
         self.keep_spans
     }
 
+    /// Tell `watch` of this node's batches (a served run; see `crate::watch`).
+    pub fn attach_watch(&self, watch: Arc<dyn crate::watch::Watch>) {
+        let _ = self.watch.set(crate::watch::WatchSlot(watch));
+    }
+
+    /// The served run's watch, when there is one.
+    pub fn watch(&self) -> Option<&Arc<dyn crate::watch::Watch>> {
+        self.watch.get().map(|w| &w.0)
+    }
+
     /// Record one finished batch.
     pub fn batch(&self, replica: u32, start: Instant, end: Instant, items: usize, errors: usize) {
         self.batches(replica, start, end, 1, items, errors);
@@ -130,6 +143,9 @@ impl NodeMeter {
         items: usize,
         errors: usize,
     ) {
+        if let Some(w) = self.watch.get() {
+            w.0.batch(&self.id, items);
+        }
         let mut c = self
             .inner
             .lock()

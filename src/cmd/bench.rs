@@ -115,6 +115,8 @@ pub enum Which {
         #[arg(long, default_value_t = 2.0)]
         cpus: f64,
     },
+    /// A plan behind `marsc serve`: closed- and open-loop HTTP load, req/s and tail latency.
+    Serve(super::bench_serve::Args),
     /// Run a compiled plan over an input file: measured throughput over the plan's prediction.
     Fidelity {
         plan: PathBuf,
@@ -145,6 +147,7 @@ fn fail(e: mars_runtime::RunError) -> miette::Report {
 pub fn run(args: Args) -> miette::Result<ExitCode> {
     let registry = mars_stdlib::registry();
     let result = match args.which {
+        Which::Serve(a) => return super::bench_serve::run(a, args.json),
         Which::Pipelining { requests } => {
             let plan = delay_chain("pipelining", &[2.0, 8.0, 4.0, 1.0], batch_none(), 1);
             let (r, _) = measure(&plan, &registry, requests, quiet()).map_err(fail)?;

@@ -1,6 +1,7 @@
 //! One module per `marsc` command. Each exposes `Args` (clap) and `run(Args)`.
 
 pub mod bench;
+pub mod bench_serve;
 pub mod check;
 pub mod compile;
 pub mod demo;
@@ -11,6 +12,7 @@ pub mod plan;
 pub mod profile;
 pub mod run;
 pub mod target;
+pub mod serve;
 pub mod train_demo;
 pub mod weights;
 pub mod worker;

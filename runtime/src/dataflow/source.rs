@@ -42,6 +42,9 @@ pub struct Feed {
     pub stop: Arc<AtomicBool>,
     /// Where the source sends its thread-safe activator once built.
     pub activator: Sender<SyncActivator>,
+    /// A served run's watch: a request it calls abandoned enters as its failure record, so
+    /// that no node spends time on it (see `crate::watch`). `None` for a file run.
+    pub watch: Option<crate::watch::WatchSlot>,
 }
 
 /// Admission state shared by the source and the sink of worker 0.
@@ -137,10 +140,15 @@ pub fn request_source<'s>(
                 let t = *c.time();
                 let mut session = output.session(&*c);
                 for r in batch {
+                    // A served request nobody waits for any more leaves as a failure at once.
+                    let gone = f.watch.as_ref().and_then(|w| w.0.abandoned(r.id));
                     session.give(Rec {
                         id: r.id,
                         src: 0,
-                        body: Ok(r.values),
+                        body: match gone {
+                            Some(why) => Err(why.failure("admission")),
+                            None => Ok(r.values),
+                        },
                     });
                 }
                 drop(session);

@@ -54,6 +54,7 @@
 
 pub mod images;
 pub mod reader;
+pub mod service;
 pub mod writer;
 
 use std::collections::HashSet;
@@ -224,7 +225,7 @@ fn build_replicas(
         .collect()
 }
 
-type Guards = timely::communication::initialize::WorkerGuards<Result<(), String>>;
+pub(crate) type Guards = timely::communication::initialize::WorkerGuards<Result<(), String>>;
 
 /// The running workers of this process, and in a cluster the watch on its peers.
 struct Launched {
@@ -235,7 +236,7 @@ struct Launched {
 /// Start this process's timely workers on the plan. `feed` and `out` are used by global worker
 /// 0 only (process 0).
 #[allow(clippy::too_many_arguments)]
-fn launch(
+pub(crate) fn launch(
     plan: &Plan,
     base_dir: &Path,
     registry: &Registry,
@@ -385,7 +386,7 @@ fn relay_unless_failed(
     rx
 }
 
-fn join(guards: Guards) -> Result<(), RunError> {
+pub(crate) fn join(guards: Guards) -> Result<(), RunError> {
     for result in guards.join() {
         result
             .map_err(RunError::Runtime)?
@@ -394,7 +395,7 @@ fn join(guards: Guards) -> Result<(), RunError> {
     Ok(())
 }
 
-fn meters_of(plan: &Plan, start: Instant, trace: bool) -> Arc<Vec<Arc<NodeMeter>>> {
+pub(crate) fn meters_of(plan: &Plan, start: Instant, trace: bool) -> Arc<Vec<Arc<NodeMeter>>> {
     Arc::new(
         plan.nodes
             .iter()
@@ -487,6 +488,7 @@ pub fn run_plan(
         wake: Arc::clone(&wake),
         stop: Arc::clone(&stop),
         activator: act_tx,
+        watch: None,
     };
     let Launched { guards, health } = launch(
         plan,

@@ -657,6 +657,15 @@ impl Generate for LmNode {
     fn kv_capacity(&self) -> Option<usize> {
         (self.kv_tokens > 0).then_some(self.kv_tokens)
     }
+
+    fn generated_text(&self, seq: SeqId) -> Option<String> {
+        let s = self.seqs.get(&seq)?;
+        Some(match &s.state {
+            Some(st) => self.tok.decode(st.generated()),
+            // Preempted: its tokens wait for a recompute.
+            None => self.tok.decode(s.tokens.get(s.prompt_len..).unwrap_or(&[])),
+        })
+    }
 }
 
 fn unknown(id: SeqId) -> NodeError {

@@ -1,0 +1,73 @@
+//! What a served run ([`crate::run::service`]) tells the dataflow about its requests, and what
+//! the dataflow tells it back while they run.
+//!
+//! A file run has no watch. A served run attaches one to its source and to every node's meter:
+//! the source drops a request nobody waits for any more before it enters the dataflow, the
+//! continuous-batching scheduler drops such a sequence between steps (freeing its KV cache)
+//! and reports the text a streamed sequence has produced so far, and the meters report batch
+//! sizes and KV use for the server's metrics. Every method has a do-nothing default.
+
+use crate::dataflow::Failure;
+
+/// The node name of the failure a request gets when its deadline passed before it finished.
+pub const DEADLINE_NODE: &str = "deadline";
+/// The node name of the failure a request gets when its caller went away.
+pub const CANCELLED_NODE: &str = "cancelled";
+
+/// Why nobody waits for a request any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandoned {
+    /// Its caller cancelled it or went away (a closed connection).
+    Cancelled,
+    /// Its deadline passed.
+    DeadlineExceeded,
+}
+
+impl Abandoned {
+    /// The failure record the request leaves with, naming where it was dropped.
+    pub fn failure(self, at: &str) -> Failure {
+        match self {
+            Abandoned::Cancelled => {
+                Failure::new(CANCELLED_NODE, format!("the caller went away; dropped at {at}"))
+            }
+            Abandoned::DeadlineExceeded => Failure::new(
+                DEADLINE_NODE,
+                format!("the request's deadline passed; dropped at {at}"),
+            ),
+        }
+    }
+}
+
+/// The served run's side of a running dataflow. Called from worker and replica threads: keep
+/// every method cheap and non-blocking.
+pub trait Watch: Send + Sync {
+    /// Whether request `id` is abandoned (checked where dropping it is cheap).
+    fn abandoned(&self, _id: u64) -> Option<Abandoned> {
+        None
+    }
+
+    /// Whether a caller reads request `id`'s generated text as it grows.
+    fn streams(&self, _id: u64) -> bool {
+        false
+    }
+
+    /// The text request `id`'s generating node `node` has produced so far (the whole text,
+    /// not the increment).
+    fn partial(&self, _id: u64, _node: &str, _text: &str) {}
+
+    /// Node `node` finished a batch of `items` items.
+    fn batch(&self, _node: &str, _items: usize) {}
+
+    /// A generating replica's KV tokens in flight and its bound, after an iteration.
+    fn kv(&self, _node: &str, _replica: u32, _used: usize, _capacity: usize) {}
+}
+
+/// A watch held by a meter or a feed (a type of its own, so that its holders stay `Debug`).
+#[derive(Clone)]
+pub struct WatchSlot(pub std::sync::Arc<dyn Watch>);
+
+impl std::fmt::Debug for WatchSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchSlot")
+    }
+}

@@ -1,0 +1,185 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text from `prometheus-client`). Names:
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `mars_requests` (`_total`) | counter | pipeline, endpoint, outcome |
+//! | `mars_refusals` (`_total`) | counter | pipeline, reason (`queue_full`, `draining`) |
+//! | `mars_request_duration_seconds` | histogram | pipeline, endpoint |
+//! | `mars_queue_depth` | gauge | pipeline |
+//! | `mars_in_flight` | gauge | pipeline |
+//! | `mars_node_batch_size` | histogram | pipeline, node |
+//! | `mars_node_items` (`_total`) | counter | pipeline, node |
+//! | `mars_node_item_errors` (`_total`) | counter | pipeline, node |
+//! | `mars_node_busy_seconds` (`_total`) | counter | pipeline, node |
+//! | `mars_node_utilization` | gauge | pipeline, node |
+//! | `mars_kv_tokens_used` | gauge | pipeline, node, replica |
+//! | `mars_kv_tokens_capacity` | gauge | pipeline, node, replica |
+//!
+//! Node counters are read from the same per-node meters `marsc run --stats-json` prints, at
+//! each scrape; batch sizes and KV use are observed as they happen.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use mars_runtime::run::service::Service;
+use mars_runtime::watch::Watch;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms … ~16 s
+    Histogram::new(exponential_buckets(0.00025, 2.0, 17))
+}
+
+fn batch_histogram() -> Histogram {
+    // 1, 2, 4, … 1024
+    Histogram::new(exponential_buckets(1.0, 2.0, 11))
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    refusals: Family<Labels, Counter>,
+    duration: Family<Labels, Histogram, fn() -> Histogram>,
+    queue_depth: Family<Labels, Gauge>,
+    in_flight: Family<Labels, Gauge>,
+    batch_size: Family<Labels, Histogram, fn() -> Histogram>,
+    node_items: Family<Labels, Counter>,
+    node_errors: Family<Labels, Counter>,
+    node_busy: Family<Labels, Counter<f64, AtomicU64>>,
+    node_utilization: Family<Labels, Gauge<f64, AtomicU64>>,
+    kv_used: Family<Labels, Gauge>,
+    kv_capacity: Family<Labels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            requests: Family::default(),
+            refusals: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            queue_depth: Family::default(),
+            in_flight: Family::default(),
+            batch_size: Family::new_with_constructor(batch_histogram as fn() -> Histogram),
+            node_items: Family::default(),
+            node_errors: Family::default(),
+            node_busy: Family::default(),
+            node_utilization: Family::default(),
+            kv_used: Family::default(),
+            kv_capacity: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("mars_requests", "Requests answered, by endpoint and outcome", m.requests.clone());
+        registry.register("mars_refusals", "Requests refused at admission", m.refusals.clone());
+        registry.register(
+            "mars_request_duration_seconds",
+            "Time from a request's arrival to its answer",
+            m.duration.clone(),
+        );
+        registry.register("mars_queue_depth", "Requests in the admission queue", m.queue_depth.clone());
+        registry.register("mars_in_flight", "Requests accepted and not yet answered", m.in_flight.clone());
+        registry.register("mars_node_batch_size", "Items per batch a node ran", m.batch_size.clone());
+        registry.register("mars_node_items", "Items a node ran", m.node_items.clone());
+        registry.register("mars_node_item_errors", "Items a node failed", m.node_errors.clone());
+        registry.register("mars_node_busy_seconds", "Time a node's replicas spent running batches", m.node_busy.clone());
+        registry.register(
+            "mars_node_utilization",
+            "Busy time over replicas × time since start",
+            m.node_utilization.clone(),
+        );
+        registry.register("mars_kv_tokens_used", "KV tokens in flight in a generating replica", m.kv_used.clone());
+        registry.register("mars_kv_tokens_capacity", "A generating replica's KV token bound", m.kv_capacity.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// One answered request.
+    pub fn answered(&self, pipeline: &str, endpoint: &'static str, outcome: &str, took: Duration) {
+        let labels = vec![
+            ("pipeline", pipeline.to_string()),
+            ("endpoint", endpoint.to_string()),
+            ("outcome", outcome.to_string()),
+        ];
+        self.requests.get_or_create(&labels).inc();
+        let labels = vec![("pipeline", pipeline.to_string()), ("endpoint", endpoint.to_string())];
+        self.duration.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// One request refused at admission.
+    pub fn refused(&self, pipeline: &str, reason: &'static str) {
+        let labels = vec![("pipeline", pipeline.to_string()), ("reason", reason.to_string())];
+        self.refusals.get_or_create(&labels).inc();
+    }
+
+    /// The watch a pipeline's service reports batches and KV use to.
+    pub fn observer(self: &Arc<Self>, pipeline: &str) -> Arc<dyn Watch> {
+        Arc::new(Observer {
+            pipeline: pipeline.to_string(),
+            metrics: Arc::clone(self),
+        })
+    }
+
+    /// The exposition text, with the gauges and node counters read now.
+    pub fn render(&self, pipelines: &[(String, Option<Arc<Service>>)]) -> String {
+        for (name, service) in pipelines {
+            let Some(s) = service else { continue };
+            let p = vec![("pipeline", name.clone())];
+            self.queue_depth.get_or_create(&p).set(s.queued() as i64);
+            self.in_flight.get_or_create(&p).set(s.in_flight() as i64);
+            for (node, stats) in s.node_stats() {
+                let l = vec![("pipeline", name.clone()), ("node", node)];
+                let c = self.node_items.get_or_create(&l);
+                c.inc_by(stats.items.saturating_sub(c.get()));
+                let c = self.node_errors.get_or_create(&l);
+                c.inc_by(stats.item_errors.saturating_sub(c.get()));
+                let c = self.node_busy.get_or_create(&l);
+                let more = stats.busy_s - c.get();
+                if more > 0.0 {
+                    c.inc_by(more);
+                }
+                self.node_utilization.get_or_create(&l).set(stats.utilization);
+            }
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+struct Observer {
+    pipeline: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Watch for Observer {
+    fn batch(&self, node: &str, items: usize) {
+        let l = vec![("pipeline", self.pipeline.clone()), ("node", node.to_string())];
+        self.metrics.batch_size.get_or_create(&l).observe(items as f64);
+    }
+
+    fn kv(&self, node: &str, replica: u32, used: usize, capacity: usize) {
+        let l = vec![
+            ("pipeline", self.pipeline.clone()),
+            ("node", node.to_string()),
+            ("replica", replica.to_string()),
+        ];
+        self.metrics.kv_used.get_or_create(&l).set(used as i64);
+        self.metrics.kv_capacity.get_or_create(&l).set(capacity as i64);
+    }
+}
