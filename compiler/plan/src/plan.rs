@@ -276,6 +276,7 @@ impl Plan {
                 ),
             ));
         }
+        crate::validate::validate_plan(&plan, text, path)?;
         Ok(plan)
     }
 
