@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod compile;
 pub mod demo;
+pub mod file_io;
 pub mod fmt;
 pub mod graph;
 pub mod plan;
