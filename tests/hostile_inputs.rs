@@ -432,3 +432,14 @@ fn large_requests_do_not_pile_up_in_memory() {
     let peak = s["peak_rss_mib"].as_f64().expect("peak_rss_mib");
     assert!(peak < 110.0, "peak RSS {peak} MiB for 150 MB of requests");
 }
+
+/// Issue 16.12: NaN and infinite bench parameters are refused.
+#[test]
+fn non_finite_bench_parameters_are_refused() {
+    for v in ["NaN", "inf", "-0.5", "1.5"] {
+        let flag = format!("--long-share={v}");
+        let r = run_marsc(&[os("bench"), os("continuous"), os(&flag)]);
+        assert_eq!(r.code, 2, "{v}: {}", r.stderr);
+        assert!(r.stderr.contains("--long-share"), "{v}: {}", r.stderr);
+    }
+}
