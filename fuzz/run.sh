@@ -13,8 +13,11 @@ if [ ${#targets[@]} -eq 0 ]; then
   targets=(check_source load_plan decode_request)
 fi
 export RUSTC_BOOTSTRAP="${RUSTC_BOOTSTRAP:-1}"
+# No AddressSanitizer by default (safe Rust; panics, hangs and OOMs are what is looked for):
+# SANITIZER=address fuzz/run.sh for the slower, stricter build.
+sanitizer="${SANITIZER:-none}"
 for t in "${targets[@]}"; do
   echo "== $t: ${secs}s"
-  nice -n 19 cargo fuzz run "$t" "corpus/$t" -- \
+  nice -n 19 cargo fuzz run -s "$sanitizer" "$t" "corpus/$t" -- \
     -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 -timeout=10 -print_final_stats=1
 done
