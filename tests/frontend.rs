@@ -112,19 +112,27 @@ fn hostile_inputs_get_an_answer_not_a_crash() {
     assert!(stderr_of(&out).contains("mars::io::read"));
 }
 
+/// A pipeline at the node limit (SPEC 7.1: 10,000 nodes) checks; twice as many is refused.
 #[test]
-fn a_20000_node_pipeline_checks() {
+fn a_pipeline_at_the_node_limit_checks() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut text = String::from(
-        "use std.text.{lower}\npipeline big(x: Text) -> (y: Text) {\n  let a0 = lower(x)\n",
-    );
-    for i in 1..20_000 {
-        text.push_str(&format!("  let a{i} = lower(a{})\n", i - 1));
-    }
-    text.push_str("  y = lower(a19999)\n}\n");
-    let f = write(dir.path(), "big.mars", text);
+    let chain = |n: usize| {
+        let mut text = String::from(
+            "use std.text.{lower}\npipeline big(x: Text) -> (y: Text) {\n  let a0 = lower(x)\n",
+        );
+        for i in 1..n - 1 {
+            text.push_str(&format!("  let a{i} = lower(a{})\n", i - 1));
+        }
+        text.push_str(&format!("  y = lower(a{})\n}}\n", n - 2));
+        text
+    };
+    let f = write(dir.path(), "big.mars", chain(10_000));
     let out = marsc().arg("check").arg(&f).output().expect("runs");
     assert!(out.status.success(), "{}", stderr_of(&out));
+    let f = write(dir.path(), "bigger.mars", chain(20_000));
+    let out = marsc().arg("check").arg(&f).output().expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("mars::pipeline::too_many_nodes"));
 }
 
 #[test]

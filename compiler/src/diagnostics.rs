@@ -249,6 +249,10 @@ impl Problems {
     /// blank line. Past the first [`FULL_RENDERS`], problems are listed one per line
     /// (`path:line:col: code: message`): rendering a snippet costs a scan of its file.
     pub fn render(&self) -> String {
+        visible_controls(&self.render_raw())
+    }
+
+    fn render_raw(&self) -> String {
         let mut out = String::new();
         for p in self.items.iter().take(FULL_RENDERS) {
             out.push_str(&render_problem(p));
@@ -327,6 +331,30 @@ pub fn render_problem(problem: &Problem) -> String {
     out
 }
 
+/// `text` with every control character shown as a visible one of the same width, so that a
+/// source cannot send escape sequences (ESC, OSC, bidi overrides) to the terminal through a
+/// diagnostic: C0 controls and DEL become their Control Pictures (`␛` for ESC), C1 controls
+/// and bidi overrides become `�`. Newlines and tabs stay.
+pub fn visible_controls(text: &str) -> String {
+    if !text.chars().any(is_hidden_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c,
+            '\u{0}'..='\u{1f}' => char::from_u32(0x2400 + c as u32).unwrap_or('\u{fffd}'),
+            '\u{7f}' => '\u{2421}',
+            c if is_hidden_control(c) => '\u{fffd}',
+            c => c,
+        })
+        .collect()
+}
+
+fn is_hidden_control(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// The closest of `candidates` to `name`, if one is close enough to suggest: one edit away,
 /// or similar by Jaro-Winkler (ties go to the alphabetically first).
 pub fn did_you_mean<'a>(
@@ -358,6 +386,21 @@ pub fn did_you_mean<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_render_visibly() {
+        assert_eq!(visible_controls("a\u{1b}]0;x\u{7}b\n\tc"), "a\u{241b}]0;x\u{2407}b\n\tc");
+        assert_eq!(visible_controls("\u{9b}\u{202e}\u{7f}"), "\u{fffd}\u{fffd}\u{2421}");
+        let file = SourceFile {
+            path: "a.mars".into(),
+            text: "let x\u{1b}[31m = 1\n".into(),
+        };
+        let mut ps = Problems::for_file(&file);
+        ps.push(Problem::error("mars::test::esc", "bad \u{1b}[2J").label(Span(4, 6), "here"));
+        let out = ps.render();
+        assert!(!out.contains('\u{1b}'), "{out}");
+        assert!(out.contains("\u{241b}[31m"), "{out}");
+    }
 
     #[test]
     fn problems_sort_by_position_and_render_with_location() {

@@ -20,12 +20,12 @@
 //!
 //! Results are encoded the same way; `Bytes` always as `{"$base64": …}`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use mars_plan::{DataType, Dim};
 use serde_json::Value as Json;
 
+use crate::files::{read_regular, FileRoots, MAX_REQUEST_FILE_BYTES};
 use crate::value::{BoxData, TensorData, Value};
 
 /// Turns encoded image bytes into an `Image` value and back. See the module docs.
@@ -36,20 +36,42 @@ pub trait ImageCodec: Send + Sync {
     fn encode(&self, image: &Value) -> Result<Vec<u8>, String>;
 }
 
-/// Where relative `$file` paths resolve and how images are decoded.
+/// Where relative `$file` paths resolve, which folders they may name, and how images are
+/// decoded.
 #[derive(Clone, Default)]
 pub struct EdgeContext {
     /// The folder `{"$file": …}` paths are relative to (the input file's folder for `marsc run`).
     pub base_dir: Option<std::path::PathBuf>,
     /// The image codec, when the registry offers one.
     pub images: Option<Arc<dyn ImageCodec>>,
+    /// Folders `$file`/`$npy` paths may name besides `base_dir` (`--allow-files`). A path is
+    /// read only if, canonicalized, it lies inside `base_dir` or one of these; with neither,
+    /// every `$file` is refused (SPEC 7.2).
+    pub allow: Vec<std::path::PathBuf>,
 }
 
 impl EdgeContext {
-    /// A context with no base folder (paths relative to the current directory) and no images.
+    /// A context with no base folder and no images: `$file` and `$npy` are refused.
     pub fn plain() -> EdgeContext {
         EdgeContext::default()
     }
+
+    /// Read the file a request names: inside the allowed folders, a regular file, at most
+    /// [`MAX_REQUEST_FILE_BYTES`].
+    fn read_file(&self, key: &str, path: &str) -> Result<Vec<u8>, String> {
+        let roots = FileRoots::new(self.base_dir.iter().chain(&self.allow).map(|p| p.as_path()))
+            .map_err(|e| format!("cannot read `{key}` {path}: {e}"))?;
+        let full = roots
+            .resolve(self.base_dir.as_deref(), path)
+            .map_err(|e| format!("cannot read `{key}` {}: {e}", shown(path)))?;
+        read_regular(&full, MAX_REQUEST_FILE_BYTES)
+            .map_err(|e| format!("cannot read `{key}` {}: {e}", shown(path)))
+    }
+}
+
+/// A path from a request as an error shows it: control characters escaped.
+fn shown(path: &str) -> String {
+    path.escape_debug().to_string()
 }
 
 fn short(json: &Json) -> String {
@@ -104,14 +126,8 @@ pub fn decode(json: &Json, ty: &DataType, cx: &EdgeContext) -> Result<Value, Str
             let (shape, data) = match json.get("$npy") {
                 Some(path) => {
                     let path = path.as_str().ok_or("`$npy` must be a string")?;
-                    let full = match &cx.base_dir {
-                        Some(dir) => dir.join(path),
-                        None => std::path::PathBuf::from(path),
-                    };
-                    let bytes = std::fs::read(&full)
-                        .map_err(|e| format!("cannot read `$npy` {}: {e}", full.display()))?;
-                    crate::npy::read(&bytes)
-                        .map_err(|e| format!("`$npy` {}: {e}", full.display()))?
+                    let bytes = cx.read_file("$npy", path)?;
+                    crate::npy::read(&bytes).map_err(|e| format!("`$npy` {}: {e}", shown(path)))?
                 }
                 None => {
                     let mut shape = Vec::new();
@@ -161,12 +177,7 @@ fn decode_bytes(json: &Json, ty: &DataType, cx: &EdgeContext) -> Result<Vec<u8>,
     }
     if let Some(path) = json.get("$file") {
         let path = path.as_str().ok_or("`$file` must be a string")?;
-        let full = match &cx.base_dir {
-            Some(dir) if Path::new(path).is_relative() => dir.join(path),
-            _ => Path::new(path).to_path_buf(),
-        };
-        return std::fs::read(&full)
-            .map_err(|e| format!("cannot read `$file` {}: {e}", full.display()));
+        return cx.read_file("$file", path);
     }
     Err(format!(
         "expected {ty} as {{\"$base64\": …}} or {{\"$file\": …}}, got `{}`",
@@ -197,7 +208,14 @@ fn flatten(
                 .try_for_each(|j| flatten(j, depth + 1, shape, data))
         }
         Json::Number(n) if depth == shape.len() => {
-            data.push(n.as_f64().ok_or("bad number")? as f32);
+            let x = n.as_f64().ok_or("bad number")? as f32;
+            if !x.is_finite() {
+                return Err(format!(
+                    "tensor element {} is {n}, beyond the range of f32",
+                    data.len()
+                ));
+            }
+            data.push(x);
             Ok(())
         }
         Json::Number(_) => Err("ragged tensor".into()),
@@ -233,6 +251,14 @@ pub fn encode(v: &Value, cx: &EdgeContext) -> Result<Json, String> {
         Value::Tensor(t) => {
             if t.data.len() != t.shape.iter().product::<usize>() {
                 return Err(format!("tensor of shape {:?} holds {} elements", t.shape, t.data.len()));
+            }
+            // As for a Float: NaN and infinity have no JSON encoding (SPEC 3.2), and `null`
+            // would not round-trip.
+            if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
+                return Err(format!(
+                    "tensor element {i} is {}, which has no JSON encoding (write tensors as .npy with --files-dir)",
+                    t.data[i]
+                ));
             }
             nest(&t.shape, &t.data)
         }
@@ -350,7 +376,7 @@ mod tests {
         std::fs::write(dir.join("a.bin"), b"\x00\x01\xff").expect("write");
         let cx = EdgeContext {
             base_dir: Some(dir.clone()),
-            images: None,
+            ..EdgeContext::default()
         };
         let v = decode(&json!({"$file": "a.bin"}), &ty("Bytes"), &cx).expect("reads");
         assert_eq!(v, Value::Bytes(Arc::new(vec![0, 1, 255])));
@@ -370,7 +396,7 @@ mod tests {
         .expect("write");
         let cx = EdgeContext {
             base_dir: Some(dir.path().to_path_buf()),
-            images: None,
+            ..EdgeContext::default()
         };
         let ty: DataType = "Tensor<f32, [1, H, W]>".parse().expect("type");
         let v = decode(&serde_json::json!({"$npy": "t.npy"}), &ty, &cx).expect("decodes");
@@ -387,6 +413,52 @@ mod tests {
 
     #[test]
     fn non_finite_floats_have_no_encoding() {
-        assert!(encode(&Value::Float(f64::NAN), &EdgeContext::plain()).is_err());
+        let cx = EdgeContext::plain();
+        assert!(encode(&Value::Float(f64::NAN), &cx).is_err());
+        let t = |x: f32| {
+            Value::Tensor(Arc::new(TensorData {
+                dtype: "f32".into(),
+                shape: vec![2],
+                data: vec![1.0, x],
+            }))
+        };
+        assert!(encode(&t(2.0), &cx).is_ok());
+        let e = encode(&t(f32::NAN), &cx).expect_err("NaN");
+        assert!(e.starts_with("tensor element 1 is NaN"), "{e}");
+        assert!(encode(&t(f32::INFINITY), &cx).is_err());
+        let e = decode(&json!([1.0, 1e39]), &ty("Tensor<f32, [2]>"), &cx).expect_err("1e39");
+        assert!(e.contains("beyond the range of f32"), "{e}");
+    }
+
+    #[test]
+    fn files_outside_the_allowed_folders_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let inner = dir.path().join("requests");
+        std::fs::create_dir(&inner).expect("mkdir");
+        std::fs::write(dir.path().join("secret.bin"), b"s").expect("write");
+        std::fs::write(inner.join("ok.bin"), b"k").expect("write");
+        let cx = EdgeContext {
+            base_dir: Some(inner.clone()),
+            ..EdgeContext::default()
+        };
+        let bytes = ty("Bytes");
+        assert!(decode(&json!({"$file": "ok.bin"}), &bytes, &cx).is_ok());
+        for bad in ["../secret.bin", "/etc/passwd", "/proc/self/environ", "/dev/zero"] {
+            let e = decode(&json!({"$file": bad}), &bytes, &cx).expect_err(bad);
+            assert!(e.contains("outside the folders"), "{bad}: {e}");
+        }
+        let e = decode(&json!({"$file": "ok.bin"}), &bytes, &EdgeContext::plain()).expect_err("plain");
+        assert!(e.contains("--allow-files"), "{e}");
+        let wide = EdgeContext {
+            allow: vec![dir.path().to_path_buf()],
+            ..cx
+        };
+        assert!(decode(&json!({"$file": "../secret.bin"}), &bytes, &wide).is_ok());
+        let e = decode(&json!({"$npy": "../secret.bin"}), &ty("Tensor<f32, [1]>"), &EdgeContext {
+            base_dir: Some(inner),
+            ..EdgeContext::default()
+        })
+        .expect_err("npy");
+        assert!(e.contains("outside the folders"), "{e}");
     }
 }

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod continuous;
 pub mod dataflow;
 pub mod exec;
+pub mod files;
 pub mod gpu;
 pub mod node;
 pub mod npy;

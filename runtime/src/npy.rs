@@ -46,7 +46,10 @@ pub fn read(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
                 .map_err(|_| format!("bad .npy shape `{shape_text}`"))
         })
         .collect::<Result<_, _>>()?;
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &n| acc.checked_mul(n))
+        .ok_or_else(|| format!(".npy shape {shape:?} has more elements than memory can hold"))?;
     let data = &bytes[start + header_len..];
     let (order, kind) = descr.split_at(1.min(descr.len()));
     let little = match order {
@@ -58,12 +61,18 @@ pub fn read(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
         .get(1..)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("unsupported .npy dtype `{descr}`"))?;
-    if data.len() < count * size {
+    if size == 0 || size > 8 {
+        return Err(format!("unsupported .npy dtype `{descr}`"));
+    }
+    let needed = count
+        .checked_mul(size)
+        .ok_or_else(|| format!(".npy shape {shape:?} of `{descr}` needs more bytes than memory can hold"))?;
+    if data.len() < needed {
         return Err(format!(
             ".npy data holds {} bytes; shape {:?} of `{descr}` needs {}",
             data.len(),
             shape,
-            count * size
+            needed
         ));
     }
     let word = |chunk: &[u8]| -> u64 {
@@ -76,7 +85,7 @@ pub fn read(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
             u64::from_be_bytes(b)
         }
     };
-    let chunks = data[..count * size].chunks_exact(size);
+    let chunks = data[..needed].chunks_exact(size);
     let values: Vec<f32> = match (kind.as_bytes()[0], size) {
         (b'f', 4) => chunks.map(|c| f32::from_bits(word(c) as u32)).collect(),
         (b'f', 8) => chunks.map(|c| f64::from_bits(word(c)) as f32).collect(),
@@ -233,6 +242,12 @@ mod tests {
         assert!(read(&npy("<f4", "(4,)", &[0; 8]))
             .expect_err("short")
             .contains("needs 16"));
+        // Shapes whose element or byte count overflows (a size check that wrapped would
+        // pass and then slice out of bounds).
+        let e = read(&npy("<f4", "(4611686018427387904,)", &[0; 8])).expect_err("2^62 x 4");
+        assert!(e.contains("more bytes than memory"), "{e}");
+        let e = read(&npy("<f4", "(4294967296, 4294967296)", &[0; 8])).expect_err("2^64");
+        assert!(e.contains("more elements than memory"), "{e}");
         let fortran = npy("<f4", "(1,)", &[0; 4]);
         let text = String::from_utf8_lossy(&fortran).replace("False", "True ");
         assert!(read(text.as_bytes()).is_err());

@@ -681,6 +681,7 @@ fn propagate(
                 crate::codec::EdgeContext {
                     base_dir: options.samples_dir.clone(),
                     images: crate::run::images::from_registry(registry, &options.base_dir),
+                    allow: Vec::new(),
                 },
             )?,
             "items from the sample requests",

@@ -34,6 +34,15 @@ pub struct Args {
     pub json: Option<PathBuf>,
 }
 
+/// A share from 0 to 1 (NaN and infinity refused: SPEC 7.1).
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        Ok(x) => Err(format!("{x} is not a share from 0 to 1")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[derive(clap::Subcommand)]
 pub enum Which {
     /// Four delay stages (2, 8, 4, 1 ms) pipelined: measured vs the 125 req/s bound.
@@ -84,7 +93,7 @@ pub enum Which {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
         /// Share of long outputs (10 to 12 words); the rest have 1 to 3.
-        #[arg(long, default_value_t = 0.15)]
+        #[arg(long, default_value_t = 0.15, value_parser = share)]
         long_share: f64,
         #[arg(long, default_value_t = 7)]
         seed: u64,

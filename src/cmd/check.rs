@@ -31,7 +31,7 @@ pub fn stdlib_sources() -> Vec<SourceFile> {
 /// Read a source file: unreadable files and invalid UTF-8 become problems.
 pub fn read_source(path: &Path) -> Result<SourceFile, Problems> {
     let shown = path.display().to_string();
-    match std::fs::read(path) {
+    match mars_runtime::files::read_regular(path, super::file_io::MAX_SOURCE_BYTES) {
         Ok(bytes) => SourceFile::from_bytes(&shown, &bytes),
         Err(e) => {
             let mut problems = Problems::new();

@@ -9,7 +9,8 @@ use mars_compiler::diagnostics::Problems;
 use mars_compiler::plan::{explain::explain, plan_pipeline_explained, PlanOptions};
 use mars_compiler::SourceFile;
 use mars_plan::{PlanOrigin, Profile, Target, Worker};
-use miette::{IntoDiagnostic, WrapErr};
+
+use super::file_io;
 use sha2::{Digest, Sha256};
 
 /// Plan a pipeline: every node's device, worker, batching and replicas, from measured costs.
@@ -46,9 +47,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> miette::Result<ExitCode> {
     let source_path = args.file.display().to_string();
-    let bytes = std::fs::read(&args.file)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read {source_path}"))?;
+    let bytes = file_io::read_input(&args.file, "source", file_io::MAX_SOURCE_BYTES)?;
     let file = match SourceFile::from_bytes(&source_path, &bytes) {
         Ok(f) => f,
         Err(problems) => return Ok(report(&problems)),
@@ -148,6 +147,11 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         .output
         .clone()
         .unwrap_or_else(|| args.file.with_extension("plan.yaml"));
+    let inputs: Vec<&Path> = std::iter::once(args.file.as_path())
+        .chain(args.profile.as_deref())
+        .chain(args.target.as_deref())
+        .collect();
+    file_io::check_output(&output, &inputs)?;
     let options = PlanOptions {
         origin: PlanOrigin {
             source: relative_to_folder_of(&output, &args.file),
@@ -192,14 +196,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             v.slo, v.predicted
         );
     }
-    if let Some(folder) = output.parent().filter(|f| !f.as_os_str().is_empty()) {
-        std::fs::create_dir_all(folder)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("cannot create {}", folder.display()))?;
-    }
-    std::fs::write(&output, plan.to_yaml())
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot write {}", output.display()))?;
+    file_io::write_whole(&output, plan.to_yaml().as_bytes())?;
     eprintln!(
         "wrote {}: pipeline `{}`, {} nodes, {}/s, latency p99 {} ms, bottleneck {}",
         output.display(),
@@ -230,12 +227,11 @@ fn load_error(e: &mars_plan::LoadError) -> ExitCode {
 }
 
 fn read_text(path: &Path) -> miette::Result<String> {
-    std::fs::read_to_string(path)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read {}", path.display()))
+    file_io::read_input_text(path, "file", mars_plan::limits::MAX_YAML_BYTES)
 }
 
-fn sha256(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`, as plans record their inputs.
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let mut s = String::from("sha256:");
     for b in digest {

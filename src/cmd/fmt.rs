@@ -44,8 +44,8 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             println!("would reformat {}", path.display());
             failed = true;
         } else {
-            std::fs::write(path, &formatted)
-                .map_err(|e| miette::miette!("cannot write {}: {e}", path.display()))?;
+            // Whole or not at all: a source is never left half written.
+            super::file_io::write_whole(path, formatted.as_bytes())?;
             println!("formatted {}", path.display());
         }
     }

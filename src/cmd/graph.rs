@@ -76,8 +76,10 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         }
     };
     match &args.output {
-        Some(path) => std::fs::write(path, text)
-            .map_err(|e| miette::miette!("cannot write {}: {e}", path.display()))?,
+        Some(path) => {
+            super::file_io::check_output(path, &[args.file.as_path()])?;
+            super::file_io::write_whole(path, text.as_bytes())?;
+        }
         None => print!("{text}"),
     }
     Ok(ExitCode::SUCCESS)

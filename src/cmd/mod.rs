@@ -5,6 +5,7 @@ pub mod bench_serve;
 pub mod check;
 pub mod compile;
 pub mod demo;
+pub mod file_io;
 pub mod fmt;
 pub mod graph;
 pub mod models;

@@ -76,6 +76,20 @@ pub struct Args {
     /// `ID-OUTPUT.EXT`, and put `{"$file": "…"}` in the records instead of base64.
     #[arg(long, value_name = "DIR")]
     pub files_dir: Option<PathBuf>,
+    /// Let `{"$file": …}` and `{"$npy": …}` in requests read files inside DIR too (repeatable;
+    /// by default only inside the input file's folder, and nowhere for stdin).
+    #[arg(long, value_name = "DIR")]
+    pub allow_files: Vec<PathBuf>,
+    /// Before running, check the plan's recorded hashes: of its source (always) and of the
+    /// profile and target it was compiled from (give them with --profile and --target).
+    #[arg(long)]
+    pub verify: bool,
+    /// With --verify: the profile the plan was compiled from.
+    #[arg(long, requires = "verify")]
+    pub profile: Option<PathBuf>,
+    /// With --verify: the target the plan was compiled from.
+    #[arg(long, requires = "verify")]
+    pub target: Option<PathBuf>,
 }
 
 impl Args {
@@ -99,6 +113,10 @@ impl Args {
             cluster_secret: None,
             peer_timeout: 30.0,
             files_dir: None,
+            allow_files: Vec::new(),
+            verify: false,
+            profile: None,
+            target: None,
         }
     }
 }
@@ -156,9 +174,7 @@ fn folder_of(path: &Path) -> PathBuf {
 /// Load a plan file; also the folder its relative paths resolve against (the source's folder).
 pub fn load_plan(path: &Path) -> miette::Result<(Plan, PathBuf)> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read plan {name}"))?;
+    let text = super::file_io::read_input_text(path, "plan", mars_plan::limits::MAX_YAML_BYTES)?;
     let plan =
         Plan::from_yaml(&text, &name).map_err(|e| miette!(code = "mars::run::plan", "{e}"))?;
     let source = folder_of(path).join(&plan.inputs_of_plan.source);
@@ -190,6 +206,7 @@ fn run_error(e: RunError) -> miette::Report {
 }
 
 pub fn run(args: Args) -> miette::Result<ExitCode> {
+    check_counts(&args)?;
     if (args.local_cluster.is_some() || args.hosts.is_some()) && args.output.as_os_str() == "-" {
         return Err(cluster_stdout());
     }
@@ -424,10 +441,111 @@ fn resume_from(path: &Path) -> miette::Result<HashSet<u64>> {
     Ok(ids)
 }
 
+/// `--workers`, `--max-inflight` and `--local-cluster` within their limits (SPEC 7.1).
+pub fn check_counts(args: &Args) -> miette::Result<()> {
+    use mars_plan::limits::{MAX_INFLIGHT, MAX_PROCESSES, MAX_WORKERS};
+    let bad = |flag: &str, n: usize, high: usize| {
+        miette!(
+            code = "mars::run::limit",
+            "{flag} {n} is out of range (from 1 to {high}; SPEC 7.1)"
+        )
+    };
+    if !(1..=MAX_WORKERS).contains(&args.workers) {
+        return Err(bad("--workers", args.workers, MAX_WORKERS));
+    }
+    if !(1..=MAX_INFLIGHT).contains(&args.max_inflight) {
+        return Err(bad("--max-inflight", args.max_inflight, MAX_INFLIGHT));
+    }
+    if let Some(n) = args.local_cluster {
+        if !(1..=MAX_PROCESSES).contains(&n) {
+            return Err(bad("--local-cluster", n, MAX_PROCESSES));
+        }
+    }
+    Ok(())
+}
+
+/// `--verify`: the plan's recorded hashes against the files (SPEC 7.4). A plan is code: it
+/// names the programs it runs; this checks that it is the plan of the source at hand.
+fn verify(args: &Args, plan: &Plan) -> miette::Result<()> {
+    let origin = &plan.inputs_of_plan;
+    let limit = mars_plan::limits::MAX_YAML_BYTES;
+    let source = folder_of(&args.plan).join(&origin.source);
+    let checks = [
+        ("source", Some(source), Some(origin.source_hash.clone()), super::file_io::MAX_SOURCE_BYTES),
+        ("profile", args.profile.clone(), origin.profile_hash.clone(), limit),
+        ("target", args.target.clone(), origin.target_hash.clone(), limit),
+    ];
+    for (what, path, recorded, limit) in checks {
+        match (path, recorded) {
+            (None, None) => {}
+            (Some(path), None) => {
+                return Err(miette!(
+                    code = "mars::run::verify",
+                    "--verify: the plan was compiled without a {what}, but --{what} {} was given",
+                    path.display()
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(miette!(
+                    code = "mars::run::verify",
+                    help = format!("give --{what} FILE"),
+                    "--verify: the plan was compiled with a {what}; name it to verify it"
+                ))
+            }
+            (Some(path), Some(recorded)) => {
+                let bytes = super::file_io::read_input(&path, what, limit)?;
+                let actual = super::compile::sha256(&bytes);
+                if actual != recorded {
+                    return Err(miette!(
+                        code = "mars::run::verify",
+                        help = "recompile the plan with `marsc compile`",
+                        "--verify: {} is not the {what} the plan was compiled from (it records {recorded}, the file is {actual})",
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Open `--output` for writing: never the input or the plan, and locked (`flock`) so that a
+/// second run writing the same file is refused instead of interleaving records. Truncated
+/// after the lock is held, unless resuming.
+fn open_output(args: &Args) -> miette::Result<File> {
+    super::file_io::check_output(&args.output, &[args.input.as_path(), args.plan.as_path()])?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.output)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot create {}", args.output.display()))?;
+    let locked = mars_runtime::files::try_lock_exclusive(&f)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot lock {}", args.output.display()))?;
+    if !locked {
+        return Err(miette!(
+            code = "mars::run::output_locked",
+            "{} is being written by another run; two runs cannot share an output",
+            args.output.display()
+        ));
+    }
+    Ok(f)
+}
+
 /// Run this process (process 0 when in a cluster) with `marsc run`'s flags.
 pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode> {
+    check_counts(&args)?;
     let (plan, base_dir) = load_plan(&args.plan)?;
+    if args.verify {
+        verify(&args, &plan)?;
+    }
     let to_stdout = args.output.as_os_str() == "-";
+    let locked_output = if to_stdout {
+        None
+    } else {
+        Some(open_output(&args)?)
+    };
     if let Some(c) = &cluster {
         if to_stdout {
             // timely prints its connection progress on stdout.
@@ -473,6 +591,7 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
         } else {
             Some(folder_of(&args.input))
         },
+        allow_files: args.allow_files.clone(),
         progress,
         cluster,
         skip: Arc::new(skip),
@@ -491,18 +610,16 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
     let registry = mars_stdlib::registry();
     // The runtime writes whole lines in large chunks itself: no BufWriter, so that a process
     // that dies leaves only complete records behind.
-    let mut output: Box<dyn Write> = if to_stdout {
-        Box::new(std::io::stdout())
-    } else {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(args.resume)
-            .truncate(!args.resume)
-            .open(&args.output)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("cannot create {}", args.output.display()))?;
-        Box::new(f)
+    let mut output: Box<dyn Write> = match locked_output {
+        None => Box::new(std::io::stdout()),
+        Some(f) => {
+            if !args.resume {
+                f.set_len(0)
+                    .into_diagnostic()
+                    .wrap_err_with(|| format!("cannot truncate {}", args.output.display()))?;
+            }
+            Box::new(f)
+        }
     };
     let report = if stdin_input {
         let input = BufReader::with_capacity(1 << 16, std::io::stdin());
@@ -540,9 +657,7 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
 
     if let Some(path) = &args.stats_json {
         let text = serde_json::to_string_pretty(&report.stats).into_diagnostic()?;
-        std::fs::write(path, text + "\n")
-            .into_diagnostic()
-            .wrap_err_with(|| format!("cannot write {}", path.display()))?;
+        super::file_io::write_whole(path, (text + "\n").as_bytes())?;
     }
     if let (Some(path), Some(trace)) = (&args.trace, &report.trace) {
         let f = File::create(path)

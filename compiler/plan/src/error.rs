@@ -43,7 +43,18 @@ impl LoadError {
 }
 
 /// Deserialize YAML, turning serde_yaml's error into a [`LoadError`] with its line.
+/// A byte-order mark is skipped; a file too large or nested too deep is refused before
+/// parsing ([`crate::yaml::precheck`]).
 pub fn load_yaml<T: serde::de::DeserializeOwned>(text: &str, path: &str) -> Result<T, LoadError> {
+    let text = crate::yaml::strip_bom(text);
+    if let Err((line, message)) = crate::yaml::precheck(text) {
+        return Err(LoadError {
+            path: path.to_string(),
+            line,
+            key: None,
+            message,
+        });
+    }
     serde_yaml::from_str(text).map_err(|e| {
         let line = e.location().map(|l| l.line());
         let msg = e.to_string();

@@ -9,10 +9,13 @@
 //! ```
 
 pub mod error;
+pub mod limits;
 pub mod plan;
 pub mod profile;
 pub mod target;
 pub mod types;
+pub mod validate;
+pub mod yaml;
 
 pub use error::{find_key_line, find_key_path, load_yaml, LoadError};
 pub use plan::*;

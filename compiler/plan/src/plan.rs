@@ -282,6 +282,7 @@ impl Plan {
                 ),
             ));
         }
+        crate::validate::validate_plan(&plan, text, path)?;
         Ok(plan)
     }
 

@@ -14,10 +14,14 @@ pub const PROFILE_VERSION: u32 = 1;
 pub struct Profile {
     pub mars_profile: u32,
     /// Keyed by node kind (model name, or fn path as written), then by device.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::unique_keys")]
     pub nodes: BTreeMap<String, KindProfile>,
     /// Mean list length at a map node, keyed by node id; default 1.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::yaml::unique_keys"
+    )]
     pub fanout: BTreeMap<String, f64>,
     /// The runtime's own CPU cost on the profiled machine; absent in older profiles (then the
     /// planner charges nothing for it).

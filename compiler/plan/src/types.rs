@@ -102,6 +102,7 @@ impl std::str::FromStr for DataType {
         let mut p = TypeParser {
             s: s.as_bytes(),
             i: 0,
+            depth: 0,
         };
         let t = p.ty()?;
         p.ws();
@@ -115,6 +116,9 @@ impl std::str::FromStr for DataType {
 struct TypeParser<'a> {
     s: &'a [u8],
     i: usize,
+    /// `List<…>` levels open: bounded by [`crate::limits::MAX_TYPE_DEPTH`], as in source, so
+    /// that a hostile plan cannot overflow the stack.
+    depth: usize,
 }
 
 impl TypeParser<'_> {
@@ -158,7 +162,15 @@ impl TypeParser<'_> {
             "Box" => DataType::Box,
             "List" => {
                 self.eat(b'<')?;
+                self.depth += 1;
+                if self.depth > crate::limits::MAX_TYPE_DEPTH {
+                    return Err(format!(
+                        "types nest deeper than {} levels",
+                        crate::limits::MAX_TYPE_DEPTH
+                    ));
+                }
                 let t = self.ty()?;
+                self.depth -= 1;
                 self.eat(b'>')?;
                 DataType::List(std::boxed::Box::new(t))
             }
@@ -212,5 +224,9 @@ mod tests {
         }
         assert!("List<Text".parse::<DataType>().is_err());
         assert!("Tensor<f99, [1]>".parse::<DataType>().is_err());
+        let deep = |n: usize| format!("{}Text{}", "List<".repeat(n), ">".repeat(n));
+        assert!(deep(100).parse::<DataType>().is_ok());
+        let e = deep(20_000).parse::<DataType>().expect_err("too deep");
+        assert_eq!(e, "types nest deeper than 100 levels");
     }
 }

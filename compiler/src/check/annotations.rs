@@ -7,6 +7,8 @@ use crate::diagnostics::{did_you_mean, Problem};
 use crate::ir::{Annotations, BatchHint, DeviceHint, Literal, Slo, SloKind};
 use crate::syntax::ast::{self, AnnArg, Annotation, Span};
 
+use mars_plan::limits::{MAX_BATCH, MAX_BATCH_WAIT_MS, MAX_REPLICAS};
+
 const ANNOTATIONS: [&str; 3] = ["device", "replicas", "batch"];
 
 /// Check the annotations of a statement. `generates` is whether the annotated node is a
@@ -116,10 +118,20 @@ fn device(a: &Annotation) -> Result<DeviceHint, Problem> {
     }
 }
 
-fn positive_int(v: &ast::Value, consts: &ConstScope, what: &str) -> Result<u32, Problem> {
+fn positive_int(
+    v: &ast::Value,
+    consts: &ConstScope,
+    what: &str,
+    max: u32,
+) -> Result<u32, Problem> {
     let lit = consts.static_value(v, &StaticType::Int, "mars::annotation::bad_argument", what)?;
     match lit {
-        Literal::Int(n) if n >= 1 && n <= u32::MAX as i64 => Ok(n as u32),
+        Literal::Int(n) if n >= 1 && n <= i64::from(max) => Ok(n as u32),
+        Literal::Int(n) if n >= 1 => Err(Problem::error(
+            "mars::annotation::bad_argument",
+            format!("{what} is {n}; at most {max} (SPEC 7.1)"),
+        )
+        .label(v.span(), format!("at most {max}"))),
         _ => Err(Problem::error(
             "mars::annotation::bad_argument",
             format!("{what} must be at least 1"),
@@ -130,7 +142,7 @@ fn positive_int(v: &ast::Value, consts: &ConstScope, what: &str) -> Result<u32, 
 
 fn replicas(a: &Annotation, consts: &ConstScope) -> Result<u32, Problem> {
     match a.args.as_slice() {
-        [AnnArg::Positional(v)] => positive_int(v, consts, "`@replicas`"),
+        [AnnArg::Positional(v)] => positive_int(v, consts, "`@replicas`", MAX_REPLICAS),
         _ => Err(bad(
             a,
             args_span(a),
@@ -196,7 +208,7 @@ fn batch(
                     if max.is_some() {
                         return Err(bad(a, *span, "`max` is given twice", "again", HELP));
                     }
-                    max = Some(positive_int(value, consts, "`max`")?);
+                    max = Some(positive_int(value, consts, "`max`", MAX_BATCH)?);
                 }
                 "wait" => {
                     if wait.is_some() {
@@ -208,6 +220,15 @@ fn batch(
                         "mars::annotation::bad_argument",
                         "`wait`",
                     )? {
+                        Literal::Duration(ms) if ms > MAX_BATCH_WAIT_MS => {
+                            return Err(bad(
+                                a,
+                                value.span(),
+                                format!("`wait` is {ms} ms; at most {MAX_BATCH_WAIT_MS} ms (60s; SPEC 7.1)"),
+                                "too long",
+                                HELP,
+                            ))
+                        }
                         Literal::Duration(ms) => wait = Some((ms, *span)),
                         _ => unreachable!("a Duration value is a duration"),
                     }
@@ -360,6 +381,22 @@ pub(crate) fn check_slo(
             v.is_finite() && v > 0.0
         }
     };
+    let too_long = match kind {
+        SloKind::LatencyP50Ms(v) | SloKind::LatencyP99Ms(v) => {
+            v > mars_plan::limits::MAX_DURATION_MS
+        }
+        SloKind::ThroughputPerS(_) => false,
+    };
+    if too_long {
+        sink.push(
+            Problem::error(
+                "mars::slo::bad_value",
+                "a latency objective is at most 24h (SPEC 7.1)",
+            )
+            .label(value.span, "too long"),
+        );
+        return None;
+    }
     if !value_ok {
         sink.push(
             Problem::error(

@@ -313,6 +313,10 @@ pub(crate) fn lower_all(
 }
 
 fn check_const(c: &ast::ConstItem, sink: &mut Sink) {
+    if let Some(p) = out_of_range_literal(&c.value) {
+        sink.push(p);
+        return;
+    }
     if let ast::LitKind::Float(f) = c.value.kind {
         if !f.is_finite() {
             sink.push(
@@ -377,6 +381,36 @@ fn describe_lit(k: &ast::LitKind) -> &'static str {
         ast::LitKind::Duration(_) => "a duration",
         ast::LitKind::Rate(_) => "a rate",
     }
+}
+
+/// An integer literal beyond the range of `Int` (the syntax keeps it as a float), or a
+/// duration beyond [`mars_plan::limits::MAX_DURATION_MS`]: a `mars::type::bad_literal`.
+pub(crate) fn out_of_range_literal(lit: &ast::Lit) -> Option<Problem> {
+    match lit.kind {
+        ast::LitKind::Float(_) if is_integer_token(&lit.raw) => Some(
+            Problem::error(
+                "mars::type::bad_literal",
+                format!("the integer {} is out of the range of Int", lit.raw),
+            )
+            .label(lit.span, "out of range")
+            .help("an Int is from -9223372036854775808 to 9223372036854775807"),
+        ),
+        ast::LitKind::Duration(ms) if !(ms.is_finite() && ms <= mars_plan::limits::MAX_DURATION_MS) => Some(
+            Problem::error(
+                "mars::type::bad_literal",
+                format!("the duration {} is out of range", lit.raw),
+            )
+            .label(lit.span, "longer than 24h")
+            .help("a duration is at most 24h (86400s; SPEC 7.1)"),
+        ),
+        _ => None,
+    }
+}
+
+/// Whether a literal's text is an integer token (digits, an optional sign).
+fn is_integer_token(raw: &str) -> bool {
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A literal as a value of `ty`, if it is one.
@@ -451,6 +485,9 @@ impl ConstScope<'_> {
         what: &str,
     ) -> Result<Literal, Problem> {
         match v {
+            ast::Value::Lit(lit) if out_of_range_literal(lit).is_some() => {
+                Err(out_of_range_literal(lit).expect("just checked"))
+            }
             ast::Value::Lit(lit) => lit_as(lit, ty).ok_or_else(|| {
                 Problem::error(
                     code,

@@ -145,6 +145,20 @@ pub(crate) fn check_pipeline(
         }
     }
     c.report_unused(p);
+    if c.graph.node_count() > mars_plan::limits::MAX_NODES {
+        c.sink.push(
+            Problem::error(
+                "mars::pipeline::too_many_nodes",
+                format!(
+                    "the pipeline has {} nodes; at most {} (SPEC 7.1)",
+                    c.graph.node_count(),
+                    mars_plan::limits::MAX_NODES
+                ),
+            )
+            .label(p.name.span, "this pipeline")
+            .help("split it into pipelines, or map one node over a list"),
+        );
+    }
     ir::Pipeline {
         name: p.name.name.clone(),
         span: p.name.span.into(),
@@ -626,6 +640,12 @@ impl Checker<'_, '_> {
     /// An expression that must give one value.
     fn expr(&mut self, e: &ast::Expr, ids: &mut Ids) -> Option<Val> {
         match e {
+            ast::Expr::Lit(lit) if super::decls::out_of_range_literal(lit).is_some() => {
+                if let Some(p) = super::decls::out_of_range_literal(lit) {
+                    self.sink.push(p);
+                }
+                None
+            }
             ast::Expr::Lit(lit) => match data_literal(lit) {
                 Some(l) => Some(Val {
                     ty: literal_type(&l),

@@ -115,6 +115,7 @@ impl ExecNode {
             edge: crate::codec::EdgeContext {
                 base_dir: Some(ctx.base_dir.clone()),
                 images: None,
+                allow: Vec::new(),
             },
             next_id: 1,
             process: None,

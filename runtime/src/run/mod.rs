@@ -94,8 +94,11 @@ pub struct RunOptions {
     pub fail_fast: bool,
     /// Record one span per batch for [`RunReport::trace`].
     pub trace: bool,
-    /// The folder `{"$file": …}` inputs resolve against (the input file's folder).
+    /// The folder `{"$file": …}` inputs resolve against (the input file's folder); files
+    /// inside it may be read.
     pub input_dir: Option<PathBuf>,
+    /// Further folders `{"$file": …}` inputs may read from (`--allow-files`; SPEC 7.2).
+    pub allow_files: Vec<PathBuf>,
     /// Called about every 100 ms with the run's progress.
     pub progress: Option<Arc<ProgressFn>>,
     /// Run as one process of a cluster.
@@ -125,6 +128,7 @@ impl Default for RunOptions {
             fail_fast: false,
             trace: false,
             input_dir: None,
+            allow_files: Vec::new(),
             progress: None,
             cluster: None,
             skip: Arc::new(HashSet::new()),
@@ -423,6 +427,7 @@ pub fn run_peer(
     let cx = EdgeContext {
         base_dir: opts.input_dir.clone(),
         images: None,
+        allow: opts.allow_files.clone(),
     };
     let lowered = Arc::new(Lowered::from_plan(plan, &cx).map_err(RunError::Plan)?);
     let meters = meters_of(plan, Instant::now(), false);
@@ -472,6 +477,7 @@ pub fn run_plan(
     let cx = EdgeContext {
         base_dir: opts.input_dir.clone(),
         images: images::from_registry(registry, base_dir),
+        allow: opts.allow_files.clone(),
     };
     let lowered = Arc::new(Lowered::from_plan(plan, &cx).map_err(RunError::Plan)?);
     let meters = meters_of(plan, Instant::now(), opts.trace);

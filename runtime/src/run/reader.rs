@@ -56,6 +56,67 @@ pub struct ReaderLink<'a> {
     pub skip: &'a HashSet<u64>,
 }
 
+/// The longest request line: 256 MiB. A longer line is read through (not kept) and becomes
+/// its request's error record.
+pub const MAX_LINE_BYTES: usize = 256 << 20;
+
+/// The most bytes of request lines waiting in the queue to the source, besides the one being
+/// admitted: the queue is bounded by count and by bytes, so that few large requests cannot
+/// hold much memory while the dataflow is busy (SPEC 7.3).
+pub const MAX_QUEUED_BYTES: usize = 32 << 20;
+
+/// One line into `line` (newline included), at most `limit` bytes of it kept. Returns the
+/// line's full length (0 at the end of the input).
+fn read_line_bounded(
+    input: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let (done, used) = {
+            let buf = match input.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if buf.is_empty() {
+                return Ok(total);
+            }
+            let (done, used) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (true, i + 1),
+                None => (false, buf.len()),
+            };
+            let room = limit.saturating_sub(line.len());
+            line.extend_from_slice(&buf[..used.min(room)]);
+            (done, used)
+        };
+        input.consume(used);
+        total += used;
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
+/// The sizes of the requests sent to the source and not yet taken by it, oldest first.
+#[derive(Default)]
+struct Queued {
+    sizes: std::collections::VecDeque<usize>,
+    bytes: usize,
+}
+
+impl Queued {
+    /// Forget the requests the source took (the channel holds only the newest `in_channel`).
+    fn settle(&mut self, in_channel: usize) {
+        while self.sizes.len() > in_channel {
+            if let Some(n) = self.sizes.pop_front() {
+                self.bytes -= n;
+            }
+        }
+    }
+}
+
 /// Read requests until the input ends or the run stops; returns the number of lines read and
 /// how many of them were skipped.
 pub fn read_requests(mut input: impl BufRead, link: ReaderLink<'_>) -> std::io::Result<(u64, u64)> {
@@ -63,16 +124,17 @@ pub fn read_requests(mut input: impl BufRead, link: ReaderLink<'_>) -> std::io::
     let mut id = 0u64;
     let mut skipped = 0u64;
     let mut failed = None;
+    let mut queued = Queued::default();
     loop {
         line.clear();
-        match input.read_until(b'\n', &mut line) {
+        let length = match read_line_bounded(&mut input, &mut line, MAX_LINE_BYTES) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(n) => n,
             Err(e) => {
                 failed = Some(e);
                 break;
             }
-        }
+        };
         if link.stop.load(Ordering::Relaxed) {
             break;
         }
@@ -81,8 +143,30 @@ pub fn read_requests(mut input: impl BufRead, link: ReaderLink<'_>) -> std::io::
             skipped += 1;
             continue;
         }
+        if length > MAX_LINE_BYTES {
+            let _ = link.outcomes.send(Outcome {
+                id,
+                result: Err(Failure::new(
+                    "input",
+                    format!("the line is {length} bytes; a request is at most {MAX_LINE_BYTES} (SPEC 7.3)"),
+                )),
+                latency: None,
+            });
+            continue;
+        }
+        // Wait while the queue holds many bytes (but always let one request through).
+        queued.settle(link.requests.len());
+        while queued.bytes > 0 && queued.bytes + length > MAX_QUEUED_BYTES {
+            if link.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            queued.settle(link.requests.len());
+        }
         match parse_request(&line, link.inputs, link.cx) {
             Ok(values) => {
+                queued.sizes.push_back(length);
+                queued.bytes += length;
                 if link.requests.send(Request { id, values }).is_err() {
                     // The source is gone: the run stopped.
                     break;
@@ -136,6 +220,34 @@ mod tests {
         assert_eq!(v, Ok(vec![Value::Text("a".into()), Value::Int(2)]));
         let v = parse_request(b"{\"text\": \"a\"}\r\n", &inputs(), &cx);
         assert_eq!(v, Ok(vec![Value::Text("a".into()), Value::Int(7)]));
+    }
+
+    #[test]
+    fn long_lines_are_cut_but_read_through() {
+        let mut input = std::io::Cursor::new(b"abcdef\nxy\nlast".to_vec());
+        let mut line = Vec::new();
+        assert_eq!(read_line_bounded(&mut input, &mut line, 3).expect("read"), 7);
+        assert_eq!(line, b"abc");
+        line.clear();
+        assert_eq!(read_line_bounded(&mut input, &mut line, 3).expect("read"), 3);
+        assert_eq!(line, b"xy\n");
+        line.clear();
+        assert_eq!(read_line_bounded(&mut input, &mut line, 3).expect("read"), 4);
+        line.clear();
+        assert_eq!(read_line_bounded(&mut input, &mut line, 3).expect("read"), 0);
+    }
+
+    #[test]
+    fn the_queue_forgets_what_the_source_took() {
+        let mut q = Queued::default();
+        for n in [5, 7, 11] {
+            q.sizes.push_back(n);
+            q.bytes += n;
+        }
+        q.settle(2);
+        assert_eq!(q.bytes, 18);
+        q.settle(0);
+        assert_eq!((q.bytes, q.sizes.len()), (0, 0));
     }
 
     #[test]

@@ -183,14 +183,14 @@ fn to_files(
         }
         Value::Tensor(t) => {
             let path = dir.join(format!("{stem}.npy"));
-            std::fs::write(&path, crate::npy::write(&t.shape, &t.data))
+            crate::files::write_replacing(&path, &crate::npy::write(&t.shape, &t.data))
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             return Ok(serde_json::json!({ "$npy": path.display().to_string() }));
         }
         other => return codec::encode(other, cx),
     };
     let path = dir.join(format!("{stem}.{}", extension(&bytes)));
-    std::fs::write(&path, bytes.as_slice())
+    crate::files::write_replacing(&path, bytes.as_slice())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(serde_json::json!({ "$file": path.display().to_string() }))
 }
@@ -370,6 +370,25 @@ mod tests {
         assert_eq!(f.node, "output");
         let line: serde_json::Value = serde_json::from_slice(&buf).expect("valid JSON");
         assert_eq!(line["id"], 5);
+    }
+
+    #[test]
+    fn output_files_replace_planted_links_instead_of_writing_through_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, b"keep").expect("write");
+        std::os::unix::fs::symlink(&victim, dir.path().join("3-b.bin")).expect("ln");
+        let o = Outcome {
+            id: 3,
+            result: Ok(vec![Value::Bytes(b"new".to_vec().into())]),
+            latency: None,
+        };
+        let mut buf = Vec::new();
+        let names = vec!["b".to_string()];
+        let cx = EdgeContext::plain();
+        assert_eq!(format_outcome(&mut buf, o, &names, &cx, Some(dir.path())), None);
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"keep");
+        assert_eq!(std::fs::read(dir.path().join("3-b.bin")).expect("out"), b"new");
     }
 
     #[test]

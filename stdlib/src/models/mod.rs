@@ -119,7 +119,8 @@ pub struct Weights {
 
 /// Read a safetensors file with its metadata; errors name the file.
 pub fn load_safetensors(path: &Path) -> Result<Weights, String> {
-    let bytes = std::fs::read(path)
+    // A regular file only (not /dev/zero, not a FIFO), at most 64 GiB (SPEC 7.3).
+    let bytes = mars_runtime::files::read_regular(path, 64 << 30)
         .map_err(|e| format!("cannot read weights `{}`: {e}", path.display()))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
         format!(
