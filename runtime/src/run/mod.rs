@@ -232,8 +232,8 @@ fn build_replicas(
 pub(crate) type Guards = timely::communication::initialize::WorkerGuards<Result<(), String>>;
 
 /// The running workers of this process, and in a cluster the watch on its peers.
-struct Launched {
-    guards: Guards,
+pub(crate) struct Launched {
+    pub(crate) guards: Guards,
     health: Option<cluster::health::Health>,
 }
 

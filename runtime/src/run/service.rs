@@ -244,6 +244,7 @@ impl Service {
         let cx = EdgeContext {
             base_dir: opts.allow_files.clone(),
             images: images::from_registry(registry, base_dir),
+            allow: opts.allow_files.iter().cloned().collect(),
         };
         let lowered = Arc::new(Lowered::from_plan(plan, &cx).map_err(RunError::Plan)?);
         let meters = meters_of(plan, Instant::now(), false);
@@ -274,7 +275,7 @@ impl Service {
             cluster: opts.cluster.clone(),
             ..RunOptions::default()
         };
-        let guards = launch(
+        let launched = launch(
             plan,
             base_dir,
             registry,
@@ -284,6 +285,7 @@ impl Service {
             Some(feed),
             out_tx,
         )?;
+        let guards = launched.guards;
         let Ok(source) = act_rx.recv() else {
             drop(req_tx);
             join(guards)?;
