@@ -526,10 +526,13 @@ fn a_profile_written_by_marsc_profile_plans() {
         plan.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
         vec!["a", "b", "out"]
     );
+    // The profiler measures up to `--max-batch` and every bound the unprofiled plan sets:
+    // these `@batchable` bench nodes take up to 256 queued items there (SPEC 2.4.8), so the
+    // planner may choose any measured size up to that, and no larger.
     assert!(plan
         .nodes
         .iter()
-        .all(|n| n.batch.max <= 4 && n.replicas >= 1));
+        .all(|n| n.batch.max <= 256 && n.replicas >= 1));
     assert!(plan.predicted.throughput > 0.0);
     assert!(plan.slos[0].met, "{:?}", plan.slos);
     // The CPU pool binds (two spinning nodes), and more cores buy more throughput.

@@ -613,7 +613,9 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
     let mut output: Box<dyn Write> = match locked_output {
         None => Box::new(std::io::stdout()),
         Some(f) => {
-            if !args.resume {
+            // Only a regular file is truncated: `-o /dev/null` or a FIFO is written as it is.
+            let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
+            if !args.resume && regular {
                 f.set_len(0)
                     .into_diagnostic()
                     .wrap_err_with(|| format!("cannot truncate {}", args.output.display()))?;
