@@ -5,7 +5,7 @@
 //!
 //! Model nodes run on candle's CPU backend whatever their placement: the CUDA executor
 //! (`mars-cuda`: NVRTC kernels, cuBLAS, paged KV cache) exists but is not yet wired into the
-//! model nodes, and has never run on a GPU (SPEC 7). A node placed on a GPU that exists runs on
+//! model nodes, and has never run on a GPU (SPEC 9). A node placed on a GPU that exists runs on
 //! the CPU and the run says so. The probing itself is `mars_cuda::probe`.
 
 /// One GPU the driver reports.

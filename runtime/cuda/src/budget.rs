@@ -1,7 +1,7 @@
 //! The device-memory budget of a node's replicas: the weights are on the GPU once, each
 //! replica has its activation scratch, and what is left of the free memory (less a margin)
 //! becomes KV cache — that is where the continuous-batching scheduler's `kv_tokens` bound
-//! comes from on a GPU (SPEC 6.3, 7.4).
+//! comes from on a GPU (SPEC 6.3, 9.4).
 
 /// Fraction of the free memory the KV caches may take; the rest stays for cuBLAS workspaces,
 /// the driver and fragmentation.

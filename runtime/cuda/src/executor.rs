@@ -1,5 +1,5 @@
 //! The GPU executor of a decoder model. **Compiled and type-checked here, never executed on a
-//! GPU yet** (no device was available to the session that wrote it; see SPEC 7).
+//! GPU yet** (no device was available to the session that wrote it; see SPEC 9).
 //!
 //! - [`GpuContext`]: one per process and GPU: the CUDA context and every kernel, compiled by
 //!   NVRTC for this GPU's architecture when the context opens.
