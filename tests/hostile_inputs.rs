@@ -433,6 +433,76 @@ fn large_requests_do_not_pile_up_in_memory() {
     assert!(peak < 110.0, "peak RSS {peak} MiB for 150 MB of requests");
 }
 
+/// Issue 16.12: the dataflow is bounded by bytes too, not only by count. A small PNG decodes to
+/// 9 MB of pixels as the request is read; with the default `--max-inflight` (8,192) every one
+/// of 60 such requests (540 MB) would wait inside the dataflow at once for the slow node.
+#[test]
+fn requests_in_flight_are_bounded_by_bytes() {
+    use mars_stdlib::image::{encode, Format};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = compiled(dir.path(), "slow_image");
+    let (width, height) = (2000u32, 1500u32);
+    let img = mars_runtime::ImageData {
+        width,
+        height,
+        rgb: vec![200; (width * height * 3) as usize],
+    };
+    std::fs::write(dir.path().join("big.png"), encode(&img, Format::Png).expect("png")).expect("write");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"img\": {\"$file\": \"big.png\"}, \"b\": [{\"x\": 0, \"y\": 0, \"w\": 2, \"h\": 2}]}\n".repeat(60)).expect("write");
+    let peak = |mib: &str| {
+        let out = dir.path().join("out.jsonl");
+        let stats = dir.path().join("stats.json");
+        let r = run_marsc(&[
+            os("run"),
+            plan.as_os_str(),
+            os("-i"),
+            input.as_os_str(),
+            os("-o"),
+            out.as_os_str(),
+            os("--max-inflight-mib"),
+            os(mib),
+            os("--stats-json"),
+            stats.as_os_str(),
+            os("-q"),
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let recs = records(&out);
+        assert_eq!(recs.len(), 60);
+        assert!(recs.iter().all(|r| r.get("ok").is_some()), "{:?}", recs[0]);
+        let s: Json = serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+        s["peak_rss_mib"].as_f64().expect("peak_rss_mib")
+    };
+    let bounded = peak("32");
+    assert!(bounded < 150.0, "peak RSS {bounded} MiB with --max-inflight-mib 32");
+    let r = run_marsc(&[os("run"), plan.as_os_str(), os("--max-inflight-mib"), os("0"), os("-q")]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("--max-inflight-mib 0 is out of range"), "{}", r.stderr);
+}
+
+/// Issue 16.12: a builtin node's unknown `params` key is refused when the plan loads.
+#[test]
+fn unknown_builtin_params_are_refused_at_load() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = compiled(dir.path(), "slow_text");
+    let text = std::fs::read_to_string(&plan).expect("plan");
+    assert!(text.contains("params:"), "the plan has params: {text}");
+    let bad = dir.path().join("bad.plan.yaml");
+    std::fs::write(&bad, text.replacen("params:", "params:\n    colour: 3", 1)).expect("write");
+    let r = run_marsc(&[os("run"), bad.as_os_str(), os("-q")]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("bad.plan.yaml:") && r.stderr.contains("`colour` is not a parameter of builtin"),
+        "{}",
+        r.stderr
+    );
+    // The plan as compiled still runs.
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"x\": \"ok\"}\n").expect("write");
+    let r = run_marsc(&[os("run"), plan.as_os_str(), os("-i"), input.as_os_str(), os("-q")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
 /// Issue 16.12: NaN and infinite bench parameters are refused.
 #[test]
 fn non_finite_bench_parameters_are_refused() {

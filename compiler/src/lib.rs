@@ -111,6 +111,26 @@ pub fn check_program(file: &SourceFile, stdlib: &[SourceFile]) -> Checked {
     check::check_program(file, stdlib)
 }
 
+/// The static parameters of every builtin implementation the `stdlib` files declare, by
+/// builtin id (`fn split(text: Text; sep: Text = ",") -> … = builtin "text.split"` gives
+/// `text.split` → `{sep}`). Plans are checked against it when they load (SPEC 7.1).
+pub fn builtin_params(stdlib: &[SourceFile]) -> mars_plan::validate::BuiltinParams {
+    let mut out = mars_plan::validate::BuiltinParams::new();
+    for file in stdlib {
+        let (ast, _) = syntax::parse_file(&file.text);
+        for item in &ast.items {
+            let syntax::ast::Item::Fn(f) = item else { continue };
+            let syntax::ast::FnBody::Builtin(lit) = &f.body else { continue };
+            let syntax::ast::LitKind::Text(id) = &lit.kind else { continue };
+            let names = out.entry(id.clone()).or_default();
+            for s in f.statics.iter().flatten() {
+                names.insert(s.name.name.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Parse a file into its AST, with its syntax problems.
 pub fn parse(file: &SourceFile) -> (syntax::ast::File, Problems) {
     let (ast, problems) = syntax::parse_file(&file.text);

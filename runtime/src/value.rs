@@ -82,6 +82,22 @@ impl Value {
         crate::codec::decode(json, ty, &crate::codec::EdgeContext::plain())
     }
 
+    /// About how many bytes the value holds (its payload, not the allocator's overhead): what
+    /// admission counts against the run's in-flight byte bound (SPEC 7.3). A shared buffer
+    /// (`Bytes`, `Image`, `Tensor`) is counted whole.
+    pub fn approx_bytes(&self) -> usize {
+        const SCALAR: usize = std::mem::size_of::<Value>();
+        match self {
+            Value::Bytes(b) => SCALAR + b.len(),
+            Value::Text(t) => SCALAR + t.len(),
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Box(_) => SCALAR,
+            Value::Json(j) => SCALAR + json_bytes(j),
+            Value::Image(i) => SCALAR + i.rgb.len(),
+            Value::List(items) => SCALAR + items.iter().map(Value::approx_bytes).sum::<usize>(),
+            Value::Tensor(t) => SCALAR + 4 * t.data.len() + 8 * t.shape.len(),
+        }
+    }
+
     /// Encode as JSON (language.md §6); `Bytes` as `{"$base64": …}`.
     pub fn to_json(&self) -> Result<serde_json::Value, String> {
         crate::codec::encode(self, &crate::codec::EdgeContext::plain())
@@ -123,5 +139,17 @@ mod json_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
         let text = String::deserialize(d)?;
         serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// About how many bytes a JSON value holds (see [`Value::approx_bytes`]).
+fn json_bytes(j: &serde_json::Value) -> usize {
+    match j {
+        serde_json::Value::String(s) => 24 + s.len(),
+        serde_json::Value::Array(a) => 24 + a.iter().map(json_bytes).sum::<usize>(),
+        serde_json::Value::Object(o) => {
+            24 + o.iter().map(|(k, v)| 24 + k.len() + json_bytes(v)).sum::<usize>()
+        }
+        _ => 16,
     }
 }

@@ -15,6 +15,9 @@ use miette::{miette, IntoDiagnostic, WrapErr};
 use mars_plan::Plan;
 use mars_runtime::cluster::Cluster;
 use mars_runtime::run::{Progress, RunOptions, DEFAULT_MAX_INFLIGHT};
+
+/// `--max-inflight-mib`'s default: the runtime's bound on request bytes in flight.
+const DEFAULT_MAX_INFLIGHT_MIB: usize = mars_runtime::dataflow::source::MAX_INFLIGHT_BYTES >> 20;
 use mars_runtime::RunError;
 
 #[derive(clap::Args)]
@@ -33,6 +36,10 @@ pub struct Args {
     /// At most this many requests inside the dataflow at once (bounds memory).
     #[arg(long, default_value_t = DEFAULT_MAX_INFLIGHT)]
     pub max_inflight: usize,
+    /// At most this many MiB of request values inside the dataflow at once (bounds memory
+    /// when requests are large; one request is always admitted).
+    #[arg(long, default_value_t = DEFAULT_MAX_INFLIGHT_MIB)]
+    pub max_inflight_mib: usize,
     /// Write records in input order (default: completion order).
     #[arg(long)]
     pub ordered: bool,
@@ -101,6 +108,7 @@ impl Args {
             output: PathBuf::from("-"),
             workers: 1,
             max_inflight: DEFAULT_MAX_INFLIGHT,
+            max_inflight_mib: DEFAULT_MAX_INFLIGHT_MIB,
             ordered: false,
             fail_fast: false,
             stats_json: None,
@@ -177,6 +185,9 @@ pub fn load_plan(path: &Path) -> miette::Result<(Plan, PathBuf)> {
     let text = super::file_io::read_input_text(path, "plan", mars_plan::limits::MAX_YAML_BYTES)?;
     let plan =
         Plan::from_yaml(&text, &name).map_err(|e| miette!(code = "mars::run::plan", "{e}"))?;
+    let known = mars_compiler::builtin_params(&super::check::stdlib_sources());
+    mars_plan::validate::check_builtin_params(&plan, &text, &name, &known)
+        .map_err(|e| miette!(code = "mars::run::plan", "{e}"))?;
     let source = folder_of(path).join(&plan.inputs_of_plan.source);
     Ok((plan, folder_of(&source)))
 }
@@ -443,7 +454,7 @@ fn resume_from(path: &Path) -> miette::Result<HashSet<u64>> {
 
 /// `--workers`, `--max-inflight` and `--local-cluster` within their limits (SPEC 7.1).
 pub fn check_counts(args: &Args) -> miette::Result<()> {
-    use mars_plan::limits::{MAX_INFLIGHT, MAX_PROCESSES, MAX_WORKERS};
+    use mars_plan::limits::{MAX_INFLIGHT, MAX_INFLIGHT_MIB, MAX_PROCESSES, MAX_WORKERS};
     let bad = |flag: &str, n: usize, high: usize| {
         miette!(
             code = "mars::run::limit",
@@ -455,6 +466,9 @@ pub fn check_counts(args: &Args) -> miette::Result<()> {
     }
     if !(1..=MAX_INFLIGHT).contains(&args.max_inflight) {
         return Err(bad("--max-inflight", args.max_inflight, MAX_INFLIGHT));
+    }
+    if !(1..=MAX_INFLIGHT_MIB).contains(&args.max_inflight_mib) {
+        return Err(bad("--max-inflight-mib", args.max_inflight_mib, MAX_INFLIGHT_MIB));
     }
     if let Some(n) = args.local_cluster {
         if !(1..=MAX_PROCESSES).contains(&n) {
@@ -583,6 +597,7 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
     let opts = RunOptions {
         workers: args.workers,
         max_inflight: args.max_inflight,
+        max_inflight_bytes: args.max_inflight_mib << 20,
         ordered: args.ordered,
         fail_fast: args.fail_fast,
         trace: args.trace.is_some(),

@@ -30,6 +30,9 @@ pub const MAX_PROCESSES: usize = 1_024;
 /// Requests in flight (`--max-inflight`).
 pub const MAX_INFLIGHT: usize = 1_000_000;
 
+/// MiB of request values in flight (`--max-inflight-mib`).
+pub const MAX_INFLIGHT_MIB: usize = 65_536;
+
 /// Type nesting in a plan's type strings (`List<List<…>>`), as in source (`MAX_NESTING`).
 pub const MAX_TYPE_DEPTH: usize = 100;
 

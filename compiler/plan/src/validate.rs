@@ -87,6 +87,50 @@ pub fn validate_plan(plan: &Plan, text: &str, path: &str) -> Result<(), LoadErro
     Ok(())
 }
 
+/// The parameters each builtin implementation takes, by builtin id (`text.split` → `{sep}`),
+/// as the stdlib declares them.
+pub type BuiltinParams = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
+
+/// Check that every builtin node's `params` are parameters its implementation declares
+/// (`known`, from the stdlib's declarations): a hand-edited plan with a misspelt or foreign
+/// key is refused with the file, line and key, instead of the key being silently ignored.
+/// Builtins that `known` does not list (a user's own builtin declarations) are not checked.
+pub fn check_builtin_params(
+    plan: &Plan,
+    text: &str,
+    path: &str,
+    known: &BuiltinParams,
+) -> Result<(), LoadError> {
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let Some(builtin) = node.implementation.builtin.as_deref() else {
+            continue;
+        };
+        let Some(declared) = known.get(builtin) else {
+            continue;
+        };
+        if let Some(key) = node.params.keys().find(|k| !declared.contains(*k)) {
+            let n = i.to_string();
+            let takes = if declared.is_empty() {
+                "no parameters".to_string()
+            } else {
+                let names: Vec<&str> = declared.iter().map(String::as_str).collect();
+                format!("the parameters {}", names.join(", "))
+            };
+            return Err(LoadError::invalid(
+                path,
+                crate::find_key_path(text, &["nodes", &n, "params", key])
+                    .or_else(|| crate::find_key_path(text, &["nodes", &n, "params"])),
+                &format!("nodes[{i}].params.{} (node `{}`)", short(key), node.id),
+                format!(
+                    "`{}` is not a parameter of builtin `{builtin}`, which takes {takes}",
+                    short(key)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn short(t: &str) -> String {
     if t.chars().count() > 60 {
         let cut: String = t.chars().take(57).collect();
@@ -123,6 +167,25 @@ predicted: {throughput: 1000.0, latency_p50_ms: 1.0, latency_p99_ms: 1.0, bottle
 
     fn load(text: &str) -> Result<Plan, String> {
         Plan::from_yaml(text, "p.plan.yaml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn unknown_builtin_params_name_the_key() {
+        let plan = Plan::from_yaml(PLAN, "p.plan.yaml").expect("loads");
+        let mut known = super::BuiltinParams::new();
+        known.insert("demo.double".into(), ["factor".to_string()].into());
+        assert!(super::check_builtin_params(&plan, PLAN, "p.plan.yaml", &known).is_ok());
+        let text = PLAN.replace("    args: [{input: x}]", "    args: [{input: x}]\n    params: {factor: 2, fator: 3}");
+        let plan = Plan::from_yaml(&text, "p.plan.yaml").expect("loads");
+        let e = super::check_builtin_params(&plan, &text, "p.plan.yaml", &known)
+            .expect_err("misspelt key")
+            .to_string();
+        assert_eq!(
+            e,
+            "p.plan.yaml:12: `nodes[0].params.fator (node `d`)`: `fator` is not a parameter of builtin `demo.double`, which takes the parameters factor"
+        );
+        // A builtin the stdlib does not declare is not checked.
+        assert!(super::check_builtin_params(&plan, &text, "p.plan.yaml", &Default::default()).is_ok());
     }
 
     #[test]

@@ -25,6 +25,11 @@ use crate::value::Value;
 /// At most this many requests are admitted under one timestamp.
 pub const ROUND: usize = 1024;
 
+/// The default bound on bytes of request values (see [`Value::approx_bytes`]) inside the
+/// dataflow at once (`--max-inflight-mib`), besides `max_inflight`'s count: few large requests cannot fill memory (SPEC 7.3). One
+/// request is always admitted, however large, when nothing else is in flight.
+pub const MAX_INFLIGHT_BYTES: usize = 512 << 20;
+
 /// A parsed request.
 #[derive(Debug)]
 pub struct Request {
@@ -51,19 +56,23 @@ pub struct Feed {
 #[derive(Default)]
 pub struct Flow {
     pub in_flight: Cell<usize>,
+    /// Bytes of the requests admitted in rounds that have not completed.
+    pub in_bytes: Cell<usize>,
     pub throttled: Cell<bool>,
     /// Per admission round (timestamp) still in flight: when it was admitted and how many of
-    /// its requests have not left. Every request of a round shares its admission time, so
-    /// the hot path keeps one entry per round, not per request.
-    pub rounds: RefCell<SeqSlab<(Instant, usize)>>,
+    /// its requests have not left, and their bytes (released when the round's last request
+    /// leaves). Every request of a round shares its admission time, so the hot path keeps one
+    /// entry per round, not per request.
+    pub rounds: RefCell<SeqSlab<(Instant, usize, usize)>>,
     pub source: RefCell<Option<Activator>>,
 }
 
 impl Flow {
-    /// `n` requests were admitted under timestamp `round` at `at`.
-    pub fn admitted(&self, round: u64, at: Instant, n: usize) {
+    /// `n` requests holding `bytes` were admitted under timestamp `round` at `at`.
+    pub fn admitted(&self, round: u64, at: Instant, n: usize, bytes: usize) {
         self.in_flight.set(self.in_flight.get() + n);
-        self.rounds.borrow_mut().insert(round, (at, n));
+        self.in_bytes.set(self.in_bytes.get() + bytes);
+        self.rounds.borrow_mut().insert(round, (at, n, bytes));
     }
 
     /// A request of timestamp `round` left the dataflow: its admission time, and a wake-up for
@@ -80,6 +89,7 @@ impl Flow {
         let at = entry.0;
         entry.1 = entry.1.saturating_sub(1);
         if entry.1 == 0 {
+            self.in_bytes.set(self.in_bytes.get().saturating_sub(entry.2));
             rounds.remove(round);
         }
         Some(at)
@@ -92,6 +102,7 @@ pub fn request_source<'s>(
     feed: Option<Feed>,
     flow: Rc<Flow>,
     max_inflight: usize,
+    max_bytes: usize,
 ) -> Stream<'s, u64, Vec<Rec>> {
     source::<_, CapacityContainerBuilder<Vec<Rec>>, _, _>(scope, "requests", move |cap, info| {
         let mut cap = Some(cap);
@@ -119,15 +130,25 @@ pub fn request_source<'s>(
             }
             let room = max_inflight.saturating_sub(flow.in_flight.get());
             let budget = room.min(ROUND);
-            if budget == 0 {
+            let held = flow.in_bytes.get();
+            if budget == 0 || (held >= max_bytes && flow.in_flight.get() > 0) {
                 flow.throttled.set(true);
                 return;
             }
             let mut batch = Vec::new();
+            let mut bytes = 0usize;
             let mut closed = false;
+            let mut full = false;
             while batch.len() < budget {
+                if held + bytes >= max_bytes {
+                    full = true;
+                    break;
+                }
                 match f.requests.try_recv() {
-                    Ok(r) => batch.push(r),
+                    Ok(r) => {
+                        bytes += r.values.iter().map(Value::approx_bytes).sum::<usize>();
+                        batch.push(r);
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         closed = true;
@@ -152,12 +173,15 @@ pub fn request_source<'s>(
                     });
                 }
                 drop(session);
-                flow.admitted(t, Instant::now(), n);
+                flow.admitted(t, Instant::now(), n, bytes);
                 c.downgrade(&(t + 1));
             }
             if closed {
                 cap = None;
                 feed = None;
+            } else if full {
+                // Woken by the sink when a round completes and its bytes are released.
+                flow.throttled.set(true);
             } else if n == budget {
                 if budget == room {
                     flow.throttled.set(true);
@@ -167,4 +191,33 @@ pub fn request_source<'s>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rounds_bytes_are_released_when_its_last_request_leaves() {
+        let flow = Flow::default();
+        let at = Instant::now();
+        flow.admitted(0, at, 2, 3000);
+        flow.admitted(1, at, 1, 500);
+        assert_eq!((flow.in_flight.get(), flow.in_bytes.get()), (3, 3500));
+        assert_eq!(flow.finished(0), Some(at));
+        assert_eq!((flow.in_flight.get(), flow.in_bytes.get()), (2, 3500));
+        flow.finished(0);
+        assert_eq!((flow.in_flight.get(), flow.in_bytes.get()), (1, 500));
+        flow.finished(1);
+        assert_eq!((flow.in_flight.get(), flow.in_bytes.get()), (0, 0));
+    }
+
+    #[test]
+    fn values_count_their_payload() {
+        let big = Value::Text("x".repeat(5 << 20));
+        assert!(big.approx_bytes() >= 5 << 20);
+        let list = Value::List(vec![big.clone(), big]);
+        assert!(list.approx_bytes() >= 10 << 20);
+        assert!(Value::Int(1).approx_bytes() < 64);
+    }
 }

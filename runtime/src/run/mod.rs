@@ -88,6 +88,8 @@ pub struct RunOptions {
     pub workers: usize,
     /// At most this many requests inside the dataflow at once.
     pub max_inflight: usize,
+    /// At most this many bytes of request values inside the dataflow at once (SPEC 7.3).
+    pub max_inflight_bytes: usize,
     /// Write records in input order instead of completion order.
     pub ordered: bool,
     /// Stop admitting requests at the first error record.
@@ -124,6 +126,7 @@ impl Default for RunOptions {
         RunOptions {
             workers: 1,
             max_inflight: DEFAULT_MAX_INFLIGHT,
+            max_inflight_bytes: crate::dataflow::source::MAX_INFLIGHT_BYTES,
             ordered: false,
             fail_fast: false,
             trace: false,
@@ -275,6 +278,7 @@ pub(crate) fn launch(
     );
     let in_cluster = opts.cluster.is_some();
     let max_inflight = opts.max_inflight.max(1);
+    let max_bytes = opts.max_inflight_bytes.max(1);
     let lowered = Arc::clone(lowered);
     let meters = Arc::clone(meters);
     // In a cluster, the processes connect and authenticate each other before timely starts.
@@ -312,7 +316,7 @@ pub(crate) fn launch(
             let out = out.clone();
             worker.dataflow::<u64, _, _>(|scope| {
                 let flow = Rc::new(Flow::default());
-                let mut streams = vec![request_source(scope, feed, Rc::clone(&flow), max_inflight)];
+                let mut streams = vec![request_source(scope, feed, Rc::clone(&flow), max_inflight, max_bytes)];
                 for (i, spec) in lowered.nodes.iter().enumerate() {
                     let input = if spec.deps.len() == 1 {
                         streams[spec.deps[0] as usize].clone()

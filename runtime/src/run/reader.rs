@@ -165,8 +165,11 @@ pub fn read_requests(mut input: impl BufRead, link: ReaderLink<'_>) -> std::io::
         }
         match parse_request(&line, link.inputs, link.cx) {
             Ok(values) => {
-                queued.sizes.push_back(length);
-                queued.bytes += length;
+                // A request counts what it holds once decoded (a small PNG can decode to many
+                // megabytes of pixels), and at least its line.
+                let size = length.max(values.iter().map(Value::approx_bytes).sum::<usize>());
+                queued.sizes.push_back(size);
+                queued.bytes += size;
                 if link.requests.send(Request { id, values }).is_err() {
                     // The source is gone: the run stopped.
                     break;
