@@ -30,6 +30,11 @@ pub const MAX_PROCESSES: usize = 1_024;
 /// Requests in flight (`--max-inflight`).
 pub const MAX_INFLIGHT: usize = 1_000_000;
 
+/// Replica threads of one process: the sum of `replicas` over the nodes a worker runs that
+/// are not inline. The planner gives a node at most `min(64, MAX_REPLICA_THREADS / nodes)`
+/// replicas, so a plan it writes stays within this.
+pub const MAX_REPLICA_THREADS: usize = 16_384;
+
 /// MiB of request values in flight (`--max-inflight-mib`).
 pub const MAX_INFLIGHT_MIB: usize = 65_536;
 

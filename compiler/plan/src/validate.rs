@@ -5,7 +5,7 @@
 
 use crate::limits::{
     out_of_range, MAX_BATCH, MAX_BATCH_WAIT_MS, MAX_NODES, MAX_PROCESSES, MAX_REPLICAS,
-    MAX_TIMEOUT_MS,
+    MAX_REPLICA_THREADS, MAX_TIMEOUT_MS,
 };
 use crate::{DataType, LoadError, Plan};
 
@@ -83,6 +83,22 @@ pub fn validate_plan(plan: &Plan, text: &str, path: &str) -> Result<(), LoadErro
                 ty(&["nodes", &n, field], key(&format!("{field}[{j}]")), t)?;
             }
         }
+    }
+    // Replica threads per worker (inline nodes have none).
+    let mut threads = std::collections::BTreeMap::<&str, usize>::new();
+    for node in &plan.nodes {
+        if !plan.inline.contains(&node.id) {
+            *threads.entry(node.worker.as_str()).or_default() += node.replicas as usize;
+        }
+    }
+    if let Some((worker, n)) = threads.into_iter().find(|&(_, n)| n > MAX_REPLICA_THREADS) {
+        return Err(err(
+            &["nodes"],
+            "nodes".into(),
+            format!(
+                "the nodes on worker `{worker}` have {n} replicas in all; a process runs at most {MAX_REPLICA_THREADS} replica threads (SPEC 7.1)"
+            ),
+        ));
     }
     Ok(())
 }
@@ -167,6 +183,21 @@ predicted: {throughput: 1000.0, latency_p50_ms: 1.0, latency_p99_ms: 1.0, bottle
 
     fn load(text: &str) -> Result<Plan, String> {
         Plan::from_yaml(text, "p.plan.yaml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn replica_threads_of_a_worker_are_bounded() {
+        // 65 nodes of 256 replicas: 16,640 threads on one worker.
+        let node = PLAN[PLAN.find("  - id: d").expect("node")..PLAN.find("predicted: {throughput").expect("end")]
+            .replace("replicas: 2", "replicas: 256");
+        let mut text = PLAN.replace(&PLAN[PLAN.find("  - id: d").expect("node")..PLAN.find("predicted: {throughput").expect("end")], "");
+        let nodes: String = (0..65).map(|i| node.replace("id: d", &format!("id: d{i}"))).collect();
+        text = text.replace("nodes:\n", &format!("nodes:\n{nodes}"));
+        let e = load(&text).expect_err("too many threads");
+        assert!(e.contains("16640 replicas in all") && e.contains("16384"), "{e}");
+        let inline: Vec<String> = (0..65).map(|i| format!("d{i}")).collect();
+        let text = text.replace("nodes:\n", &format!("inline: [{}]\nnodes:\n", inline.join(", ")));
+        assert!(load(&text).is_ok(), "inline nodes have no replica threads");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 
 use mars_plan::Device;
 
-use super::model::{CostModel, ModelNode, NodeOption, MAX_REPLICAS, MAX_THROUGHPUT};
+use super::model::{CostModel, ModelNode, NodeOption, MAX_THROUGHPUT};
 
 /// What bounds a plan's throughput.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +167,7 @@ pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
                 .zip(choice)
                 .map(|(node, &o)| {
                     Some(node.fixed_replicas.unwrap_or_else(|| {
-                        replicas_for(n, node.options[o].per_request).min(MAX_REPLICAS)
+                        replicas_for(n, node.options[o].per_request).min(model.max_replicas())
                     }))
                 })
                 .collect();
@@ -264,7 +264,7 @@ pub fn replicas_at(model: &CostModel, choice: &[usize], x: f64) -> Vec<u32> {
         .zip(choice)
         .map(|(node, &o)| {
             node.fixed_replicas
-                .unwrap_or_else(|| replicas_for(x, node.options[o].per_request).min(MAX_REPLICAS))
+                .unwrap_or_else(|| replicas_for(x, node.options[o].per_request).min(model.max_replicas()))
         })
         .collect()
 }
@@ -285,7 +285,7 @@ pub fn capacity(model: &CostModel, choice: &[usize], fixed: &[Option<u32>]) -> (
     for (i, (node, &o)) in model.nodes.iter().zip(choice).enumerate() {
         let opt = &node.options[o];
         if opt.per_request > 0.0 {
-            let limit = fixed[i].unwrap_or(MAX_REPLICAS);
+            let limit = fixed[i].unwrap_or(model.max_replicas());
             tighten(
                 f64::from(limit) / opt.per_request,
                 Bound::Replicas(i),

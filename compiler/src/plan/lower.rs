@@ -239,7 +239,7 @@ pub fn describe_bound(model: &CostModel, solution: &Solution) -> String {
     match e.bound {
         Bound::Replicas(i) => {
             let limit = model.nodes[i].fixed_replicas.map_or_else(
-                || format!("the limit of {} replicas", super::model::MAX_REPLICAS),
+                || format!("the limit of {} replicas", model.max_replicas()),
                 |r| format!("its `@replicas({r})`"),
             );
             format!("node `{}` at {limit}", model.nodes[i].id)

@@ -153,6 +153,15 @@ pub struct CostModel {
 }
 
 impl CostModel {
+    /// The most replicas a node may have in this pipeline: [`MAX_REPLICAS`], fewer in a
+    /// pipeline so large that the replica threads of all its nodes would pass
+    /// [`mars_plan::limits::MAX_REPLICA_THREADS`] (a 10,000-node chain gets one replica per
+    /// node), so that a plan the planner writes can always be run (SPEC 2.5, 7.1).
+    pub fn max_replicas(&self) -> u32 {
+        let per_node = mars_plan::limits::MAX_REPLICA_THREADS / self.nodes.len().max(1);
+        u32::try_from(per_node).unwrap_or(u32::MAX).clamp(1, MAX_REPLICAS)
+    }
+
     /// Cores the runtime spends per request/s on the first worker outside the nodes (reading,
     /// parsing, admitting, encoding, writing).
     pub fn request_cores(&self) -> f64 {

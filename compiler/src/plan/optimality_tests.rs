@@ -4,7 +4,7 @@
 
 use mars_plan::{DeviceProfile, Profile, Target};
 
-use super::model::{CostModel, MAX_REPLICAS};
+use super::model::CostModel;
 use super::testkit::{pipeline, spec, target, NodeSpec, Rng};
 use super::*;
 use crate::ir::{BatchHint, DeviceHint, SloKind};
@@ -33,7 +33,7 @@ fn brute_force_capacity(model: &CostModel, choice: &[usize]) -> Option<f64> {
     let feasible = |x: f64| -> bool {
         for (opt, node) in opts.iter().zip(&model.nodes) {
             let u = x * opt.per_request;
-            let limit = f64::from(node.fixed_replicas.unwrap_or(MAX_REPLICAS));
+            let limit = f64::from(node.fixed_replicas.unwrap_or(model.max_replicas()));
             if u > limit * (1.0 + 1e-12) {
                 return false;
             }

@@ -8,7 +8,7 @@
 //! [`evaluate`]: super::evaluate::evaluate
 
 use super::evaluate::{compare_keys, own_ms, replicas_for, Evaluation, Stage};
-use super::model::{CostModel, MAX_REPLICAS, MAX_THROUGHPUT};
+use super::model::{CostModel, MAX_THROUGHPUT};
 
 /// Sums of the current assignment, from which a move's bounds follow in O(workers + GPUs).
 pub struct MoveScreen {
@@ -143,7 +143,7 @@ impl MoveScreen {
             let (a, b) = (&model.nodes[i].options[from], &model.nodes[i].options[to]);
             let fixed = model.nodes[i].fixed_replicas;
             let r = |c: f64| {
-                f64::from(fixed.unwrap_or_else(|| replicas_for(rate, c).min(MAX_REPLICAS)))
+                f64::from(fixed.unwrap_or_else(|| replicas_for(rate, c).min(model.max_replicas())))
             };
             let mut gpus = self.gpu_nodes.iter().filter(|&&k| k > 0).count() as f64;
             if let Some(g) = a.gpu {
@@ -261,7 +261,7 @@ fn cap(model: &CostModel, i: usize, option: usize) -> f64 {
     let node = &model.nodes[i];
     let c = node.options[option].per_request;
     if c > 0.0 {
-        f64::from(node.fixed_replicas.unwrap_or(MAX_REPLICAS)) / c
+        f64::from(node.fixed_replicas.unwrap_or(model.max_replicas())) / c
     } else {
         MAX_THROUGHPUT
     }
