@@ -167,7 +167,7 @@ impl ChatNode {
             _ => model.default_system.clone(),
         };
         let raw = matches!(cfg.keys.get("raw"), Some(serde_json::Value::Bool(true)));
-        let template = cfg.text("prompt")?.map(str::to_string);
+        let template = cfg.text("prompt")?.filter(|t| !t.is_empty()).map(str::to_string);
         if template.as_ref().is_some_and(|t| !t.contains("{message}")) {
             return Err(cfg.err("prompt", "must contain `{message}` where the message goes"));
         }

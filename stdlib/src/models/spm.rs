@@ -129,7 +129,8 @@ pub fn spm_tokenizer(g: &Gguf) -> Result<Tokenizer, String> {
         .map_err(|e| format!("{shown}: SentencePiece BPE: {e}"))?;
     let mut tok = Tokenizer::new(bpe);
     let space = Replace::new(" ", "\u{2581}").map_err(|e| e.to_string())?;
-    tok.with_normalizer(Some(space));
+    tok.with_normalizer(Some(space))
+        .map_err(|e| format!("{shown}: normalizer: {e}"))?;
     let unspace = Replace::new("\u{2581}", " ").map_err(|e| e.to_string())?;
     tok.with_decoder(Some(DecoderSequence::new(vec![
         unspace.into(),
