@@ -40,7 +40,8 @@ fn json_of(path: &std::path::Path) -> serde_json::Value {
 
 #[test]
 fn bench_ocr_reads_rendered_images_and_reports_accuracy_and_speed() {
-    if !pulled("ppocr-v4-det", "MARS_REQUIRE_MODELS") || !pulled("ppocr-v4-rec", "MARS_REQUIRE_MODELS")
+    if !pulled("ppocr-v4-det", "MARS_REQUIRE_MODELS")
+        || !pulled("ppocr-v4-rec", "MARS_REQUIRE_MODELS")
     {
         return;
     }
@@ -55,7 +56,12 @@ fn bench_ocr_reads_rendered_images_and_reports_accuracy_and_speed() {
         .stdout
         .clone();
     let text = String::from_utf8_lossy(&out);
-    for want in ["character accuracy", "line exact match", "detection recall", "one image at a time"] {
+    for want in [
+        "character accuracy",
+        "line exact match",
+        "detection recall",
+        "one image at a time",
+    ] {
         assert!(text.contains(want), "{want:?} missing from:\n{text}");
     }
     let v = json_of(&json);
@@ -64,7 +70,10 @@ fn bench_ocr_reads_rendered_images_and_reports_accuracy_and_speed() {
     assert!(lines >= 10, "{v}");
     let acc = v["char_accuracy"].as_f64().expect("accuracy");
     assert!(acc >= 0.9, "character accuracy {acc}: {text}");
-    assert!(v["det_found"].as_u64().expect("found") * 10 >= lines * 9, "{text}");
+    assert!(
+        v["det_found"].as_u64().expect("found") * 10 >= lines * 9,
+        "{text}"
+    );
     assert!(v["images_per_s"].as_f64().expect("speed") > 0.0);
     assert!(v["images_per_s_one_at_a_time"].as_f64().expect("baseline") > 0.0);
 }
@@ -83,7 +92,10 @@ fn bench_translate_skips_candidates_whose_model_is_not_pulled() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("SKIPPED"), "{text}");
     assert!(text.contains("marsc models pull gemma-3-270m"), "{text}");
-    assert!(text.contains("marsc models pull smollm2-135m-instruct"), "{text}");
+    assert!(
+        text.contains("marsc models pull smollm2-135m-instruct"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -94,7 +106,15 @@ fn bench_translate_scores_smollm2_with_chrf() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("t.json");
     marsc()
-        .args(["bench", "translate", "--limit", "4", "--source", "tests/translate/smollm2.mars", "--json"])
+        .args([
+            "bench",
+            "translate",
+            "--limit",
+            "4",
+            "--source",
+            "tests/translate/smollm2.mars",
+            "--json",
+        ])
         .arg(&json)
         .assert()
         .success();
@@ -103,7 +123,11 @@ fn bench_translate_scores_smollm2_with_chrf() {
         .as_array()
         .expect("candidates")
         .iter()
-        .find(|c| c["candidate"].as_str().is_some_and(|n| n.ends_with(":SmolLM2")))
+        .find(|c| {
+            c["candidate"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(":SmolLM2"))
+        })
         .unwrap_or_else(|| panic!("SmolLM2 scored: {v}"))
         .clone();
     assert_eq!(c["translations"].as_array().map(Vec::len), Some(4));
@@ -114,13 +138,22 @@ fn bench_translate_scores_smollm2_with_chrf() {
 
 #[test]
 fn bench_translate_scores_gemma_few_shot_above_smollm2() {
-    if !pulled("gemma-3-270m", "MARS_REQUIRE_GEMMA") || !pulled("smollm2-135m-instruct", "MARS_REQUIRE_MODELS") {
+    if !pulled("gemma-3-270m", "MARS_REQUIRE_GEMMA")
+        || !pulled("smollm2-135m-instruct", "MARS_REQUIRE_MODELS")
+    {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("t.json");
     marsc()
-        .args(["bench", "translate", "--limit", "12", "--source", "pipelines/product_image_translate.mars"])
+        .args([
+            "bench",
+            "translate",
+            "--limit",
+            "12",
+            "--source",
+            "pipelines/product_image_translate.mars",
+        ])
         .args(["--source", "tests/translate/smollm2.mars", "--json"])
         .arg(&json)
         .assert()
@@ -137,8 +170,14 @@ fn bench_translate_scores_gemma_few_shot_above_smollm2() {
     };
     let gemma = score("product_image_translate.mars:Translator");
     let smol = score(":SmolLM2");
-    assert!(gemma["license"].as_str().expect("license").contains("NOT OPEN SOURCE"));
-    let (g, s) = (gemma["chrf"].as_f64().expect("g"), smol["chrf"].as_f64().expect("s"));
+    assert!(gemma["license"]
+        .as_str()
+        .expect("license")
+        .contains("NOT OPEN SOURCE"));
+    let (g, s) = (
+        gemma["chrf"].as_f64().expect("g"),
+        smol["chrf"].as_f64().expect("s"),
+    );
     assert!(g > s, "Gemma few-shot chrF {g} vs SmolLM2 {s}");
     assert!(g >= 40.0, "Gemma few-shot chrF {g}: {gemma}");
 }

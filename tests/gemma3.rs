@@ -70,7 +70,11 @@ fn gemma3_tokens_and_greedy_decoding_equal_the_numpy_reference() {
     for case in cases {
         let prompt = case["prompt"].as_str().expect("prompt");
         let got_prompt = model.encode(prompt).expect("encode");
-        assert_eq!(got_prompt, ids(&case["prompt_ids"]), "prompt ids of {prompt:?}");
+        assert_eq!(
+            got_prompt,
+            ids(&case["prompt_ids"]),
+            "prompt ids of {prompt:?}"
+        );
         let got = greedy(&model, &got_prompt, max_new).expect("generate");
         assert_eq!(
             got,
@@ -102,7 +106,11 @@ fn gemma3_translates_under_continuous_batching_through_marsc_run() {
     let mut want = Vec::new();
     for case in r["cases"].as_array().expect("cases") {
         let prompt = case["prompt"].as_str().expect("prompt");
-        let Some(rest) = prompt.rsplit("\nChinese: ").next().filter(|_| prompt.ends_with("\nEnglish:")) else {
+        let Some(rest) = prompt
+            .rsplit("\nChinese: ")
+            .next()
+            .filter(|_| prompt.ends_with("\nEnglish:"))
+        else {
             continue;
         };
         let zh = rest.trim_end_matches("\nEnglish:");
@@ -130,7 +138,16 @@ fn gemma3_translates_under_continuous_batching_through_marsc_run() {
         .assert()
         .success();
     marsc(dir.path())
-        .args(["run", "t.plan.yaml", "-i", "in.jsonl", "-o", "out.jsonl", "--ordered", "-q"])
+        .args([
+            "run",
+            "t.plan.yaml",
+            "-i",
+            "in.jsonl",
+            "-o",
+            "out.jsonl",
+            "--ordered",
+            "-q",
+        ])
         .assert()
         .success();
     let out = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("output");

@@ -49,7 +49,10 @@ fn gemma_pulled() -> bool {
             panic!("MARS_REQUIRE_GEMMA=1 but: {}", e.0)
         }
         Err(e) => {
-            eprintln!("SKIPPED (Gemma not pulled; MARS_REQUIRE_GEMMA is not 1): {}", e.0);
+            eprintln!(
+                "SKIPPED (Gemma not pulled; MARS_REQUIRE_GEMMA is not 1): {}",
+                e.0
+            );
             false
         }
     }

@@ -263,7 +263,9 @@ fn bench(
         100.0 * tally.found as f64 / tally.boxes.max(1) as f64,
         tally.boxes
     );
-    println!("  images/s            {pipelined:>8.2}   under the plan (requests in flight together)");
+    println!(
+        "  images/s            {pipelined:>8.2}   under the plan (requests in flight together)"
+    );
     if let Some(b) = baseline {
         println!(
             "  images/s            {b:>8.2}   one image at a time (same plan, --max-inflight 1)   ratio {:.2}",
@@ -282,9 +284,12 @@ fn bench(
             "match_iou": MATCH_IOU, "images_per_s": pipelined, "images_per_s_one_at_a_time": baseline,
             "failed": failed, "stats": report.stats,
         });
-        std::fs::write(&path, serde_json::to_string_pretty(&v).into_diagnostic()? + "\n")
-            .into_diagnostic()
-            .wrap_err_with(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&v).into_diagnostic()? + "\n",
+        )
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot write {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -96,13 +96,21 @@ pub fn read_set(path: &Path) -> miette::Result<Vec<(String, String)>> {
             .map_err(|e| miette!(code = "mars::bench::translate", "{}: not JSON: {e}", at()))?;
         let field = |k: &str| {
             v[k].as_str().map(str::to_string).ok_or_else(|| {
-                miette!(code = "mars::bench::translate", "{}: no text under `{k}`", at())
+                miette!(
+                    code = "mars::bench::translate",
+                    "{}: no text under `{k}`",
+                    at()
+                )
             })
         };
         out.push((field("zh")?, field("en")?));
     }
     if out.is_empty() {
-        return Err(miette!(code = "mars::bench::translate", "{} holds no lines", path.display()));
+        return Err(miette!(
+            code = "mars::bench::translate",
+            "{} holds no lines",
+            path.display()
+        ));
     }
     Ok(out)
 }
@@ -127,12 +135,18 @@ pub(crate) fn plan_of(file: &Path) -> miette::Result<mars_plan::Plan> {
         .collect();
     let checked = mars_compiler::check_program(&source, &stdlib);
     let program = checked.program.ok_or_else(|| {
-        miette!(code = "mars::bench::translate", "{name}:\n{}", checked.problems.render())
+        miette!(
+            code = "mars::bench::translate",
+            "{name}:\n{}",
+            checked.problems.render()
+        )
     })?;
-    let pipeline = program
-        .pipelines
-        .first()
-        .ok_or_else(|| miette!(code = "mars::bench::translate", "{name} declares no pipeline"))?;
+    let pipeline = program.pipelines.first().ok_or_else(|| {
+        miette!(
+            code = "mars::bench::translate",
+            "{name} declares no pipeline"
+        )
+    })?;
     let options = PlanOptions {
         allow_slo_miss: true,
         ..PlanOptions::default()
@@ -148,7 +162,11 @@ pub(crate) fn plan_of(file: &Path) -> miette::Result<mars_plan::Plan> {
     };
     plan_pipeline(pipeline, None, &target, &options).map_err(|errors| {
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        miette!(code = "mars::bench::translate", "{name}: {}", text.join("; "))
+        miette!(
+            code = "mars::bench::translate",
+            "{name}: {}",
+            text.join("; ")
+        )
     })
 }
 
@@ -182,12 +200,18 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
         let plan = plan_of(source)?;
         let base = source.parent().map(Path::to_path_buf).unwrap_or_default();
         for node in &plan.nodes {
-            let Some(model) = &node.implementation.model else { continue };
+            let Some(model) = &node.implementation.model else {
+                continue;
+            };
             if !matches!(model.arch.as_str(), "llama" | "gemma3") {
                 continue;
             }
             let name = format!("{}:{}", source.display(), node.kind);
-            let weights = model.config.get("weights").and_then(|w| w.as_str()).unwrap_or("");
+            let weights = model
+                .config
+                .get("weights")
+                .and_then(|w| w.as_str())
+                .unwrap_or("");
             let license = weights
                 .strip_prefix("model:")
                 .and_then(|m| store.manifest.get(m.split('/').next().unwrap_or(m)))
@@ -219,7 +243,8 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
                     .map(|(zh, _)| vec![Value::Text(zh.clone())])
                     .collect();
                 for r in built.run_batch(items) {
-                    let out = r.map_err(|e| miette!(code = "mars::bench::translate", "{name}: {e}"))?;
+                    let out =
+                        r.map_err(|e| miette!(code = "mars::bench::translate", "{name}: {e}"))?;
                     hyps.push(match out.first() {
                         Some(Value::Text(t)) => t.clone(),
                         _ => String::new(),
@@ -255,7 +280,11 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
             s.load_s
         );
         println!("      weights {} — license: {}", s.weights, s.license);
-        let shown = if args.show { set.len() } else { 4.min(set.len()) };
+        let shown = if args.show {
+            set.len()
+        } else {
+            4.min(set.len())
+        };
         for ((zh, en), h) in set.iter().zip(&s.hyps).take(shown) {
             println!("      {zh} → {h:?}   (ref: {en})");
         }
@@ -294,9 +323,21 @@ mod tests {
     #[test]
     fn chrf_equals_sacrebleu() {
         // Values from sacrebleu 2.6.0: `sacrebleu.corpus_chrf(hyps, [refs]).score`.
-        let h = s(&["This is a small test.", "Buy one get one free", "Cotton shirt"]);
-        let r = s(&["This is a tiny test.", "Buy one, get one free", "Cotton short-sleeve T-shirt"]);
-        assert!((chrf(&h, &r) - 51.88036544726833).abs() < 1e-9, "{}", chrf(&h, &r));
+        let h = s(&[
+            "This is a small test.",
+            "Buy one get one free",
+            "Cotton shirt",
+        ]);
+        let r = s(&[
+            "This is a tiny test.",
+            "Buy one, get one free",
+            "Cotton short-sleeve T-shirt",
+        ]);
+        assert!(
+            (chrf(&h, &r) - 51.88036544726833).abs() < 1e-9,
+            "{}",
+            chrf(&h, &r)
+        );
         assert!((chrf(&s(&["abc"]), &s(&["abd"])) - 38.888888888888886).abs() < 1e-9);
         assert_eq!(chrf(&s(&[""]), &s(&["abd"])), 0.0);
         assert!((chrf(&s(&["Rave reviews"]), &s(&["Rave reviews"])) - 100.0).abs() < 1e-9);

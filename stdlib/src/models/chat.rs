@@ -1,5 +1,5 @@
-//! The node of a GGUF chat model (`arch = "llama"`; SPEC §4.9): a message in, the model's
-//! answer out. The message is written into the model's chat template, tokenized with the
+//! The node of a GGUF chat model (`arch = "llama"` and `"gemma3"`; SPEC §4.9): a message in,
+//! the model's answer out. The message is written into the model's chat template, tokenized with the
 //! GGUF's tokenizer, and decoded token by token under the runtime's step-level [`Generate`]
 //! interface, one KV cache per sequence, so the continuous-batching scheduler drives it.
 //! `run_batch` drives the same interface itself: a batch gives the same answers as the
@@ -167,7 +167,10 @@ impl ChatNode {
             _ => model.default_system.clone(),
         };
         let raw = matches!(cfg.keys.get("raw"), Some(serde_json::Value::Bool(true)));
-        let template = cfg.text("prompt")?.filter(|t| !t.is_empty()).map(str::to_string);
+        let template = cfg
+            .text("prompt")?
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
         if template.as_ref().is_some_and(|t| !t.contains("{message}")) {
             return Err(cfg.err("prompt", "must contain `{message}` where the message goes"));
         }

@@ -188,7 +188,10 @@ impl Gemma3 {
             }
             Ok(t)
         };
-        let embed = g.take("token_embd.weight")?.to_dtype(DType::F32).map_err(e)?;
+        let embed = g
+            .take("token_embd.weight")?
+            .to_dtype(DType::F32)
+            .map_err(e)?;
         if embed.dims() != [config.vocab, config.hidden] {
             return Err(format!(
                 "token_embd.weight has shape {:?}, expected [{}, {}]",
@@ -301,7 +304,9 @@ impl Gemma3 {
             ids.extend_from_slice(ch);
         }
         let n = ids.len();
-        let mut x = self.embed.index_select(&Tensor::from_vec(ids, n, dev)?, 0)?;
+        let mut x = self
+            .embed
+            .index_select(&Tensor::from_vec(ids, n, dev)?, 0)?;
         x = (x * (c.hidden as f64).sqrt())?;
         let scale = 1.0 / (hd as f64).sqrt();
         for (li, blk) in self.blocks.iter().enumerate() {
@@ -309,7 +314,11 @@ impl Gemma3 {
             let q = a.matmul(&blk.q)?;
             let k = a.matmul(&blk.k)?;
             let v = a.matmul(&blk.v)?;
-            let (cos_t, sin_t) = if blk.global { &self.rope_g } else { &self.rope_l };
+            let (cos_t, sin_t) = if blk.global {
+                &self.rope_g
+            } else {
+                &self.rope_l
+            };
             let window = (!blk.global).then_some(c.window);
             let mut rows = Vec::with_capacity(b);
             for (s, &(off, start, m)) in seqs.iter_mut().zip(&spans) {

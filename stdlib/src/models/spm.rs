@@ -203,7 +203,11 @@ mod tests {
             .build()
             .expect("bpe");
         let tok = Tokenizer::new(bpe);
-        let ids = tok.encode("abca", false).expect("encode").get_ids().to_vec();
+        let ids = tok
+            .encode("abca", false)
+            .expect("encode")
+            .get_ids()
+            .to_vec();
         // b+c first (score -10), then a+bc (-30): "abc" "a".
         assert_eq!(ids, vec![5, 0]);
     }
