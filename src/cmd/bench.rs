@@ -126,6 +126,10 @@ pub enum Which {
     },
     /// A plan behind `marsc serve`: closed- and open-loop HTTP load, req/s and tail latency.
     Serve(super::bench_serve::Args),
+    /// zh→en translators (the `llama`/`gemma3` nodes of .mars files) scored with chrF.
+    Translate(super::bench_translate::Args),
+    /// OCR on rendered images: character accuracy, line exact match, detection recall, images/s.
+    Ocr(super::bench_ocr::Args),
     /// Run a compiled plan over an input file: measured throughput over the plan's prediction.
     Fidelity {
         plan: PathBuf,
@@ -157,6 +161,8 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     let registry = mars_stdlib::registry();
     let result = match args.which {
         Which::Serve(a) => return super::bench_serve::run(a, args.json),
+        Which::Translate(a) => return super::bench_translate::run(a, args.json),
+        Which::Ocr(a) => return super::bench_ocr::run(a, args.json),
         Which::Pipelining { requests } => {
             let plan = delay_chain("pipelining", &[2.0, 8.0, 4.0, 1.0], batch_none(), 1);
             let (r, _) = measure(&plan, &registry, requests, quiet()).map_err(fail)?;

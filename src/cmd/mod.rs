@@ -1,7 +1,9 @@
 //! One module per `marsc` command. Each exposes `Args` (clap) and `run(Args)`.
 
 pub mod bench;
+pub mod bench_ocr;
 pub mod bench_serve;
+pub mod bench_translate;
 pub mod check;
 pub mod compile;
 pub mod demo;

@@ -1,5 +1,5 @@
-//! The node of a GGUF chat model (`arch = "llama"`; SPEC §4.9): a message in, the model's
-//! answer out. The message is written into the model's chat template, tokenized with the
+//! The node of a GGUF chat model (`arch = "llama"` and `"gemma3"`; SPEC §4.9): a message in,
+//! the model's answer out. The message is written into the model's chat template, tokenized with the
 //! GGUF's tokenizer, and decoded token by token under the runtime's step-level [`Generate`]
 //! interface, one KV cache per sequence, so the continuous-batching scheduler drives it.
 //! `run_batch` drives the same interface itself: a batch gives the same answers as the
@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use mars_runtime::{Generate, Item, Node, NodeContext, NodeError, Outputs, SeqId, Step, Value};
 use tokenizers::Tokenizer;
 
+use super::gemma3::{Decoder, Gemma3};
 use super::gguf::{bpe_tokenizer, ChatTemplate, Gguf};
 use super::llama::{Llama, LlamaState};
 use super::transformer_lm::{Sampling, SplitMix};
@@ -17,8 +18,10 @@ use super::ModelConfig;
 
 /// A loaded chat model: weights, tokenizer, template and end tokens.
 pub struct ChatModel {
-    pub llama: Llama,
+    pub llama: Decoder,
     pub tokenizer: Tokenizer,
+    /// Prepended to every prompt (`tokenizer.ggml.add_bos_token`; SentencePiece models only).
+    pub bos: Option<u32>,
     pub template: ChatTemplate,
     /// The system message the template writes by default.
     pub default_system: Option<String>,
@@ -27,10 +30,14 @@ pub struct ChatModel {
 }
 
 impl ChatModel {
-    /// Read a Llama GGUF and build its tokenizer and template.
+    /// Read a Llama or Gemma 3 GGUF and build its tokenizer and template.
     pub fn load(path: &std::path::Path, positions: usize) -> Result<ChatModel, String> {
         let g = Gguf::read(path)?;
-        let tokenizer = bpe_tokenizer(&g)?;
+        let gemma = g.text("general.architecture")? == "gemma3";
+        let (tokenizer, bos) = match gemma {
+            true => super::spm::spm_tokenizer_and_bos(&g)?,
+            false => (bpe_tokenizer(&g)?, None),
+        };
         let (template, default_system) = ChatTemplate::of(&g);
         let mut end_tokens = BTreeSet::new();
         if let Ok(e) = g.uint("tokenizer.ggml.eos_token_id") {
@@ -41,10 +48,14 @@ impl ChatModel {
                 end_tokens.insert(id);
             }
         }
-        let llama = Llama::from_gguf(g, positions)?;
+        let llama = match gemma {
+            true => Decoder::Gemma3(Gemma3::from_gguf(g, positions)?),
+            false => Decoder::Llama(Llama::from_gguf(g, positions)?),
+        };
         Ok(ChatModel {
             llama,
             tokenizer,
+            bos,
             template,
             default_system,
             end_tokens,
@@ -53,10 +64,15 @@ impl ChatModel {
 
     /// Token ids of a text (special tokens such as `<|im_start|>` match whole).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        self.tokenizer
+        let ids = self
+            .tokenizer
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| format!("tokenizing failed: {e}"))
+            .map_err(|e| format!("tokenizing failed: {e}"))?;
+        Ok(match self.bos {
+            Some(b) if ids.first() != Some(&b) => [vec![b], ids].concat(),
+            _ => ids,
+        })
     }
 
     /// The text of generated tokens (special tokens skipped).
@@ -97,6 +113,8 @@ pub struct ChatNode {
     model: ChatModel,
     system: Option<String>,
     raw: bool,
+    /// A prompt written around the message (`{message}` marks it), sent as it is.
+    template: Option<String>,
     max_tokens: usize,
     stop: String,
     sampling: Sampling,
@@ -149,9 +167,17 @@ impl ChatNode {
             _ => model.default_system.clone(),
         };
         let raw = matches!(cfg.keys.get("raw"), Some(serde_json::Value::Bool(true)));
+        let template = cfg
+            .text("prompt")?
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        if template.as_ref().is_some_and(|t| !t.contains("{message}")) {
+            return Err(cfg.err("prompt", "must contain `{message}` where the message goes"));
+        }
         Ok(ChatNode {
             system,
             raw,
+            template,
             max_tokens: max_tokens as usize,
             stop: cfg.text("stop")?.unwrap_or("").to_string(),
             sampling: Sampling {
@@ -172,7 +198,9 @@ impl ChatNode {
             .first()
             .ok_or_else(|| NodeError::new("llama: no prompt input"))?
             .as_text()?;
-        let text = if self.raw {
+        let text = if let Some(t) = &self.template {
+            t.replace("{message}", text)
+        } else if self.raw {
             text.to_string()
         } else {
             self.model.template.render(self.system.as_deref(), text)

@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod chat;
+pub mod gemma3;
 pub mod gguf;
 pub mod linear;
 pub mod llama;
@@ -14,6 +15,7 @@ pub mod numbers;
 pub mod onnx;
 pub mod onnx_shapes;
 pub mod quant;
+pub mod spm;
 pub mod tokenizer;
 pub mod train;
 pub mod transformer_lm;
@@ -59,6 +61,10 @@ pub fn register(registry: &mut Registry) {
     );
     registry.model(
         "llama",
+        Arc::new(|ctx: &NodeContext| Ok(Box::new(chat::ChatNode::from_ctx(ctx)?) as Box<dyn Node>)),
+    );
+    registry.model(
+        "gemma3",
         Arc::new(|ctx: &NodeContext| Ok(Box::new(chat::ChatNode::from_ctx(ctx)?) as Box<dyn Node>)),
     );
     registry.model(

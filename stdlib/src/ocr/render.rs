@@ -171,6 +171,12 @@ fn colours(rng: &mut SplitMix) -> ([u8; 3], [u8; 3], [u8; 3]) {
 /// (a Latin font) or Chinese (a CJK font) at 18–44 px, on a gradient, at least 12 px apart.
 /// Returns the scene and its lines' texts, top to bottom.
 pub fn accuracy_scene(seed: u64, index: u64) -> Scene {
+    accuracy_scene_in(seed, index, LATIN_FONTS, CJK_FONTS)
+}
+
+/// [`accuracy_scene`] with its fonts drawn from `latin` and `cjk` instead (the same texts,
+/// sizes and places: only the font choices differ).
+pub fn accuracy_scene_in(seed: u64, index: u64, latin: &[&str], cjk: &[&str]) -> Scene {
     let mut rng = SplitMix(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let (top, bottom, ink) = colours(&mut rng);
     let n = 1 + (rng.next_u64() % 3) as usize;
@@ -179,12 +185,12 @@ pub fn accuracy_scene(seed: u64, index: u64) -> Scene {
     for _ in 0..n {
         let chinese = rng.next_u64() % 2 == 0;
         let (text, font) = if chinese {
-            (pick(&mut rng, CHINESE_LINES), pick(&mut rng, CJK_FONTS))
+            (pick(&mut rng, CHINESE_LINES), pick(&mut rng, cjk))
         } else {
             let f = if rng.next_u64() % 4 == 0 {
-                pick(&mut rng, CJK_FONTS)
+                pick(&mut rng, cjk)
             } else {
-                pick(&mut rng, LATIN_FONTS)
+                pick(&mut rng, latin)
             };
             (pick(&mut rng, ENGLISH_LINES), f)
         };
