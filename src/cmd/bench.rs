@@ -126,6 +126,8 @@ pub enum Which {
     },
     /// A plan behind `marsc serve`: closed- and open-loop HTTP load, req/s and tail latency.
     Serve(super::bench_serve::Args),
+    /// A stage three times slower than its profile: fixed vs elastic vs the true profile's plan.
+    Elastic(super::bench_elastic::Args),
     /// Run a compiled plan over an input file: measured throughput over the plan's prediction.
     Fidelity {
         plan: PathBuf,
@@ -157,6 +159,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     let registry = mars_stdlib::registry();
     let result = match args.which {
         Which::Serve(a) => return super::bench_serve::run(a, args.json),
+        Which::Elastic(a) => super::bench_elastic::bench(a)?,
         Which::Pipelining { requests } => {
             let plan = delay_chain("pipelining", &[2.0, 8.0, 4.0, 1.0], batch_none(), 1);
             let (r, _) = measure(&plan, &registry, requests, quiet()).map_err(fail)?;

@@ -1,10 +1,12 @@
 //! One module per `marsc` command. Each exposes `Args` (clap) and `run(Args)`.
 
 pub mod bench;
+pub mod bench_elastic;
 pub mod bench_serve;
 pub mod check;
 pub mod compile;
 pub mod demo;
+pub mod deploy;
 pub mod file_io;
 pub mod fmt;
 pub mod graph;
