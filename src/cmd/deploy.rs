@@ -231,7 +231,16 @@ fn gpu_resource(plan: &Plan, gpu: &str) -> String {
 
 fn plan_manifests(d: &Deployed, name: &str, args: &K8sArgs) -> Result<Vec<Json>, String> {
     let plan = &d.plan;
-    let processes = plan.workers.len().max(1);
+    // A plan without a `workers` list numbers its workers as they first appear (SPEC 3.10).
+    let mut workers: Vec<&str> = plan.workers.iter().map(String::as_str).collect();
+    if workers.is_empty() {
+        for n in &plan.nodes {
+            if !workers.contains(&n.worker.as_str()) {
+                workers.push(&n.worker);
+            }
+        }
+    }
+    let processes = workers.len().max(1);
     let serve = args.priority == Priority::Online;
     if serve && processes > 1 {
         return Err(format!(
@@ -291,15 +300,17 @@ fn plan_manifests(d: &Deployed, name: &str, args: &K8sArgs) -> Result<Vec<Json>,
         container["readinessProbe"] = json!({"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 2});
         container["livenessProbe"] = json!({"httpGet": {"path": "/v2/health/live", "port": HTTP_PORT}, "periodSeconds": 10});
     }
+    let scrape = if serve { "true" } else { "false" };
+    let priority = if serve { "mars-online" } else { "mars-offline" };
     let mut spec = json!({
         "serviceName": name,
         "replicas": processes,
         "podManagementPolicy": "Parallel",
         "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
         "template": {
-            "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": if serve { "true" } else { "false" }, "prometheus.io/port": HTTP_PORT.to_string()}},
+            "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": scrape, "prometheus.io/port": HTTP_PORT.to_string()}},
             "spec": {
-                "priorityClassName": if serve { "mars-online" } else { "mars-offline" },
+                "priorityClassName": priority,
                 "terminationGracePeriodSeconds": 40,
                 "containers": [container],
                 "volumes": volumes,
