@@ -183,11 +183,11 @@ impl Pool {
         self.busy < self.slots()
     }
 
-    /// Tell an elastic node's controller what the operator sees: items queued now, and items
-    /// queued since the start.
-    pub fn observe(&self, backlog: usize, arrived: u64) {
+    /// Tell an elastic node's controller what the operator saw: items queued and items
+    /// answered since the start.
+    pub fn observe(&self, arrived: u64, answered: u64) {
         if let Some(l) = &self.lease {
-            l.observe(backlog, arrived);
+            l.observe(arrived, answered);
         }
     }
 
@@ -318,7 +318,9 @@ fn run_chunk(
     let n = job.items.len();
     let start = Instant::now();
     let mut flushed = start;
-    let mut errors = 0;
+    // Counted in the meter at each flush, so that a long chunk's busy time and items show
+    // while it runs (the elastic controller reads them every tick).
+    let (mut counted_at, mut counted, mut errors_uncounted) = (start, 0usize, 0usize);
     let mut keys = Vec::with_capacity(n);
     let mut results = Vec::with_capacity(n);
     let each = me.meter.keeps_spans();
@@ -329,10 +331,16 @@ fn run_chunk(
         if each {
             me.meter.batch(me.replica, t, Instant::now(), 1, failed);
         }
-        errors += failed;
+        errors_uncounted += failed;
         keys.push(key);
         results.extend(r);
         if flushed.elapsed() >= CHUNK_FLUSH {
+            if !each {
+                let now = Instant::now();
+                let k = keys.len();
+                me.meter.batches(me.replica, counted_at, now, k, k, errors_uncounted);
+                (counted_at, counted, errors_uncounted) = (now, counted + k, 0);
+            }
             let d = Done {
                 keys: std::mem::take(&mut keys),
                 results: std::mem::take(&mut results),
@@ -344,8 +352,9 @@ fn run_chunk(
             flushed = Instant::now();
         }
     }
-    if !each {
-        me.meter.batches(me.replica, start, Instant::now(), n, n, errors);
+    if !each && n > counted {
+        let rest = n - counted;
+        me.meter.batches(me.replica, counted_at, Instant::now(), rest, rest, errors_uncounted);
     }
     keys.is_empty() || done.send(Done { keys, results }).is_ok()
 }

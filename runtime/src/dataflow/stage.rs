@@ -63,8 +63,10 @@ struct Stage {
     emits: Vec<(u64, Rec)>,
     batcher: Batcher,
     pool: Option<Pool>,
-    /// Items ever queued (an elastic node's arrivals, SPEC 10.2).
+    /// Items ever queued and ever answered (an elastic node's arrivals and completions,
+    /// SPEC 10.2).
     arrived: u64,
+    answered: u64,
 }
 
 impl Stage {
@@ -154,6 +156,7 @@ impl Stage {
     }
 
     fn completed(&mut self, done: Done) {
+        self.answered += done.keys.len() as u64;
         for ((id, elem, time), result) in done.keys.into_iter().zip(done.results) {
             let result = result.and_then(|outs| {
                 if outs.len() == self.spec.out_ports {
@@ -327,6 +330,7 @@ pub fn node_stage<'s>(
                 emits: Vec::new(),
                 pool,
                 arrived: 0,
+                answered: 0,
             };
             move |(input, frontier), output| {
                 st.now = Instant::now();
@@ -358,7 +362,7 @@ pub fn node_stage<'s>(
                     timer.activate_after(wait);
                 }
                 if let Some(pool) = &st.pool {
-                    pool.observe(st.queue.len(), st.arrived);
+                    pool.observe(st.arrived, st.answered);
                 }
                 st.flush(output);
             }

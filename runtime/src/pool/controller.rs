@@ -4,17 +4,18 @@
 //! it tick by tick.
 //!
 //! Damping, so that replicas do not flap between two nodes:
-//! - **hysteresis**: a node takes a replica only when its backlog holds at least two batches
-//!   per active replica and it needs at least one whole replica more than it has; a node gives
-//!   one only when its backlog is at most one batch per replica and it would still have
-//!   [`HEADROOM`] (10%) spare capacity after giving it;
+//! - **hysteresis**: a node takes a replica only when it holds at least three batches per
+//!   active replica (one running, two waiting) and it needs at least one whole replica more
+//!   than it has; a node gives one only when it holds at most two batches per replica and it
+//!   would still have
+//!   [`HEADROOM`] (5%) spare capacity after giving it;
 //! - **cooldown**: a node that took a replica gives none for [`COOLDOWN_TICKS`] ticks, and a
 //!   node that gave one takes none for as long;
 //! - **one move per tick**: one replica moves at a time, so every move is measured before the
 //!   next.
 
 /// A taker's spare capacity after the move, and a giver's after giving: need × (1 + H).
-pub const HEADROOM: f64 = 0.1;
+pub const HEADROOM: f64 = 0.05;
 /// The backlog a node should drain in this long counts as demand on top of its arrivals.
 pub const DRAIN_S: f64 = 1.0;
 /// Ticks a node that moved one way must wait before it moves the other way.
@@ -33,7 +34,7 @@ pub struct NodeObs {
     pub memory_mb: f64,
     /// The node's batch size (`max` of its policy; 1 under `none`).
     pub batch: u32,
-    /// Items queued at the node, not yet handed to a replica.
+    /// Items at the node and not yet answered: queued at its operator or handed to a replica.
     pub backlog: u64,
     /// Items per second that entered the node's queue.
     pub arrivals: f64,
@@ -106,14 +107,14 @@ pub fn need(n: &NodeObs) -> Option<f64> {
 
 fn starved(n: &NodeObs, need: Option<f64>) -> bool {
     n.active < n.max
-        && n.backlog >= 2 * u64::from(n.batch.max(1)) * u64::from(n.active)
+        && n.backlog >= 3 * u64::from(n.batch.max(1)) * u64::from(n.active)
         && need.is_some_and(|w| w >= f64::from(n.active) + 1.0)
 }
 
 /// Replicas a node could give and still have [`HEADROOM`] spare.
 fn spare(n: &NodeObs, need: Option<f64>) -> u32 {
     let Some(w) = need else { return 0 };
-    if n.backlog > u64::from(n.batch.max(1)) * u64::from(n.active) {
+    if n.backlog > 2 * u64::from(n.batch.max(1)) * u64::from(n.active) {
         return 0;
     }
     let keep = ((w * (1.0 + HEADROOM)).ceil() as u32).max(n.min);
@@ -244,8 +245,8 @@ mod tests {
                 None,
             ),
             (
-                "a backlog under two batches per replica is not starvation",
-                vec![node(4, 0, 100.0, 100.0, 0.2), node(4, 7, 500.0, 500.0, 4.0)],
+                "a backlog under three batches per replica is not starvation",
+                vec![node(4, 0, 100.0, 100.0, 0.2), node(4, 11, 500.0, 500.0, 4.0)],
                 8.0,
                 None,
             ),

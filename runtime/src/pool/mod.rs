@@ -42,9 +42,9 @@ pub struct Lease {
     /// The index of the node's worker in the plan's budget.
     pub worker: usize,
     active: AtomicU32,
-    /// The operator's queue length and the items it ever queued.
-    backlog: AtomicU64,
+    /// Items the operator ever queued, and ever got answers for.
     arrived: AtomicU64,
+    answered: AtomicU64,
     closed: AtomicBool,
     gate: Mutex<()>,
     turn: Condvar,
@@ -109,10 +109,10 @@ impl Lease {
         }
     }
 
-    /// The operator's view, after each activation: items queued now, items queued ever.
-    pub fn observe(&self, backlog: usize, arrived: u64) {
-        self.backlog.store(backlog as u64, Ordering::Relaxed);
+    /// The operator's view, after each activation: items queued and answered since the start.
+    pub fn observe(&self, arrived: u64, answered: u64) {
         self.arrived.store(arrived, Ordering::Relaxed);
+        self.answered.store(answered, Ordering::Relaxed);
     }
 
     /// How the pool wakes the node's operator.
@@ -195,8 +195,8 @@ pub fn arm(plan: &Plan, meters: &[Arc<NodeMeter>], mine: impl Fn(usize) -> bool)
             memory_mb: r.memory_mb,
             worker,
             active: AtomicU32::new(node.replicas),
-            backlog: AtomicU64::new(0),
             arrived: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             gate: Mutex::new(()),
             turn: Condvar::new(),
@@ -218,7 +218,7 @@ pub fn replicas_to_build(plan: &Plan, meters: &[Arc<NodeMeter>], i: usize) -> u3
 
 /// What the controller keeps per node between ticks.
 struct Track {
-    items: u64,
+    answered: u64,
     busy_ns: u64,
     arrived: u64,
     /// Smoothed arrivals/s, completions/s, busy replicas.
@@ -266,7 +266,7 @@ fn control_loop(
     let mut tracks: Vec<Track> = elastic
         .iter()
         .map(|_| Track {
-            items: 0,
+            answered: 0,
             busy_ns: 0,
             arrived: 0,
             rates: None,
@@ -293,13 +293,17 @@ fn control_loop(
             let l = &leases[k];
             let t = meters[i].totals();
             let arrived = l.arrived.load(Ordering::Relaxed);
+            let answered = l.answered.load(Ordering::Relaxed);
+            let in_node = arrived.saturating_sub(answered);
+            let active = l.active();
             let tr = &mut tracks[k];
+            let busy = t[3].saturating_sub(tr.busy_ns) as f64 / 1e9 / dt;
             let fresh = (
                 arrived.saturating_sub(tr.arrived) as f64 / dt,
-                t[1].saturating_sub(tr.items) as f64 / dt,
-                t[3].saturating_sub(tr.busy_ns) as f64 / 1e9 / dt,
+                answered.saturating_sub(tr.answered) as f64 / dt,
+                busy,
             );
-            (tr.items, tr.busy_ns, tr.arrived) = (t[1], t[3], arrived);
+            (tr.answered, tr.busy_ns, tr.arrived) = (answered, t[3], arrived);
             let r = match tr.rates {
                 None => fresh,
                 Some(o) => (
@@ -310,7 +314,6 @@ fn control_loop(
             };
             tr.rates = Some(r);
             let pinned = l.pinned.load(Ordering::Acquire);
-            let active = l.active();
             obs.push(NodeObs {
                 worker: l.worker,
                 active,
@@ -319,7 +322,7 @@ fn control_loop(
                 cores: l.cores,
                 memory_mb: l.memory_mb,
                 batch: batches[i],
-                backlog: l.backlog.load(Ordering::Relaxed),
+                backlog: in_node,
                 arrivals: r.0,
                 completions: r.1,
                 busy: r.2,
