@@ -29,13 +29,16 @@ pub struct Args {
     pub item_ms: f64,
     #[arg(long, default_value_t = 256)]
     pub max_inflight: usize,
+    /// Rounds: the three runs take turns this many times; each is reported by its median.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
 }
 
 const SOURCE: &str = "use std.bench.shift\n\npipeline wrong(x: Int) -> (y: Int) {\n  let a = shift(x, item_ms = A_MS) @batch(none)\n  y = shift(a, item_ms = Y_MS) @batch(none)\n}\n";
 
 fn profile(a_ms: f64, y_ms: f64) -> String {
     format!(
-        "mars_profile: 1\nnodes:\n  std.bench.shift@a:\n    cpu: {{batch: [1], latency_ms: [{a_ms}], cpu_cores: 1.0}}\n  std.bench.shift@y:\n    cpu: {{batch: [1], latency_ms: [{y_ms}], cpu_cores: 1.0}}\n"
+        "mars_profile: 1\nnodes:\n  shift@a:\n    cpu: {{batch: [1], latency_ms: [{a_ms}], cpu_cores: 1.0}}\n  shift@y:\n    cpu: {{batch: [1], latency_ms: [{y_ms}], cpu_cores: 1.0}}\n"
     )
 }
 
@@ -81,9 +84,21 @@ pub fn bench(args: Args) -> miette::Result<serde_json::Value> {
         ..RunOptions::default()
     };
     let fail = |e: mars_runtime::RunError| miette!(code = "mars::bench::run", "{e}");
-    let (fixed, _) = measure(&wrong, &registry, args.requests, opts(false)).map_err(fail)?;
-    let (elastic, _) = measure(&wrong, &registry, args.requests, opts(true)).map_err(fail)?;
-    let (best, _) = measure(&truth, &registry, args.requests, opts(false)).map_err(fail)?;
+    let mut runs: [Vec<mars_runtime::RunReport>; 3] = Default::default();
+    for _ in 0..args.repeat.max(1) {
+        for (k, (plan, elastic)) in [(&wrong, false), (&wrong, true), (&truth, false)].into_iter().enumerate() {
+            let (r, _) = measure(plan, &registry, args.requests, opts(elastic)).map_err(fail)?;
+            runs[k].push(r);
+        }
+    }
+    let all: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|rs| rs.iter().map(|r| r.stats.throughput).collect())
+        .collect();
+    let [fixed, elastic, best] = runs.map(|mut rs| {
+        rs.sort_by(|a, b| a.stats.throughput.total_cmp(&b.stats.throughput));
+        rs.swap_remove(rs.len() / 2)
+    });
     let reps = |p: &mars_plan::Plan| {
         p.nodes
             .iter()
@@ -93,8 +108,8 @@ pub fn bench(args: Args) -> miette::Result<serde_json::Value> {
     };
     let ratio = |x: f64| x / best.stats.throughput.max(1e-9);
     println!(
-        "elastic: stages a ({a_ms} ms/item) and y ({y_ms} ms/item, profiled as {a_ms}), {} cores, {} requests",
-        args.cpus, args.requests
+        "elastic: stages a ({a_ms} ms/item) and y ({y_ms} ms/item, profiled as {a_ms}), {} cores, {} requests, median of {} rounds",
+        args.cpus, args.requests, args.repeat.max(1)
     );
     println!(
         "  fixed, wrong profile   ({})  {:>8.1} req/s  ({:.3} of the true plan; predicted {:.1})",
@@ -120,12 +135,17 @@ pub fn bench(args: Args) -> miette::Result<serde_json::Value> {
         best.stats.throughput,
         truth.predicted.throughput
     );
+    println!(
+        "  every run (req/s): fixed {:?}, elastic {:?}, true {:?}",
+        all[0], all[1], all[2]
+    );
     Ok(serde_json::json!({
         "bench": "elastic", "requests": args.requests, "cpus": args.cpus,
         "fixed_wrong": fixed.stats.throughput, "elastic_wrong": elastic.stats.throughput,
         "fixed_true": best.stats.throughput,
         "elastic_over_true": ratio(elastic.stats.throughput),
         "fixed_over_true": ratio(fixed.stats.throughput),
+        "runs": {"fixed_wrong": all[0], "elastic_wrong": all[1], "fixed_true": all[2]},
         "elastic_stats": elastic.stats,
     }))
 }
