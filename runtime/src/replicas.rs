@@ -99,7 +99,7 @@ impl Pool {
                 nodes.truncate(l.active() as usize);
             }
             let wake = wake.clone();
-            l.set_wake(Box::new(move || wake()));
+            l.set_wake(Box::new(wake));
         }
         let replicas = nodes.len();
         if let Some(c) = &continuous {
