@@ -18,7 +18,8 @@ fn marsc() -> Command {
 }
 
 fn schemas() -> Json {
-    let text = std::fs::read_to_string(root().join("tests/deploy/k8s-schemas.json")).expect("schemas");
+    let text =
+        std::fs::read_to_string(root().join("tests/deploy/k8s-schemas.json")).expect("schemas");
     serde_json::from_str(&text).expect("schemas are JSON")
 }
 
@@ -26,7 +27,9 @@ fn schemas() -> Json {
 fn violations(value: &Json, schema: &Json, defs: &Json, at: &str, out: &mut Vec<String>) {
     if let Some(r) = schema.get("$ref").and_then(Json::as_str) {
         let name = r.trim_start_matches("#/definitions/");
-        let def = defs.get(name).unwrap_or_else(|| panic!("no definition {name}"));
+        let def = defs
+            .get(name)
+            .unwrap_or_else(|| panic!("no definition {name}"));
         return violations(value, def, defs, at, out);
     }
     let ty = schema.get("type").and_then(Json::as_str);
@@ -105,7 +108,9 @@ fn deploy(plans: &[PathBuf], extra: &[&str]) -> Vec<Json> {
 }
 
 fn kinds(docs: &[Json]) -> Vec<String> {
-    docs.iter().map(|d| d["kind"].as_str().unwrap_or("?").to_string()).collect()
+    docs.iter()
+        .map(|d| d["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
 }
 
 #[test]
@@ -123,11 +128,24 @@ fn served_and_batch_plans_give_valid_manifests() {
         .arg(&plan)
         .assert()
         .success();
-    let served = deploy(&[plan.clone(), root().join("tests/serve/ab.plan.yaml")], &["--namespace", "ml"]);
+    let served = deploy(
+        &[plan.clone(), root().join("tests/serve/ab.plan.yaml")],
+        &["--namespace", "ml"],
+    );
     assert_eq!(
         kinds(&served),
-        ["PriorityClass", "PriorityClass", "ConfigMap", "Service", "StatefulSet", "HorizontalPodAutoscaler",
-         "ConfigMap", "Service", "StatefulSet", "HorizontalPodAutoscaler"]
+        [
+            "PriorityClass",
+            "PriorityClass",
+            "ConfigMap",
+            "Service",
+            "StatefulSet",
+            "HorizontalPodAutoscaler",
+            "ConfigMap",
+            "Service",
+            "StatefulSet",
+            "HorizontalPodAutoscaler"
+        ]
     );
     for d in &served {
         let v = validate(d, &schemas);
@@ -136,21 +154,48 @@ fn served_and_batch_plans_give_valid_manifests() {
     let sts = &served[4];
     let pod = &sts["spec"]["template"]["spec"];
     assert_eq!(pod["priorityClassName"], "mars-online");
-    assert_eq!(pod["containers"][0]["resources"]["requests"]["cpu"], "8000m");
-    assert!(pod["containers"][0]["command"][2].as_str().expect("script").contains("--elastic on"));
+    assert_eq!(
+        pod["containers"][0]["resources"]["requests"]["cpu"],
+        "8000m"
+    );
+    assert!(pod["containers"][0]["command"][2]
+        .as_str()
+        .expect("script")
+        .contains("--elastic on"));
     let hpa = &served[5]["spec"];
-    assert_eq!(hpa["metrics"][0]["pods"]["metric"]["name"], "mars_queue_depth");
-    assert_eq!(hpa["metrics"][0]["pods"]["metric"]["selector"]["matchLabels"]["pipeline"], "drift");
+    assert_eq!(
+        hpa["metrics"][0]["pods"]["metric"]["name"],
+        "mars_queue_depth"
+    );
+    assert_eq!(
+        hpa["metrics"][0]["pods"]["metric"]["selector"]["matchLabels"]["pipeline"],
+        "drift"
+    );
 
     // A three-worker plan as an offline batch cluster: one pod per process, no autoscaler.
-    let batch = deploy(&[root().join("tests/runtime/spread.plan.yaml")], &["--priority", "offline"]);
-    assert_eq!(kinds(&batch), ["PriorityClass", "PriorityClass", "ConfigMap", "Service", "StatefulSet"]);
+    let batch = deploy(
+        &[root().join("tests/runtime/spread.plan.yaml")],
+        &["--priority", "offline"],
+    );
+    assert_eq!(
+        kinds(&batch),
+        [
+            "PriorityClass",
+            "PriorityClass",
+            "ConfigMap",
+            "Service",
+            "StatefulSet"
+        ]
+    );
     for d in &batch {
         let v = validate(d, &schemas);
         assert!(v.is_empty(), "{v:#?}\n{d:#}");
     }
     assert_eq!(batch[4]["spec"]["replicas"], 3);
-    assert_eq!(batch[4]["spec"]["template"]["spec"]["priorityClassName"], "mars-offline");
+    assert_eq!(
+        batch[4]["spec"]["template"]["spec"]["priorityClassName"],
+        "mars-offline"
+    );
     let hosts = batch[2]["data"]["hosts"].as_str().expect("hosts");
     assert_eq!(hosts.lines().count(), 3);
     assert!(hosts.starts_with("mars-spread-0.mars-spread.default.svc.cluster.local:7100\n"));
@@ -172,7 +217,9 @@ fn the_validator_catches_what_kubernetes_would_refuse() {
     let v = validate(&sts, &schemas);
     assert_eq!(v.len(), 3, "{v:#?}");
     assert!(v.iter().any(|e| e.contains("unknown key `replicaz`")));
-    assert!(v.iter().any(|e| e.contains("nvidia.com/gpu: expected string")));
+    assert!(v
+        .iter()
+        .any(|e| e.contains("nvidia.com/gpu: expected string")));
     assert!(v.iter().any(|e| e.contains("missing required `name`")));
 }
 
@@ -184,5 +231,8 @@ fn a_multi_worker_plan_cannot_be_served_and_says_why() {
         .assert()
         .failure();
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert!(err.contains("runs on 3 workers") && err.contains("--priority offline"), "{err}");
+    assert!(
+        err.contains("runs on 3 workers") && err.contains("--priority offline"),
+        "{err}"
+    );
 }

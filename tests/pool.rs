@@ -8,7 +8,9 @@ use assert_cmd::Command;
 use serde_json::Value as Json;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pool").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/pool")
+        .join(name)
 }
 
 fn marsc() -> Command {
@@ -60,10 +62,16 @@ fn run(plan: &Path, dir: &Path, n: usize, elastic: &str) -> (Json, Vec<Json>) {
 }
 
 fn exactly_once(records: &[Json], n: usize) {
-    let mut ids: Vec<u64> = records.iter().map(|r| r["id"].as_u64().expect("id")).collect();
+    let mut ids: Vec<u64> = records
+        .iter()
+        .map(|r| r["id"].as_u64().expect("id"))
+        .collect();
     ids.sort_unstable();
     assert_eq!(ids, (1..=n as u64).collect::<Vec<_>>());
-    assert!(records.iter().all(|r| r.get("ok").is_some()), "an error record");
+    assert!(
+        records.iter().all(|r| r.get("ok").is_some()),
+        "an error record"
+    );
 }
 
 #[test]
@@ -76,7 +84,11 @@ fn the_plan_gives_each_pool_node_a_range_within_the_budget() {
     for node in plan["nodes"].as_sequence().expect("nodes") {
         assert_eq!(node["replicas"].as_u64(), Some(4), "{node:?}");
         let r = &node["replica_range"];
-        assert_eq!((r["min"].as_u64(), r["max"].as_u64()), (Some(1), Some(8)), "{node:?}");
+        assert_eq!(
+            (r["min"].as_u64(), r["max"].as_u64()),
+            (Some(1), Some(8)),
+            "{node:?}"
+        );
         assert_eq!(r["cores"].as_f64(), Some(1.0));
     }
 }
@@ -89,19 +101,36 @@ fn a_stage_that_slows_down_midway_gets_cores_from_the_other() {
     let (stats, records) = run(&plan, dir.path(), n, "on");
     exactly_once(&records, n);
     let e = &stats["elastic"];
-    assert!(e["moves"].as_u64().expect("moves") >= 1, "no move: {stats:#}");
+    assert!(
+        e["moves"].as_u64().expect("moves") >= 1,
+        "no move: {stats:#}"
+    );
     // The first move hands a core of `a` to the slowed stage `y` (no core is free: the plan
     // uses all 8), and the cores in use never exceed the target's 8.
     let log = e["log"].as_array().expect("log");
-    assert_eq!((&log[0]["kind"], &log[0]["from"], &log[0]["to"]), (&"transfer".into(), &"a".into(), &"y".into()), "{stats:#}");
+    assert_eq!(
+        (&log[0]["kind"], &log[0]["from"], &log[0]["to"]),
+        (&"transfer".into(), &"a".into(), &"y".into()),
+        "{stats:#}"
+    );
     for m in log {
-        let used: u64 = m["replicas"].as_object().expect("replicas").values().map(|v| v.as_u64().unwrap_or(0)).sum();
+        let used: u64 = m["replicas"]
+            .as_object()
+            .expect("replicas")
+            .values()
+            .map(|v| v.as_u64().unwrap_or(0))
+            .sum();
         assert!(used <= 8, "{m:#}");
     }
     let y = &stats["nodes"]["y"]["elastic"];
     assert!(y["most"].as_u64().expect("most") >= 5, "{stats:#}");
     assert_eq!(stats["nodes"]["a"]["elastic"]["most"].as_u64(), Some(4));
-    assert!(stats["nodes"]["a"]["elastic"]["fewest"].as_u64().expect("fewest") <= 3);
+    assert!(
+        stats["nodes"]["a"]["elastic"]["fewest"]
+            .as_u64()
+            .expect("fewest")
+            <= 3
+    );
 }
 
 #[test]

@@ -71,7 +71,10 @@ pub fn bench(args: Args) -> miette::Result<serde_json::Value> {
     std::fs::write(dir.join("wrong.mars"), src).into_diagnostic()?;
     std::fs::write(
         dir.join("target.yaml"),
-        format!("mars_target: 1\nworkers:\n  - {{name: w0, cpus: {}}}\n", args.cpus),
+        format!(
+            "mars_target: 1\nworkers:\n  - {{name: w0, cpus: {}}}\n",
+            args.cpus
+        ),
     )
     .into_diagnostic()?;
     let wrong = compile(&dir, "wrong", &profile(a_ms, a_ms))?;
@@ -86,7 +89,10 @@ pub fn bench(args: Args) -> miette::Result<serde_json::Value> {
     let fail = |e: mars_runtime::RunError| miette!(code = "mars::bench::run", "{e}");
     let mut runs: [Vec<mars_runtime::RunReport>; 3] = Default::default();
     for _ in 0..args.repeat.max(1) {
-        for (k, (plan, elastic)) in [(&wrong, false), (&wrong, true), (&truth, false)].into_iter().enumerate() {
+        for (k, (plan, elastic)) in [(&wrong, false), (&wrong, true), (&truth, false)]
+            .into_iter()
+            .enumerate()
+        {
             let (r, _) = measure(plan, &registry, args.requests, opts(elastic)).map_err(fail)?;
             runs[k].push(r);
         }

@@ -87,10 +87,7 @@ fn k8s(args: K8sArgs) -> miette::Result<ExitCode> {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| "plan.yaml".into());
-        let folder = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
         plans.push(Deployed {
             plan,
             text,
@@ -121,7 +118,12 @@ pub struct Deployed {
 /// The manifests as YAML documents separated by `---`.
 pub fn to_yaml(docs: &[Json]) -> String {
     docs.iter()
-        .map(|d| format!("---\n{}", serde_yaml::to_string(d).expect("JSON values serialize")))
+        .map(|d| {
+            format!(
+                "---\n{}",
+                serde_yaml::to_string(d).expect("JSON values serialize")
+            )
+        })
         .collect()
 }
 
@@ -129,7 +131,13 @@ pub fn to_yaml(docs: &[Json]) -> String {
 fn dns_name(s: &str) -> String {
     let mut out: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     out = out.trim_matches('-').to_string();
     if out.is_empty() {
@@ -177,9 +185,16 @@ fn resources(plan: &Plan) -> Json {
     let mut limits = BTreeMap::new();
     let cpus = plan.budget.iter().map(|b| b.cpus).fold(0.0, f64::max);
     if cpus > 0.0 {
-        requests.insert("cpu".to_string(), json!(format!("{}m", (cpus * 1000.0).round() as u64)));
+        requests.insert(
+            "cpu".to_string(),
+            json!(format!("{}m", (cpus * 1000.0).round() as u64)),
+        );
     }
-    let mem = plan.budget.iter().filter_map(|b| b.memory_mb).fold(0.0, f64::max);
+    let mem = plan
+        .budget
+        .iter()
+        .filter_map(|b| b.memory_mb)
+        .fold(0.0, f64::max);
     if mem > 0.0 {
         let mi = json!(format!("{}Mi", mem.ceil() as u64));
         requests.insert("memory".to_string(), mi.clone());
@@ -256,7 +271,11 @@ fn plan_manifests(d: &Deployed, name: &str, args: &K8sArgs) -> Result<Vec<Json>,
     let dir = if d.folder.is_empty() {
         args.app_dir.trim_end_matches('/').to_string()
     } else {
-        format!("{}/{}", args.app_dir.trim_end_matches('/'), d.folder.trim_start_matches("./"))
+        format!(
+            "{}/{}",
+            args.app_dir.trim_end_matches('/'),
+            d.folder.trim_start_matches("./")
+        )
     };
     let plan_path = format!("{dir}/{}", d.file);
     let elastic = if plan.budget.is_empty() { "off" } else { "on" };
@@ -297,8 +316,10 @@ fn plan_manifests(d: &Deployed, name: &str, args: &K8sArgs) -> Result<Vec<Json>,
         "resources": resources(plan),
     });
     if serve {
-        container["readinessProbe"] = json!({"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 2});
-        container["livenessProbe"] = json!({"httpGet": {"path": "/v2/health/live", "port": HTTP_PORT}, "periodSeconds": 10});
+        container["readinessProbe"] =
+            json!({"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 2});
+        container["livenessProbe"] =
+            json!({"httpGet": {"path": "/v2/health/live", "port": HTTP_PORT}, "periodSeconds": 10});
     }
     let scrape = if serve { "true" } else { "false" };
     let priority = if serve { "mars-online" } else { "mars-offline" };

@@ -93,7 +93,10 @@ pub fn validate_pool(plan: &Plan, text: &str, path: &str) -> Result<(), LoadErro
             return Err(err(
                 &at,
                 key,
-                format!("the plan's `budget` has no entry for worker `{}`", node.worker),
+                format!(
+                    "the plan's `budget` has no entry for worker `{}`",
+                    node.worker
+                ),
             ));
         }
     }

@@ -76,14 +76,24 @@ fn two_small_models_share_a_gpu_twice_as_fast_under_mps_or_mig() {
     let mps = plan_of(2, &devs, &gpu_target(a100(&[], true)));
     assert_eq!(mps.predicted.throughput, 125.0);
     assert_eq!(mps.gpu_shares.len(), 2);
-    assert!(mps.gpu_shares.iter().all(|s| s.mps_percent == Some(40) && s.gpu == "gpu0"));
+    assert!(mps
+        .gpu_shares
+        .iter()
+        .all(|s| s.mps_percent == Some(40) && s.gpu == "gpu0"));
     // MIG, two 3g.40gb instances (3/7 of the compute each): a model that fills 40% runs at
     // full speed on one, so each has its own: X·0.01 ≤ 1 → 100/s, twice the whole GPU.
     let mig = plan_of(2, &devs, &gpu_target(a100(&[("3g.40gb", 2)], false)));
     assert_eq!(mig.predicted.throughput, 100.0);
-    let gpus: Vec<_> = mig.nodes.iter().map(|n| n.gpu.clone().expect("on a gpu")).collect();
+    let gpus: Vec<_> = mig
+        .nodes
+        .iter()
+        .map(|n| n.gpu.clone().expect("on a gpu"))
+        .collect();
     assert_eq!(gpus, ["gpu0.mig0", "gpu0.mig1"]);
-    assert!(mig.gpu_shares.iter().all(|s| s.mig.as_deref() == Some("3g.40gb")));
+    assert!(mig
+        .gpu_shares
+        .iter()
+        .all(|s| s.mig.as_deref() == Some("3g.40gb")));
     // On 1g.10gb instances (1/7) the same model runs 0.4·7 = 2.8× slower: 28 ms, 35.7/s.
     let small = plan_of(1, &devs[..1], &gpu_target(a100(&[("1g.10gb", 7)], false)));
     assert_eq!(small.nodes[0].predicted.latency_ms, 28.0);
@@ -94,7 +104,11 @@ fn two_small_models_share_a_gpu_twice_as_fast_under_mps_or_mig() {
 fn memory_keeps_a_model_off_an_instance_too_small_for_it() {
     // 12 GB of weights: only the 3g.40gb instance holds it, however slow the 1g ones would be.
     let devs = vec![gpu_only(&[1], &[10.0], &[12_000.0], 0.1)];
-    let plan = plan_of(1, &devs, &gpu_target(a100(&[("1g.10gb", 4), ("3g.40gb", 1)], false)));
+    let plan = plan_of(
+        1,
+        &devs,
+        &gpu_target(a100(&[("1g.10gb", 4), ("3g.40gb", 1)], false)),
+    );
     assert_eq!(plan.nodes[0].gpu.as_deref(), Some("gpu0.mig4"));
     assert_eq!(plan.gpu_shares[0].mig.as_deref(), Some("3g.40gb"));
 }
@@ -267,19 +281,32 @@ fn packing_matches_brute_force_on_random_gpus() {
         let prof = profile(&entries);
         match plan_pipeline(&p, Some(&prof), &t, &PlanOptions::default()) {
             Ok(plan) => {
-                assert!(optimum > 0.0, "planned where nothing fits: {}", plan.to_yaml());
+                assert!(
+                    optimum > 0.0,
+                    "planned where nothing fits: {}",
+                    plan.to_yaml()
+                );
                 let got = plan.predicted.throughput;
                 assert!(
                     got >= 0.99 * optimum - 1e-3,
                     "planner {got} < brute force {optimum}\n{}",
                     plan.to_yaml()
                 );
-                assert!(got <= optimum * 1.001 + 1e-3, "planner {got} > brute force {optimum}");
+                assert!(
+                    got <= optimum * 1.001 + 1e-3,
+                    "planner {got} > brute force {optimum}"
+                );
                 cases += 1;
             }
-            Err(e) => assert_eq!(optimum, 0.0, "no plan but brute force found {optimum}: {e:?}"),
+            Err(e) => assert_eq!(
+                optimum, 0.0,
+                "no plan but brute force found {optimum}: {e:?}"
+            ),
         }
     }
     // The rest have a model too large for every instance: both sides find nothing.
-    assert!(cases >= 80 && mps_cases >= 10, "{cases} cases, {mps_cases} under MPS");
+    assert!(
+        cases >= 80 && mps_cases >= 10,
+        "{cases} cases, {mps_cases} under MPS"
+    );
 }

@@ -221,13 +221,19 @@ mod tests {
         let cases: Vec<(&str, Vec<NodeObs>, f64, Option<Move>)> = vec![
             (
                 "a backlogged node grows on free cores",
-                vec![node(2, 400, 300.0, 300.0, 2.0), node(2, 0, 300.0, 300.0, 0.6)],
+                vec![
+                    node(2, 400, 300.0, 300.0, 2.0),
+                    node(2, 0, 300.0, 300.0, 0.6),
+                ],
                 8.0,
                 Some(Move::Grow { node: 0 }),
             ),
             (
                 "no free cores: the idle-ish node gives one",
-                vec![node(4, 0, 330.0, 330.0, 0.7), node(4, 600, 330.0, 330.0, 4.0)],
+                vec![
+                    node(4, 0, 330.0, 330.0, 0.7),
+                    node(4, 600, 330.0, 330.0, 4.0),
+                ],
                 8.0,
                 Some(Move::Transfer { from: 0, to: 1 }),
             ),
@@ -240,43 +246,73 @@ mod tests {
             (
                 "the giver would fall under its headroom: nothing moves",
                 // needs 2.0 × 1.25 = 2.5 → keeps 3 of its 3.
-                vec![node(3, 0, 1000.0, 1000.0, 2.0), node(5, 900, 1000.0, 1000.0, 5.0)],
+                vec![
+                    node(3, 0, 1000.0, 1000.0, 2.0),
+                    node(5, 900, 1000.0, 1000.0, 5.0),
+                ],
                 8.0,
                 None,
             ),
             (
                 "a backlog under three batches per replica is not starvation",
-                vec![node(4, 0, 100.0, 100.0, 0.2), node(4, 11, 500.0, 500.0, 4.0)],
+                vec![
+                    node(4, 0, 100.0, 100.0, 0.2),
+                    node(4, 11, 500.0, 500.0, 4.0),
+                ],
                 8.0,
                 None,
             ),
             (
                 "at its max a node takes nothing",
-                vec![node(1, 0, 10.0, 10.0, 0.1), NodeObs { max: 7, ..node(7, 900, 1000.0, 1000.0, 7.0) }],
+                vec![
+                    node(1, 0, 10.0, 10.0, 0.1),
+                    NodeObs {
+                        max: 7,
+                        ..node(7, 900, 1000.0, 1000.0, 7.0)
+                    },
+                ],
                 8.0,
                 None,
             ),
             (
                 "the most pressed of two takers wins",
-                vec![node(2, 100, 100.0, 100.0, 2.0), node(2, 1000, 100.0, 100.0, 2.0)],
+                vec![
+                    node(2, 100, 100.0, 100.0, 2.0),
+                    node(2, 1000, 100.0, 100.0, 2.0),
+                ],
                 8.0,
                 Some(Move::Grow { node: 1 }),
             ),
             (
                 "a replica of two cores does not fit in one free core",
-                vec![NodeObs { cores: 2.0, ..node(3, 900, 100.0, 100.0, 3.0) }, node(1, 5, 100.0, 100.0, 1.0)],
+                vec![
+                    NodeObs {
+                        cores: 2.0,
+                        ..node(3, 900, 100.0, 100.0, 3.0)
+                    },
+                    node(1, 5, 100.0, 100.0, 1.0),
+                ],
                 8.0,
                 None,
             ),
             (
                 "another worker's spare cores do not help",
-                vec![node(4, 900, 100.0, 100.0, 4.0), NodeObs { worker: 1, ..node(4, 0, 0.0, 0.0, 0.0) }],
+                vec![
+                    node(4, 900, 100.0, 100.0, 4.0),
+                    NodeObs {
+                        worker: 1,
+                        ..node(4, 0, 0.0, 0.0, 0.0)
+                    },
+                ],
                 4.0,
                 None,
             ),
             (
                 "memory bounds growth as cores do",
-                vec![NodeObs { memory_mb: 500.0, ..node(2, 900, 100.0, 100.0, 2.0) }],
+                vec![NodeObs {
+                    memory_mb: 500.0,
+                    ..node(2, 900, 100.0, 100.0, 2.0)
+                }],
                 8.0,
                 None,
             ),
@@ -342,7 +378,10 @@ mod tests {
         let mut last_move = 0;
         for tick in 0..100u64 {
             // Closed loop: the source keeps `inflight` items in the pipeline.
-            let cap = [f64::from(active[0]) * speed[0], f64::from(active[1]) * speed[1]];
+            let cap = [
+                f64::from(active[0]) * speed[0],
+                f64::from(active[1]) * speed[1],
+            ];
             let in_pipe = backlog[0] + backlog[1];
             let admitted = (inflight - in_pipe).max(0.0) / dt;
             let done0 = cap[0].min(admitted + backlog[0] / dt);
@@ -351,7 +390,11 @@ mod tests {
             backlog[1] = (backlog[1] + (done0 - done1) * dt).max(0.0);
             let obs: Vec<NodeObs> = (0..2)
                 .map(|i| {
-                    let (arr, done) = if i == 0 { (admitted, done0) } else { (done0, done1) };
+                    let (arr, done) = if i == 0 {
+                        (admitted, done0)
+                    } else {
+                        (done0, done1)
+                    };
                     node(active[i], backlog[i] as u64, arr, done, done / speed[i])
                 })
                 .collect();

@@ -79,7 +79,10 @@ impl Lease {
 
     /// Block replica `r` while it is parked; `false` once the pool closes.
     pub fn wait_turn(&self, r: u32) -> bool {
-        let mut g = self.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self
+            .gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return false;
@@ -87,21 +90,31 @@ impl Lease {
             if r < self.active() {
                 return true;
             }
-            g = self.turn.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
+            g = self
+                .turn
+                .wait(g)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
     /// The pool is going away: release every parked replica.
     pub fn close(&self) {
-        let _g = self.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _g = self
+            .gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.closed.store(true, Ordering::Release);
         self.turn.notify_all();
     }
 
     fn set_active(&self, n: u32) {
         {
-            let _g = self.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.active.store(n.clamp(self.min, self.max), Ordering::Release);
+            let _g = self
+                .gate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.active
+                .store(n.clamp(self.min, self.max), Ordering::Release);
             self.turn.notify_all();
         }
         if let Some(w) = self.wake.lock().ok().as_deref().and_then(Option::as_ref) {
@@ -229,7 +242,9 @@ struct Track {
 /// the run's meters are gone. Nodes without a range (older plans, GPU nodes, inline nodes)
 /// hold no cores of the budget.
 pub fn start(plan: &Plan, meters: &Arc<Vec<Arc<NodeMeter>>>) {
-    let elastic: Vec<usize> = (0..meters.len()).filter(|&i| meters[i].lease().is_some()).collect();
+    let elastic: Vec<usize> = (0..meters.len())
+        .filter(|&i| meters[i].lease().is_some())
+        .collect();
     if elastic.is_empty() {
         return;
     }
@@ -276,7 +291,9 @@ fn control_loop(
     let mut tick = 0u64;
     loop {
         std::thread::sleep(TICK);
-        let Some(meters) = meters.upgrade() else { return };
+        let Some(meters) = meters.upgrade() else {
+            return;
+        };
         let now = Instant::now();
         let dt = now.duration_since(last).as_secs_f64().max(1e-6);
         last = now;
@@ -329,7 +346,10 @@ fn control_loop(
             });
         }
         let decision = controller::decide(&obs, &budgets, &damping, tick);
-        let mut log = leases[0].log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut log = leases[0]
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         log.ticks = tick;
         for (k, &i) in elastic.iter().enumerate() {
             let a = leases[k].active();
@@ -337,7 +357,9 @@ fn control_loop(
             let e = log.seen.entry(meters[i].id.clone()).or_insert((a, a));
             *e = (e.0.min(a), e.1.max(a));
         }
-        let Some((mv, reason)) = decision else { continue };
+        let Some((mv, reason)) = decision else {
+            continue;
+        };
         damping.record(mv, tick);
         let name = |k: usize| meters[elastic[k]].id.clone();
         let (kind, from, to) = match mv {
@@ -379,7 +401,10 @@ fn control_loop(
 /// The controller's report for a run's stats, when some node was elastic.
 pub fn report(meters: &[Arc<NodeMeter>]) -> Option<ElasticStats> {
     let lease = meters.iter().find_map(|m| m.lease().cloned())?;
-    let log = lease.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let log = lease
+        .log
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let count = |k: &str| log.moves.iter().filter(|m| m.kind == k).count() as u64;
     Some(ElasticStats {
         tick_ms: TICK.as_millis() as u64,
@@ -394,7 +419,10 @@ pub fn report(meters: &[Arc<NodeMeter>]) -> Option<ElasticStats> {
 /// One node's replicas over the run, when it had a lease.
 pub fn node_report(meter: &NodeMeter) -> Option<NodeElastic> {
     let lease = meter.lease()?;
-    let log = lease.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let log = lease
+        .log
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let active = lease.active();
     let (fewest, most) = log.seen.get(&meter.id).copied().unwrap_or((active, active));
     Some(NodeElastic {
@@ -418,8 +446,14 @@ pub fn with_gpu_share(plan: &Plan, i: usize) -> mars_plan::PlanNode {
         // `exec` keeps the program the process the runtime started (and kills), as for a
         // simple command without the variable.
         let simple = !cmd.contains(['&', '|', ';', '(', '{', '\n', '$', '`', '<', '>']);
-        let run = if simple { format!("exec {cmd}") } else { cmd.clone() };
-        node.implementation.exec = Some(format!("export CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={pct}; {run}"));
+        let run = if simple {
+            format!("exec {cmd}")
+        } else {
+            cmd.clone()
+        };
+        node.implementation.exec = Some(format!(
+            "export CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={pct}; {run}"
+        ));
     }
     node
 }
@@ -430,7 +464,8 @@ mod tests {
 
     #[test]
     fn an_exec_node_on_an_mps_share_gets_its_thread_percentage() {
-        let mut plan = crate::scenarios::delay_chain("p", &[1.0, 1.0], crate::scenarios::batch_none(), 1);
+        let mut plan =
+            crate::scenarios::delay_chain("p", &[1.0, 1.0], crate::scenarios::batch_none(), 1);
         plan.nodes[1].implementation = mars_plan::Implementation {
             builtin: None,
             exec: Some("python3 model.py".into()),
@@ -475,7 +510,10 @@ mod tests {
             std::thread::spawn(move || lease.wait_turn(3))
         };
         lease.set_active(4);
-        assert!(parked.join().expect("joins"), "replica 3 runs once 4 are active");
+        assert!(
+            parked.join().expect("joins"),
+            "replica 3 runs once 4 are active"
+        );
         lease.set_active(9);
         assert_eq!(lease.active(), 4, "never past max");
         lease.set_active(2);
@@ -484,6 +522,9 @@ mod tests {
             std::thread::spawn(move || lease.wait_turn(2))
         };
         lease.close();
-        assert!(!parked.join().expect("joins"), "a closed pool releases its parked replicas");
+        assert!(
+            !parked.join().expect("joins"),
+            "a closed pool releases its parked replicas"
+        );
     }
 }
