@@ -48,6 +48,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Start one process of a multi-process cluster running a plan.
     Worker(cmd::worker::Args),
+    /// Write deployment manifests for plans (`marsc deploy k8s PLAN…`).
+    Deploy(cmd::deploy::Args),
     /// Benchmarks of whole pipelines and of the runtime.
     Bench(cmd::bench::Args),
     /// Make model weight files (`marsc weights init`).
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         Command::Target(a) => cmd::target::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Worker(a) => cmd::worker::run(a),
+        Command::Deploy(a) => cmd::deploy::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Weights(a) => cmd::weights::run(a),
         Command::TrainDemo(a) => cmd::train_demo::run(a),

@@ -37,6 +37,7 @@ fn context(
             worker: "w0".into(),
             gpu: None,
             replicas: 1,
+            replica_range: None,
             batch: BatchSpec {
                 policy: BatchPolicy::Dynamic,
                 max: 64,

@@ -108,6 +108,8 @@ fn layered(n: usize) -> (Pipeline, Profile, Target) {
             name: gpu.into(),
             memory_gb: 80.0,
             share: 1.0,
+            mig: Vec::new(),
+            mps: false,
         }],
     };
     let target = Target {

@@ -11,6 +11,7 @@ pub mod files;
 pub mod gpu;
 pub mod node;
 pub mod npy;
+pub mod pool;
 pub mod profiler;
 pub mod replicas;
 pub mod run;

@@ -1196,6 +1196,7 @@ mod tests {
             worker: "w0".into(),
             gpu: None,
             replicas: 1,
+            replica_range: None,
             batch: BatchSpec {
                 policy: BatchPolicy::Dynamic,
                 max: 8,
@@ -1215,6 +1216,8 @@ mod tests {
         Plan {
             mars_plan: 1,
             workers: Vec::new(),
+            budget: Vec::new(),
+            gpu_shares: Vec::new(),
             mars_version: "test".into(),
             pipeline: "p".into(),
             inputs_of_plan: PlanOrigin {

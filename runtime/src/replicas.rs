@@ -10,6 +10,10 @@
 //! item is run again alone, once, and only an item that panics again fails (poison
 //! isolation). The replica goes on with the next batch.
 //!
+//! An elastic node (SPEC 10) has a [`crate::pool::Lease`]: its pool holds the range's `max`
+//! replicas, those past the lease's `active` count park between batches, and the pool
+//! offers only `active` slots to its operator.
+//!
 //! A generating node under the `continuous` policy runs the iteration-level scheduler of
 //! [`crate::continuous`] instead: its replicas take items one at a time, as they arrive, and
 //! answer each item on its own as its sequence finishes.
@@ -62,6 +66,8 @@ pub struct Pool {
     /// Jobs handed out, for a pool that does not batch continuously.
     submitted: usize,
     continuous: Option<Arc<Counters>>,
+    /// The node's elastic lease: how many replicas may take work now.
+    lease: Option<Arc<crate::pool::Lease>>,
 }
 
 /// While a chunk of items runs one at a time, its results go back at least this often.
@@ -81,11 +87,21 @@ impl Pool {
     ) -> Pool {
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
-        let replicas = nodes.len();
         let continuous = (batcher.policy == BatchPolicy::Continuous
             && !nodes.is_empty()
             && nodes.iter_mut().all(|n| n.generator().is_some()))
         .then(|| Arc::new(Counters::default()));
+        let lease = meter.lease().cloned();
+        if let Some(l) = &lease {
+            if continuous.is_some() {
+                // The scheduler's slots follow its replicas: this pool keeps its size.
+                l.pin();
+                nodes.truncate(l.active() as usize);
+            }
+            let wake = wake.clone();
+            l.set_wake(Box::new(wake));
+        }
+        let replicas = nodes.len();
         if let Some(c) = &continuous {
             meter.watch_continuous(Arc::clone(c));
         }
@@ -102,6 +118,7 @@ impl Pool {
                 let wake = wake.clone();
                 let counters = continuous.clone();
                 let answered = Arc::clone(&answered);
+                let lease = lease.clone();
                 std::thread::Builder::new()
                     .name(format!("{node_id}#{r}"))
                     .spawn(move || match counters {
@@ -120,6 +137,7 @@ impl Pool {
                                 one_at_a_time,
                                 meter: &meter,
                                 answered: &answered,
+                                lease: lease.as_deref(),
                             },
                             node,
                             &jobs,
@@ -143,24 +161,41 @@ impl Pool {
             answered,
             submitted: 0,
             continuous,
+            lease,
+        }
+    }
+
+    /// Jobs that may be out now: an elastic pool's active replicas.
+    fn slots(&self) -> usize {
+        match (&self.lease, &self.continuous) {
+            (Some(l), None) => l.active() as usize,
+            _ => self.slots,
         }
     }
 
     /// Replicas free to take a batch now.
     pub fn free(&self) -> usize {
-        self.slots.saturating_sub(self.busy)
+        self.slots().saturating_sub(self.busy)
     }
 
     /// Whether a replica is free to take a batch (for a continuous pool: an item).
     pub fn has_free_replica(&self) -> bool {
-        self.busy < self.slots
+        self.busy < self.slots()
+    }
+
+    /// Tell an elastic node's controller what the operator saw: items queued and items
+    /// answered since the start.
+    pub fn observe(&self, arrived: u64, answered: u64) {
+        if let Some(l) = &self.lease {
+            l.observe(arrived, answered);
+        }
     }
 
     /// How many of `n` queued items to hand out now: all of them as one batch, or for a
     /// continuous pool as many as there are free sequence slots.
     pub fn admissible(&self, n: usize) -> usize {
         match self.continuous {
-            Some(_) => n.min(self.slots.saturating_sub(self.busy)),
+            Some(_) => n.min(self.slots().saturating_sub(self.busy)),
             None => n,
         }
     }
@@ -217,6 +252,9 @@ impl Drop for Pool {
         // Closing the job channel ends the replica loops; joining drops each node (an exec
         // node stops its program) before the run reports.
         self.jobs = None;
+        if let Some(l) = &self.lease {
+            l.close();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -230,6 +268,8 @@ struct Replica<'a> {
     one_at_a_time: bool,
     meter: &'a NodeMeter,
     answered: &'a AtomicUsize,
+    /// Parks this replica while its index is past the lease's active count.
+    lease: Option<&'a crate::pool::Lease>,
 }
 
 fn replica_loop(
@@ -239,7 +279,11 @@ fn replica_loop(
     done: &Sender<Done>,
     wake: impl Fn(),
 ) {
-    for job in jobs.iter() {
+    loop {
+        if me.lease.is_some_and(|l| !l.wait_turn(me.replica)) {
+            return;
+        }
+        let Ok(job) = jobs.recv() else { return };
         let n = job.items.len();
         let start = Instant::now();
         let sent = if me.one_at_a_time && n > 1 {
@@ -274,7 +318,9 @@ fn run_chunk(
     let n = job.items.len();
     let start = Instant::now();
     let mut flushed = start;
-    let mut errors = 0;
+    // Counted in the meter at each flush, so that a long chunk's busy time and items show
+    // while it runs (the elastic controller reads them every tick).
+    let (mut counted_at, mut counted, mut errors_uncounted) = (start, 0usize, 0usize);
     let mut keys = Vec::with_capacity(n);
     let mut results = Vec::with_capacity(n);
     let each = me.meter.keeps_spans();
@@ -285,10 +331,16 @@ fn run_chunk(
         if each {
             me.meter.batch(me.replica, t, Instant::now(), 1, failed);
         }
-        errors += failed;
+        errors_uncounted += failed;
         keys.push(key);
         results.extend(r);
         if flushed.elapsed() >= CHUNK_FLUSH {
+            if !each {
+                let now = Instant::now();
+                let k = keys.len();
+                me.meter.batches(me.replica, counted_at, now, k, k, errors_uncounted);
+                (counted_at, counted, errors_uncounted) = (now, counted + k, 0);
+            }
             let d = Done {
                 keys: std::mem::take(&mut keys),
                 results: std::mem::take(&mut results),
@@ -300,8 +352,9 @@ fn run_chunk(
             flushed = Instant::now();
         }
     }
-    if !each {
-        me.meter.batches(me.replica, start, Instant::now(), n, n, errors);
+    if !each && n > counted {
+        let rest = n - counted;
+        me.meter.batches(me.replica, counted_at, Instant::now(), rest, rest, errors_uncounted);
     }
     keys.is_empty() || done.send(Done { keys, results }).is_ok()
 }

@@ -72,6 +72,7 @@ pub fn delay_chain(name: &str, item_ms: &[f64], batch: BatchSpec, replicas: u32)
                 worker: "local".into(),
                 gpu: None,
                 replicas,
+                replica_range: None,
                 batch: batch.clone(),
                 timeout_ms: None,
                 predicted: NodePrediction {
@@ -92,6 +93,8 @@ pub fn delay_chain(name: &str, item_ms: &[f64], batch: BatchSpec, replicas: u32)
     Plan {
         mars_plan: PLAN_VERSION,
         workers: Vec::new(),
+        budget: Vec::new(),
+        gpu_shares: Vec::new(),
         mars_version: env!("CARGO_PKG_VERSION").into(),
         pipeline: name.into(),
         inputs_of_plan: PlanOrigin {

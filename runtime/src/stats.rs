@@ -30,6 +30,8 @@ pub struct NodeMeter {
     continuous: std::sync::OnceLock<Arc<crate::continuous::Counters>>,
     /// A served run's watch (`crate::watch`): told of every batch.
     watch: std::sync::OnceLock<crate::watch::WatchSlot>,
+    /// The node's elastic lease, when the controller may resize it (`crate::pool`).
+    lease: std::sync::OnceLock<Arc<crate::pool::Lease>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -51,7 +53,18 @@ impl NodeMeter {
             inner: Mutex::new(NodeCounts::default()),
             continuous: std::sync::OnceLock::new(),
             watch: std::sync::OnceLock::new(),
+            lease: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Let the pool controller resize this node (`crate::pool::arm`).
+    pub fn attach_lease(&self, lease: Arc<crate::pool::Lease>) {
+        let _ = self.lease.set(lease);
+    }
+
+    /// The node's elastic lease, when it has one.
+    pub fn lease(&self) -> Option<&Arc<crate::pool::Lease>> {
+        self.lease.get()
     }
 
     /// This node's counts as numbers, to send to another process: batches, items, errors,
@@ -182,7 +195,11 @@ impl NodeMeter {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let capacity = wall.as_secs_f64() * f64::from(self.replicas.max(1));
+        let elastic = crate::pool::node_report(self);
+        let capacity = match &elastic {
+            Some(e) if e.replica_s > 0.0 => e.replica_s,
+            _ => wall.as_secs_f64() * f64::from(self.replicas.max(1)),
+        };
         NodeStats {
             replicas: self.replicas,
             batches: c.batches,
@@ -208,6 +225,7 @@ impl NodeMeter {
                     preemptions: k.preemptions(),
                 }
             }),
+            elastic,
         }
     }
 }
@@ -230,6 +248,10 @@ pub struct NodeStats {
     /// "batch" is one scheduler iteration and `items` the sequences that finished in it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub continuous: Option<ContinuousStats>,
+    /// For an elastic node (SPEC 10): its range and the replicas it had; `utilization` is then
+    /// over its active replica-seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elastic: Option<crate::pool::NodeElastic>,
 }
 
 /// What the continuous-batching scheduler of a node did, over all its replicas.
@@ -278,6 +300,9 @@ pub struct RunStats {
     /// Peak resident memory of the process (VmHWM), in MiB, where the OS reports it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_mib: Option<f64>,
+    /// What the elastic controller did, when some node was elastic (SPEC 10.3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elastic: Option<crate::pool::ElasticStats>,
 }
 
 pub(crate) fn round3(x: f64) -> f64 {
@@ -427,6 +452,17 @@ impl RunStats {
                     "{id}: continuous batching, {} iterations, {:.2} sequences running on average, {} prefilled, {} preempted",
                     c.iterations, c.mean_running, c.prefilled, c.preemptions
                 );
+            }
+        }
+        if let Some(e) = &self.elastic {
+            let _ = writeln!(
+                s,
+                "elastic: {} moves in {} ticks ({} grows, {} transfers)",
+                e.moves, e.ticks, e.grows, e.transfers
+            );
+            for m in &e.log {
+                let from = m.from.as_ref().map(|f| format!("{f} → ")).unwrap_or_default();
+                let _ = writeln!(s, "  {:>7.2}s {} {from}{}: {}", m.at_s, m.kind, m.to, m.reason);
             }
         }
         if let Some(id) = self.stopped_at {

@@ -130,6 +130,8 @@ pub enum Which {
     Translate(super::bench_translate::Args),
     /// OCR on rendered images: character accuracy, line exact match, detection recall, images/s.
     Ocr(super::bench_ocr::Args),
+    /// A stage three times slower than its profile: fixed vs elastic vs the true profile's plan.
+    Elastic(super::bench_elastic::Args),
     /// Run a compiled plan over an input file: measured throughput over the plan's prediction.
     Fidelity {
         plan: PathBuf,
@@ -163,6 +165,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         Which::Serve(a) => return super::bench_serve::run(a, args.json),
         Which::Translate(a) => return super::bench_translate::run(a, args.json),
         Which::Ocr(a) => return super::bench_ocr::run(a, args.json),
+        Which::Elastic(a) => super::bench_elastic::bench(a)?,
         Which::Pipelining { requests } => {
             let plan = delay_chain("pipelining", &[2.0, 8.0, 4.0, 1.0], batch_none(), 1);
             let (r, _) = measure(&plan, &registry, requests, quiet()).map_err(fail)?;

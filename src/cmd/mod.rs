@@ -2,11 +2,13 @@
 
 pub mod bench;
 pub mod bench_ocr;
+pub mod bench_elastic;
 pub mod bench_serve;
 pub mod bench_translate;
 pub mod check;
 pub mod compile;
 pub mod demo;
+pub mod deploy;
 pub mod file_io;
 pub mod fmt;
 pub mod graph;

@@ -97,6 +97,17 @@ pub struct Args {
     /// With --verify: the target the plan was compiled from.
     #[arg(long, requires = "verify")]
     pub target: Option<PathBuf>,
+    /// `on`: move replicas between nodes within their plan ranges as the measured costs
+    /// demand (SPEC 10); `off`: the plan's replicas, fixed.
+    #[arg(long, value_enum, default_value_t = Elastic::Off)]
+    pub elastic: Elastic,
+}
+
+/// `--elastic on|off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Elastic {
+    On,
+    Off,
 }
 
 impl Args {
@@ -125,6 +136,7 @@ impl Args {
             verify: false,
             profile: None,
             target: None,
+            elastic: Elastic::Off,
         }
     }
 }
@@ -621,6 +633,7 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
             }
             None => None,
         },
+        elastic: args.elastic == Elastic::On,
     };
     let registry = mars_stdlib::registry();
     // The runtime writes whole lines in large chunks itself: no BufWriter, so that a process

@@ -52,6 +52,9 @@ pub struct Args {
     /// but health and metrics.
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// `on`: move replicas within each plan's ranges as the load demands (SPEC 10).
+    #[arg(long, value_enum, default_value_t = super::run::Elastic::Off)]
+    pub elastic: super::run::Elastic,
 }
 
 fn addr(flag: &str, v: &str) -> miette::Result<Option<SocketAddr>> {
@@ -136,6 +139,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             allow_files: args.allow_files.clone(),
             observer: None,
             cluster: None,
+            elastic: args.elastic == super::run::Elastic::On,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

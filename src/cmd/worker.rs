@@ -52,6 +52,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         cluster: Some(cluster),
         connect_timeout: super::run::connect_timeout(args.run.connect_timeout)?,
         peer_timeout: super::run::seconds(args.run.peer_timeout, "--peer-timeout")?,
+        elastic: args.run.elastic == super::run::Elastic::On,
         ..RunOptions::default()
     };
     match mars_runtime::run::run_peer(&plan, &base_dir, &mars_stdlib::registry(), opts) {

@@ -29,6 +29,7 @@ pub fn register(registry: &mut Registry) {
         "bench.fail",
         Arc::new(|ctx: &NodeContext| Ok(Box::new(Fail::from_ctx(ctx)?) as Box<dyn Node>)),
     );
+    crate::bench_shift::register(registry);
 }
 
 /// How a cost node spends its time.
@@ -87,7 +88,7 @@ impl Node for Cost {
 }
 
 /// Sleep for `d`, resuming the sleep if the OS wakes the thread early.
-fn sleep_for(d: Duration) {
+pub(crate) fn sleep_for(d: Duration) {
     let deadline = Instant::now() + d;
     loop {
         let now = Instant::now();
@@ -282,7 +283,7 @@ fn hash_value(h: &mut Fnv, v: &Value) {
     }
 }
 
-fn float_param(ctx: &NodeContext, name: &str, default: f64) -> Result<f64, NodeError> {
+pub(crate) fn float_param(ctx: &NodeContext, name: &str, default: f64) -> Result<f64, NodeError> {
     match ctx.node.params.get(name) {
         None | Some(serde_json::Value::Null) => Ok(default),
         Some(v) => match v.as_f64() {
@@ -295,7 +296,7 @@ fn float_param(ctx: &NodeContext, name: &str, default: f64) -> Result<f64, NodeE
     }
 }
 
-fn int_param(ctx: &NodeContext, name: &str, default: i64) -> Result<i64, NodeError> {
+pub(crate) fn int_param(ctx: &NodeContext, name: &str, default: i64) -> Result<i64, NodeError> {
     match ctx.node.params.get(name) {
         None | Some(serde_json::Value::Null) => Ok(default),
         Some(v) => v.as_i64().ok_or_else(|| {
@@ -335,6 +336,7 @@ mod tests {
                 worker: "w0".into(),
                 gpu: None,
                 replicas: 1,
+                replica_range: None,
                 batch: BatchSpec {
                     policy: BatchPolicy::None,
                     max: 1,

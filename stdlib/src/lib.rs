@@ -3,6 +3,7 @@
 //! [`mars_runtime::Registry`].
 
 pub mod bench;
+pub mod bench_shift;
 pub mod declarations;
 pub mod font;
 pub mod image;

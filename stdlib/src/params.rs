@@ -64,6 +64,7 @@ pub fn plan_node(id: &str, params: &[(&str, serde_json::Value)]) -> mars_plan::P
         worker: "w0".into(),
         gpu: None,
         replicas: 1,
+        replica_range: None,
         batch: BatchSpec {
             policy: BatchPolicy::None,
             max: 1,

@@ -11,6 +11,7 @@
 pub mod error;
 pub mod limits;
 pub mod plan;
+pub mod pool;
 pub mod profile;
 pub mod target;
 pub mod types;
@@ -19,6 +20,7 @@ pub mod yaml;
 
 pub use error::{find_key_line, find_key_path, load_yaml, LoadError};
 pub use plan::*;
+pub use pool::{GpuShare, ReplicaRange, WorkerBudget};
 pub use profile::*;
 pub use target::*;
 pub use types::{DType, DataType, Dim};

@@ -34,6 +34,12 @@ pub struct Plan {
     /// numbered in the order they first appear among the nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<String>,
+    /// What each worker lends to elastic replicas (SPEC 10.1); empty in plans without ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budget: Vec<crate::pool::WorkerBudget>,
+    /// The model nodes placed on a MIG instance or an MPS share of a GPU (SPEC 10.7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_shares: Vec<crate::pool::GpuShare>,
     /// Every node, in a topological order of the DAG.
     pub nodes: Vec<PlanNode>,
     /// The ids of the nodes whose executor is `inline`: they run on their timely worker's
@@ -223,6 +229,9 @@ pub struct PlanNode {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<String>,
     pub replicas: u32,
+    /// How far the runtime may move its replicas (SPEC 10.1); absent: fixed at `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_range: Option<crate::pool::ReplicaRange>,
     pub batch: BatchSpec,
     /// Per-batch timeout for exec nodes (a hung program is killed after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +292,7 @@ impl Plan {
             ));
         }
         crate::validate::validate_plan(&plan, text, path)?;
+        crate::pool::validate_pool(&plan, text, path)?;
         Ok(plan)
     }
 

@@ -102,6 +102,11 @@ pub struct DeviceProfile {
     /// defaults to 0 for each size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefill_ms: Option<Vec<f64>>,
+    /// GPU only: the share of the GPU's compute a batch occupies, in (0, 1]; default 1. On a
+    /// GPU shared through MPS nodes add up by it; on a MIG instance with fewer slices the node
+    /// runs slower (SPEC 10.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sm_share: Option<f64>,
 }
 
 impl DeviceProfile {
@@ -115,6 +120,7 @@ impl DeviceProfile {
             cpu_cores: None,
             step_ms: None,
             prefill_ms: None,
+            sm_share: None,
         }
     }
 }
@@ -261,6 +267,17 @@ impl Profile {
                             line,
                             &k,
                             format!("value {c} must be non-negative"),
+                        ));
+                    }
+                }
+                if let Some(c) = dp.sm_share {
+                    if !c.is_finite() || c <= 0.0 || c > 1.0 {
+                        let (line, k) = at("sm_share");
+                        return Err(LoadError::invalid(
+                            path,
+                            line,
+                            &k,
+                            format!("value {c} must be in (0, 1]"),
                         ));
                     }
                 }

@@ -84,11 +84,13 @@ pub fn validate_plan(plan: &Plan, text: &str, path: &str) -> Result<(), LoadErro
             }
         }
     }
-    // Replica threads per worker (inline nodes have none).
+    // Replica threads per worker (inline nodes have none; an elastic node may build up to
+    // its range's max).
     let mut threads = std::collections::BTreeMap::<&str, usize>::new();
     for node in &plan.nodes {
         if !plan.inline.contains(&node.id) {
-            *threads.entry(node.worker.as_str()).or_default() += node.replicas as usize;
+            let most = node.replica_range.as_ref().map_or(0, |r| r.max);
+            *threads.entry(node.worker.as_str()).or_default() += node.replicas.max(most) as usize;
         }
     }
     if let Some((worker, n)) = threads.into_iter().find(|&(_, n)| n > MAX_REPLICA_THREADS) {

@@ -166,6 +166,13 @@ fn diff_node(a: &PlanNode, b: &PlanNode) -> Vec<String> {
     );
     field("placement", placement(a), placement(b));
     field("replicas", a.replicas.to_string(), b.replicas.to_string());
+    let range = |n: &PlanNode| {
+        n.replica_range.as_ref().map_or_else(
+            || "fixed".to_string(),
+            |r| format!("{}..{} ({} cores)", r.min, r.max, r.cores),
+        )
+    };
+    field("replica_range", range(a), range(b));
     field("batch", batch(&a.batch), batch(&b.batch));
     field("args", json(&a.args), json(&b.args));
     field("params", json(&a.params), json(&b.params));

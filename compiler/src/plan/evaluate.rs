@@ -207,7 +207,7 @@ pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
         match opt.gpu {
             Some(g) => {
                 gpu_used[g] = true;
-                cost.gpu_busy += u;
+                cost.gpu_busy += rate * opt.gpu_load;
                 cost.cpu_busy += u * opt.cores;
             }
             None => cost.cpu_busy += u * opt.cores,
@@ -294,7 +294,7 @@ pub fn capacity(model: &CostModel, choice: &[usize], fixed: &[Option<u32>]) -> (
             );
         }
         match opt.gpu {
-            Some(g) => gpu_load[g] += opt.per_request,
+            Some(g) => gpu_load[g] += opt.gpu_load,
             None => cpu_load[opt.worker] += opt.per_request * opt.cores,
         }
         cpu_load[opt.worker] += model.runtime_cores(i, opt);

@@ -411,6 +411,8 @@ pub fn what_ifs(
                 name: "gpu".to_string(),
                 memory_gb: 16.0,
                 share: 1.0,
+                mig: Vec::new(),
+                mps: false,
             },
         ));
     let mut name = format!("{}_extra", template.name);

@@ -163,6 +163,7 @@ pub fn lower_plan(
             worker: model.workers[opt.worker].name.clone(),
             gpu: opt.gpu.map(|g| model.gpus[g].name.clone()),
             replicas,
+            replica_range: None,
             batch,
             timeout_ms: matches!(node.implementation, Implementation::Exec(_))
                 .then_some(EXEC_TIMEOUT_MS),
@@ -173,6 +174,12 @@ pub fn lower_plan(
                 utilization: round3((u / f64::from(replicas.max(1))).min(1.0)),
             },
         });
+    }
+
+    let (ranges, budget) = super::pool::replica_ranges(pipeline, model, solution);
+    let gpu_shares = super::pool::gpu_shares(model, solution);
+    for (node, range) in nodes.iter_mut().zip(ranges) {
+        node.replica_range = range;
     }
 
     let slos = pipeline
@@ -191,6 +198,8 @@ pub fn lower_plan(
     Plan {
         mars_plan: PLAN_VERSION,
         workers: model.workers.iter().map(|w| w.name.clone()).collect(),
+        budget,
+        gpu_shares,
         mars_version: env!("CARGO_PKG_VERSION").to_string(),
         pipeline: pipeline.name.clone(),
         inputs_of_plan: options.origin.clone(),

@@ -22,6 +22,9 @@ pub mod lower;
 pub mod model;
 #[cfg(test)]
 mod optimality_tests;
+#[cfg(test)]
+mod gpu_share_tests;
+pub mod pool;
 mod screen;
 pub mod search;
 #[cfg(test)]

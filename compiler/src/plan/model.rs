@@ -57,6 +57,12 @@ pub struct NodeOption {
     pub cores: f64,
     /// Busy replicas per request/s: m·`item_ms`/1000 (m·L/(1000·b) for a batch).
     pub per_request: f64,
+    /// GPU share busy per request/s: `per_request`, times the profile's `sm_share` on a GPU
+    /// shared through MPS (nodes run side by side there); 0 on the cpu (SPEC 10.7).
+    pub gpu_load: f64,
+    /// The share of a whole GPU's compute a batch occupies (the profile's `sm_share`, 1 by
+    /// default); on a MIG instance of s slices a node runs max(1, sm_share·7/s) times slower.
+    pub sm_share: f64,
 }
 
 impl NodeOption {
@@ -127,6 +133,14 @@ pub struct GpuResource {
     pub worker: usize,
     pub share: f64,
     pub memory_mb: f64,
+    /// The share of the physical GPU's compute it has: 1, or s/7 for a MIG instance of s
+    /// compute slices (SPEC 10.7).
+    pub speed: f64,
+    /// Shared through MPS: its load is Σ u·`sm_share` instead of Σ u.
+    pub mps: bool,
+    /// The physical GPU (the target's name) and, for a MIG instance, its profile.
+    pub device: String,
+    pub mig: Option<String>,
 }
 
 /// What the planner is asked to achieve.
@@ -218,12 +232,7 @@ impl CostModel {
         let mut gpus = Vec::new();
         for (wi, w) in target.workers.iter().enumerate() {
             for g in &w.gpus {
-                gpus.push(GpuResource {
-                    name: g.name.clone(),
-                    worker: wi,
-                    share: g.share,
-                    memory_mb: g.memory_gb * 1024.0,
-                });
+                gpus.extend(gpu_resources(g, wi));
             }
         }
 
@@ -298,6 +307,42 @@ impl CostModel {
             runtime: profile.and_then(|p| p.runtime),
         })
     }
+}
+
+/// The devices a target's GPU offers the planner: the GPU itself, or one per MIG instance,
+/// named `GPU.migK` (K counts the instances in declaration order), each with its compute
+/// slices and memory.
+pub fn gpu_resources(g: &mars_plan::Gpu, worker: usize) -> Vec<GpuResource> {
+    if g.mig.is_empty() {
+        return vec![GpuResource {
+            name: g.name.clone(),
+            worker,
+            share: g.share,
+            memory_mb: g.memory_gb * 1024.0,
+            speed: 1.0,
+            mps: g.mps,
+            device: g.name.clone(),
+            mig: None,
+        }];
+    }
+    let mut out = Vec::new();
+    for m in &g.mig {
+        // Checked when the target loads.
+        let (slices, gb) = mars_plan::MigSlice::parse(&m.profile).unwrap_or((1, 0.0));
+        for _ in 0..m.count {
+            out.push(GpuResource {
+                name: format!("{}.mig{}", g.name, out.len()),
+                worker,
+                share: g.share,
+                memory_mb: gb * 1024.0,
+                speed: f64::from(slices) / f64::from(mars_plan::MIG_SLICES),
+                mps: false,
+                device: g.name.clone(),
+                mig: Some(m.profile.clone()),
+            });
+        }
+    }
+    out
 }
 
 /// The options of one node (and, for a generating model costed per step, its output length
@@ -490,8 +535,24 @@ fn node_options(
                     ways.push((policy, l, p, l / f64::from(b), per_request));
                 }
             }
+            let sm_share = if *device == Device::Gpu {
+                dp.sm_share.unwrap_or(1.0)
+            } else {
+                1.0
+            };
             for (policy, l, p, item_ms, per_request) in ways {
                 for &(worker, gpu) in &placements {
+                    // A MIG instance with less compute than the node fills runs it slower;
+                    // MPS lets nodes that fill part of a GPU run side by side.
+                    let (slow, load) = match gpu.map(|g| &gpus[g]) {
+                        Some(gr) => (
+                            (sm_share / gr.speed).max(1.0),
+                            if gr.mps { sm_share } else { 1.0 },
+                        ),
+                        None => (1.0, 0.0),
+                    };
+                    let (l, p, item_ms, per_request) =
+                        (l * slow, p * slow, item_ms * slow, per_request * slow);
                     out.push(NodeOption {
                         device: *device,
                         worker,
@@ -505,6 +566,8 @@ fn node_options(
                         memory_mb: m,
                         cores,
                         per_request,
+                        gpu_load: per_request * load,
+                        sm_share,
                     });
                 }
             }

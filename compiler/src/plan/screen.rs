@@ -73,10 +73,10 @@ impl MoveScreen {
             s.busy_cores += o.per_request * o.cores;
             match o.gpu {
                 Some(g) => {
-                    s.gpu[g] += o.per_request;
+                    s.gpu[g] += o.gpu_load;
                     s.gpu_memory[g] += f64::from(node.fixed_replicas.unwrap_or(1)) * o.memory_mb;
                     s.gpu_nodes[g] += 1;
-                    s.busy_gpu += o.per_request;
+                    s.busy_gpu += o.gpu_load;
                 }
                 None => s.cpu[o.worker] += o.per_request * o.cores,
             }
@@ -157,8 +157,8 @@ impl MoveScreen {
                 }
             }
             let cores = self.busy_cores - a.per_request * a.cores + b.per_request * b.cores;
-            let shares = self.busy_gpu - if a.gpu.is_some() { a.per_request } else { 0.0 }
-                + if b.gpu.is_some() { b.per_request } else { 0.0 };
+            let shares = self.busy_gpu - if a.gpu.is_some() { a.gpu_load } else { 0.0 }
+                + if b.gpu.is_some() { b.gpu_load } else { 0.0 };
             [
                 gpus,
                 rate * cores,
@@ -238,11 +238,11 @@ impl MoveScreen {
         for (g, gpu) in model.gpus.iter().enumerate() {
             let (mut load, mut memory) = (self.gpu[g], self.gpu_memory[g]);
             if a.gpu == Some(g) {
-                load -= a.per_request;
+                load -= a.gpu_load;
                 memory -= replicas * a.memory_mb;
             }
             if b.gpu == Some(g) {
-                load += b.per_request;
+                load += b.gpu_load;
                 memory += replicas * b.memory_mb;
             }
             if memory > gpu.memory_mb * (1.0 + TOLERANCE) {

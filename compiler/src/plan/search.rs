@@ -200,7 +200,7 @@ fn starts(model: &CostModel) -> Vec<Vec<usize>> {
 fn relative_load(model: &CostModel, node: usize, option: usize) -> f64 {
     let o = &model.nodes[node].options[option];
     match o.gpu {
-        Some(g) => o.per_request / model.gpus[g].share,
+        Some(g) => o.gpu_load / model.gpus[g].share,
         None => o.per_request * o.cores / model.workers[o.worker].cpus,
     }
 }

@@ -195,6 +195,8 @@ pub fn target(cpus: f64, gpus: &[(f64, f64)]) -> Target {
                     name: format!("gpu{i}"),
                     memory_gb,
                     share,
+                    mig: Vec::new(),
+                    mps: false,
                 })
                 .collect(),
         }],

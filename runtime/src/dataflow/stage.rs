@@ -63,6 +63,10 @@ struct Stage {
     emits: Vec<(u64, Rec)>,
     batcher: Batcher,
     pool: Option<Pool>,
+    /// Items ever queued and ever answered (an elastic node's arrivals and completions,
+    /// SPEC 10.2).
+    arrived: u64,
+    answered: u64,
 }
 
 impl Stage {
@@ -115,6 +119,7 @@ impl Stage {
     fn enqueue(&mut self, id: u64, time: u64, item: Item) {
         let now = self.now;
         let Some(k) = self.spec.map_over else {
+            self.arrived += 1;
             self.queue.push_back(Work {
                 key: (id, 0, time),
                 item,
@@ -131,6 +136,7 @@ impl Stage {
             return self.finish(id, time, Ok(empty));
         }
         let n = elems.len();
+        self.arrived += n as u64;
         self.pending.insert(
             id,
             Pending {
@@ -150,6 +156,7 @@ impl Stage {
     }
 
     fn completed(&mut self, done: Done) {
+        self.answered += done.keys.len() as u64;
         for ((id, elem, time), result) in done.keys.into_iter().zip(done.results) {
             let result = result.and_then(|outs| {
                 if outs.len() == self.spec.out_ports {
@@ -322,6 +329,8 @@ pub fn node_stage<'s>(
                 caps: BTreeMap::new(),
                 emits: Vec::new(),
                 pool,
+                arrived: 0,
+                answered: 0,
             };
             move |(input, frontier), output| {
                 st.now = Instant::now();
@@ -351,6 +360,9 @@ pub fn node_stage<'s>(
                 let draining = frontier.frontier().is_empty();
                 if let Some(wait) = st.dispatch(draining) {
                     timer.activate_after(wait);
+                }
+                if let Some(pool) = &st.pool {
+                    pool.observe(st.arrived, st.answered);
                 }
                 st.flush(output);
             }

@@ -453,6 +453,7 @@ mod tests {
                 worker: "w0".into(),
                 gpu: None,
                 replicas: 1,
+                replica_range: None,
                 batch: BatchSpec {
                     policy: BatchPolicy::Dynamic,
                     max: 8,

@@ -40,6 +40,7 @@ fn edge_node(
         worker: "local".to_string(),
         gpu: None,
         replicas: 1,
+        replica_range: None,
         batch: BatchSpec {
             policy: BatchPolicy::None,
             max: 1,

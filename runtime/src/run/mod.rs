@@ -116,6 +116,8 @@ pub struct RunOptions {
     /// In a cluster: a peer whose heartbeat is silent this long fails the run
     /// ([`RunError::Cluster`]).
     pub peer_timeout: std::time::Duration,
+    /// Let the pool controller move replicas within each node's `replica_range` (SPEC 10).
+    pub elastic: bool,
 }
 
 /// The default bound on requests in flight.
@@ -138,6 +140,7 @@ impl Default for RunOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             files_dir: None,
             peer_timeout: DEFAULT_PEER_TIMEOUT,
+            elastic: false,
         }
     }
 }
@@ -183,6 +186,7 @@ fn build_replicas(
     base_dir: &Path,
     registry: &Registry,
     mine: impl Fn(usize) -> bool,
+    meters: &[Arc<NodeMeter>],
 ) -> Result<Vec<Option<Replicas>>, RunError> {
     let mut gpus: Option<Result<Vec<crate::gpu::GpuInfo>, String>> = None;
     for (i, node) in plan.nodes.iter().enumerate() {
@@ -214,10 +218,10 @@ fn build_replicas(
             if !mine(i) {
                 return Ok(None);
             }
-            (0..node.replicas)
+            (0..crate::pool::replicas_to_build(plan, meters, i))
                 .map(|replica| {
                     let ctx = NodeContext {
-                        node: node.clone(),
+                        node: crate::pool::with_gpu_share(plan, i),
                         replica,
                         base_dir: base_dir.to_path_buf(),
                     };
@@ -269,7 +273,11 @@ pub(crate) fn launch(
     };
     let processes = hosts.len().max(1);
     let owners = Arc::new(cluster::placement(plan, processes, threads));
-    let replicas = build_replicas(plan, base_dir, registry, |i| owners[i] / threads == process)?;
+    let mine = |i: usize| owners[i] / threads == process;
+    if opts.elastic {
+        crate::pool::arm(plan, meters, mine);
+    }
+    let replicas = build_replicas(plan, base_dir, registry, mine, meters)?;
     let replicas = Arc::new(Mutex::new(replicas));
     let feed = Arc::new(Mutex::new(feed));
     let fingerprint = format!(
@@ -280,6 +288,7 @@ pub(crate) fn launch(
     let max_inflight = opts.max_inflight.max(1);
     let max_bytes = opts.max_inflight_bytes.max(1);
     let lowered = Arc::clone(lowered);
+    let meters_handle = Arc::clone(meters);
     let meters = Arc::clone(meters);
     // In a cluster, the processes connect and authenticate each other before timely starts.
     let (builders, comms, health) = match &opts.cluster {
@@ -357,6 +366,7 @@ pub(crate) fn launch(
             Ok(())
         })
         .map_err(RunError::Runtime)?;
+    crate::pool::start(plan, &meters_handle);
     Ok(Launched { guards, health })
 }
 
@@ -626,6 +636,7 @@ pub fn run_plan(
             .collect(),
         stopped_at: written.stopped_at,
         peak_rss_mib: peak_rss_mib(),
+        elastic: crate::pool::report(&meters),
     };
     let trace = opts
         .trace
@@ -712,6 +723,7 @@ mod tests {
             worker: "w0".into(),
             gpu: None,
             replicas,
+            replica_range: None,
             batch,
             timeout_ms: None,
             predicted: NodePrediction {
@@ -747,6 +759,8 @@ mod tests {
         Plan {
             mars_plan: mars_plan::PLAN_VERSION,
             workers: Vec::new(),
+            budget: Vec::new(),
+            gpu_shares: Vec::new(),
             mars_version: "test".into(),
             pipeline: "p".into(),
             inputs_of_plan: PlanOrigin {

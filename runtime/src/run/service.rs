@@ -99,6 +99,8 @@ pub struct ServiceOptions {
     pub observer: Option<Arc<dyn Watch>>,
     /// Run as process 0 of a cluster (the other processes run `run_peer`).
     pub cluster: Option<Cluster>,
+    /// Let the pool controller move replicas within the plan's ranges (SPEC 10).
+    pub elastic: bool,
 }
 
 /// The default admission queue length.
@@ -115,6 +117,7 @@ impl Default for ServiceOptions {
             allow_files: None,
             observer: None,
             cluster: None,
+            elastic: false,
         }
     }
 }
@@ -273,6 +276,7 @@ impl Service {
             workers: opts.workers.max(1),
             max_inflight: opts.max_inflight.max(1),
             cluster: opts.cluster.clone(),
+            elastic: opts.elastic,
             ..RunOptions::default()
         };
         let launched = launch(
