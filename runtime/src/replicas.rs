@@ -245,14 +245,19 @@ fn replica_loop(
         let sent = if me.one_at_a_time && n > 1 {
             run_chunk(&me, node.as_mut(), job, done, &wake)
         } else {
-            let results = run_guarded(node.as_mut(), job.items);
+            // A served request nobody waits for any more (deadline passed while it queued,
+            // caller gone) leaves before the node spends time on it (`crate::watch`).
+            let (job, mut dropped) = crate::watch::without_abandoned(me.meter.watch(), job);
+            let n = job.items.len();
+            let mut results = if n > 0 { run_guarded(node.as_mut(), job.items) } else { Vec::new() };
             let errors = results.iter().filter(|r| r.is_err()).count();
-            me.meter.batch(me.replica, start, Instant::now(), n, errors);
-            done.send(Done {
-                keys: job.keys,
-                results,
-            })
-            .is_ok()
+            if n > 0 {
+                me.meter.batch(me.replica, start, Instant::now(), n, errors);
+            }
+            let mut keys = job.keys;
+            keys.extend(dropped.iter().map(|d| d.0));
+            results.extend(dropped.drain(..).map(|d| Err(d.1)));
+            done.send(Done { keys, results }).is_ok()
         };
         me.answered.fetch_add(1, Ordering::Release);
         if !sent {
@@ -278,7 +283,15 @@ fn run_chunk(
     let mut keys = Vec::with_capacity(n);
     let mut results = Vec::with_capacity(n);
     let each = me.meter.keeps_spans();
+    let watch = me.meter.watch();
+    let mut skipped = 0;
     for (key, item) in job.keys.into_iter().zip(job.items) {
+        if let Some(why) = watch.and_then(|w| w.abandoned(key.0)) {
+            keys.push(key);
+            results.push(Err(NodeError::new(why.failure(crate::watch::BEFORE_RUN).message)));
+            skipped += 1;
+            continue;
+        }
         let t = Instant::now();
         let r = run_guarded(node, vec![item]);
         let failed = r.iter().filter(|r| r.is_err()).count();
@@ -300,8 +313,8 @@ fn run_chunk(
             flushed = Instant::now();
         }
     }
-    if !each {
-        me.meter.batches(me.replica, start, Instant::now(), n, n, errors);
+    if !each && n > skipped {
+        me.meter.batches(me.replica, start, Instant::now(), n - skipped, n - skipped, errors);
     }
     keys.is_empty() || done.send(Done { keys, results }).is_ok()
 }
