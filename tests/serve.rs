@@ -1,9 +1,6 @@
 //! `marsc serve` end to end: the real binary on loopback ports, called with reqwest (HTTP) and
 //! the tonic client generated from the same KServe v2 proto (gRPC).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -11,114 +8,9 @@ use mars_serve::grpc::proto;
 use mars_serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use serde_json::{json, Value as Json};
 
-fn plan(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/serve")
-        .join(format!("{name}.plan.yaml"))
-}
-
-/// A running `marsc serve`, killed when dropped.
-struct Served {
-    child: Child,
-    http: String,
-    grpc: String,
-}
-
-impl Served {
-    async fn start(plans: &[&str], extra: &[&str]) -> Served {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("marsc"));
-        cmd.arg("serve");
-        for p in plans {
-            cmd.arg(plan(p));
-        }
-        cmd.args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-            .args(extra)
-            .env("MARS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("marsc starts");
-        let stdout = child.stdout.take().expect("piped");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("marsc serve announces its addresses");
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                .unwrap_or_else(|| panic!("no {k}= in {line:?}"))
-                .to_string()
-        };
-        let s = Served {
-            http: format!("http://{}", field("http")),
-            grpc: format!("http://{}", field("grpc")),
-            child,
-        };
-        s.wait_ready().await;
-        s
-    }
-
-    /// Poll readiness: it turns true once every model is loaded.
-    async fn wait_ready(&self) {
-        let c = reqwest::Client::new();
-        for _ in 0..600 {
-            if let Ok(r) = c.get(self.url("/v2/health/ready")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the server never became ready");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.http)
-    }
-
-    fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok);
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn post(c: &reqwest::Client, url: &str, body: &Json) -> (u16, Json) {
-    let r = c.post(url).json(body).send().await.expect("the server answers");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("a body");
-    (status, serde_json::from_str(&text).unwrap_or(Json::String(text)))
-}
-
-async fn post_raw(c: &reqwest::Client, url: &str, body: &'static str) -> (u16, Json) {
-    let r = c
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("the server answers");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Json::Null))
-}
+#[path = "serve/common.rs"]
+mod common;
+use common::{post, post_raw, Served};
 
 #[tokio::test]
 async fn kserve_http_health_metadata_and_infer_of_many_rows() {
@@ -171,8 +63,9 @@ async fn kserve_http_health_metadata_and_infer_of_many_rows() {
     assert_eq!(y, vec![7, -9]);
 
     let text = s.metrics().await;
+    // Five rows and the warm-up request ran through node b.
     assert!(text.contains(r#"mars_requests_total{pipeline="ab",endpoint="kserve_http",outcome="ok"} 2"#), "{text}");
-    assert!(text.contains(r#"mars_node_items_total{pipeline="ab",node="b"} 5"#), "{text}");
+    assert!(text.contains(r#"mars_node_items_total{pipeline="ab",node="b"} 6"#), "{text}");
     assert!(text.contains("mars_node_batch_size_bucket"), "{text}");
     assert!(text.contains(r#"mars_queue_depth{pipeline="ab"} 0"#), "{text}");
 }
@@ -365,7 +258,8 @@ async fn a_passed_deadline_is_504_and_never_reaches_the_node() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(text.contains(r#"mars_node_items_total{pipeline="slow",node="a"} 1"#), "{text}");
+    // The warm-up request and the first: the second never ran.
+    assert!(text.contains(r#"mars_node_items_total{pipeline="slow",node="a"} 2"#), "{text}");
 }
 
 #[tokio::test]

@@ -289,14 +289,19 @@ fn replica_loop(
         let sent = if me.one_at_a_time && n > 1 {
             run_chunk(&me, node.as_mut(), job, done, &wake)
         } else {
-            let results = run_guarded(node.as_mut(), job.items);
+            // A served request nobody waits for any more (deadline passed while it queued,
+            // caller gone) leaves before the node spends time on it (`crate::watch`).
+            let (job, mut dropped) = crate::watch::without_abandoned(me.meter.watch(), job);
+            let n = job.items.len();
+            let mut results = if n > 0 { run_guarded(node.as_mut(), job.items) } else { Vec::new() };
             let errors = results.iter().filter(|r| r.is_err()).count();
-            me.meter.batch(me.replica, start, Instant::now(), n, errors);
-            done.send(Done {
-                keys: job.keys,
-                results,
-            })
-            .is_ok()
+            if n > 0 {
+                me.meter.batch(me.replica, start, Instant::now(), n, errors);
+            }
+            let mut keys = job.keys;
+            keys.extend(dropped.iter().map(|d| d.0));
+            results.extend(dropped.drain(..).map(|d| Err(d.1)));
+            done.send(Done { keys, results }).is_ok()
         };
         me.answered.fetch_add(1, Ordering::Release);
         if !sent {
@@ -320,11 +325,18 @@ fn run_chunk(
     let mut flushed = start;
     // Counted in the meter at each flush, so that a long chunk's busy time and items show
     // while it runs (the elastic controller reads them every tick).
-    let (mut counted_at, mut counted, mut errors_uncounted) = (start, 0usize, 0usize);
+    // Items dropped before running (their deadline passed) are not counted.
+    let (mut counted_at, mut ran_uncounted, mut errors_uncounted) = (start, 0usize, 0usize);
     let mut keys = Vec::with_capacity(n);
     let mut results = Vec::with_capacity(n);
     let each = me.meter.keeps_spans();
+    let watch = me.meter.watch();
     for (key, item) in job.keys.into_iter().zip(job.items) {
+        if let Some(why) = watch.and_then(|w| w.abandoned(key.0)) {
+            keys.push(key);
+            results.push(Err(NodeError::new(why.failure(crate::watch::BEFORE_RUN).message)));
+            continue;
+        }
         let t = Instant::now();
         let r = run_guarded(node, vec![item]);
         let failed = r.iter().filter(|r| r.is_err()).count();
@@ -332,14 +344,17 @@ fn run_chunk(
             me.meter.batch(me.replica, t, Instant::now(), 1, failed);
         }
         errors_uncounted += failed;
+        ran_uncounted += 1;
         keys.push(key);
         results.extend(r);
         if flushed.elapsed() >= CHUNK_FLUSH {
             if !each {
                 let now = Instant::now();
-                let k = keys.len();
-                me.meter.batches(me.replica, counted_at, now, k, k, errors_uncounted);
-                (counted_at, counted, errors_uncounted) = (now, counted + k, 0);
+                let k = ran_uncounted;
+                if k > 0 {
+                    me.meter.batches(me.replica, counted_at, now, k, k, errors_uncounted);
+                }
+                (counted_at, ran_uncounted, errors_uncounted) = (now, 0, 0);
             }
             let d = Done {
                 keys: std::mem::take(&mut keys),
@@ -352,9 +367,9 @@ fn run_chunk(
             flushed = Instant::now();
         }
     }
-    if !each && n > counted {
-        let rest = n - counted;
-        me.meter.batches(me.replica, counted_at, Instant::now(), rest, rest, errors_uncounted);
+    if !each && ran_uncounted > 0 {
+        let k = ran_uncounted;
+        me.meter.batches(me.replica, counted_at, Instant::now(), k, k, errors_uncounted);
     }
     keys.is_empty() || done.send(Done { keys, results }).is_ok()
 }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod openai;
 pub mod state;
 pub mod tensor;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,6 +50,11 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Each pipeline's service options (its observer is set per pipeline).
     pub service: ServiceOptions,
+    /// Serve both listeners over TLS with this certificate and key.
+    pub tls: Option<tls::Tls>,
+    /// Send each pipeline a warm-up request before it turns ready, and wait this long at
+    /// most for it (`None`: no warm-up; readiness follows loading alone).
+    pub warmup: Option<Duration>,
 }
 
 /// A plan to serve and the folder its relative paths resolve against.
@@ -71,6 +77,8 @@ pub enum ServeError {
     Start { pipeline: String, message: String },
     #[error("the {0} server failed: {1}")]
     Io(&'static str, String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Where the server listens, once bound.
@@ -104,6 +112,11 @@ pub async fn serve(
         }
         names.push(p.plan.pipeline.clone());
     }
+    // Bad TLS files fail before anything listens.
+    let tls_http = match &config.tls {
+        Some(t) => Some(t.server_config().map_err(ServeError::Tls)?),
+        None => None,
+    };
     let metrics = Arc::new(metrics::Metrics::new());
     let server = Arc::new(Server::new(names, config.limits.clone(), Arc::clone(&metrics)));
 
@@ -133,21 +146,50 @@ pub async fn serve(
     if let Some(listener) = http {
         let app = http::router(Arc::clone(&server));
         let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
+        match tls_http {
+            None => tasks.push(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+                    .map_err(|e| ServeError::Io("HTTP", e.to_string()))
+            })),
+            Some(tls) => {
+                let listener = listener.into_std().map_err(|e| ServeError::Io("HTTP", e.to_string()))?;
+                let handle = axum_server::Handle::new();
+                let serving = axum_server::tls_rustls::from_tcp_rustls(
+                    listener,
+                    axum_server::tls_rustls::RustlsConfig::from_config(tls),
+                )
+                .map_err(|e| ServeError::Io("HTTPS", e.to_string()))?
+                .handle(handle.clone());
+                let drain = config.drain_timeout;
+                tokio::spawn(async move {
                     let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(|e| ServeError::Io("HTTP", e.to_string()))
-        }));
+                    handle.graceful_shutdown(Some(drain));
+                });
+                tasks.push(tokio::spawn(async move {
+                    serving
+                        .serve(app.into_make_service())
+                        .await
+                        .map_err(|e| ServeError::Io("HTTPS", e.to_string()))
+                }));
+            }
+        }
     }
     if let Some(listener) = grpc {
         let svc = grpc::service(Arc::clone(&server));
         let mut stop = stop_rx.clone();
         let incoming = tokio_stream_of(listener);
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(t) = &config.tls {
+            builder = builder
+                .tls_config(t.grpc_config())
+                .map_err(|e| ServeError::Tls(format!("gRPC: {e}")))?;
+        }
         tasks.push(tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -161,6 +203,7 @@ pub async fn serve(
     let loading = {
         let server = Arc::clone(&server);
         let opts = config.service.clone();
+        let warmup = config.warmup;
         tokio::task::spawn_blocking(move || -> Result<Vec<Arc<Service>>, ServeError> {
             let mut services = Vec::new();
             for p in pipelines {
@@ -173,8 +216,13 @@ pub async fn serve(
                     message: e.to_string(),
                 })?;
                 let s = Arc::new(s);
+                let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                if let Some(bound) = warmup {
+                    warm_up(&name, &s, bound);
+                }
+                // Only now does the pipeline take requests and report ready.
                 server.add(name.clone(), Arc::clone(&s));
-                tracing::info!(pipeline = %name, load_ms = t0.elapsed().as_secs_f64() * 1000.0, "pipeline ready");
+                tracing::info!(pipeline = %name, load_ms, ready_ms = t0.elapsed().as_secs_f64() * 1000.0, "pipeline ready");
                 services.push(s);
             }
             server.set_loaded();
@@ -232,6 +280,25 @@ pub async fn serve(
     }
     tracing::info!(complete, "drained");
     Ok(Drained { complete })
+}
+
+/// Send `service` its warm-up request and say how it went. A failure record or a warm-up that
+/// takes longer than `bound` is a warning, not a reason to stay unready: the weights are
+/// loaded, and the sample request is made up (SPEC 8.1).
+fn warm_up(name: &str, service: &Service, bound: Duration) {
+    match service.warm_up(bound) {
+        Ok(w) => match w.failure {
+            None => tracing::info!(pipeline = %name, warmup_ms = w.took.as_secs_f64() * 1000.0, "warmed up"),
+            Some(f) => tracing::warn!(
+                pipeline = %name,
+                node = %f.node,
+                "the warm-up request failed ({}); the nodes before `{}` ran",
+                f.message,
+                f.node
+            ),
+        },
+        Err(e) => tracing::warn!(pipeline = %name, "{e}; serving without a complete warm-up"),
+    }
 }
 
 /// A listener as the stream of connections tonic serves.

@@ -176,14 +176,18 @@ impl Server {
         true
     }
 
-    /// Ready: every pipeline loaded, and not draining.
+    /// Ready: every pipeline loaded and warmed up, none failed (a lost cluster process), and
+    /// not draining.
     pub fn ready(&self) -> bool {
-        self.loaded.load(Ordering::SeqCst) && !self.is_draining()
+        self.loaded.load(Ordering::SeqCst)
+            && !self.is_draining()
+            && self.all().iter().all(|(_, s)| s.as_ref().is_some_and(|s| s.failure().is_none()))
     }
 
-    /// Whether pipeline `name` takes requests now.
+    /// Whether pipeline `name` takes requests now (loaded, warmed up, not failed, not
+    /// draining).
     pub fn pipeline_ready(&self, name: &str) -> bool {
-        !self.is_draining() && self.get(name).is_some()
+        !self.is_draining() && self.get(name).is_some_and(|s| s.failure().is_none())
     }
 
     /// A request number for the access log.
@@ -221,9 +225,12 @@ impl Server {
             ));
         }
         match self.get(name) {
-            Some(s) => Ok(s),
+            Some(s) => match s.failure() {
+                None => Ok(s),
+                Some(why) => Err(CallError::NotReady(format!("pipeline `{name}` stopped: {why}"))),
+            },
             None if self.expected.iter().any(|e| e == name) => Err(CallError::NotReady(format!(
-                "pipeline `{name}` is still loading"
+                "pipeline `{name}` is still loading or warming up"
             ))),
             None => Err(CallError::Unknown(name.to_string())),
         }

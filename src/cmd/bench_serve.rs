@@ -93,6 +93,8 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
             max_inflight: args.max_inflight,
             ..ServiceOptions::default()
         },
+        tls: None,
+        warmup: Some(Duration::from_secs(60)),
     };
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

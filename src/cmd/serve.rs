@@ -55,6 +55,40 @@ pub struct Args {
     /// `on`: move replicas within each plan's ranges as the load demands (SPEC 10).
     #[arg(long, value_enum, default_value_t = super::run::Elastic::Off)]
     pub elastic: super::run::Elastic,
+    /// Serve HTTP and gRPC over TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds each pipeline's warm-up request may take before it turns ready (0: no
+    /// warm-up; readiness then follows loading alone).
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    pub warmup_timeout: f64,
+    /// Serve as process 0 of a cluster whose processes are listed here (`host:port` a line,
+    /// in the plan's worker order); start the others with `marsc worker PLAN --process I`.
+    #[arg(long, value_name = "FILE", conflicts_with = "local_cluster")]
+    pub hosts: Option<PathBuf>,
+    /// Start a cluster of N processes on 127.0.0.1 (this one is process 0), for development
+    /// and tests.
+    #[arg(long, value_name = "N")]
+    pub local_cluster: Option<usize>,
+    /// In a cluster: the file holding the run token every process shares.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret: Option<PathBuf>,
+    /// In a cluster: seconds to wait for every process to connect.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub connect_timeout: f64,
+    /// In a cluster: a process whose heartbeat is silent this many seconds fails the
+    /// pipeline (readiness turns false, requests are answered 503).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub peer_timeout: f64,
+}
+
+fn read_file(flag: &str, path: &std::path::Path) -> miette::Result<Vec<u8>> {
+    std::fs::read(path)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read --{flag} {}", path.display()))
 }
 
 fn addr(flag: &str, v: &str) -> miette::Result<Option<SocketAddr>> {
@@ -115,6 +149,49 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             ));
         }
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(mars_serve::tls::Tls {
+            cert_pem: read_file("tls-cert", cert)?,
+            key_pem: read_file("tls-key", key)?,
+        }),
+        _ => None,
+    };
+    let warmup = match args.warmup_timeout {
+        t if t == 0.0 => None,
+        t => Some(seconds("warmup-timeout", t)?),
+    };
+    let clustered = args.hosts.is_some() || args.local_cluster.is_some();
+    if clustered && args.plans.len() != 1 {
+        return Err(miette!(
+            code = "mars::serve::cluster",
+            "a cluster serves one plan; {} were given",
+            args.plans.len()
+        ));
+    }
+    // A local cluster's other processes run as children (`marsc worker`), stopped on every
+    // way out; they exit by themselves once the served dataflow ends.
+    let mut peers = match args.local_cluster {
+        Some(0) => {
+            return Err(miette!(
+                code = "mars::cluster::size",
+                "--local-cluster needs at least 1 process"
+            ))
+        }
+        Some(n) => Some(super::run::spawn_peers(&args.plans[0], n, args.workers.max(1))?),
+        None => None,
+    };
+    let cluster = match (&args.hosts, &peers) {
+        (Some(path), _) => Some(mars_runtime::cluster::Cluster {
+            hosts: super::run::read_hosts(path)?,
+            process: 0,
+            token: super::run::read_secret(args.cluster_secret.as_deref())?,
+        }),
+        (None, Some(p)) => Some(p.cluster()),
+        (None, None) => None,
+    };
+    if let Some(c) = &cluster {
+        mars_runtime::cluster::report_lost_links(c.hosts.clone());
+    }
     let mut pipelines = Vec::new();
     for path in &args.plans {
         let (plan, base_dir) = super::run::load_plan(path)?;
@@ -138,9 +215,13 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             queue: args.queue.max(1),
             allow_files: args.allow_files.clone(),
             observer: None,
-            cluster: None,
             elastic: args.elastic == super::run::Elastic::On,
+            cluster,
+            connect_timeout: super::run::connect_timeout(args.connect_timeout)?,
+            peer_timeout: super::run::seconds(args.peer_timeout, "--peer-timeout")?,
         },
+        tls,
+        warmup,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -156,6 +237,15 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         announce,
         shutdown_signal(),
     ));
+    if let Some(p) = &mut peers {
+        // After a clean drain the other processes end with the dataflow; otherwise stop them.
+        let stop = !matches!(&drained, Ok(d) if d.complete);
+        for failed in p.wait(stop) {
+            if !stop {
+                eprintln!("warning[mars::cluster::lost]: cluster {failed}");
+            }
+        }
+    }
     match drained {
         Ok(d) if d.complete => Ok(ExitCode::SUCCESS),
         Ok(_) => {

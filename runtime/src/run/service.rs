@@ -101,6 +101,10 @@ pub struct ServiceOptions {
     pub cluster: Option<Cluster>,
     /// Let the pool controller move replicas within the plan's ranges (SPEC 10).
     pub elastic: bool,
+    /// In a cluster: how long the other processes may take to connect.
+    pub connect_timeout: Duration,
+    /// In a cluster: a process silent this long fails the service.
+    pub peer_timeout: Duration,
 }
 
 /// The default admission queue length.
@@ -118,6 +122,8 @@ impl Default for ServiceOptions {
             observer: None,
             cluster: None,
             elastic: false,
+            connect_timeout: RunOptions::default().connect_timeout,
+            peer_timeout: RunOptions::default().peer_timeout,
         }
     }
 }
@@ -229,6 +235,20 @@ pub struct Service {
     guards: Mutex<Option<Guards>>,
     router: Mutex<Option<JoinHandle<()>>>,
     started: Instant,
+    /// In a cluster: the watch on the other processes, and what failed once one is lost.
+    health: Option<Arc<crate::cluster::health::Health>>,
+    /// Dropped with the service: ends the thread that watches the cluster.
+    _cluster_watch: Option<Sender<()>>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+/// How a warm-up request ([`Service::warm_up`]) went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmUp {
+    /// From submitting it to its outcome.
+    pub took: Duration,
+    /// The pipeline answered it with a failure record (it still ran the nodes before).
+    pub failure: Option<crate::dataflow::Failure>,
 }
 
 impl Service {
@@ -277,6 +297,8 @@ impl Service {
             max_inflight: opts.max_inflight.max(1),
             cluster: opts.cluster.clone(),
             elastic: opts.elastic,
+            connect_timeout: opts.connect_timeout,
+            peer_timeout: opts.peer_timeout,
             ..RunOptions::default()
         };
         let launched = launch(
@@ -309,7 +331,13 @@ impl Service {
                 })
                 .map_err(|e| RunError::Runtime(format!("cannot start the router thread: {e}")))?
         };
+        let failed = Arc::new(Mutex::new(None));
+        let health = launched.health.map(Arc::new);
+        let cluster_watch = health.as_ref().map(|h| watch_cluster(h, &live, &failed));
         Ok(Service {
+            health,
+            _cluster_watch: cluster_watch,
+            failed,
             plan: plan.clone(),
             lowered,
             cx,
@@ -404,6 +432,9 @@ impl Service {
         let Some(tx) = guard.as_ref() else {
             return Err(Refused::Closed);
         };
+        if self.health.is_some() && self.failure().is_some() {
+            return Err(Refused::Closed);
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.live.lock().insert(
             id,
@@ -429,6 +460,63 @@ impl Service {
                 })
             }
         }
+    }
+
+    /// A request made of each input's default, or else a small value of its type (`Text`
+    /// "one", `Int` 1, a 32×32 grey `Image`, a one-element `List`, a zero `Tensor` with
+    /// symbolic dimensions 1): what [`Service::warm_up`] sends.
+    pub fn warm_up_values(&self) -> Vec<Value> {
+        self.inputs()
+            .iter()
+            .map(|i| i.default.clone().unwrap_or_else(|| sample(&i.ty)))
+            .collect()
+    }
+
+    /// Send one request of [`Service::warm_up_values`] through the pipeline and wait up to
+    /// `bound` for its outcome, so that every node it reaches has run once (first-call costs
+    /// such as weight repacking and allocator growth are paid before real traffic). A
+    /// failure record is not an error (the sample input may be one a node refuses); not
+    /// finishing within `bound`, or the service refusing, is.
+    pub fn warm_up(&self, bound: Duration) -> Result<WarmUp, String> {
+        let t0 = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ticket = Ticket {
+            deadline: Some(t0 + bound),
+            partial: None,
+        };
+        let reply: Reply = Box::new(move |o: Outcome| {
+            let _ = tx.send(o);
+        });
+        let id = self
+            .submit(self.warm_up_values(), ticket, reply)
+            .map_err(|e| format!("the warm-up request was refused: {e}"))?;
+        match rx.recv_timeout(bound + Duration::from_millis(100)) {
+            Ok(o) => match o.result {
+                Err(f) if f.node == crate::watch::DEADLINE_NODE || t0.elapsed() >= bound => Err(format!(
+                    "the warm-up request did not finish within {:.1} s",
+                    bound.as_secs_f64()
+                )),
+                r => Ok(WarmUp {
+                    took: t0.elapsed(),
+                    failure: r.err(),
+                }),
+            },
+            Err(_) => {
+                self.cancel(id);
+                Err(format!(
+                    "the warm-up request did not finish within {:.1} s",
+                    bound.as_secs_f64()
+                ))
+            }
+        }
+    }
+
+    /// In a cluster: why the service stopped, once a process was lost or stalled.
+    pub fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Nobody waits for request `id` any more: the dataflow drops it where it can (its reply
@@ -485,6 +573,10 @@ impl Service {
     /// with the process.
     pub fn drain(&self, bound: Duration) -> bool {
         self.close();
+        if self.failure().is_some() {
+            // A lost process: the dataflow cannot end; its threads end with the process.
+            return false;
+        }
         let until = Instant::now() + bound;
         while self.in_flight() > 0 {
             if Instant::now() >= until {
@@ -502,6 +594,9 @@ impl Service {
                 return false;
             }
         }
+        if let Some(h) = &self.health {
+            h.finish();
+        }
         let router = self
             .router
             .lock()
@@ -518,6 +613,75 @@ impl Drop for Service {
     fn drop(&mut self) {
         // Closing lets the dataflow end; its guards join the worker threads when dropped.
         self.close();
+    }
+}
+
+/// In a cluster, answer every accepted request with a failure once a process is lost or
+/// stalled (the dataflow cannot finish them), and refuse new ones. The watching thread ends
+/// when `ended` is dropped (with the service).
+fn watch_cluster(
+    health: &Arc<crate::cluster::health::Health>,
+    live: &Arc<Live>,
+    failed: &Arc<Mutex<Option<String>>>,
+) -> Sender<()> {
+    let (ended_tx, ended) = crossbeam_channel::bounded::<()>(0);
+    let health = Arc::clone(health);
+    let live = Arc::clone(live);
+    let failed = Arc::clone(failed);
+    let _ = std::thread::Builder::new()
+        .name("mars:service-cluster".into())
+        .spawn(move || {
+            crossbeam_channel::select! {
+                recv(health.failed()) -> _ => {}
+                recv(ended) -> _ => return,
+            }
+            let message = health
+                .failure()
+                .map_or_else(|| "a cluster process was lost".to_string(), |f| f.message);
+            *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message.clone());
+            let pending: Vec<(u64, Pending)> = live.lock().drain().collect();
+            for (id, p) in pending {
+                (p.reply)(Outcome {
+                    id,
+                    result: Err(crate::dataflow::Failure::new("cluster", message.clone())),
+                    latency: None,
+                });
+            }
+        });
+    ended_tx
+}
+
+/// A small value of type `ty`, for a warm-up request.
+fn sample(ty: &DataType) -> Value {
+    use crate::value::{BoxData, ImageData, TensorData};
+    match ty {
+        DataType::Bytes => Value::Bytes(Arc::new(b"warm-up".to_vec())),
+        DataType::Text => Value::Text("one".into()),
+        DataType::Int => Value::Int(1),
+        DataType::Float => Value::Float(1.0),
+        DataType::Bool => Value::Bool(true),
+        DataType::Json | DataType::Var(_) => Value::Json(Json::Object(serde_json::Map::new())),
+        DataType::Image => Value::Image(Arc::new(ImageData {
+            width: 32,
+            height: 32,
+            rgb: vec![128; 32 * 32 * 3],
+        })),
+        DataType::Box => Value::Box(BoxData { x: 0.0, y: 0.0, w: 1.0, h: 1.0 }),
+        DataType::List(t) => Value::List(vec![sample(t)]),
+        DataType::Tensor(d, dims) => {
+            let shape: Vec<usize> = dims
+                .iter()
+                .map(|dim| match dim {
+                    mars_plan::types::Dim::Fixed(n) => *n as usize,
+                    mars_plan::types::Dim::Sym(_) => 1,
+                })
+                .collect();
+            Value::Tensor(Arc::new(TensorData {
+                dtype: d.name().to_string(),
+                data: vec![0.0; shape.iter().product()],
+                shape,
+            }))
+        }
     }
 }
 
@@ -571,306 +735,5 @@ fn check_file_refs(json: &Json, allow: Option<&Path>) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::node::{per_item, NodeContext};
-    use crate::value::NodeError;
-    use std::sync::mpsc;
-
-    fn registry() -> Registry {
-        let mut r = Registry::new();
-        r.builtin(
-            "t.slow_inc",
-            Arc::new(|_: &NodeContext| {
-                Ok(per_item(|it| match it.first() {
-                    Some(Value::Int(i)) => {
-                        std::thread::sleep(Duration::from_millis(2));
-                        Ok(vec![Value::Int(i + 1)])
-                    }
-                    _ => Err(NodeError::new("expected an Int")),
-                }))
-            }),
-        );
-        r
-    }
-
-    fn plan() -> Plan {
-        Plan::from_yaml(
-            r#"
-mars_plan: 1
-mars_version: test
-pipeline: p
-inputs_of_plan: {source: p.mars, source_hash: "sha256:0"}
-inputs: [{name: x, type: Int}, {name: b, type: Bytes, default: {"$base64": ""}}]
-outputs: [{name: y, type: Int, from: {node: a}}]
-nodes:
-  - id: a
-    kind: inc
-    implementation: {builtin: t.slow_inc}
-    args: [{input: x}]
-    in_types: [Int]
-    out_types: [Int]
-    device: cpu
-    worker: local
-    replicas: 1
-    batch: {policy: none, max: 1, wait_ms: 0.0}
-    predicted: {latency_ms: 1.0, p99_ms: 1.0, throughput: 1000.0, utilization: 0.1}
-predicted: {throughput: 1000.0, latency_p50_ms: 1.0, latency_p99_ms: 1.0, bottleneck: a}
-"#,
-            "p.plan.yaml",
-        )
-        .expect("a valid plan")
-    }
-
-    fn start(opts: ServiceOptions) -> Service {
-        Service::start(&plan(), Path::new("."), &registry(), opts).expect("starts")
-    }
-
-    #[test]
-    fn every_request_gets_its_own_outcome_from_many_threads() {
-        let s = Arc::new(start(ServiceOptions::default()));
-        let (tx, rx) = mpsc::channel();
-        std::thread::scope(|scope| {
-            for t in 0..4i64 {
-                let s = Arc::clone(&s);
-                let tx = tx.clone();
-                scope.spawn(move || {
-                    for k in 0..50i64 {
-                        let x = t * 1000 + k;
-                        let values = s.decode(&serde_json::json!({ "x": x })).expect("decodes");
-                        let tx = tx.clone();
-                        let reply: Reply = Box::new(move |o: Outcome| {
-                            let _ = tx.send((x, o));
-                        });
-                        // The queue holds 1024: nothing is refused here.
-                        s.submit(values, Ticket::default(), reply).expect("admitted");
-                    }
-                });
-            }
-        });
-        drop(tx);
-        let got: Vec<(i64, Outcome)> = rx.iter().collect();
-        assert_eq!(got.len(), 200);
-        for (x, o) in got {
-            assert_eq!(o.result, Ok(vec![Value::Int(x + 1)]));
-        }
-        assert!(s.drain(Duration::from_secs(10)));
-        assert_eq!(s.node_stats()[0].1.items, 200);
-    }
-
-    #[test]
-    fn a_full_queue_refuses_and_a_passed_deadline_never_reaches_the_node() {
-        let s = start(ServiceOptions {
-            queue: 2,
-            max_inflight: 1,
-            ..ServiceOptions::default()
-        });
-        let (tx, rx) = mpsc::channel();
-        let mut refused = 0;
-        let mut admitted = 0;
-        for x in 0..200 {
-            let tx = tx.clone();
-            let values = s.decode(&serde_json::json!({ "x": x })).expect("decodes");
-            match s.submit(values, Ticket::default(), Box::new(move |o| drop(tx.send(o)))) {
-                Ok(_) => admitted += 1,
-                Err(Refused::Full) => refused += 1,
-                Err(Refused::Closed) => panic!("not closing"),
-            }
-        }
-        assert!(refused > 0, "a queue of 2 before a 2 ms node refuses some of 200");
-        let past = Some(Instant::now() - Duration::from_millis(1));
-        let values = s.decode(&serde_json::json!({"x": 1})).expect("decodes");
-        let (dtx, drx) = mpsc::channel();
-        let mut late = None;
-        // Wait for room in the queue without sleeping on a clock: retry while refused.
-        while late.is_none() {
-            let dtx = dtx.clone();
-            let v = values.clone();
-            let t = Ticket {
-                deadline: past,
-                partial: None,
-            };
-            late = s.submit(v, t, Box::new(move |o| drop(dtx.send(o)))).ok();
-            std::thread::yield_now();
-        }
-        let o = drx.recv().expect("answered");
-        let f = o.result.expect_err("dropped");
-        assert_eq!(f.node, crate::watch::DEADLINE_NODE);
-        drop(tx);
-        assert_eq!(rx.iter().count(), admitted);
-        assert!(s.drain(Duration::from_secs(10)));
-        assert_eq!(s.node_stats()[0].1.items, admitted as u64);
-        let after = s.decode(&serde_json::json!({"x": 1})).expect("decodes");
-        assert_eq!(
-            s.submit(after, Ticket::default(), Box::new(|_| {})),
-            Err(Refused::Closed)
-        );
-    }
-
-    /// A generating node that spells its input out one character per step.
-    #[derive(Default)]
-    struct Spell {
-        seqs: HashMap<u64, (Vec<char>, usize)>,
-        forgotten: Arc<AtomicU64>,
-    }
-
-    impl crate::node::Node for Spell {
-        fn run_batch(&mut self, _: Vec<crate::node::Item>) -> Vec<Result<crate::node::Outputs, NodeError>> {
-            unreachable!("driven step by step")
-        }
-        fn generator(&mut self) -> Option<&mut dyn crate::node::Generate> {
-            Some(self)
-        }
-    }
-
-    impl crate::node::Generate for Spell {
-        fn admit(&mut self, seq: u64, item: crate::node::Item) -> Result<usize, NodeError> {
-            let text = item[0].as_text()?.chars().collect();
-            self.seqs.insert(seq, (text, 0));
-            Ok(1)
-        }
-        fn prefill(&mut self, seqs: &[u64]) -> Vec<(u64, crate::node::Step)> {
-            seqs.iter().map(|&s| (s, crate::node::Step::Running { cached: 1 })).collect()
-        }
-        fn step(&mut self, seqs: &[u64]) -> Vec<(u64, crate::node::Step)> {
-            seqs.iter()
-                .map(|&s| {
-                    let e = self.seqs.get_mut(&s).expect("admitted");
-                    e.1 += 1;
-                    if e.1 > e.0.len() {
-                        let (t, _) = self.seqs.remove(&s).expect("present");
-                        let out = t.into_iter().collect::<String>();
-                        (s, crate::node::Step::Done(Ok(vec![Value::Text(out)])))
-                    } else {
-                        (s, crate::node::Step::Running { cached: 1 + e.1 })
-                    }
-                })
-                .collect()
-        }
-        fn preempt(&mut self, _: u64) -> usize {
-            0
-        }
-        fn forget(&mut self, seq: u64) {
-            if self.seqs.remove(&seq).is_some() {
-                self.forgotten.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        fn max_sequence_tokens(&self) -> usize {
-            64
-        }
-        fn generated_text(&self, seq: u64) -> Option<String> {
-            self.seqs.get(&seq).map(|(t, n)| t[..(*n).min(t.len())].iter().collect())
-        }
-    }
-
-    fn spell_plan() -> Plan {
-        Plan::from_yaml(
-            r#"
-mars_plan: 1
-mars_version: test
-pipeline: spell
-inputs_of_plan: {source: p.mars, source_hash: "sha256:0"}
-inputs: [{name: text, type: Text}]
-outputs: [{name: out, type: Text, from: {node: g}}]
-nodes:
-  - id: g
-    kind: Speller
-    implementation: {model: {arch: t.spell, config: {generate: true}}}
-    args: [{input: text}]
-    in_types: [Text]
-    out_types: [Text]
-    device: cpu
-    worker: local
-    replicas: 1
-    batch: {policy: continuous, max: 4, wait_ms: 0.0}
-    predicted: {latency_ms: 1.0, p99_ms: 1.0, throughput: 1000.0, utilization: 0.1}
-predicted: {throughput: 1000.0, latency_p50_ms: 1.0, latency_p99_ms: 1.0, bottleneck: g}
-"#,
-            "spell.plan.yaml",
-        )
-        .expect("a valid plan")
-    }
-
-    #[test]
-    fn a_streamed_request_sees_its_text_grow_and_a_cancelled_one_frees_its_sequence() {
-        let forgotten = Arc::new(AtomicU64::new(0));
-        let mut r = Registry::new();
-        let f = Arc::clone(&forgotten);
-        r.model(
-            "t.spell",
-            Arc::new(move |_: &NodeContext| {
-                Ok(Box::new(Spell {
-                    forgotten: Arc::clone(&f),
-                    ..Spell::default()
-                }) as Box<dyn crate::node::Node>)
-            }),
-        );
-        let s = Service::start(&spell_plan(), Path::new("."), &r, ServiceOptions::default()).expect("starts");
-        assert_eq!(s.streamed_output(), Some(0));
-        let (ptx, prx) = mpsc::channel::<String>();
-        let (tx, rx) = mpsc::channel();
-        let ticket = Ticket {
-            deadline: None,
-            partial: Some(Box::new(move |t: &str| drop(ptx.send(t.to_string())))),
-        };
-        let v = s.decode(&serde_json::json!({"text": "hello"})).expect("decodes");
-        let tx2 = tx.clone();
-        s.submit(v, ticket, Box::new(move |o| drop(tx2.send(o)))).expect("admitted");
-        let o = rx.recv().expect("answered");
-        assert_eq!(o.result, Ok(vec![Value::Text("hello".into())]));
-        let seen: Vec<String> = prx.try_iter().collect();
-        assert_eq!(seen, vec!["h", "he", "hel", "hell", "hello"]);
-
-        // Cancelled after its first piece of text: it leaves as an error and the node forgets it.
-        // The replica waits in the callback until the test has cancelled, so the sequence is
-        // still running when it is cancelled.
-        let long = "x".repeat(60);
-        let (ptx, prx) = mpsc::channel::<String>();
-        let (gate_tx, gate_rx) = mpsc::channel::<()>();
-        let gate = Mutex::new(gate_rx);
-        let ticket = Ticket {
-            deadline: None,
-            partial: Some(Box::new(move |t: &str| {
-                if ptx.send(t.to_string()).is_ok() {
-                    let _ = gate.lock().map(|g| g.recv());
-                }
-            })),
-        };
-        let v = s.decode(&serde_json::json!({ "text": long })).expect("decodes");
-        let id = s.submit(v, ticket, Box::new(move |o| drop(tx.send(o)))).expect("admitted");
-        prx.recv().expect("a first piece");
-        s.cancel(id);
-        drop(prx);
-        drop(gate_tx);
-        let o = rx.recv().expect("answered");
-        let f = o.result.expect_err("cancelled");
-        assert!(f.message.contains("the caller went away"), "{f:?}");
-        assert_eq!(forgotten.load(Ordering::SeqCst), 1);
-        assert!(s.drain(Duration::from_secs(10)));
-    }
-
-    #[test]
-    fn file_references_are_refused_unless_a_folder_allows_them() {
-        let s = start(ServiceOptions::default());
-        let e = s
-            .decode(&serde_json::json!({"x": 1, "b": {"$file": "/etc/passwd"}}))
-            .expect_err("refused");
-        assert!(e.starts_with("field `b`: `$file` inputs are refused"), "{e}");
-        let dir = std::env::temp_dir().join(format!("mars-serve-files-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("a.bin"), b"abc").expect("writes");
-        let s = start(ServiceOptions {
-            allow_files: Some(dir.clone()),
-            ..ServiceOptions::default()
-        });
-        let ok = s
-            .decode(&serde_json::json!({"x": 1, "b": {"$file": "a.bin"}}))
-            .expect("allowed");
-        assert_eq!(ok[1], Value::Bytes(Arc::new(b"abc".to_vec())));
-        let e = s
-            .decode(&serde_json::json!({"x": 1, "b": {"$file": "../a.bin"}}))
-            .expect_err("outside");
-        assert!(e.contains("only relative paths inside"), "{e}");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
+#[path = "service_tests.rs"]
+mod tests;
