@@ -126,6 +126,8 @@ pub enum Which {
     },
     /// A plan behind `marsc serve`: closed- and open-loop HTTP load, req/s and tail latency.
     Serve(super::bench_serve::Args),
+    /// SmolLM2 in each `quantize` mode: decode/prefill speed, perplexity, KL, agreement.
+    Llm(super::bench_llm::Args),
     /// Run a compiled plan over an input file: measured throughput over the plan's prediction.
     Fidelity {
         plan: PathBuf,
@@ -157,6 +159,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     let registry = mars_stdlib::registry();
     let result = match args.which {
         Which::Serve(a) => return super::bench_serve::run(a, args.json),
+        Which::Llm(a) => return super::bench_llm::run(a, args.json),
         Which::Pipelining { requests } => {
             let plan = delay_chain("pipelining", &[2.0, 8.0, 4.0, 1.0], batch_none(), 1);
             let (r, _) = measure(&plan, &registry, requests, quiet()).map_err(fail)?;

@@ -12,6 +12,8 @@ use tokenizers::Tokenizer;
 
 use super::gguf::{bpe_tokenizer, ChatTemplate, Gguf};
 use super::llama::{Llama, LlamaState};
+use super::llm_quant::{load_stats, LlmQuant};
+use super::quant::ActStats;
 use super::transformer_lm::{Sampling, SplitMix};
 use super::ModelConfig;
 
@@ -27,8 +29,18 @@ pub struct ChatModel {
 }
 
 impl ChatModel {
-    /// Read a Llama GGUF and build its tokenizer and template.
+    /// Read a Llama GGUF and build its tokenizer and template (f32 weights).
     pub fn load(path: &std::path::Path, positions: usize) -> Result<ChatModel, String> {
+        ChatModel::load_quantized(path, positions, LlmQuant::None, None)
+    }
+
+    /// [`ChatModel::load`] with the linear layers in a `quantize` mode.
+    pub fn load_quantized(
+        path: &std::path::Path,
+        positions: usize,
+        quant: LlmQuant,
+        stats: Option<&BTreeMap<String, ActStats>>,
+    ) -> Result<ChatModel, String> {
         let g = Gguf::read(path)?;
         let tokenizer = bpe_tokenizer(&g)?;
         let (template, default_system) = ChatTemplate::of(&g);
@@ -41,7 +53,7 @@ impl ChatModel {
                 end_tokens.insert(id);
             }
         }
-        let llama = Llama::from_gguf(g, positions)?;
+        let llama = Llama::from_gguf_quantized(g, positions, quant, stats)?;
         Ok(ChatModel {
             llama,
             tokenizer,
@@ -123,7 +135,15 @@ impl ChatNode {
         if positions < 2 {
             return Err(cfg.err("max_positions", "must be at least 2"));
         }
-        let model = ChatModel::load(&opened.path, positions as usize).map_err(fail)?;
+        let group = cfg.keys.get("group").map(|v| v.as_i64().unwrap_or(-1));
+        let quant = LlmQuant::parse(cfg.text("quantize")?.unwrap_or("none"), group)
+            .map_err(|e| cfg.err("quantize", &format!(": {e}")))?;
+        let stats = match cfg.text("calibration")? {
+            Some(p) => Some(load_stats(&ctx.base_dir.join(p)).map_err(fail)?),
+            None => None,
+        };
+        let model = ChatModel::load_quantized(&opened.path, positions as usize, quant, stats.as_ref())
+            .map_err(fail)?;
         let max_tokens = cfg.int("max_tokens", 128)?;
         if max_tokens < 1 {
             return Err(cfg.err("max_tokens", "must be at least 1"));
