@@ -210,8 +210,8 @@ mod tests {
         assert!(s.kl.abs() < 1e-9);
         let other = vec![vec![0.0, -30.0], vec![-30.0, 0.0]];
         let s = score(&other, &[0, 1, 1], 0, Some(&lp));
-        // KL(uniform ‖ certain-of-0) ≈ 0.5 · (ln 0.5 − (−30)) on row 0, ≈ 0 on row 1.
-        assert!((s.kl - 0.5 * (f64::from(ln_half) + 30.0)).abs() < 1e-3, "{s:?}");
+        // Row 0: KL(uniform ‖ (1, e⁻³⁰)) = ½(ln ½ − 0) + ½(ln ½ + 30) = ln ½ + 15; row 1: 0.
+        assert!((s.kl - (f64::from(ln_half) + 15.0)).abs() < 1e-3, "{s:?}");
         assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
     }
 }
