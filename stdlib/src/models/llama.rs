@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::gguf::Gguf;
 use super::llm_quant::{quantize_layer, sites, LlmQuant};
-use super::qlinear::{Format, QLinear};
+use super::qlinear::{self, Format, QLinear};
 use super::quant::ActStats;
 
 /// A linear layer: f32 (`[in, out]`, one `x.matmul(w)`) or quantized.
@@ -28,7 +28,7 @@ impl Lin {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Lin::F32(w) => x.matmul(w),
-            Lin::Q(q) => q.forward(x),
+            Lin::Q(q) => qlinear::forward(q, x),
         }
     }
 
@@ -270,7 +270,7 @@ impl Llama {
             Lin::F32(head_w.t().map_err(e)?.contiguous().map_err(e)?)
         } else {
             let w = head_w.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(e)?;
-            Lin::Q(QLinear::new(&w, config.hidden, Format::Int8 { act8: false }, None).map_err(e)?)
+            Lin::Q(QLinear::new(&w, config.hidden, Format::Int8 { act8: false }, None)?)
         };
         let mut blocks = Vec::with_capacity(config.layers);
         for l in 0..config.layers {

@@ -24,7 +24,7 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use super::llama::{Llama, LlamaState, Site};
-use super::qlinear::{int4_roundtrip, Format, QLinear};
+use super::qlinear::{fold, int4_error, Format, QLinear};
 use super::quant::{awq_scales, ActStats, StatsRecorder};
 
 /// A `quantize` mode of the llama node.
@@ -92,36 +92,26 @@ pub fn quantize_layer(
     mode: LlmQuant,
     stats: Option<&ActStats>,
 ) -> Result<QLinear, String> {
-    let e = |e: candle_core::Error| e.to_string();
     let need = || format!("quantize = {} needs calibration statistics", mode.name());
     match mode {
         LlmQuant::None => Err("not a quantized mode".into()),
-        LlmQuant::Int8 => QLinear::new(w, inp, Format::Int8 { act8: false }, None).map_err(e),
-        LlmQuant::Int4 { group } => QLinear::new(w, inp, Format::Int4 { group }, None).map_err(e),
+        LlmQuant::Int8 => QLinear::new(w, inp, Format::Int8 { act8: false }, None),
+        LlmQuant::Int4 { group } => QLinear::new(w, inp, Format::Int4 { group }, None),
         LlmQuant::AwqInt4 { group } => {
             let st = stats.ok_or_else(need)?;
             let found = awq_search(w, inp, st, group);
             let (ws, inv) = fold(w, inp, &found.scales);
             let inv = (found.alpha > 0.0).then_some(inv);
             let ws = if inv.is_some() { ws } else { w.to_vec() };
-            QLinear::new(&ws, inp, Format::Int4 { group }, inv).map_err(e)
+            QLinear::new(&ws, inp, Format::Int4 { group }, inv)
         }
         LlmQuant::SmoothQuantInt8 => {
             let st = stats.ok_or_else(need)?;
             let s = smooth_scales(w, inp, st, SMOOTH_ALPHA);
             let (ws, inv) = fold(w, inp, &s);
-            QLinear::new(&ws, inp, Format::Int8 { act8: true }, Some(inv)).map_err(e)
+            QLinear::new(&ws, inp, Format::Int8 { act8: true }, Some(inv))
         }
     }
-}
-
-/// `(W·diag(s), 1/s)`.
-fn fold(w: &[f32], inp: usize, s: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let ws = w
-        .chunks(inp)
-        .flat_map(|row| row.iter().zip(s).map(|(w, s)| w * s))
-        .collect();
-    (ws, s.iter().map(|s| 1.0 / s).collect())
 }
 
 /// AWQ's choice for one layer.
@@ -132,20 +122,6 @@ pub struct AwqChoice {
     /// The estimated output error with these scales, and with none (`α = 0`).
     pub error: f64,
     pub plain_error: f64,
-}
-
-/// `Σ_j E[x_j²] Σ_o (Q(W·diag(s))_oj / s_j − W_oj)²` for int4 in groups of `group`.
-pub fn int4_error(w: &[f32], inp: usize, s: &[f32], sq_mean: &[f32], group: usize) -> f64 {
-    let (ws, _) = fold(w, inp, s);
-    let back = int4_roundtrip(&ws, inp, group);
-    let mut per_col = vec![0f64; inp];
-    for (row_q, row_w) in back.chunks(inp).zip(w.chunks(inp)) {
-        for j in 0..inp {
-            let d = f64::from(row_q[j] / s[j] - row_w[j]);
-            per_col[j] += d * d;
-        }
-    }
-    per_col.iter().zip(sq_mean).map(|(e, m)| e * f64::from(*m)).sum()
 }
 
 /// Search `α` on the grid for the least [`int4_error`].
