@@ -139,8 +139,8 @@ impl ChatNode {
         let quant = LlmQuant::parse(cfg.text("quantize")?.unwrap_or("none"), group)
             .map_err(|e| cfg.err("quantize", &format!(": {e}")))?;
         let stats = match cfg.text("calibration")? {
-            Some(p) => Some(load_stats(&ctx.base_dir.join(p)).map_err(fail)?),
-            None => None,
+            Some(p) if !p.is_empty() => Some(load_stats(&ctx.base_dir.join(p)).map_err(fail)?),
+            _ => None,
         };
         let model = ChatModel::load_quantized(&opened.path, positions as usize, quant, stats.as_ref())
             .map_err(fail)?;

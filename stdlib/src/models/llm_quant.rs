@@ -63,7 +63,9 @@ impl LlmQuant {
                 ))
             }
         };
-        if group.is_some() && !matches!(q, LlmQuant::Int4 { .. } | LlmQuant::AwqInt4 { .. }) {
+        if group.is_some_and(|g| g != 32)
+            && !matches!(q, LlmQuant::Int4 { .. } | LlmQuant::AwqInt4 { .. })
+        {
             return Err(format!("`group` applies to int4 and awq_int4, not `{mode}`"));
         }
         Ok(q)
@@ -257,6 +259,7 @@ mod tests {
         assert_eq!(LlmQuant::parse("awq_int4", None), Ok(LlmQuant::AwqInt4 { group: 32 }));
         assert!(LlmQuant::parse("int4", Some(48)).unwrap_err().contains("32, 64 or 128"));
         assert!(LlmQuant::parse("int8", Some(64)).unwrap_err().contains("applies to int4"));
+        assert_eq!(LlmQuant::parse("int8", Some(32)), Ok(LlmQuant::Int8));
         assert!(LlmQuant::parse("fp8", None).unwrap_err().contains("not supported"));
     }
 
