@@ -82,7 +82,8 @@ fn common(a: &[u32], b: &[u32]) -> usize {
 ///   (a flip needs a near-tie between the top two tokens).
 /// - `int4/g128`, `awq_int4/g128`, `smoothquant_int8` lose more (one step and minimum for 128
 ///   weights of a file quantized in groups of 32; activations on an int8 grid), and a 135M model
-///   flips early tokens (measured for int4/g128: 1 of 8 identical). Here they only have to agree
+///   flips early tokens (measured: int4/g128 1, awq_int4/g128 2, smoothquant_int8 5 of 8
+///   identical). Here they only have to agree
 ///   on at least 1 of 8 answers; their quality is what `marsc bench llm` measures (perplexity,
 ///   KL, agreement over 56 questions).
 #[test]
