@@ -3,7 +3,8 @@
 //! `pipelines/image_translate.mars` (text drawn onto plain backgrounds) and their requests;
 //! `calibrate` adds the activation statistics that `quantize = awq_int4` and
 //! `smoothquant_int8` need to a `transformer_lm` weights file (see
-//! `mars_stdlib::models::quant`).
+//! `mars_stdlib::models::quant`); `calibrate-llm` the statistics of a `llama` GGUF's block
+//! inputs (`mars_stdlib::models::llm_quant`), for the node's `calibration` key.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,6 +65,23 @@ enum Command {
         #[arg(long, default_value_t = 7, conflicts_with = "input")]
         seed: u64,
         /// Output file; may be the --weights file itself.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Run a `llama` GGUF in f32 over a text and store, for every block's layer inputs, per
+    /// channel mean of x² and max |x|: what the node's `quantize = awq_int4` /
+    /// `smoothquant_int8` read from the file its `calibration` key names.
+    CalibrateLlm {
+        /// `model:NAME` from the store, or a GGUF path.
+        #[arg(long, default_value = "model:smollm2-135m-instruct")]
+        weights: String,
+        /// Calibration text: plain text, or JSONL of strings or `{"text"}` objects.
+        #[arg(long)]
+        text: PathBuf,
+        /// Tokens of the text to run (its first ones), in windows of 512.
+        #[arg(long, default_value_t = 4096)]
+        tokens: usize,
+        /// Output file (safetensors).
         #[arg(short, long)]
         out: PathBuf,
     },
@@ -159,8 +177,44 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
                 out.display()
             );
         }
+        Command::CalibrateLlm {
+            weights,
+            text,
+            tokens,
+            out,
+        } => calibrate_llm(&weights, &text, tokens, &out)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn calibrate_llm(weights: &str, text: &Path, tokens: usize, out: &Path) -> miette::Result<()> {
+    use mars_stdlib::models::{chat::ChatModel, llm_eval::read_text, llm_quant};
+    let fail = |e: String| miette::miette!(code = "mars::weights::calibrate", "{e}");
+    let path = match weights.strip_prefix("model:") {
+        Some(_) => {
+            let store = mars_stdlib::store::Store::from_env().map_err(|e| fail(e.0))?;
+            store.resolve(weights).map_err(|e| fail(e.0))?.path
+        }
+        None => PathBuf::from(weights),
+    };
+    let model = ChatModel::load(&path, 512).map_err(fail)?;
+    // About 4 characters a token: tokenize only what the first `tokens` need.
+    let body: String = read_text(text).map_err(fail)?.chars().take(tokens * 8).collect();
+    let ids = model.encode(&body).map_err(fail)?;
+    let ids = &ids[..tokens.min(ids.len())];
+    let windows: Vec<Vec<u32>> = ids.chunks(512).map(|c| c.to_vec()).collect();
+    let (stats, n) = llm_quant::calibrate(
+        model
+            .llama
+            .as_llama()
+            .ok_or_else(|| miette::miette!("calibrate-llm calibrates `arch = \"llama\"` models; this one is gemma3"))?,
+        &windows,
+    ).map_err(fail)?;
+    create_parent(out)?;
+    let about = serde_json::json!({ "tokens": n, "source": file_label(text), "weights": weights });
+    llm_quant::save_stats(out, &stats, about).map_err(fail)?;
+    println!("calibrated {} input sites on {n} tokens; wrote {}", stats.len(), out.display());
+    Ok(())
 }
 
 fn create_parent(path: &std::path::Path) -> miette::Result<()> {

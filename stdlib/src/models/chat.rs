@@ -13,6 +13,8 @@ use tokenizers::Tokenizer;
 use super::gemma3::{Decoder, Gemma3};
 use super::gguf::{bpe_tokenizer, ChatTemplate, Gguf};
 use super::llama::{Llama, LlamaState};
+use super::llm_quant::{load_stats, LlmQuant};
+use super::quant::ActStats;
 use super::transformer_lm::{Sampling, SplitMix};
 use super::ModelConfig;
 
@@ -30,8 +32,18 @@ pub struct ChatModel {
 }
 
 impl ChatModel {
-    /// Read a Llama or Gemma 3 GGUF and build its tokenizer and template.
+    /// Read a Llama or Gemma 3 GGUF and build its tokenizer and template (f32 weights).
     pub fn load(path: &std::path::Path, positions: usize) -> Result<ChatModel, String> {
+        ChatModel::load_quantized(path, positions, LlmQuant::None, None)
+    }
+
+    /// [`ChatModel::load`] with the linear layers in a `quantize` mode.
+    pub fn load_quantized(
+        path: &std::path::Path,
+        positions: usize,
+        quant: LlmQuant,
+        stats: Option<&BTreeMap<String, ActStats>>,
+    ) -> Result<ChatModel, String> {
         let g = Gguf::read(path)?;
         let gemma = g.text("general.architecture")? == "gemma3";
         let (tokenizer, bos) = match gemma {
@@ -49,8 +61,11 @@ impl ChatModel {
             }
         }
         let llama = match gemma {
+            true if !matches!(quant, LlmQuant::None) => {
+                return Err("`quantize` is implemented for `arch = \"llama\"` only, not for gemma3".into())
+            }
             true => Decoder::Gemma3(Gemma3::from_gguf(g, positions)?),
-            false => Decoder::Llama(Llama::from_gguf(g, positions)?),
+            false => Decoder::Llama(Llama::from_gguf_quantized(g, positions, quant, stats)?),
         };
         Ok(ChatModel {
             llama,
@@ -141,7 +156,15 @@ impl ChatNode {
         if positions < 2 {
             return Err(cfg.err("max_positions", "must be at least 2"));
         }
-        let model = ChatModel::load(&opened.path, positions as usize).map_err(fail)?;
+        let group = cfg.keys.get("group").map(|v| v.as_i64().unwrap_or(-1));
+        let quant = LlmQuant::parse(cfg.text("quantize")?.unwrap_or("none"), group)
+            .map_err(|e| cfg.err("quantize", &format!(": {e}")))?;
+        let stats = match cfg.text("calibration")? {
+            Some(p) if !p.is_empty() => Some(load_stats(&ctx.base_dir.join(p)).map_err(fail)?),
+            _ => None,
+        };
+        let model = ChatModel::load_quantized(&opened.path, positions as usize, quant, stats.as_ref())
+            .map_err(fail)?;
         let max_tokens = cfg.int("max_tokens", 128)?;
         if max_tokens < 1 {
             return Err(cfg.err("max_tokens", "must be at least 1"));

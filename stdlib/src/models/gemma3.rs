@@ -387,6 +387,14 @@ pub enum Decoder {
 }
 
 impl Decoder {
+    /// The Llama decoder, when this is one (quantization and its benchmarks are Llama's).
+    pub fn as_llama(&self) -> Option<&Llama> {
+        match self {
+            Decoder::Llama(l) => Some(l),
+            Decoder::Gemma3(_) => None,
+        }
+    }
+
     pub fn positions(&self) -> usize {
         match self {
             Decoder::Llama(m) => m.positions(),

@@ -9,9 +9,48 @@
 //! depend on which other sequences share its pass (up to float rounding in the batched
 //! matmuls).
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::gguf::Gguf;
+use super::llm_quant::{quantize_layer, sites, LlmQuant};
+use super::qlinear::{self, Format, QLinear};
+use super::quant::ActStats;
+
+/// A linear layer: f32 (`[in, out]`, one `x.matmul(w)`) or quantized.
+enum Lin {
+    F32(Tensor),
+    Q(QLinear),
+}
+
+impl Lin {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Lin::F32(w) => x.matmul(w),
+            Lin::Q(q) => qlinear::forward(q, x),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Lin::F32(w) => 4 * w.elem_count(),
+            Lin::Q(q) => q.weight_bytes(),
+        }
+    }
+}
+
+/// Where [`Llama::extend_observed`] shows a block's layer inputs (the calibration sites).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    AttnIn,
+    OIn,
+    FfnIn,
+    DownIn,
+}
+
+/// Called with block index, site and the input rows `[n, in]` of every pass.
+pub type Observer<'a> = &'a mut dyn FnMut(usize, Site, &Tensor) -> Result<()>;
 
 /// Shapes and constants, from the GGUF's `llama.*` metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,23 +103,24 @@ impl LlamaConfig {
 
 struct Block {
     attn_norm: Tensor,
-    /// Weights transposed to `[in, out]`, so a layer is one `x.matmul(w)`.
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
+    q: Lin,
+    k: Lin,
+    v: Lin,
+    o: Lin,
     ffn_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    gate: Lin,
+    up: Lin,
+    down: Lin,
 }
 
 /// The model: f32 weights and rotary tables.
 pub struct Llama {
     pub config: LlamaConfig,
     embed: Tensor,
-    /// The head, `[hidden, vocab]` (the embedding, transposed, when tied).
-    head: Tensor,
+    /// The head (the embedding when tied): f32 `[hidden, vocab]`, or int8 per row.
+    head: Lin,
+    /// The mode the layers were built in.
+    pub quant: LlmQuant,
     norm: Tensor,
     blocks: Vec<Block>,
     /// `[positions, head_dim / 2]`.
@@ -168,14 +208,50 @@ pub fn rope_tables(positions: usize, dim: usize, base: f64) -> Result<(Tensor, T
 }
 
 impl Llama {
-    /// Build from a read GGUF; `positions` bounds prompt plus generated tokens (the rotary
-    /// tables' length; at most the model's context).
-    pub fn from_gguf(mut g: Gguf, positions: usize) -> std::result::Result<Llama, String> {
+    /// Build from a read GGUF in f32; `positions` bounds prompt plus generated tokens (the
+    /// rotary tables' length; at most the model's context).
+    pub fn from_gguf(g: Gguf, positions: usize) -> std::result::Result<Llama, String> {
+        Llama::from_gguf_quantized(g, positions, LlmQuant::None, None)
+    }
+
+    /// Build in a `quantize` mode; `stats` (site → statistics, see [`super::llm_quant`]) are
+    /// required by `awq_int4` and `smoothquant_int8`.
+    pub fn from_gguf_quantized(
+        mut g: Gguf,
+        positions: usize,
+        quant: LlmQuant,
+        stats: Option<&BTreeMap<String, ActStats>>,
+    ) -> std::result::Result<Llama, String> {
         let config = LlamaConfig::from_gguf(&g)?;
         let e = |e: candle_core::Error| e.to_string();
-        let lin = |g: &mut Gguf, n: &str| -> std::result::Result<Tensor, String> {
+        if quant.needs_stats() && stats.is_none() {
+            return Err(format!(
+                "quantize = {} needs calibration statistics (model key `calibration`; make them with `marsc weights calibrate --llama`)",
+                quant.name()
+            ));
+        }
+        let lin = |g: &mut Gguf, n: &str, site: &str| -> std::result::Result<Lin, String> {
             let t = g.take(n)?.to_dtype(DType::F32).map_err(e)?;
-            t.t().map_err(e)?.contiguous().map_err(e)
+            let (_, inp) = t.dims2().map_err(e)?;
+            if quant == LlmQuant::None || !inp.is_multiple_of(32) {
+                return Ok(Lin::F32(t.t().map_err(e)?.contiguous().map_err(e)?));
+            }
+            let st = match stats {
+                Some(s) if quant.needs_stats() => Some(s.get(site).ok_or_else(|| {
+                    format!("the calibration statistics have no site `{site}`")
+                })?),
+                _ => None,
+            };
+            if let Some(st) = st {
+                if st.sq_mean.len() != inp {
+                    return Err(format!(
+                        "calibration site `{site}` has {} channels; `{n}` takes {inp}",
+                        st.sq_mean.len()
+                    ));
+                }
+            }
+            let w = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(e)?;
+            quantize_layer(&w, inp, quant, st).map(Lin::Q).map_err(|m| format!("`{n}`: {m}"))
         };
         let embed = g.take("token_embd.weight")?;
         if embed.dims() != [config.vocab, config.hidden] {
@@ -186,23 +262,30 @@ impl Llama {
                 config.hidden
             ));
         }
-        let head = match g.tensors.contains_key("output.weight") {
-            true => lin(&mut g, "output.weight")?,
-            false => embed.t().map_err(e)?.contiguous().map_err(e)?,
+        let head_w = match g.tensors.contains_key("output.weight") {
+            true => g.take("output.weight")?,
+            false => embed.clone(),
+        };
+        let head = if quant == LlmQuant::None || !config.hidden.is_multiple_of(32) {
+            Lin::F32(head_w.t().map_err(e)?.contiguous().map_err(e)?)
+        } else {
+            let w = head_w.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(e)?;
+            Lin::Q(QLinear::new(&w, config.hidden, Format::Int8 { act8: false }, None)?)
         };
         let mut blocks = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
             let p = |n: &str| format!("blk.{l}.{n}.weight");
+            let [(a, _), (o, _), (f, _), (d, _)] = sites(l);
             blocks.push(Block {
                 attn_norm: g.take(&p("attn_norm"))?,
-                q: lin(&mut g, &p("attn_q"))?,
-                k: lin(&mut g, &p("attn_k"))?,
-                v: lin(&mut g, &p("attn_v"))?,
-                o: lin(&mut g, &p("attn_output"))?,
+                q: lin(&mut g, &p("attn_q"), &a)?,
+                k: lin(&mut g, &p("attn_k"), &a)?,
+                v: lin(&mut g, &p("attn_v"), &a)?,
+                o: lin(&mut g, &p("attn_output"), &o)?,
                 ffn_norm: g.take(&p("ffn_norm"))?,
-                gate: lin(&mut g, &p("ffn_gate"))?,
-                up: lin(&mut g, &p("ffn_up"))?,
-                down: lin(&mut g, &p("ffn_down"))?,
+                gate: lin(&mut g, &p("ffn_gate"), &f)?,
+                up: lin(&mut g, &p("ffn_up"), &f)?,
+                down: lin(&mut g, &p("ffn_down"), &d)?,
             });
         }
         let norm = g.take("output_norm.weight")?;
@@ -215,12 +298,28 @@ impl Llama {
             config,
             embed,
             head,
+            quant,
             norm,
             blocks,
             cos,
             sin,
             kv_of_head,
         })
+    }
+
+    /// Bytes of linear-layer weights one decode step reads (blocks and head).
+    pub fn weight_bytes(&self) -> usize {
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down]
+                    .iter()
+                    .map(|l| l.bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        blocks + self.head.bytes()
     }
 
     /// The most positions a sequence can hold.
@@ -232,9 +331,37 @@ impl Llama {
     /// one pass; afterwards each state's caches cover its chunk and `logits` predicts the next
     /// token.
     pub fn extend(&self, seqs: &mut [&mut LlamaState], chunks: &[Vec<u32>]) -> Result<()> {
+        self.extend_inner(seqs, chunks, None, false).map(|_| ())
+    }
+
+    /// [`Llama::extend`], showing every block's layer inputs to `observe` (calibration).
+    pub fn extend_observed(
+        &self,
+        seqs: &mut [&mut LlamaState],
+        chunks: &[Vec<u32>],
+        observe: Observer<'_>,
+    ) -> Result<()> {
+        self.extend_inner(seqs, chunks, Some(observe), false).map(|_| ())
+    }
+
+    /// The logits of every position of `tokens` run as one fresh sequence, `[n, vocab]`
+    /// (teacher forcing: for perplexity and per-token divergences).
+    pub fn logits_all(&self, tokens: &[u32]) -> Result<Tensor> {
+        let mut st = LlamaState::default();
+        let all = self.extend_inner(&mut [&mut st], &[tokens.to_vec()], None, true)?;
+        all.ok_or_else(|| candle_core::Error::Msg("no logits".into()))
+    }
+
+    fn extend_inner(
+        &self,
+        seqs: &mut [&mut LlamaState],
+        chunks: &[Vec<u32>],
+        mut observe: Option<Observer<'_>>,
+        all_logits: bool,
+    ) -> Result<Option<Tensor>> {
         let b = seqs.len();
         if b == 0 {
-            return Ok(());
+            return Ok(None);
         }
         if chunks.len() != b {
             candle_core::bail!("{} chunks for {b} sequences", chunks.len());
@@ -264,9 +391,12 @@ impl Llama {
         let scale = 1.0 / (hd as f64).sqrt();
         for (li, blk) in self.blocks.iter().enumerate() {
             let a = rms_norm(&x, &blk.attn_norm, c.eps)?;
-            let q = a.matmul(&blk.q)?;
-            let k = a.matmul(&blk.k)?;
-            let v = a.matmul(&blk.v)?;
+            if let Some(f) = observe.as_mut() {
+                f(li, Site::AttnIn, &a)?;
+            }
+            let q = blk.q.forward(&a)?;
+            let k = blk.k.forward(&a)?;
+            let v = blk.v.forward(&a)?;
             let mut rows = Vec::with_capacity(b);
             for (s, &(off, start, m)) in seqs.iter_mut().zip(&spans) {
                 let heads = |t: &Tensor, nh: usize| -> Result<Tensor> {
@@ -298,20 +428,39 @@ impl Llama {
                 rows.push(y.transpose(0, 1)?.reshape((m, h * hd))?);
             }
             let y = Tensor::cat(&rows, 0)?;
-            x = (x + y.matmul(&blk.o)?)?;
+            if let Some(f) = observe.as_mut() {
+                f(li, Site::OIn, &y)?;
+            }
+            x = (x + blk.o.forward(&y)?)?;
             let f = rms_norm(&x, &blk.ffn_norm, c.eps)?;
-            let g = f.matmul(&blk.gate)?.silu()?;
-            let u = f.matmul(&blk.up)?;
-            x = (x + (g * u)?.matmul(&blk.down)?)?;
+            if let Some(o) = observe.as_mut() {
+                o(li, Site::FfnIn, &f)?;
+            }
+            let g = blk.gate.forward(&f)?.silu()?;
+            let u = blk.up.forward(&f)?;
+            let gu = (g * u)?;
+            if let Some(o) = observe.as_mut() {
+                o(li, Site::DownIn, &gu)?;
+            }
+            x = (x + blk.down.forward(&gu)?)?;
+        }
+        if all_logits {
+            let logits = self.head.forward(&rms_norm(&x, &self.norm, c.eps)?)?;
+            if let Some(s) = seqs.first_mut() {
+                let n = logits.dim(0)?;
+                s.logits = logits.get(n - 1)?.to_vec1::<f32>()?;
+            }
+            return Ok(Some(logits));
         }
         let last: Vec<u32> = spans.iter().map(|&(o, _, m)| (o + m - 1) as u32).collect();
         let last = x.index_select(&Tensor::from_vec(last, b, dev)?, 0)?;
-        let logits = rms_norm(&last, &self.norm, c.eps)?
-            .matmul(&self.head)?
+        let logits = self
+            .head
+            .forward(&rms_norm(&last, &self.norm, c.eps)?)?
             .to_vec2::<f32>()?;
         for (s, l) in seqs.iter_mut().zip(logits) {
             s.logits = l;
         }
-        Ok(())
+        Ok(None)
     }
 }
