@@ -41,7 +41,11 @@ fn a_gpu_kind_is_planned_on_the_gpu() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let plan_path = tmp.path().join("p.yaml");
     let out = compile("translator_on_gpu.mars", &plan_path);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&plan_path).expect("plan written");
     let plan = mars_plan::Plan::from_yaml(&text, "p.yaml").expect("plan loads");
     let node = plan.nodes.iter().find(|n| n.id == "out").expect("node out");

@@ -42,7 +42,14 @@ fn target_detect_writes_a_target_of_this_machine_that_plans_compile_against() {
     Command::cargo_bin("marsc")
         .expect("marsc builds")
         .current_dir(dir.path())
-        .args(["compile", "app.mars", "--target", "here.yaml", "-o", "app.plan.yaml"])
+        .args([
+            "compile",
+            "app.mars",
+            "--target",
+            "here.yaml",
+            "-o",
+            "app.plan.yaml",
+        ])
         .assert()
         .success();
 }

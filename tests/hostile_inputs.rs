@@ -157,7 +157,9 @@ fn out_of_range_plan_values_are_refused_at_load() {
         let r = run_marsc(&[os("run"), bad.as_os_str(), os("-q")]);
         assert_eq!(r.code, 1, "{key}: {}", r.stderr);
         assert!(
-            r.stderr.contains("bad.plan.yaml:") && r.stderr.contains(key) && r.stderr.contains("out of range"),
+            r.stderr.contains("bad.plan.yaml:")
+                && r.stderr.contains(key)
+                && r.stderr.contains("out of range"),
             "{key}: {}",
             r.stderr
         );
@@ -177,7 +179,11 @@ fn run_counts_have_limits() {
     ] {
         let r = run_marsc(&[os("run"), plan.as_os_str(), os(flag), os(n), os("-q")]);
         assert_eq!(r.code, 1, "{flag} {n}");
-        assert!(r.stderr.contains("out of range"), "{flag} {n}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("out of range"),
+            "{flag} {n}: {}",
+            r.stderr
+        );
     }
 }
 
@@ -215,10 +221,21 @@ fn an_output_that_is_the_input_is_refused() {
         same.as_os_str(),
     ]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("mars::io::output_is_input"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("mars::io::output_is_input"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(std::fs::read_to_string(&input).expect("input"), body);
     // Nor the plan itself.
-    let r = run_marsc(&[os("run"), plan.as_os_str(), os("-i"), input.as_os_str(), os("-o"), plan.as_os_str()]);
+    let r = run_marsc(&[
+        os("run"),
+        plan.as_os_str(),
+        os("-i"),
+        input.as_os_str(),
+        os("-o"),
+        plan.as_os_str(),
+    ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
 }
 
@@ -231,15 +248,40 @@ fn a_locked_output_is_refused() {
     std::fs::write(&input, "{\"x\": {\"$base64\": \"aGk=\"}}\n").expect("write");
     let out = dir.path().join("out.jsonl");
     std::fs::write(&out, "{\"id\":1,\"ok\":{}}\n").expect("write");
-    let holder = std::fs::OpenOptions::new().append(true).open(&out).expect("open");
+    let holder = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&out)
+        .expect("open");
     holder.try_lock().expect("the test takes the lock");
-    let r = run_marsc(&[os("run"), plan.as_os_str(), os("-i"), input.as_os_str(), os("-o"), out.as_os_str()]);
+    let r = run_marsc(&[
+        os("run"),
+        plan.as_os_str(),
+        os("-i"),
+        input.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+    ]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("mars::run::output_locked"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("mars::run::output_locked"),
+        "{}",
+        r.stderr
+    );
     // Nothing truncated while another run holds it.
-    assert_eq!(std::fs::read_to_string(&out).expect("out"), "{\"id\":1,\"ok\":{}}\n");
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("out"),
+        "{\"id\":1,\"ok\":{}}\n"
+    );
     drop(holder);
-    let r = run_marsc(&[os("run"), plan.as_os_str(), os("-i"), input.as_os_str(), os("-o"), out.as_os_str(), os("-q")]);
+    let r = run_marsc(&[
+        os("run"),
+        plan.as_os_str(),
+        os("-i"),
+        input.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+        os("-q"),
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(records(&out).len(), 1);
 }
@@ -254,7 +296,11 @@ fn compile_never_overwrites_its_inputs() {
     let before = std::fs::read(&src).expect("source");
     let r = run_marsc(&[os("compile"), src.as_os_str(), os("-o"), src.as_os_str()]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("mars::io::output_is_source"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("mars::io::output_is_source"),
+        "{}",
+        r.stderr
+    );
     let other = dir.path().join("other.mars");
     let r = run_marsc(&[os("compile"), src.as_os_str(), os("-o"), other.as_os_str()]);
     assert_eq!(r.code, 1, "{}", r.stderr);
@@ -272,7 +318,9 @@ fn compile_never_overwrites_its_inputs() {
     let r = run_marsc(&[os("compile"), src.as_os_str(), os("-o"), plan.as_os_str()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep");
-    assert!(std::fs::read_to_string(&plan).expect("plan").starts_with("mars_plan: 1"));
+    assert!(std::fs::read_to_string(&plan)
+        .expect("plan")
+        .starts_with("mars_plan: 1"));
 }
 
 /// Issue 16.7: `--files-dir` outputs replace planted links instead of writing through them.
@@ -301,7 +349,10 @@ fn files_dir_outputs_do_not_follow_planted_links() {
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep");
-    assert_eq!(std::fs::read(files.join("1-y.bin")).expect("output file"), b"hi");
+    assert_eq!(
+        std::fs::read(files.join("1-y.bin")).expect("output file"),
+        b"hi"
+    );
 }
 
 /// Issue 16.10, 16.12: hostile plans (deep types, deep YAML, a BOM) and profiles (a key
@@ -313,13 +364,27 @@ fn hostile_plans_and_profiles_are_refused_with_a_reason() {
     let text = std::fs::read_to_string(&plan).expect("plan");
     let bad = dir.path().join("bad.plan.yaml");
     let deep = format!("{}Bytes{}", "List<".repeat(20_000), ">".repeat(20_000));
-    std::fs::write(&bad, text.replacen("in_types:\n  - Bytes", &format!("in_types:\n  - \"{deep}\""), 1))
-        .expect("write");
+    std::fs::write(
+        &bad,
+        text.replacen(
+            "in_types:\n  - Bytes",
+            &format!("in_types:\n  - \"{deep}\""),
+            1,
+        ),
+    )
+    .expect("write");
     let r = run_marsc(&[os("run"), bad.as_os_str(), os("-q")]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("nest deeper than 100"), "{}", r.stderr);
-    std::fs::write(&bad, format!("{text}notes: {}1{}\n", "[".repeat(40_000), "]".repeat(40_000)))
-        .expect("write");
+    std::fs::write(
+        &bad,
+        format!(
+            "{text}notes: {}1{}\n",
+            "[".repeat(40_000),
+            "]".repeat(40_000)
+        ),
+    )
+    .expect("write");
     let r = run_marsc(&[os("run"), bad.as_os_str(), os("-q")]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("nest deeper than 64"), "{}", r.stderr);
@@ -334,10 +399,20 @@ fn hostile_plans_and_profiles_are_refused_with_a_reason() {
         .expect("runs");
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let src = dir.path().join("bytes.mars");
-    let r = run_marsc(&[os("compile"), src.as_os_str(), os("--profile"), data("dup_nodes.profile.yaml").as_os_str()]);
+    let r = run_marsc(&[
+        os("compile"),
+        src.as_os_str(),
+        os("--profile"),
+        data("dup_nodes.profile.yaml").as_os_str(),
+    ]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("is given twice"), "{}", r.stderr);
-    let r = run_marsc(&[os("compile"), src.as_os_str(), os("--profile"), os("/dev/zero")]);
+    let r = run_marsc(&[
+        os("compile"),
+        src.as_os_str(),
+        os("--profile"),
+        os("/dev/zero"),
+    ]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
 }
@@ -363,7 +438,13 @@ fn verify_checks_the_source_hash() {
     let r = run_marsc(&[os("run"), plan.as_os_str(), os("--verify"), os("-q")]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("mars::run::verify"), "{}", r.stderr);
-    let r = run_marsc(&[os("run"), plan.as_os_str(), os("--verify"), os("--profile"), data("dup_nodes.profile.yaml").as_os_str()]);
+    let r = run_marsc(&[
+        os("run"),
+        plan.as_os_str(),
+        os("--verify"),
+        os("--profile"),
+        data("dup_nodes.profile.yaml").as_os_str(),
+    ]);
     assert_eq!(r.code, 1);
 }
 
@@ -381,8 +462,15 @@ fn tensors_with_hostile_shapes_and_non_finite_values() {
         out.extend_from_slice(data);
         out
     };
-    std::fs::write(dir.path().join("huge.npy"), npy("(4611686018427387904,)", &[0; 8])).expect("write");
-    let nan: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(
+        dir.path().join("huge.npy"),
+        npy("(4611686018427387904,)", &[0; 8]),
+    )
+    .expect("write");
+    let nan: Vec<u8> = [1.0f32, f32::NAN]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
     std::fs::write(dir.path().join("nan.npy"), npy("(2,)", &nan)).expect("write");
     let input = dir.path().join("in.jsonl");
     std::fs::write(
@@ -391,13 +479,28 @@ fn tensors_with_hostile_shapes_and_non_finite_values() {
     )
     .expect("write");
     let out = dir.path().join("out.jsonl");
-    let r = run_marsc(&[os("run"), plan.as_os_str(), os("-i"), input.as_os_str(), os("-o"), out.as_os_str(), os("--ordered"), os("-q")]);
+    let r = run_marsc(&[
+        os("run"),
+        plan.as_os_str(),
+        os("-i"),
+        input.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+        os("--ordered"),
+        os("-q"),
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let recs = records(&out);
     assert_eq!(recs[0]["error"]["node"], "input", "{}", recs[0]);
-    assert!(recs[0]["error"]["message"].as_str().expect("m").contains("more bytes than memory"));
+    assert!(recs[0]["error"]["message"]
+        .as_str()
+        .expect("m")
+        .contains("more bytes than memory"));
     assert_eq!(recs[1]["error"]["node"], "output", "{}", recs[1]);
-    assert!(recs[1]["error"]["message"].as_str().expect("m").contains("NaN"));
+    assert!(recs[1]["error"]["message"]
+        .as_str()
+        .expect("m")
+        .contains("NaN"));
     assert_eq!(recs[2]["error"]["node"], "input", "{}", recs[2]);
     assert_eq!(recs[3]["ok"]["y"], serde_json::json!([1.0, 2.5]));
 }
@@ -428,7 +531,8 @@ fn large_requests_do_not_pile_up_in_memory() {
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(records(&out).len(), 30);
-    let s: Json = serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+    let s: Json =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
     let peak = s["peak_rss_mib"].as_f64().expect("peak_rss_mib");
     assert!(peak < 110.0, "peak RSS {peak} MiB for 150 MB of requests");
 }
@@ -447,9 +551,18 @@ fn requests_in_flight_are_bounded_by_bytes() {
         height,
         rgb: vec![200; (width * height * 3) as usize],
     };
-    std::fs::write(dir.path().join("big.png"), encode(&img, Format::Png).expect("png")).expect("write");
+    std::fs::write(
+        dir.path().join("big.png"),
+        encode(&img, Format::Png).expect("png"),
+    )
+    .expect("write");
     let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, "{\"img\": {\"$file\": \"big.png\"}, \"b\": [{\"x\": 0, \"y\": 0, \"w\": 2, \"h\": 2}]}\n".repeat(60)).expect("write");
+    std::fs::write(
+        &input,
+        "{\"img\": {\"$file\": \"big.png\"}, \"b\": [{\"x\": 0, \"y\": 0, \"w\": 2, \"h\": 2}]}\n"
+            .repeat(60),
+    )
+    .expect("write");
     let peak = |mib: &str| {
         let out = dir.path().join("out.jsonl");
         let stats = dir.path().join("stats.json");
@@ -470,14 +583,28 @@ fn requests_in_flight_are_bounded_by_bytes() {
         let recs = records(&out);
         assert_eq!(recs.len(), 60);
         assert!(recs.iter().all(|r| r.get("ok").is_some()), "{:?}", recs[0]);
-        let s: Json = serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
+        let s: Json =
+            serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("json");
         s["peak_rss_mib"].as_f64().expect("peak_rss_mib")
     };
     let bounded = peak("32");
-    assert!(bounded < 150.0, "peak RSS {bounded} MiB with --max-inflight-mib 32");
-    let r = run_marsc(&[os("run"), plan.as_os_str(), os("--max-inflight-mib"), os("0"), os("-q")]);
+    assert!(
+        bounded < 150.0,
+        "peak RSS {bounded} MiB with --max-inflight-mib 32"
+    );
+    let r = run_marsc(&[
+        os("run"),
+        plan.as_os_str(),
+        os("--max-inflight-mib"),
+        os("0"),
+        os("-q"),
+    ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("--max-inflight-mib 0 is out of range"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--max-inflight-mib 0 is out of range"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// Issue 16.12: a builtin node's unknown `params` key is refused when the plan loads.
@@ -492,14 +619,21 @@ fn unknown_builtin_params_are_refused_at_load() {
     let r = run_marsc(&[os("run"), bad.as_os_str(), os("-q")]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains("bad.plan.yaml:") && r.stderr.contains("`colour` is not a parameter of builtin"),
+        r.stderr.contains("bad.plan.yaml:")
+            && r.stderr.contains("`colour` is not a parameter of builtin"),
         "{}",
         r.stderr
     );
     // The plan as compiled still runs.
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, "{\"x\": \"ok\"}\n").expect("write");
-    let r = run_marsc(&[os("run"), plan.as_os_str(), os("-i"), input.as_os_str(), os("-q")]);
+    let r = run_marsc(&[
+        os("run"),
+        plan.as_os_str(),
+        os("-i"),
+        input.as_os_str(),
+        os("-q"),
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
 

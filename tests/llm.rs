@@ -62,7 +62,11 @@ fn smollm2_greedy_tokens_equal_the_numpy_reference() {
         let prompt = case["prompt"].as_str().expect("prompt");
         let text = model.template.render(Some(system), prompt);
         let got_prompt = model.encode(&text).expect("encode");
-        assert_eq!(got_prompt, ids(&case["prompt_ids"]), "prompt ids of {prompt:?}");
+        assert_eq!(
+            got_prompt,
+            ids(&case["prompt_ids"]),
+            "prompt ids of {prompt:?}"
+        );
         let got = greedy(&model, &got_prompt, max_new).expect("generate");
         assert_eq!(
             got,
@@ -143,7 +147,13 @@ fn continuous_batching_gives_the_answers_of_one_at_a_time_decoding() {
     assert_eq!(one, cont);
     // And both are the reference's answers (greedy, the reference's system message is the
     // template's default).
-    for (i, c) in r["cases"].as_array().expect("cases").iter().take(8).enumerate() {
+    for (i, c) in r["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .take(8)
+        .enumerate()
+    {
         assert_eq!(
             one[&(i as u64 + 1)],
             c["text"].as_str().expect("text").trim(),
@@ -177,7 +187,10 @@ fn retrieval_finds_the_right_faq_passage_for_most_paraphrases() {
     use mars_stdlib::models::bert::Bert;
     use mars_stdlib::vector::{read_corpus, Index};
     let store = Store::from_env().expect("manifest");
-    let w = store.resolve("model:all-minilm-l6-v2").expect("pulled").path;
+    let w = store
+        .resolve("model:all-minilm-l6-v2")
+        .expect("pulled")
+        .path;
     let bert = Bert::load(&w, 256).expect("load");
     let data = root().join("pipelines/data");
     let passages = read_corpus(&data.join("faq.jsonl"), "text").expect("corpus");
@@ -187,7 +200,9 @@ fn retrieval_finds_the_right_faq_passage_for_most_paraphrases() {
     let (mut hits, mut n) = (0, 0);
     for line in questions.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");
-        let q = bert.embed(v["question"].as_str().expect("q")).expect("embed");
+        let q = bert
+            .embed(v["question"].as_str().expect("q"))
+            .expect("embed");
         let best = index.top_k(&q, 3).expect("top");
         assert_eq!(best.len(), 3);
         n += 1;
@@ -211,7 +226,13 @@ fn support_chat_answers_from_the_faq_end_to_end() {
     let pipelines = root().join("pipelines");
     let plan = dir.path().join("support_chat.plan.yaml");
     marsc(&pipelines)
-        .args(["compile", "support_chat.mars", "--target", "targets/local.yaml", "-o"])
+        .args([
+            "compile",
+            "support_chat.mars",
+            "--target",
+            "targets/local.yaml",
+            "-o",
+        ])
         .arg(&plan)
         .assert()
         .success();
@@ -219,7 +240,13 @@ fn support_chat_answers_from_the_faq_end_to_end() {
     marsc(&pipelines)
         .arg("run")
         .arg(&plan)
-        .args(["--input", "data/support_requests.jsonl", "--ordered", "--quiet", "--output"])
+        .args([
+            "--input",
+            "data/support_requests.jsonl",
+            "--ordered",
+            "--quiet",
+            "--output",
+        ])
         .arg(&out)
         .assert()
         .success();
@@ -236,8 +263,14 @@ fn support_chat_answers_from_the_faq_end_to_end() {
     }
     let battery = &records[0]["ok"];
     assert!(
-        battery["sources"][0].as_str().expect("source").contains("12 hours"),
+        battery["sources"][0]
+            .as_str()
+            .expect("source")
+            .contains("12 hours"),
         "{battery}"
     );
-    assert!(battery["answer"].as_str().expect("answer").contains("12"), "{battery}");
+    assert!(
+        battery["answer"].as_str().expect("answer").contains("12"),
+        "{battery}"
+    );
 }

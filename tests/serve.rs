@@ -16,20 +16,64 @@ use common::{post, post_raw, Served};
 async fn kserve_http_health_metadata_and_infer_of_many_rows() {
     let s = Served::start(&["ab"], &[]).await;
     let c = reqwest::Client::new();
-    assert_eq!(c.get(s.url("/v2/health/live")).send().await.expect("live").status(), 200);
-    let meta: Json = c.get(s.url("/v2")).send().await.expect("v2").json().await.expect("json");
+    assert_eq!(
+        c.get(s.url("/v2/health/live"))
+            .send()
+            .await
+            .expect("live")
+            .status(),
+        200
+    );
+    let meta: Json = c
+        .get(s.url("/v2"))
+        .send()
+        .await
+        .expect("v2")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(meta["name"], "mars");
-    let m: Json = c.get(s.url("/v2/models/ab")).send().await.expect("meta").json().await.expect("json");
-    assert_eq!(m["inputs"], json!([{"name": "x", "datatype": "INT64", "shape": [-1]}]));
-    assert_eq!(m["outputs"], json!([{"name": "y", "datatype": "INT64", "shape": [-1]}]));
-    assert_eq!(c.get(s.url("/v2/models/ab/ready")).send().await.expect("ready").status(), 200);
-    assert_eq!(c.get(s.url("/v2/models/nope/ready")).send().await.expect("404").status(), 404);
+    let m: Json = c
+        .get(s.url("/v2/models/ab"))
+        .send()
+        .await
+        .expect("meta")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        m["inputs"],
+        json!([{"name": "x", "datatype": "INT64", "shape": [-1]}])
+    );
+    assert_eq!(
+        m["outputs"],
+        json!([{"name": "y", "datatype": "INT64", "shape": [-1]}])
+    );
+    assert_eq!(
+        c.get(s.url("/v2/models/ab/ready"))
+            .send()
+            .await
+            .expect("ready")
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(s.url("/v2/models/nope/ready"))
+            .send()
+            .await
+            .expect("404")
+            .status(),
+        404
+    );
 
     let body = json!({"id": "r1", "inputs": [{"name": "x", "datatype": "INT64", "shape": [3], "data": [1, 2, 3]}]});
     let (status, r) = post(&c, &s.url("/v2/models/ab/infer"), &body).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["id"], "r1");
-    assert_eq!(r["outputs"], json!([{"name": "y", "datatype": "INT64", "shape": [3], "data": [1, 2, 3]}]));
+    assert_eq!(
+        r["outputs"],
+        json!([{"name": "y", "datatype": "INT64", "shape": [3], "data": [1, 2, 3]}])
+    );
 
     // The binary tensor data extension, both ways: two INT32 rows in, INT64 out as raw bytes.
     let head = json!({
@@ -64,10 +108,21 @@ async fn kserve_http_health_metadata_and_infer_of_many_rows() {
 
     let text = s.metrics().await;
     // Five rows and the warm-up request ran through node b.
-    assert!(text.contains(r#"mars_requests_total{pipeline="ab",endpoint="kserve_http",outcome="ok"} 2"#), "{text}");
-    assert!(text.contains(r#"mars_node_items_total{pipeline="ab",node="b"} 6"#), "{text}");
+    assert!(
+        text.contains(
+            r#"mars_requests_total{pipeline="ab",endpoint="kserve_http",outcome="ok"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"mars_node_items_total{pipeline="ab",node="b"} 6"#),
+        "{text}"
+    );
     assert!(text.contains("mars_node_batch_size_bucket"), "{text}");
-    assert!(text.contains(r#"mars_queue_depth{pipeline="ab"} 0"#), "{text}");
+    assert!(
+        text.contains(r#"mars_queue_depth{pipeline="ab"} 0"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -76,12 +131,23 @@ async fn plain_json_takes_run_requests_and_gives_run_records() {
     let c = reqwest::Client::new();
     let (status, r) = post(&c, &s.url("/v1/pipelines/ab"), &json!({"x": 5})).await;
     assert_eq!(status, 200);
-    assert_eq!((r["id"].clone(), r["ok"].clone()), (json!(1), json!({"y": 5})));
+    assert_eq!(
+        (r["id"].clone(), r["ok"].clone()),
+        (json!(1), json!({"y": 5}))
+    );
     assert!(r["latency_ms"].as_f64().is_some());
-    let (status, r) = post(&c, &s.url("/v1/pipelines/ab"), &json!([{"x": 1}, {"x": "two"}, {"x": 3}])).await;
+    let (status, r) = post(
+        &c,
+        &s.url("/v1/pipelines/ab"),
+        &json!([{"x": 1}, {"x": "two"}, {"x": 3}]),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(r[0]["ok"]["y"], 1);
-    assert_eq!(r[1]["error"], json!({"node": "input", "message": "field `x`: expected Int, got `\"two\"`"}));
+    assert_eq!(
+        r[1]["error"],
+        json!({"node": "input", "message": "field `x`: expected Int, got `\"two\"`"})
+    );
     assert_eq!(r[2]["ok"]["y"], 3);
     let (status, r) = post(&c, &s.url("/v1/pipelines/nope"), &json!({"x": 5})).await;
     assert_eq!(status, 404);
@@ -95,19 +161,39 @@ async fn malformed_bodies_are_clear_4xx_answers() {
     std::fs::write(&key, "sekrit\n").expect("writes");
     let s = Served::start(
         &["ab", "translate"],
-        &["--max-body-bytes", "4096", "--api-key-file", key.to_str().expect("utf-8")],
+        &[
+            "--max-body-bytes",
+            "4096",
+            "--api-key-file",
+            key.to_str().expect("utf-8"),
+        ],
     )
     .await;
     let c = reqwest::Client::new();
     // Without the token: 401, but health stays open.
-    let r = c.post(s.url("/v1/pipelines/ab")).json(&json!({"x": 1})).send().await.expect("answers");
+    let r = c
+        .post(s.url("/v1/pipelines/ab"))
+        .json(&json!({"x": 1}))
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(r.status(), 401);
-    assert_eq!(c.get(s.url("/v2/health/ready")).send().await.expect("ready").status(), 200);
+    assert_eq!(
+        c.get(s.url("/v2/health/ready"))
+            .send()
+            .await
+            .expect("ready")
+            .status(),
+        200
+    );
     let c = reqwest::Client::builder()
         .default_headers(
-            [(reqwest::header::AUTHORIZATION, "Bearer sekrit".parse().expect("a header"))]
-                .into_iter()
-                .collect(),
+            [(
+                reqwest::header::AUTHORIZATION,
+                "Bearer sekrit".parse().expect("a header"),
+            )]
+            .into_iter()
+            .collect(),
         )
         .build()
         .expect("a client");
@@ -128,13 +214,30 @@ async fn malformed_bodies_are_clear_4xx_answers() {
     }
     let (status, r) = post_raw(&c, &s.url("/v1/pipelines/ab"), "[{\"x\": 1}").await;
     assert_eq!(status, 400);
-    assert!(r["error"]["message"].as_str().unwrap_or_default().starts_with("malformed JSON"));
-    let (status, r) = post_raw(&c, &s.url("/v1/completions"), "{\"model\": \"ab\", \"prompt\": \"x\"}").await;
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("malformed JSON"));
+    let (status, r) = post_raw(
+        &c,
+        &s.url("/v1/completions"),
+        "{\"model\": \"ab\", \"prompt\": \"x\"}",
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(r["error"]["message"].as_str().unwrap_or_default().contains("no Text output"), "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no Text output"),
+        "{r}"
+    );
     let (status, r) = post_raw(&c, &s.url("/v1/completions"), "{\"model\": \"translate\"}").await;
     assert_eq!(status, 400);
-    assert!(r["error"]["message"].as_str().unwrap_or_default().contains("`prompt` is required"));
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("`prompt` is required"));
     let big = "x".repeat(10_000);
     let r = c
         .post(s.url("/v1/pipelines/ab"))
@@ -145,9 +248,20 @@ async fn malformed_bodies_are_clear_4xx_answers() {
         .expect("answers");
     assert_eq!(r.status(), 413);
     // Files are refused: served requests carry their data inline.
-    let (status, r) = post(&c, &s.url("/v1/pipelines/translate"), &json!({"text": {"$file": "/etc/passwd"}})).await;
+    let (status, r) = post(
+        &c,
+        &s.url("/v1/pipelines/translate"),
+        &json!({"text": {"$file": "/etc/passwd"}}),
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(r["error"]["message"].as_str().unwrap_or_default().contains("--allow-files"), "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--allow-files"),
+        "{r}"
+    );
     // The server is still there.
     let (status, _) = post(&c, &s.url("/v1/pipelines/ab"), &json!({"x": 1})).await;
     assert_eq!(status, 200);
@@ -156,20 +270,46 @@ async fn malformed_bodies_are_clear_4xx_answers() {
 #[tokio::test]
 async fn grpc_answers_like_http() {
     let s = Served::start(&["ab"], &[]).await;
-    let mut g = GrpcInferenceServiceClient::connect(s.grpc.clone()).await.expect("connects");
-    assert!(g.server_live(proto::ServerLiveRequest {}).await.expect("live").into_inner().live);
-    assert!(g.server_ready(proto::ServerReadyRequest {}).await.expect("ready").into_inner().ready);
+    let mut g = GrpcInferenceServiceClient::connect(s.grpc.clone())
+        .await
+        .expect("connects");
+    assert!(
+        g.server_live(proto::ServerLiveRequest {})
+            .await
+            .expect("live")
+            .into_inner()
+            .live
+    );
+    assert!(
+        g.server_ready(proto::ServerReadyRequest {})
+            .await
+            .expect("ready")
+            .into_inner()
+            .ready
+    );
     let ready = g
-        .model_ready(proto::ModelReadyRequest { name: "ab".into(), version: String::new() })
+        .model_ready(proto::ModelReadyRequest {
+            name: "ab".into(),
+            version: String::new(),
+        })
         .await
         .expect("model ready");
     assert!(ready.into_inner().ready);
     let meta = g
-        .model_metadata(proto::ModelMetadataRequest { name: "ab".into(), version: String::new() })
+        .model_metadata(proto::ModelMetadataRequest {
+            name: "ab".into(),
+            version: String::new(),
+        })
         .await
         .expect("metadata")
         .into_inner();
-    assert_eq!((meta.inputs[0].datatype.as_str(), meta.inputs[0].shape.clone()), ("INT64", vec![-1]));
+    assert_eq!(
+        (
+            meta.inputs[0].datatype.as_str(),
+            meta.inputs[0].shape.clone()
+        ),
+        ("INT64", vec![-1])
+    );
     let raw: Vec<u8> = [4i64, 5, 6].iter().flat_map(|x| x.to_le_bytes()).collect();
     let req = proto::ModelInferRequest {
         model_name: "ab".into(),
@@ -183,7 +323,11 @@ async fn grpc_answers_like_http() {
         raw_input_contents: vec![raw.clone()],
         ..Default::default()
     };
-    let r = g.model_infer(req.clone()).await.expect("infers").into_inner();
+    let r = g
+        .model_infer(req.clone())
+        .await
+        .expect("infers")
+        .into_inner();
     assert_eq!(r.id, "g1");
     assert_eq!(r.outputs[0].shape, vec![3]);
     assert_eq!(r.raw_output_contents, vec![raw]);
@@ -193,7 +337,10 @@ async fn grpc_answers_like_http() {
             name: "x".into(),
             datatype: "INT64".into(),
             shape: vec![1],
-            contents: Some(proto::InferTensorContents { int64_contents: vec![11], ..Default::default() }),
+            contents: Some(proto::InferTensorContents {
+                int64_contents: vec![11],
+                ..Default::default()
+            }),
             ..Default::default()
         }],
         raw_input_contents: vec![],
@@ -201,12 +348,25 @@ async fn grpc_answers_like_http() {
     };
     let r = g.model_infer(typed).await.expect("infers").into_inner();
     assert_eq!(r.raw_output_contents, vec![11i64.to_le_bytes().to_vec()]);
-    let missing = proto::ModelInferRequest { model_name: "nope".into(), ..req.clone() };
-    assert_eq!(g.model_infer(missing).await.expect_err("404").code(), tonic::Code::NotFound);
-    let bad = proto::ModelInferRequest { raw_input_contents: vec![vec![1, 2, 3]], ..req };
+    let missing = proto::ModelInferRequest {
+        model_name: "nope".into(),
+        ..req.clone()
+    };
+    assert_eq!(
+        g.model_infer(missing).await.expect_err("404").code(),
+        tonic::Code::NotFound
+    );
+    let bad = proto::ModelInferRequest {
+        raw_input_contents: vec![vec![1, 2, 3]],
+        ..req
+    };
     let e = g.model_infer(bad).await.expect_err("bad bytes");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().contains("not whole INT64 elements"), "{}", e.message());
+    assert!(
+        e.message().contains("not whole INT64 elements"),
+        "{}",
+        e.message()
+    );
 }
 
 #[tokio::test]
@@ -217,8 +377,16 @@ async fn a_full_queue_refuses_at_once_with_503_and_retry_after() {
         let c = c.clone();
         let url = s.url("/v1/pipelines/slow");
         async move {
-            let r = c.post(url).json(&json!({"x": x})).send().await.expect("answers");
-            (r.status().as_u16(), r.headers().get("retry-after").is_some())
+            let r = c
+                .post(url)
+                .json(&json!({"x": x}))
+                .send()
+                .await
+                .expect("answers");
+            (
+                r.status().as_u16(),
+                r.headers().get("retry-after").is_some(),
+            )
         }
     });
     let got = futures_util::future::join_all(calls).await;
@@ -226,9 +394,15 @@ async fn a_full_queue_refuses_at_once_with_503_and_retry_after() {
     let ok = got.iter().filter(|(s, _)| *s == 200).count();
     // One running, two queued: at most three of twelve concurrent requests are taken.
     assert!(refused >= 9 && ok + refused == 12, "{got:?}");
-    assert!(got.iter().filter(|(s, _)| *s == 503).all(|(_, retry)| *retry));
+    assert!(got
+        .iter()
+        .filter(|(s, _)| *s == 503)
+        .all(|(_, retry)| *retry));
     let text = s.metrics().await;
-    assert!(text.contains(r#"mars_refusals_total{pipeline="slow",reason="queue_full"}"#), "{text}");
+    assert!(
+        text.contains(r#"mars_refusals_total{pipeline="slow",reason="queue_full"}"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -241,13 +415,32 @@ async fn a_passed_deadline_is_504_and_never_reaches_the_node() {
     let first = {
         let c = c.clone();
         let url = url.clone();
-        tokio::spawn(async move { c.post(url).json(&json!({"x": 1})).send().await.expect("answers").status() })
+        tokio::spawn(async move {
+            c.post(url)
+                .json(&json!({"x": 1}))
+                .send()
+                .await
+                .expect("answers")
+                .status()
+        })
     };
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let r = c.post(&url).header("timeout", "50ms").json(&json!({"x": 2})).send().await.expect("answers");
+    let r = c
+        .post(&url)
+        .header("timeout", "50ms")
+        .json(&json!({"x": 2}))
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(r.status(), 504);
     assert_eq!(first.await.expect("joins"), 200);
-    let r = c.post(&url).header("timeout", "soon").json(&json!({"x": 2})).send().await.expect("answers");
+    let r = c
+        .post(&url)
+        .header("timeout", "soon")
+        .json(&json!({"x": 2}))
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(r.status(), 400);
     // Wait for the dropped request to pass through, then count what the node ran.
     let mut text = String::new();
@@ -259,7 +452,10 @@ async fn a_passed_deadline_is_504_and_never_reaches_the_node() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The warm-up request and the first: the second never ran.
-    assert!(text.contains(r#"mars_node_items_total{pipeline="slow",node="a"} 2"#), "{text}");
+    assert!(
+        text.contains(r#"mars_node_items_total{pipeline="slow",node="a"} 2"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -271,14 +467,22 @@ async fn sigterm_turns_readiness_off_finishes_in_flight_requests_and_exits_0() {
             let c = c.clone();
             let url = s.url("/v1/pipelines/slow");
             tokio::spawn(async move {
-                let r = c.post(url).json(&json!({"x": x})).send().await.expect("answers");
+                let r = c
+                    .post(url)
+                    .json(&json!({"x": x}))
+                    .send()
+                    .await
+                    .expect("answers");
                 (r.status().as_u16(), r.json::<Json>().await.expect("json"))
             })
         })
         .collect();
     // Until all three are accepted.
     for _ in 0..200 {
-        if s.metrics().await.contains(r#"mars_in_flight{pipeline="slow"} 3"#) {
+        if s.metrics()
+            .await
+            .contains(r#"mars_in_flight{pipeline="slow"} 3"#)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -296,7 +500,12 @@ async fn sigterm_turns_readiness_off_finishes_in_flight_requests_and_exits_0() {
         }
     }
     assert!(saw_unready, "readiness turns false while draining");
-    if let Ok(r) = c.post(s.url("/v1/pipelines/slow")).json(&json!({"x": 9})).send().await {
+    if let Ok(r) = c
+        .post(s.url("/v1/pipelines/slow"))
+        .json(&json!({"x": 9}))
+        .send()
+        .await
+    {
         assert_eq!(r.status(), 503, "new requests are refused while draining");
     }
     for (k, call) in calls.into_iter().enumerate() {
@@ -333,9 +542,21 @@ async fn sse_data(r: reqwest::Response) -> Vec<String> {
 async fn openai_completions_answer_and_stream_generated_text() {
     let s = Served::start(&["translate"], &[]).await;
     let c = reqwest::Client::new();
-    let models: Json = c.get(s.url("/v1/models")).send().await.expect("models").json().await.expect("json");
+    let models: Json = c
+        .get(s.url("/v1/models"))
+        .send()
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(models["data"][0]["id"], "translate");
-    let (status, r) = post(&c, &s.url("/v1/completions"), &json!({"model": "translate", "prompt": "twenty four"})).await;
+    let (status, r) = post(
+        &c,
+        &s.url("/v1/completions"),
+        &json!({"model": "translate", "prompt": "twenty four"}),
+    )
+    .await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["object"], "text_completion");
     assert_eq!(r["choices"][0]["text"], "vingt-quatre");
@@ -345,9 +566,17 @@ async fn openai_completions_answer_and_stream_generated_text() {
         &json!({"model": "translate", "messages": [{"role": "user", "content": "three hundred twenty one"}]}),
     )
     .await;
-    assert_eq!(r["choices"][0]["message"], json!({"role": "assistant", "content": "trois cent vingt et un"}));
+    assert_eq!(
+        r["choices"][0]["message"],
+        json!({"role": "assistant", "content": "trois cent vingt et un"})
+    );
     // `stop` cuts the text.
-    let (_, r) = post(&c, &s.url("/v1/completions"), &json!({"model": "translate", "prompt": "three hundred twenty one", "stop": [" vingt"]})).await;
+    let (_, r) = post(
+        &c,
+        &s.url("/v1/completions"),
+        &json!({"model": "translate", "prompt": "three hundred twenty one", "stop": [" vingt"]}),
+    )
+    .await;
     assert_eq!(r["choices"][0]["text"], "trois cent");
 
     let r = c
@@ -357,7 +586,10 @@ async fn openai_completions_answer_and_stream_generated_text() {
         .await
         .expect("streams");
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().expect("text").starts_with("text/event-stream"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .expect("text")
+        .starts_with("text/event-stream"));
     let events = sse_data(r).await;
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let chunks: Vec<Json> = events[..events.len() - 1]
@@ -372,7 +604,10 @@ async fn openai_completions_answer_and_stream_generated_text() {
     // (That the text streams step by step, not only at the end, is pinned by the service's
     // own test with a generator that waits for it; here the tiny model may finish before the
     // client reads.)
-    assert_eq!(chunks.last().expect("a last chunk")["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        chunks.last().expect("a last chunk")["choices"][0]["finish_reason"],
+        "stop"
+    );
 
     let r = c
         .post(s.url("/v1/chat/completions"))
@@ -410,8 +645,22 @@ async fn a_client_that_disconnects_mid_stream_leaves_the_server_serving() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(text.contains(r#"mars_in_flight{pipeline="translate"} 0"#), "{text}");
-    assert!(text.contains(r#"mars_kv_tokens_used{pipeline="translate",node="french",replica="0"} 0"#), "{text}");
-    let (status, r) = post(&c, &s.url("/v1/completions"), &json!({"model": "translate", "prompt": "twenty four"})).await;
-    assert_eq!((status, r["choices"][0]["text"].clone()), (200, json!("vingt-quatre")));
+    assert!(
+        text.contains(r#"mars_in_flight{pipeline="translate"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"mars_kv_tokens_used{pipeline="translate",node="french",replica="0"} 0"#),
+        "{text}"
+    );
+    let (status, r) = post(
+        &c,
+        &s.url("/v1/completions"),
+        &json!({"model": "translate", "prompt": "twenty four"}),
+    )
+    .await;
+    assert_eq!(
+        (status, r["choices"][0]["text"].clone()),
+        (200, json!("vingt-quatre"))
+    );
 }

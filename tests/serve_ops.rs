@@ -44,30 +44,68 @@ async fn readiness_waits_for_the_warm_up_request_through_the_pipeline() {
         let url = s.url(path);
         async move { c.get(url).send().await.expect("answers").status().as_u16() }
     };
-    assert_eq!(status("/v2/health/ready").await, 503, "not ready before the warm-up finished");
+    assert_eq!(
+        status("/v2/health/ready").await,
+        503,
+        "not ready before the warm-up finished"
+    );
     assert_eq!(status("/v2/models/warm/ready").await, 503);
     let (code, r) = post(&c, &s.url("/v1/pipelines/warm"), &json!({"x": 1})).await;
     assert_eq!(code, 503, "{r}");
-    assert!(r["error"]["message"].as_str().unwrap_or_default().contains("warming up"), "{r}");
-    let mut g = GrpcInferenceServiceClient::connect(s.grpc.clone()).await.expect("connects");
-    assert!(!g.server_ready(proto::ServerReadyRequest {}).await.expect("answers").into_inner().ready);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("warming up"),
+        "{r}"
+    );
+    let mut g = GrpcInferenceServiceClient::connect(s.grpc.clone())
+        .await
+        .expect("connects");
+    assert!(
+        !g.server_ready(proto::ServerReadyRequest {})
+            .await
+            .expect("answers")
+            .into_inner()
+            .ready
+    );
 
     s.wait_ready().await;
     // Ready means warmed: the node has run the warm-up request once.
     let text = s.metrics().await;
-    assert!(text.contains(r#"mars_node_items_total{pipeline="warm",node="a"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"mars_node_items_total{pipeline="warm",node="a"} 1"#),
+        "{text}"
+    );
     assert_eq!(status("/v2/models/warm/ready").await, 200);
-    assert!(g.server_ready(proto::ServerReadyRequest {}).await.expect("answers").into_inner().ready);
+    assert!(
+        g.server_ready(proto::ServerReadyRequest {})
+            .await
+            .expect("answers")
+            .into_inner()
+            .ready
+    );
     // The warm-up is not a served request: the one refused while warming up is all there is.
-    assert!(text.contains(r#"mars_requests_total{pipeline="warm",endpoint="plain",outcome="unavailable"} 1"#), "{text}");
-    assert!(!text.contains(r#"mars_requests_total{pipeline="warm",endpoint="plain",outcome="ok"}"#), "{text}");
+    assert!(
+        text.contains(
+            r#"mars_requests_total{pipeline="warm",endpoint="plain",outcome="unavailable"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"mars_requests_total{pipeline="warm",endpoint="plain",outcome="ok"}"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn without_warm_up_readiness_follows_loading() {
     let s = Served::start(&["warm"], &["--warmup-timeout", "0"]).await;
     let text = s.metrics().await;
-    assert!(text.contains(r#"mars_node_items_total{pipeline="warm",node="a"} 0"#), "{text}");
+    assert!(
+        text.contains(r#"mars_node_items_total{pipeline="warm",node="a"} 0"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -81,12 +119,19 @@ async fn tls_serves_https_and_grpcs_with_the_given_certificate() {
     std::fs::write(&key, &key_pem).expect("writes");
     let trusting = reqwest::Client::builder()
         .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("a PEM cert"))
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("a PEM cert"),
+        )
         .build()
         .expect("a client");
     let s = Served::spawn(
         &["ab"],
-        &["--tls-cert", cert.to_str().expect("utf-8"), "--tls-key", key.to_str().expect("utf-8")],
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+        ],
         "https",
         trusting.clone(),
     );
@@ -95,11 +140,22 @@ async fn tls_serves_https_and_grpcs_with_the_given_certificate() {
     assert_eq!((status, r["ok"]["y"].clone()), (200, json!(5)), "{r}");
 
     // A client that does not trust the certificate is refused, and plain HTTP gets no answer.
-    let strict = reqwest::Client::builder().use_rustls_tls().build().expect("a client");
-    let e = strict.get(s.url("/v2/health/ready")).send().await.expect_err("untrusted");
+    let strict = reqwest::Client::builder()
+        .use_rustls_tls()
+        .build()
+        .expect("a client");
+    let e = strict
+        .get(s.url("/v2/health/ready"))
+        .send()
+        .await
+        .expect_err("untrusted");
     assert!(e.is_connect(), "{e:?}");
     let plain = s.url("/v2/health/ready").replacen("https://", "http://", 1);
-    let answered = reqwest::Client::new().get(plain).send().await.map(|r| r.status().as_u16());
+    let answered = reqwest::Client::new()
+        .get(plain)
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
     assert!(!matches!(answered, Ok(200)), "{answered:?}");
 
     // gRPC over TLS, with tonic's rustls client.
@@ -114,7 +170,13 @@ async fn tls_serves_https_and_grpcs_with_the_given_certificate() {
         .await
         .expect("connects over TLS");
     let mut g = GrpcInferenceServiceClient::new(channel);
-    assert!(g.server_ready(proto::ServerReadyRequest {}).await.expect("answers").into_inner().ready);
+    assert!(
+        g.server_ready(proto::ServerReadyRequest {})
+            .await
+            .expect("answers")
+            .into_inner()
+            .ready
+    );
 }
 
 #[tokio::test]
@@ -155,7 +217,10 @@ async fn twice_the_capacity_is_refused_fast_and_memory_stays_flat() {
     let pid = s.child.id();
     let body = std::sync::Arc::new(json!({ "text": "x".repeat(64 << 10) }));
     let url = s.url("/v1/pipelines/overload");
-    let c = reqwest::Client::builder().pool_max_idle_per_host(512).build().expect("a client");
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .expect("a client");
     let t0 = Instant::now();
     let rate = 200.0;
     let seconds = 6.0;
@@ -199,21 +264,43 @@ async fn twice_the_capacity_is_refused_fast_and_memory_stays_flat() {
         rss
     );
     // About half is refused (the node does ~100 of the ~200 a second).
-    assert!(refused.len() * 4 > offered, "{} of {offered} refused", refused.len());
-    assert!(ok.len() as f64 <= seconds * 100.0 * 1.1 + 24.0, "{} answered", ok.len());
+    assert!(
+        refused.len() * 4 > offered,
+        "{} of {offered} refused",
+        refused.len()
+    );
+    assert!(
+        ok.len() as f64 <= seconds * 100.0 * 1.1 + 24.0,
+        "{} answered",
+        ok.len()
+    );
     // Refusals are fast: answered without waiting for the node, at least twice as quick as
     // admitted requests, which wait for the queue and the in-flight ones ahead of them
     // (24 × 10 ms). Bounds are loose: the client shares the machine with the server.
     let (refused_p50, ok_p50) = (quantile(&mut refused, 0.5), quantile(&mut ok, 0.5));
-    assert!(refused_p50 * 2.0 < ok_p50, "refusals p50 {refused_p50:.1} ms, admitted p50 {ok_p50:.1} ms");
-    assert!(quantile(&mut refused, 0.99) < 2000.0, "refusals p99 {:.1} ms", quantile(&mut refused, 0.99));
-    assert!(quantile(&mut ok, 0.99) < 5000.0, "admitted p99 {:.1} ms", quantile(&mut ok, 0.99));
+    assert!(
+        refused_p50 * 2.0 < ok_p50,
+        "refusals p50 {refused_p50:.1} ms, admitted p50 {ok_p50:.1} ms"
+    );
+    assert!(
+        quantile(&mut refused, 0.99) < 2000.0,
+        "refusals p99 {:.1} ms",
+        quantile(&mut refused, 0.99)
+    );
+    assert!(
+        quantile(&mut ok, 0.99) < 5000.0,
+        "admitted p99 {:.1} ms",
+        quantile(&mut ok, 0.99)
+    );
     // Memory is flat: once the connections and allocator have grown (2 s), the resident set
     // grows by less than 16 MiB over the next 4 s; a queue without bound would hold another
     // ~400 requests of 64 KiB by then, each held at least as body and as decoded value.
     let base = rss.iter().find(|(t, _)| *t >= 2.0).map_or(0, |r| r.1);
     let peak = rss.iter().map(|r| r.1).max().unwrap_or(0);
-    assert!(peak < base + (16 << 10), "RSS grew from {base} KiB to {peak} KiB");
+    assert!(
+        peak < base + (16 << 10),
+        "RSS grew from {base} KiB to {peak} KiB"
+    );
 }
 
 #[tokio::test]
@@ -226,33 +313,73 @@ async fn a_deadline_that_passes_in_a_node_queue_drops_the_request_before_the_nod
     let url = s.url("/v1/pipelines/slow");
     let first = {
         let (c, url) = (c.clone(), url.clone());
-        tokio::spawn(async move { c.post(url).json(&json!({"x": 1})).send().await.expect("answers").status() })
+        tokio::spawn(async move {
+            c.post(url)
+                .json(&json!({"x": 1}))
+                .send()
+                .await
+                .expect("answers")
+                .status()
+        })
     };
     tokio::time::sleep(Duration::from_millis(30)).await;
     let t = Instant::now();
-    let r = c.post(&url).header("timeout", "50ms").json(&json!({"x": 2})).send().await.expect("answers");
+    let r = c
+        .post(&url)
+        .header("timeout", "50ms")
+        .json(&json!({"x": 2}))
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(r.status(), 504);
-    assert!(t.elapsed() < Duration::from_millis(250), "answered at the deadline, not after the node");
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "answered at the deadline, not after the node"
+    );
     assert_eq!(first.await.expect("joins"), 200);
     let text = settled(&s, "slow").await;
     // The warm-up request and the first ran; the second left the node's queue unrun.
-    assert!(text.contains(r#"mars_node_items_total{pipeline="slow",node="a"} 2"#), "{text}");
-    assert!(text.contains(r#"mars_requests_total{pipeline="slow",endpoint="plain",outcome="deadline"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"mars_node_items_total{pipeline="slow",node="a"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"mars_requests_total{pipeline="slow",endpoint="plain",outcome="deadline"} 1"#
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn serve_runs_as_process_0_of_a_local_cluster() {
     let mut s = Served::start(&["ab2"], &["--local-cluster", "2"]).await;
     let c = s.client.clone();
-    let (status, r) = post(&c, &s.url("/v1/pipelines/ab2"), &json!([{"x": 1}, {"x": 2}, {"x": 3}])).await;
+    let (status, r) = post(
+        &c,
+        &s.url("/v1/pipelines/ab2"),
+        &json!([{"x": 1}, {"x": 2}, {"x": 3}]),
+    )
+    .await;
     assert_eq!(status, 200, "{r}");
-    let ys: Vec<Json> = r.as_array().expect("records").iter().map(|r| r["ok"]["y"].clone()).collect();
+    let ys: Vec<Json> = r
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["ok"]["y"].clone())
+        .collect();
     assert_eq!(ys, vec![json!(1), json!(2), json!(3)]);
     let text = s.metrics().await;
     // Node a runs here (the warm-up and three rows); node b runs in process 1, whose
     // counters this process does not see while serving.
-    assert!(text.contains(r#"mars_node_items_total{pipeline="ab2",node="a"} 4"#), "{text}");
-    assert!(text.contains(r#"mars_node_items_total{pipeline="ab2",node="b"} 0"#), "{text}");
+    assert!(
+        text.contains(r#"mars_node_items_total{pipeline="ab2",node="a"} 4"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"mars_node_items_total{pipeline="ab2",node="b"} 0"#),
+        "{text}"
+    );
     s.sigterm();
     let status = s.child.wait().expect("exits");
     assert!(status.success(), "{status}");

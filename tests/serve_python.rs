@@ -13,7 +13,9 @@ fn the_python_clients_talk_to_marsc_serve() {
             panic!("MARS_REQUIRE_PY=1 but MARS_SERVE_PYTHON names no interpreter")
         }
         Err(_) => {
-            eprintln!("SKIPPED: set MARS_SERVE_PYTHON to a python with tests/serve/requirements.txt");
+            eprintln!(
+                "SKIPPED: set MARS_SERVE_PYTHON to a python with tests/serve/requirements.txt"
+            );
             return;
         }
     };
@@ -25,6 +27,9 @@ fn the_python_clients_talk_to_marsc_serve() {
         .expect("python starts");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "clients.py failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "clients.py failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }

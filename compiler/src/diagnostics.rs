@@ -389,8 +389,14 @@ mod tests {
 
     #[test]
     fn control_characters_render_visibly() {
-        assert_eq!(visible_controls("a\u{1b}]0;x\u{7}b\n\tc"), "a\u{241b}]0;x\u{2407}b\n\tc");
-        assert_eq!(visible_controls("\u{9b}\u{202e}\u{7f}"), "\u{fffd}\u{fffd}\u{2421}");
+        assert_eq!(
+            visible_controls("a\u{1b}]0;x\u{7}b\n\tc"),
+            "a\u{241b}]0;x\u{2407}b\n\tc"
+        );
+        assert_eq!(
+            visible_controls("\u{9b}\u{202e}\u{7f}"),
+            "\u{fffd}\u{fffd}\u{2421}"
+        );
         let file = SourceFile {
             path: "a.mars".into(),
             text: "let x\u{1b}[31m = 1\n".into(),

@@ -119,9 +119,15 @@ pub fn builtin_params(stdlib: &[SourceFile]) -> mars_plan::validate::BuiltinPara
     for file in stdlib {
         let (ast, _) = syntax::parse_file(&file.text);
         for item in &ast.items {
-            let syntax::ast::Item::Fn(f) = item else { continue };
-            let syntax::ast::FnBody::Builtin(lit) = &f.body else { continue };
-            let syntax::ast::LitKind::Text(id) = &lit.kind else { continue };
+            let syntax::ast::Item::Fn(f) = item else {
+                continue;
+            };
+            let syntax::ast::FnBody::Builtin(lit) = &f.body else {
+                continue;
+            };
+            let syntax::ast::LitKind::Text(id) = &lit.kind else {
+                continue;
+            };
             let names = out.entry(id.clone()).or_default();
             for s in f.statics.iter().flatten() {
                 names.insert(s.name.name.clone());

@@ -443,21 +443,31 @@ mod tests {
         };
         let bytes = ty("Bytes");
         assert!(decode(&json!({"$file": "ok.bin"}), &bytes, &cx).is_ok());
-        for bad in ["../secret.bin", "/etc/passwd", "/proc/self/environ", "/dev/zero"] {
+        for bad in [
+            "../secret.bin",
+            "/etc/passwd",
+            "/proc/self/environ",
+            "/dev/zero",
+        ] {
             let e = decode(&json!({"$file": bad}), &bytes, &cx).expect_err(bad);
             assert!(e.contains("outside the folders"), "{bad}: {e}");
         }
-        let e = decode(&json!({"$file": "ok.bin"}), &bytes, &EdgeContext::plain()).expect_err("plain");
+        let e =
+            decode(&json!({"$file": "ok.bin"}), &bytes, &EdgeContext::plain()).expect_err("plain");
         assert!(e.contains("--allow-files"), "{e}");
         let wide = EdgeContext {
             allow: vec![dir.path().to_path_buf()],
             ..cx
         };
         assert!(decode(&json!({"$file": "../secret.bin"}), &bytes, &wide).is_ok());
-        let e = decode(&json!({"$npy": "../secret.bin"}), &ty("Tensor<f32, [1]>"), &EdgeContext {
-            base_dir: Some(inner),
-            ..EdgeContext::default()
-        })
+        let e = decode(
+            &json!({"$npy": "../secret.bin"}),
+            &ty("Tensor<f32, [1]>"),
+            &EdgeContext {
+                base_dir: Some(inner),
+                ..EdgeContext::default()
+            },
+        )
         .expect_err("npy");
         assert!(e.contains("outside the folders"), "{e}");
     }

@@ -748,9 +748,9 @@ mod tests {
         let gone = s.take_finished();
         assert_eq!(gone.len(), 2);
         assert!(gone.iter().all(|(_, r)| r.is_err()));
-        assert!(gone
-            .iter()
-            .any(|(k, r)| k.0 == 2 && r.as_ref().is_err_and(|e| e.message.contains("deadline passed"))));
+        assert!(gone.iter().any(|(k, r)| k.0 == 2
+            && r.as_ref()
+                .is_err_and(|e| e.message.contains("deadline passed"))));
         let (rest, _) = drain(&mut s, &mut g, vec![]);
         assert_eq!(rest[&0], Ok(vec![Value::Int(9), Value::Int(9)]));
     }

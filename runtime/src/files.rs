@@ -54,9 +54,9 @@ impl FileRoots {
     pub fn new<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> std::io::Result<FileRoots> {
         let mut roots = Vec::new();
         for d in dirs {
-            let c = d.canonicalize().map_err(|e| {
-                std::io::Error::new(e.kind(), format!("{}: {e}", d.display()))
-            })?;
+            let c = d
+                .canonicalize()
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", d.display())))?;
             if !roots.contains(&c) {
                 roots.push(c);
             }
@@ -199,11 +199,23 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("secret"), inner.join("link")).expect("ln");
         let roots = FileRoots::new([inner.as_path()]).expect("roots");
         assert!(roots.resolve(Some(&inner), "ok.bin").is_ok());
-        assert!(roots.resolve(Some(&inner), "../secret").expect_err("..").contains("outside"));
-        assert!(roots.resolve(Some(&inner), "link").expect_err("link").contains("outside"));
-        assert!(roots.resolve(Some(&inner), "/etc/passwd").expect_err("abs").contains("outside"));
+        assert!(roots
+            .resolve(Some(&inner), "../secret")
+            .expect_err("..")
+            .contains("outside"));
+        assert!(roots
+            .resolve(Some(&inner), "link")
+            .expect_err("link")
+            .contains("outside"));
+        assert!(roots
+            .resolve(Some(&inner), "/etc/passwd")
+            .expect_err("abs")
+            .contains("outside"));
         let none = FileRoots::default();
-        assert!(none.resolve(None, "ok.bin").expect_err("none").contains("--allow-files"));
+        assert!(none
+            .resolve(None, "ok.bin")
+            .expect_err("none")
+            .contains("--allow-files"));
     }
 
     #[test]
@@ -216,7 +228,10 @@ mod tests {
         write_atomically(&out, b"new").expect("writes");
         assert_eq!(std::fs::read(&victim).expect("victim"), b"keep");
         assert_eq!(std::fs::read(&out).expect("out"), b"new");
-        assert!(!std::fs::symlink_metadata(&out).expect("meta").file_type().is_symlink());
+        assert!(!std::fs::symlink_metadata(&out)
+            .expect("meta")
+            .file_type()
+            .is_symlink());
     }
 
     #[test]

@@ -64,9 +64,9 @@ pub fn read(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
     if size == 0 || size > 8 {
         return Err(format!("unsupported .npy dtype `{descr}`"));
     }
-    let needed = count
-        .checked_mul(size)
-        .ok_or_else(|| format!(".npy shape {shape:?} of `{descr}` needs more bytes than memory can hold"))?;
+    let needed = count.checked_mul(size).ok_or_else(|| {
+        format!(".npy shape {shape:?} of `{descr}` needs more bytes than memory can hold")
+    })?;
     if data.len() < needed {
         return Err(format!(
             ".npy data holds {} bytes; shape {:?} of `{descr}` needs {}",

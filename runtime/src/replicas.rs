@@ -293,7 +293,11 @@ fn replica_loop(
             // caller gone) leaves before the node spends time on it (`crate::watch`).
             let (job, mut dropped) = crate::watch::without_abandoned(me.meter.watch(), job);
             let n = job.items.len();
-            let mut results = if n > 0 { run_guarded(node.as_mut(), job.items) } else { Vec::new() };
+            let mut results = if n > 0 {
+                run_guarded(node.as_mut(), job.items)
+            } else {
+                Vec::new()
+            };
             let errors = results.iter().filter(|r| r.is_err()).count();
             if n > 0 {
                 me.meter.batch(me.replica, start, Instant::now(), n, errors);
@@ -334,7 +338,9 @@ fn run_chunk(
     for (key, item) in job.keys.into_iter().zip(job.items) {
         if let Some(why) = watch.and_then(|w| w.abandoned(key.0)) {
             keys.push(key);
-            results.push(Err(NodeError::new(why.failure(crate::watch::BEFORE_RUN).message)));
+            results.push(Err(NodeError::new(
+                why.failure(crate::watch::BEFORE_RUN).message,
+            )));
             continue;
         }
         let t = Instant::now();
@@ -352,7 +358,8 @@ fn run_chunk(
                 let now = Instant::now();
                 let k = ran_uncounted;
                 if k > 0 {
-                    me.meter.batches(me.replica, counted_at, now, k, k, errors_uncounted);
+                    me.meter
+                        .batches(me.replica, counted_at, now, k, k, errors_uncounted);
                 }
                 (counted_at, ran_uncounted, errors_uncounted) = (now, 0, 0);
             }
@@ -369,7 +376,14 @@ fn run_chunk(
     }
     if !each && ran_uncounted > 0 {
         let k = ran_uncounted;
-        me.meter.batches(me.replica, counted_at, Instant::now(), k, k, errors_uncounted);
+        me.meter.batches(
+            me.replica,
+            counted_at,
+            Instant::now(),
+            k,
+            k,
+            errors_uncounted,
+        );
     }
     keys.is_empty() || done.send(Done { keys, results }).is_ok()
 }
@@ -392,7 +406,10 @@ pub fn run_guarded(node: &mut dyn Node, items: Vec<Item>) -> Vec<Result<Outputs,
         }
         Err(payload) => match spare {
             None => (0..n).map(|_| Err(panicked(&payload))).collect(),
-            Some(items) => items.into_iter().map(|item| run_alone(node, item)).collect(),
+            Some(items) => items
+                .into_iter()
+                .map(|item| run_alone(node, item))
+                .collect(),
         },
     }
 }
@@ -508,7 +525,11 @@ mod tests {
         let mut got = 0;
         while got < 100 || pool.busy() > 0 {
             wake_rx.recv().expect("a replica wakes us");
-            got += pool.finished().iter().map(|d| d.results.len()).sum::<usize>();
+            got += pool
+                .finished()
+                .iter()
+                .map(|d| d.results.len())
+                .sum::<usize>();
         }
         assert_eq!(got, 100);
         assert_eq!(*sizes.lock().expect("lock"), vec![1; 100]);

@@ -461,8 +461,16 @@ impl RunStats {
                 e.moves, e.ticks, e.grows, e.transfers
             );
             for m in &e.log {
-                let from = m.from.as_ref().map(|f| format!("{f} → ")).unwrap_or_default();
-                let _ = writeln!(s, "  {:>7.2}s {} {from}{}: {}", m.at_s, m.kind, m.to, m.reason);
+                let from = m
+                    .from
+                    .as_ref()
+                    .map(|f| format!("{f} → "))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "  {:>7.2}s {} {from}{}: {}",
+                    m.at_s, m.kind, m.to, m.reason
+                );
             }
         }
         if let Some(id) = self.stopped_at {

@@ -148,7 +148,10 @@ fn json_bytes(j: &serde_json::Value) -> usize {
         serde_json::Value::String(s) => 24 + s.len(),
         serde_json::Value::Array(a) => 24 + a.iter().map(json_bytes).sum::<usize>(),
         serde_json::Value::Object(o) => {
-            24 + o.iter().map(|(k, v)| 24 + k.len() + json_bytes(v)).sum::<usize>()
+            24 + o
+                .iter()
+                .map(|(k, v)| 24 + k.len() + json_bytes(v))
+                .sum::<usize>()
         }
         _ => 16,
     }

@@ -29,9 +29,10 @@ impl Abandoned {
     /// The failure record the request leaves with, naming where it was dropped.
     pub fn failure(self, at: &str) -> Failure {
         match self {
-            Abandoned::Cancelled => {
-                Failure::new(CANCELLED_NODE, format!("the caller went away; dropped at {at}"))
-            }
+            Abandoned::Cancelled => Failure::new(
+                CANCELLED_NODE,
+                format!("the caller went away; dropped at {at}"),
+            ),
             Abandoned::DeadlineExceeded => Failure::new(
                 DEADLINE_NODE,
                 format!("the request's deadline passed; dropped at {at}"),
@@ -68,11 +69,17 @@ pub trait Watch: Send + Sync {
 pub(crate) const BEFORE_RUN: &str = "a node's queue, before the node ran it";
 
 /// Split off the items (of a batch about to run) of requests a served run's watch calls abandoned, each with its error.
-pub(crate) fn without_abandoned(watch: Option<&std::sync::Arc<dyn Watch>>, job: Job) -> (Job, Vec<(Key, NodeError)>) {
+pub(crate) fn without_abandoned(
+    watch: Option<&std::sync::Arc<dyn Watch>>,
+    job: Job,
+) -> (Job, Vec<(Key, NodeError)>) {
     let Some(w) = watch else {
         return (job, Vec::new());
     };
-    let mut kept = Job { keys: Vec::with_capacity(job.keys.len()), items: Vec::with_capacity(job.items.len()) };
+    let mut kept = Job {
+        keys: Vec::with_capacity(job.keys.len()),
+        items: Vec::with_capacity(job.items.len()),
+    };
     let mut dropped = Vec::new();
     for (key, item) in job.keys.into_iter().zip(job.items) {
         match w.abandoned(key.0) {
@@ -124,7 +131,10 @@ mod tests {
         let (kept, dropped) = without_abandoned(Some(&w), job);
         assert_eq!(kept.keys, vec![(1, 0, 0), (4, 0, 0)]);
         assert_eq!(kept.items, vec![vec![Value::Int(1)], vec![Value::Int(4)]]);
-        let why: Vec<(u64, &str)> = dropped.iter().map(|(k, e)| (k.0, e.message.as_str())).collect();
+        let why: Vec<(u64, &str)> = dropped
+            .iter()
+            .map(|(k, e)| (k.0, e.message.as_str()))
+            .collect();
         assert_eq!(
             why,
             vec![
@@ -133,7 +143,10 @@ mod tests {
             ]
         );
         // A file run has no watch: nothing is dropped.
-        let job = Job { keys: vec![(2, 0, 0)], items: vec![vec![Value::Int(2)]] };
+        let job = Job {
+            keys: vec![(2, 0, 0)],
+            items: vec![vec![Value::Int(2)]],
+        };
         let (kept, dropped) = without_abandoned(None, job);
         assert_eq!((kept.keys.len(), dropped.len()), (1, 0));
     }

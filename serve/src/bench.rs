@@ -159,7 +159,8 @@ pub async fn run_load(
     seconds: f64,
 ) -> LoadReport {
     let head: Arc<Vec<u8>> = Arc::new(
-        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n").into_bytes(),
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n")
+            .into_bytes(),
     );
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(seconds);
@@ -169,7 +170,8 @@ pub async fn run_load(
         Load::Closed { clients } => {
             let mut tasks = Vec::new();
             for c in 0..clients {
-                let (head, bodies, tally) = (Arc::clone(&head), Arc::clone(&bodies), Arc::clone(&tally));
+                let (head, bodies, tally) =
+                    (Arc::clone(&head), Arc::clone(&bodies), Arc::clone(&tally));
                 tasks.push(tokio::spawn(async move {
                     let mut n = 0u64;
                     let mut conn = Conn::open(addr).await.ok();
@@ -183,7 +185,10 @@ pub async fn run_load(
                         if status.is_err() {
                             conn = Conn::open(addr).await.ok();
                         }
-                        tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner).add(status, t0.elapsed());
+                        tally
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .add(status, t0.elapsed());
                         n += 1;
                         k += clients;
                     }
@@ -224,7 +229,10 @@ pub async fn run_load(
                     };
                     let Some(mut conn) = conn else {
                         // Every connection is busy: the client is saturated, count it.
-                        tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner).errors += 1;
+                        tally
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .errors += 1;
                         return;
                     };
                     let status = conn.post(&head, &bodies[body]).await;
@@ -253,7 +261,11 @@ pub async fn run_load(
         }
     }
     let wall = start.elapsed().as_secs_f64();
-    let mut t = std::mem::take(&mut *tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let mut t = std::mem::take(
+        &mut *tally
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     t.ok.sort();
     t.refused.sort();
     LoadReport {

@@ -63,9 +63,13 @@ fn typed(datatype: &str, c: InferTensorContents) -> Elements {
     match datatype {
         "BYTES" => Elements::Bytes(c.bytes_contents),
         "BOOL" => Elements::Bool(c.bool_contents),
-        "INT8" | "INT16" | "INT32" => Elements::Int(c.int_contents.into_iter().map(i64::from).collect()),
+        "INT8" | "INT16" | "INT32" => {
+            Elements::Int(c.int_contents.into_iter().map(i64::from).collect())
+        }
         "INT64" => Elements::Int(c.int64_contents),
-        "UINT8" | "UINT16" | "UINT32" => Elements::Int(c.uint_contents.into_iter().map(i64::from).collect()),
+        "UINT8" | "UINT16" | "UINT32" => {
+            Elements::Int(c.uint_contents.into_iter().map(i64::from).collect())
+        }
         "UINT64" => Elements::Int(c.uint64_contents.into_iter().map(|u| u as i64).collect()),
         "FP32" => Elements::Float(c.fp32_contents.into_iter().map(f64::from).collect()),
         _ => Elements::Float(c.fp64_contents),
@@ -74,15 +78,28 @@ fn typed(datatype: &str, c: InferTensorContents) -> Elements {
 
 #[tonic::async_trait]
 impl GrpcInferenceService for Grpc {
-    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
-        Ok(Response::new(ServerLiveResponse { live: self.server.live() }))
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse {
+            live: self.server.live(),
+        }))
     }
 
-    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
-        Ok(Response::new(ServerReadyResponse { ready: self.server.ready() }))
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.server.ready(),
+        }))
     }
 
-    async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+    async fn model_ready(
+        &self,
+        r: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
         let name = r.into_inner().name;
         if !self.server.all().iter().any(|(n, _)| *n == name) {
             return Err(status_of(&CallError::Unknown(name)));
@@ -131,7 +148,10 @@ impl GrpcInferenceService for Grpc {
         }))
     }
 
-    async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+    async fn model_infer(
+        &self,
+        r: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
         let start = std::time::Instant::now();
         let timeout = r
             .metadata()
@@ -157,7 +177,10 @@ impl GrpcInferenceService for Grpc {
                         .map_err(|e| CallError::BadRequest(format!("input `{}`: {e}", i.name)))?,
                     (None, Some(c)) => typed(&i.datatype, c),
                     (None, None) => {
-                        return Err(CallError::BadRequest(format!("input `{}` has no contents", i.name)))
+                        return Err(CallError::BadRequest(format!(
+                            "input `{}` has no contents",
+                            i.name
+                        )))
                     }
                 };
                 inputs.push(Tensor {
@@ -181,7 +204,9 @@ impl GrpcInferenceService for Grpc {
         }
         .await;
         let outcome = result.as_ref().map_or_else(|e| e.kind(), |_| "ok");
-        self.server.metrics.answered(&model, "kserve_grpc", outcome, start.elapsed());
+        self.server
+            .metrics
+            .answered(&model, "kserve_grpc", outcome, start.elapsed());
         tracing::info!(
             target: "mars::access",
             id = self.server.log_id(),

@@ -280,14 +280,18 @@ fn parse_infer(headers: &HeaderMap, body: &[u8]) -> Result<(Json, Vec<Tensor>, W
     let mut tensors = Vec::new();
     for (k, i) in inputs.iter().enumerate() {
         let field = |f: &str| i.get(f).ok_or(format!("input {k} has no `{f}`"));
-        let name = field("name")?.as_str().ok_or(format!("input {k}: `name` is not a string"))?;
+        let name = field("name")?
+            .as_str()
+            .ok_or(format!("input {k}: `name` is not a string"))?;
         let datatype = field("datatype")?
             .as_str()
             .ok_or(format!("input `{name}`: `datatype` is not a string"))?;
         let shape: Vec<i64> = field("shape")?
             .as_array()
             .and_then(|a| a.iter().map(Json::as_i64).collect())
-            .ok_or(format!("input `{name}`: `shape` is not an array of integers"))?;
+            .ok_or(format!(
+                "input `{name}`: `shape` is not an array of integers"
+            ))?;
         let size = i
             .get("parameters")
             .and_then(|p| p.get("binary_data_size"))
@@ -296,14 +300,22 @@ fn parse_infer(headers: &HeaderMap, body: &[u8]) -> Result<(Json, Vec<Tensor>, W
             (Some(n), _) => {
                 let n = n as usize;
                 if n > binary.len() {
-                    return Err(format!("input `{name}`: binary_data_size {n} runs past the body"));
+                    return Err(format!(
+                        "input `{name}`: binary_data_size {n} runs past the body"
+                    ));
                 }
                 let (mine, rest) = binary.split_at(n);
                 binary = rest;
                 tensor::from_raw(datatype, mine).map_err(|e| format!("input `{name}`: {e}"))?
             }
-            (None, Some(d)) => tensor::from_json(datatype, d).map_err(|e| format!("input `{name}`: {e}"))?,
-            (None, None) => return Err(format!("input `{name}` has neither `data` nor binary_data_size")),
+            (None, Some(d)) => {
+                tensor::from_json(datatype, d).map_err(|e| format!("input `{name}`: {e}"))?
+            }
+            (None, None) => {
+                return Err(format!(
+                    "input `{name}` has neither `data` nor binary_data_size"
+                ))
+            }
         };
         tensors.push(Tensor {
             name: name.to_string(),
@@ -334,10 +346,22 @@ fn parse_infer(headers: &HeaderMap, body: &[u8]) -> Result<(Json, Vec<Tensor>, W
                 .collect()
         })
         .unwrap_or_default();
-    Ok((json, tensors, Wants { outputs, all_binary }))
+    Ok((
+        json,
+        tensors,
+        Wants {
+            outputs,
+            all_binary,
+        },
+    ))
 }
 
-async fn infer(State(s): State<AppState>, Path(p): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn infer(
+    State(s): State<AppState>,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let start = Instant::now();
     let deadline = match deadline_of(&s, &headers) {
         Ok(d) => d,
@@ -347,13 +371,18 @@ async fn infer(State(s): State<AppState>, Path(p): Path<String>, headers: Header
         Ok(parsed) => parsed,
         Err(m) => {
             let e = CallError::BadRequest(m);
-            s.metrics.answered(&p, "kserve_http", e.kind(), start.elapsed());
+            s.metrics
+                .answered(&p, "kserve_http", e.kind(), start.elapsed());
             return kserve_error(&e);
         }
     };
     let req = InferRequest {
         model: p.clone(),
-        id: json.get("id").and_then(Json::as_str).unwrap_or("").to_string(),
+        id: json
+            .get("id")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .to_string(),
         inputs,
         outputs: wants.outputs.iter().map(|(n, _)| n.clone()).collect(),
         deadline,
@@ -363,7 +392,8 @@ async fn infer(State(s): State<AppState>, Path(p): Path<String>, headers: Header
         Ok(_) => "ok",
         Err(e) => e.kind(),
     };
-    s.metrics.answered(&p, "kserve_http", outcome, start.elapsed());
+    s.metrics
+        .answered(&p, "kserve_http", outcome, start.elapsed());
     let resp = match result {
         Ok(r) => r,
         Err(e) => return kserve_error(&e),
@@ -401,9 +431,12 @@ async fn infer(State(s): State<AppState>, Path(p): Path<String>, headers: Header
         let n = head.len();
         let mut bytes = head.into_bytes();
         bytes.extend(binary);
-        let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from(bytes)).into_response();
-        r.headers_mut()
-            .insert(HEADER_LENGTH, HeaderValue::from(n));
+        let mut r = (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            Body::from(bytes),
+        )
+            .into_response();
+        r.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(n));
         r
     };
     r.extensions_mut().insert(Outcome("ok"));
@@ -413,7 +446,12 @@ async fn infer(State(s): State<AppState>, Path(p): Path<String>, headers: Header
 /// `POST /v1/pipelines/{name}`: a body like a line of `marsc run`'s input (one JSON object)
 /// or a JSON array of them; the answer is the record (or an array of records) `marsc run`
 /// would write, with ids counting from 1 within the call.
-async fn plain(State(s): State<AppState>, Path(p): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn plain(
+    State(s): State<AppState>,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let start = Instant::now();
     let answer = plain_call(&s, &p, &headers, &body).await;
     let (status, outcome, body) = match answer {
@@ -435,7 +473,12 @@ fn record_error(id: u64, node: &str, message: &str) -> Json {
     json!({"id": id, "error": {"node": node, "message": message}})
 }
 
-async fn plain_call(s: &Server, p: &str, headers: &HeaderMap, body: &[u8]) -> Result<Json, (CallError, Json)> {
+async fn plain_call(
+    s: &Server,
+    p: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Json, (CallError, Json)> {
     let fail = |e: CallError| {
         let b = record_error(1, "input", &e.message());
         (e, b)
@@ -475,13 +518,18 @@ async fn plain_call(s: &Server, p: &str, headers: &HeaderMap, body: &[u8]) -> Re
         let rec = match f {
             Err(m) => {
                 if !many {
-                    return Err((CallError::BadRequest(m.clone()), record_error(id, "input", &m)));
+                    return Err((
+                        CallError::BadRequest(m.clone()),
+                        record_error(id, "input", &m),
+                    ));
                 }
                 record_error(id, "input", &m)
             }
             Ok(f) => match f.finish().await {
                 Ok(values) => match service.encode(&values) {
-                    Ok(obj) => json!({"id": id, "ok": obj, "latency_ms": t0.elapsed().as_secs_f64() * 1000.0}),
+                    Ok(obj) => {
+                        json!({"id": id, "ok": obj, "latency_ms": t0.elapsed().as_secs_f64() * 1000.0})
+                    }
                     Err(m) => record_error(id, "output", &m),
                 },
                 Err(CallError::Failed(f)) => record_error(id, &f.node, &f.message),

@@ -42,8 +42,16 @@ pub fn metadata(name: &str, service: &Service) -> ModelMeta {
     };
     ModelMeta {
         name: name.to_string(),
-        inputs: service.inputs().iter().map(|i| meta(&i.name, &i.ty)).collect(),
-        outputs: service.outputs().iter().map(|(n, ty)| meta(n, ty)).collect(),
+        inputs: service
+            .inputs()
+            .iter()
+            .map(|i| meta(&i.name, &i.ty))
+            .collect(),
+        outputs: service
+            .outputs()
+            .iter()
+            .map(|(n, ty)| meta(n, ty))
+            .collect(),
     }
 }
 
@@ -138,7 +146,9 @@ pub async fn infer(server: &Server, req: InferRequest) -> Result<InferResponse, 
     for (r, res) in results.into_iter().enumerate() {
         match res {
             Ok(values) => ok.push(values),
-            Err(CallError::Failed(f)) => failed.push(format!("row {r}: node `{}`: {}", f.node, f.message)),
+            Err(CallError::Failed(f)) => {
+                failed.push(format!("row {r}: node `{}`: {}", f.node, f.message))
+            }
             Err(e) => return Err(e),
         }
     }
@@ -153,7 +163,10 @@ pub async fn infer(server: &Server, req: InferRequest) -> Result<InferResponse, 
             Value::Bytes(b) => Ok(b.to_vec()),
             other => {
                 let j = service.encode_value(other)?;
-                let b64 = j.get("$base64").and_then(|b| b.as_str()).unwrap_or_default();
+                let b64 = j
+                    .get("$base64")
+                    .and_then(|b| b.as_str())
+                    .unwrap_or_default();
                 codec::base64_decode(b64).ok_or_else(|| "bad base64 from the codec".to_string())
             }
         }

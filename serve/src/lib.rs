@@ -15,7 +15,6 @@
 //! drain on SIGTERM, Prometheus metrics ([`metrics`]), one access-log line per request, a
 //! body size limit, an optional bearer token. [`bench`] is the load generator of `marsc bench serve`.
 
-
 pub mod bench;
 pub mod grpc;
 pub mod http;
@@ -118,7 +117,11 @@ pub async fn serve(
         None => None,
     };
     let metrics = Arc::new(metrics::Metrics::new());
-    let server = Arc::new(Server::new(names, config.limits.clone(), Arc::clone(&metrics)));
+    let server = Arc::new(Server::new(
+        names,
+        config.limits.clone(),
+        Arc::clone(&metrics),
+    ));
 
     let http = match config.http {
         Some(addr) => Some(
@@ -156,7 +159,9 @@ pub async fn serve(
                     .map_err(|e| ServeError::Io("HTTP", e.to_string()))
             })),
             Some(tls) => {
-                let listener = listener.into_std().map_err(|e| ServeError::Io("HTTP", e.to_string()))?;
+                let listener = listener
+                    .into_std()
+                    .map_err(|e| ServeError::Io("HTTP", e.to_string()))?;
                 let handle = axum_server::Handle::new();
                 let serving = axum_server::tls_rustls::from_tcp_rustls(
                     listener,
@@ -211,9 +216,11 @@ pub async fn serve(
                 let t0 = Instant::now();
                 let mut o = opts.clone();
                 o.observer = Some(server.metrics.observer(&name));
-                let s = Service::start(&p.plan, &p.base_dir, &registry, o).map_err(|e| ServeError::Start {
-                    pipeline: name.clone(),
-                    message: e.to_string(),
+                let s = Service::start(&p.plan, &p.base_dir, &registry, o).map_err(|e| {
+                    ServeError::Start {
+                        pipeline: name.clone(),
+                        message: e.to_string(),
+                    }
                 })?;
                 let s = Arc::new(s);
                 let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -275,7 +282,9 @@ pub async fn serve(
         }
     }
     if complete {
-        let joined = tokio::task::spawn_blocking(move || services.iter().all(|s| s.drain(Duration::from_secs(5))));
+        let joined = tokio::task::spawn_blocking(move || {
+            services.iter().all(|s| s.drain(Duration::from_secs(5)))
+        });
         complete = joined.await.unwrap_or(false);
     }
     tracing::info!(complete, "drained");
@@ -288,7 +297,9 @@ pub async fn serve(
 fn warm_up(name: &str, service: &Service, bound: Duration) {
     match service.warm_up(bound) {
         Ok(w) => match w.failure {
-            None => tracing::info!(pipeline = %name, warmup_ms = w.took.as_secs_f64() * 1000.0, "warmed up"),
+            None => {
+                tracing::info!(pipeline = %name, warmup_ms = w.took.as_secs_f64() * 1000.0, "warmed up")
+            }
             Some(f) => tracing::warn!(
                 pipeline = %name,
                 node = %f.node,

@@ -85,26 +85,62 @@ impl Metrics {
             kv_capacity: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("mars_requests", "Requests answered, by endpoint and outcome", m.requests.clone());
-        registry.register("mars_refusals", "Requests refused at admission", m.refusals.clone());
+        registry.register(
+            "mars_requests",
+            "Requests answered, by endpoint and outcome",
+            m.requests.clone(),
+        );
+        registry.register(
+            "mars_refusals",
+            "Requests refused at admission",
+            m.refusals.clone(),
+        );
         registry.register(
             "mars_request_duration_seconds",
             "Time from a request's arrival to its answer",
             m.duration.clone(),
         );
-        registry.register("mars_queue_depth", "Requests in the admission queue", m.queue_depth.clone());
-        registry.register("mars_in_flight", "Requests accepted and not yet answered", m.in_flight.clone());
-        registry.register("mars_node_batch_size", "Items per batch a node ran", m.batch_size.clone());
+        registry.register(
+            "mars_queue_depth",
+            "Requests in the admission queue",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "mars_in_flight",
+            "Requests accepted and not yet answered",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "mars_node_batch_size",
+            "Items per batch a node ran",
+            m.batch_size.clone(),
+        );
         registry.register("mars_node_items", "Items a node ran", m.node_items.clone());
-        registry.register("mars_node_item_errors", "Items a node failed", m.node_errors.clone());
-        registry.register("mars_node_busy_seconds", "Time a node's replicas spent running batches", m.node_busy.clone());
+        registry.register(
+            "mars_node_item_errors",
+            "Items a node failed",
+            m.node_errors.clone(),
+        );
+        registry.register(
+            "mars_node_busy_seconds",
+            "Time a node's replicas spent running batches",
+            m.node_busy.clone(),
+        );
         registry.register(
             "mars_node_utilization",
             "Busy time over replicas × time since start",
             m.node_utilization.clone(),
         );
-        registry.register("mars_kv_tokens_used", "KV tokens in flight in a generating replica", m.kv_used.clone());
-        registry.register("mars_kv_tokens_capacity", "A generating replica's KV token bound", m.kv_capacity.clone());
+        registry.register(
+            "mars_kv_tokens_used",
+            "KV tokens in flight in a generating replica",
+            m.kv_used.clone(),
+        );
+        registry.register(
+            "mars_kv_tokens_capacity",
+            "A generating replica's KV token bound",
+            m.kv_capacity.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -116,13 +152,21 @@ impl Metrics {
             ("outcome", outcome.to_string()),
         ];
         self.requests.get_or_create(&labels).inc();
-        let labels = vec![("pipeline", pipeline.to_string()), ("endpoint", endpoint.to_string())];
-        self.duration.get_or_create(&labels).observe(took.as_secs_f64());
+        let labels = vec![
+            ("pipeline", pipeline.to_string()),
+            ("endpoint", endpoint.to_string()),
+        ];
+        self.duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
     }
 
     /// One request refused at admission.
     pub fn refused(&self, pipeline: &str, reason: &'static str) {
-        let labels = vec![("pipeline", pipeline.to_string()), ("reason", reason.to_string())];
+        let labels = vec![
+            ("pipeline", pipeline.to_string()),
+            ("reason", reason.to_string()),
+        ];
         self.refusals.get_or_create(&labels).inc();
     }
 
@@ -152,7 +196,9 @@ impl Metrics {
                 if more > 0.0 {
                     c.inc_by(more);
                 }
-                self.node_utilization.get_or_create(&l).set(stats.utilization);
+                self.node_utilization
+                    .get_or_create(&l)
+                    .set(stats.utilization);
             }
         }
         let mut out = String::new();
@@ -169,8 +215,14 @@ struct Observer {
 
 impl Watch for Observer {
     fn batch(&self, node: &str, items: usize) {
-        let l = vec![("pipeline", self.pipeline.clone()), ("node", node.to_string())];
-        self.metrics.batch_size.get_or_create(&l).observe(items as f64);
+        let l = vec![
+            ("pipeline", self.pipeline.clone()),
+            ("node", node.to_string()),
+        ];
+        self.metrics
+            .batch_size
+            .get_or_create(&l)
+            .observe(items as f64);
     }
 
     fn kv(&self, node: &str, replica: u32, used: usize, capacity: usize) {
@@ -180,6 +232,9 @@ impl Watch for Observer {
             ("replica", replica.to_string()),
         ];
         self.metrics.kv_used.get_or_create(&l).set(used as i64);
-        self.metrics.kv_capacity.get_or_create(&l).set(capacity as i64);
+        self.metrics
+            .kv_capacity
+            .get_or_create(&l)
+            .set(capacity as i64);
     }
 }

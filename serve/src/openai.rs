@@ -41,7 +41,10 @@ fn openai_error(e: &CallError) -> Response {
         CallError::Unknown(_) => "not_found_error",
         _ => "server_error",
     };
-    error_response(e, json!({"error": {"message": e.message(), "type": kind, "code": e.kind()}}))
+    error_response(
+        e,
+        json!({"error": {"message": e.message(), "type": kind, "code": e.kind()}}),
+    )
 }
 
 pub async fn completions(s: State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -74,7 +77,8 @@ struct Ask {
 
 fn parse(s: &Server, body: &[u8], kind: Kind) -> Result<(Ask, Arc<Service>), CallError> {
     let bad = CallError::BadRequest;
-    let json: Json = serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
+    let json: Json =
+        serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
     let model = json
         .get("model")
         .and_then(Json::as_str)
@@ -89,8 +93,14 @@ fn parse(s: &Server, body: &[u8], kind: Kind) -> Result<(Ask, Arc<Service>), Cal
     let prompt = match kind {
         Kind::Completion => match json.get("prompt") {
             Some(Json::String(p)) => p.clone(),
-            Some(Json::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_string(),
-            Some(_) => return Err(bad("`prompt` must be a string (one prompt per request)".into())),
+            Some(Json::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                a[0].as_str().unwrap_or_default().to_string()
+            }
+            Some(_) => {
+                return Err(bad(
+                    "`prompt` must be a string (one prompt per request)".into()
+                ))
+            }
             None => return Err(bad("`prompt` is required".into())),
         },
         Kind::Chat => {
@@ -113,7 +123,11 @@ fn parse(s: &Server, body: &[u8], kind: Kind) -> Result<(Ask, Arc<Service>), Cal
         .iter()
         .position(|i| i.name == "prompt")
         .or_else(|| inputs.iter().position(|i| i.ty == DataType::Text))
-        .ok_or_else(|| bad(format!("pipeline `{model}` has no Text input for the prompt")))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "pipeline `{model}` has no Text input for the prompt"
+            ))
+        })?;
     let mut obj = serde_json::Map::new();
     obj.insert(inputs[prompt_input].name.clone(), Json::String(prompt));
     for key in ["max_tokens", "temperature", "top_p", "seed"] {
@@ -130,7 +144,10 @@ fn parse(s: &Server, body: &[u8], kind: Kind) -> Result<(Ask, Arc<Service>), Cal
     let stop = match json.get("stop") {
         None | Some(Json::Null) => Vec::new(),
         Some(Json::String(s)) => vec![s.clone()],
-        Some(Json::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+        Some(Json::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
         Some(_) => return Err(bad("`stop` must be a string or an array of strings".into())),
     };
     let stream = json.get("stream").and_then(Json::as_bool).unwrap_or(false);
@@ -178,7 +195,14 @@ fn body(kind: Kind, id: &str, model: &str, text: &str, finish: &str) -> Json {
     }
 }
 
-fn chunk(kind: Kind, id: &str, model: &str, delta: &str, finish: Option<&str>, first: bool) -> Json {
+fn chunk(
+    kind: Kind,
+    id: &str,
+    model: &str,
+    delta: &str,
+    finish: Option<&str>,
+    first: bool,
+) -> Json {
     match kind {
         Kind::Completion => json!({
             "id": id, "object": "text_completion", "created": now_s(), "model": model,
@@ -215,7 +239,8 @@ async fn handle(State(s): State<AppState>, headers: HeaderMap, raw: Bytes, kind:
                 .ok()
                 .and_then(|j| j.get("model").and_then(Json::as_str).map(str::to_string))
                 .unwrap_or_else(|| "-".into());
-            s.metrics.answered(&name, endpoint, e.kind(), start.elapsed());
+            s.metrics
+                .answered(&name, endpoint, e.kind(), start.elapsed());
             return openai_error(&e);
         }
     };
@@ -228,13 +253,15 @@ async fn handle(State(s): State<AppState>, headers: HeaderMap, raw: Bytes, kind:
         let flight = match s.admit(&ask.pipeline, &service, ask.values, deadline, None) {
             Ok(f) => f,
             Err(e) => {
-                s.metrics.answered(&ask.pipeline, endpoint, e.kind(), start.elapsed());
+                s.metrics
+                    .answered(&ask.pipeline, endpoint, e.kind(), start.elapsed());
                 return openai_error(&e);
             }
         };
         let result = flight.finish().await;
         let outcome = result.as_ref().map_or_else(|e| e.kind(), |_| "ok");
-        s.metrics.answered(&ask.pipeline, endpoint, outcome, start.elapsed());
+        s.metrics
+            .answered(&ask.pipeline, endpoint, outcome, start.elapsed());
         return match result {
             Ok(values) => {
                 let text = match values.get(ask.output) {
@@ -242,7 +269,8 @@ async fn handle(State(s): State<AppState>, headers: HeaderMap, raw: Bytes, kind:
                     _ => String::new(),
                 };
                 let (text, _) = cut_at_stop(&text, &ask.stop);
-                let mut r = axum::Json(body(kind, &id, &ask.pipeline, &text, "stop")).into_response();
+                let mut r =
+                    axum::Json(body(kind, &id, &ask.pipeline, &text, "stop")).into_response();
                 r.extensions_mut().insert(Outcome("ok"));
                 r
             }
@@ -256,20 +284,25 @@ async fn handle(State(s): State<AppState>, headers: HeaderMap, raw: Bytes, kind:
     let flight = match s.admit(&ask.pipeline, &service, ask.values, deadline, Some(partial)) {
         Ok(f) => f,
         Err(e) => {
-            s.metrics.answered(&ask.pipeline, endpoint, e.kind(), start.elapsed());
+            s.metrics
+                .answered(&ask.pipeline, endpoint, e.kind(), start.elapsed());
             return openai_error(&e);
         }
     };
-    let events = sse_events(Streamed {
-        server: Arc::clone(&s),
-        kind,
-        id,
-        pipeline: ask.pipeline,
-        output: ask.output,
-        stop: ask.stop,
-        start,
-        endpoint,
-    }, flight, rx);
+    let events = sse_events(
+        Streamed {
+            server: Arc::clone(&s),
+            kind,
+            id,
+            pipeline: ask.pipeline,
+            output: ask.output,
+            stop: ask.stop,
+            start,
+            endpoint,
+        },
+        flight,
+        rx,
+    );
     let mut r = Sse::new(events).into_response();
     r.extensions_mut().insert(Outcome("stream"));
     r
@@ -293,7 +326,8 @@ enum Phase {
 
 /// The outcome's future (pinned on the heap) beside the text channel.
 struct InFlightWait {
-    outcome: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Value>, CallError>> + Send>>,
+    outcome:
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Value>, CallError>> + Send>>,
     text: tokio::sync::watch::Receiver<String>,
     sent: String,
     first: bool,
@@ -381,11 +415,28 @@ fn finish_events(
                 _ => String::new(),
             };
             let (text, _) = cut_at_stop(&text, &st.stop);
-            let delta = text.strip_prefix(w.sent.as_str()).unwrap_or(&text).to_string();
+            let delta = text
+                .strip_prefix(w.sent.as_str())
+                .unwrap_or(&text)
+                .to_string();
             if !delta.is_empty() {
-                events.push(data(chunk(st.kind, &st.id, &st.pipeline, &delta, None, w.first)));
+                events.push(data(chunk(
+                    st.kind,
+                    &st.id,
+                    &st.pipeline,
+                    &delta,
+                    None,
+                    w.first,
+                )));
             }
-            events.push(data(chunk(st.kind, &st.id, &st.pipeline, "", Some("stop"), false)));
+            events.push(data(chunk(
+                st.kind,
+                &st.id,
+                &st.pipeline,
+                "",
+                Some("stop"),
+                false,
+            )));
             "ok"
         }
         Err(e) => {

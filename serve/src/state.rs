@@ -181,7 +181,10 @@ impl Server {
     pub fn ready(&self) -> bool {
         self.loaded.load(Ordering::SeqCst)
             && !self.is_draining()
-            && self.all().iter().all(|(_, s)| s.as_ref().is_some_and(|s| s.failure().is_none()))
+            && self
+                .all()
+                .iter()
+                .all(|(_, s)| s.as_ref().is_some_and(|s| s.failure().is_none()))
     }
 
     /// Whether pipeline `name` takes requests now (loaded, warmed up, not failed, not
@@ -227,7 +230,9 @@ impl Server {
         match self.get(name) {
             Some(s) => match s.failure() {
                 None => Ok(s),
-                Some(why) => Err(CallError::NotReady(format!("pipeline `{name}` stopped: {why}"))),
+                Some(why) => Err(CallError::NotReady(format!(
+                    "pipeline `{name}` stopped: {why}"
+                ))),
             },
             None if self.expected.iter().any(|e| e == name) => Err(CallError::NotReady(format!(
                 "pipeline `{name}` is still loading or warming up"

@@ -99,9 +99,13 @@ fn row_len(shape: &[i64]) -> Result<usize, String> {
 /// The number of rows (the first dimension) of an input tensor, checked against its data.
 pub fn rows_of(t: &Tensor) -> Result<usize, String> {
     let Some(&n) = t.shape.first() else {
-        return Err(format!("input `{}` has an empty shape; the first dimension is the batch", t.name));
+        return Err(format!(
+            "input `{}` has an empty shape; the first dimension is the batch",
+            t.name
+        ));
     };
-    let n = usize::try_from(n).map_err(|_| format!("input `{}`: batch dimension {n} is not a size", t.name))?;
+    let n = usize::try_from(n)
+        .map_err(|_| format!("input `{}`: batch dimension {n} is not a size", t.name))?;
     let per = row_len(&t.shape).map_err(|e| format!("input `{}`: {e}", t.name))?;
     if n * per != t.data.len() {
         return Err(format!(
@@ -125,7 +129,8 @@ pub fn to_rows(
     let n = rows_of(t)?;
     let per = row_len(&t.shape)?;
     let what = |e: String| format!("input `{}`: {e}", t.name);
-    let scalar_row = |k: usize, ty: &DataType| -> Result<Value, String> { element(t, k, ty, decode_bytes) };
+    let scalar_row =
+        |k: usize, ty: &DataType| -> Result<Value, String> { element(t, k, ty, decode_bytes) };
     (0..n)
         .map(|r| match ty {
             DataType::List(elem) => (0..per)
@@ -150,8 +155,14 @@ pub fn to_rows(
             }
             DataType::Tensor(d, dims) => {
                 let data: Vec<f32> = match &t.data {
-                    Elements::Float(v) => v[r * per..(r + 1) * per].iter().map(|&x| x as f32).collect(),
-                    Elements::Int(v) => v[r * per..(r + 1) * per].iter().map(|&x| x as f32).collect(),
+                    Elements::Float(v) => v[r * per..(r + 1) * per]
+                        .iter()
+                        .map(|&x| x as f32)
+                        .collect(),
+                    Elements::Int(v) => v[r * per..(r + 1) * per]
+                        .iter()
+                        .map(|&x| x as f32)
+                        .collect(),
                     _ => return Err(format!("a tensor input takes numbers, got {}", t.datatype)),
                 };
                 let shape: Vec<usize> = t.shape[1..].iter().map(|&d| d as usize).collect();
@@ -177,7 +188,9 @@ pub fn to_rows(
             }
             scalar => {
                 if per != 1 {
-                    return Err(format!("a {scalar} input has one element per row, got {per}"));
+                    return Err(format!(
+                        "a {scalar} input has one element per row, got {per}"
+                    ));
                 }
                 scalar_row(r, scalar)
             }
@@ -195,7 +208,8 @@ fn element(
     let mismatch = || format!("a {ty} element cannot come from a {} tensor", t.datatype);
     Ok(match (ty, &t.data) {
         (DataType::Text, Elements::Bytes(v)) => Value::Text(
-            String::from_utf8(v[k].clone()).map_err(|_| format!("element {k} is not UTF-8 text"))?,
+            String::from_utf8(v[k].clone())
+                .map_err(|_| format!("element {k} is not UTF-8 text"))?,
         ),
         (DataType::Json, Elements::Bytes(v)) => Value::Json(
             serde_json::from_slice(&v[k]).map_err(|e| format!("element {k} is not JSON: {e}"))?,
@@ -264,7 +278,9 @@ fn push_value(
     match (data, v) {
         (Elements::Bytes(out), Value::Text(s)) => out.push(s.clone().into_bytes()),
         (Elements::Bytes(out), Value::Json(j)) => out.push(j.to_string().into_bytes()),
-        (Elements::Bytes(out), v @ (Value::Bytes(_) | Value::Image(_))) => out.push(encode_bytes(v)?),
+        (Elements::Bytes(out), v @ (Value::Bytes(_) | Value::Image(_))) => {
+            out.push(encode_bytes(v)?)
+        }
         (Elements::Int(out), Value::Int(i)) => out.push(*i),
         (Elements::Float(out), Value::Float(f)) => out.push(*f),
         (Elements::Float(out), Value::Int(i)) => out.push(*i as f64),
@@ -312,12 +328,22 @@ pub fn from_json(datatype: &str, data: &Json) -> Result<Elements, String> {
                 })
                 .collect::<Result<_, _>>()?,
         ),
-        "BOOL" => Elements::Bool(flat.iter().map(|j| j.as_bool().ok_or_else(|| bad(j))).collect::<Result<_, _>>()?),
-        "INT8" | "INT16" | "INT32" | "INT64" | "UINT8" | "UINT16" | "UINT32" | "UINT64" => Elements::Int(
-            flat.iter().map(|j| j.as_i64().ok_or_else(|| bad(j))).collect::<Result<_, _>>()?,
+        "BOOL" => Elements::Bool(
+            flat.iter()
+                .map(|j| j.as_bool().ok_or_else(|| bad(j)))
+                .collect::<Result<_, _>>()?,
         ),
+        "INT8" | "INT16" | "INT32" | "INT64" | "UINT8" | "UINT16" | "UINT32" | "UINT64" => {
+            Elements::Int(
+                flat.iter()
+                    .map(|j| j.as_i64().ok_or_else(|| bad(j)))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
         "FP16" | "FP32" | "FP64" | "BF16" => Elements::Float(
-            flat.iter().map(|j| j.as_f64().ok_or_else(|| bad(j))).collect::<Result<_, _>>()?,
+            flat.iter()
+                .map(|j| j.as_f64().ok_or_else(|| bad(j)))
+                .collect::<Result<_, _>>()?,
         ),
         other => return Err(format!("unknown datatype `{other}`")),
     })
@@ -339,7 +365,11 @@ pub fn to_json(data: &Elements) -> Json {
                 .collect(),
         ),
         Elements::Int(v) => Json::Array(v.iter().map(|&i| Json::from(i)).collect()),
-        Elements::Float(v) => Json::Array(v.iter().map(|&f| serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number)).collect()),
+        Elements::Float(v) => Json::Array(
+            v.iter()
+                .map(|&f| serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number))
+                .collect(),
+        ),
         Elements::Bool(v) => Json::Array(v.iter().map(|&b| Json::Bool(b)).collect()),
     }
 }
@@ -349,7 +379,10 @@ pub fn to_json(data: &Elements) -> Json {
 pub fn from_raw(datatype: &str, raw: &[u8]) -> Result<Elements, String> {
     fn chunks<const N: usize>(raw: &[u8], dt: &str) -> Result<Vec<[u8; N]>, String> {
         if raw.len() % N != 0 {
-            return Err(format!("{} raw bytes are not whole {dt} elements", raw.len()));
+            return Err(format!(
+                "{} raw bytes are not whole {dt} elements",
+                raw.len()
+            ));
         }
         Ok(raw
             .chunks_exact(N)
@@ -380,14 +413,54 @@ pub fn from_raw(datatype: &str, raw: &[u8]) -> Result<Elements, String> {
         "BOOL" => Elements::Bool(raw.iter().map(|&b| b != 0).collect()),
         "INT8" => Elements::Int(raw.iter().map(|&b| i64::from(b as i8)).collect()),
         "UINT8" => Elements::Int(raw.iter().map(|&b| i64::from(b)).collect()),
-        "INT16" => Elements::Int(chunks::<2>(raw, datatype)?.into_iter().map(|c| i64::from(i16::from_le_bytes(c))).collect()),
-        "UINT16" => Elements::Int(chunks::<2>(raw, datatype)?.into_iter().map(|c| i64::from(u16::from_le_bytes(c))).collect()),
-        "INT32" => Elements::Int(chunks::<4>(raw, datatype)?.into_iter().map(|c| i64::from(i32::from_le_bytes(c))).collect()),
-        "UINT32" => Elements::Int(chunks::<4>(raw, datatype)?.into_iter().map(|c| i64::from(u32::from_le_bytes(c))).collect()),
-        "INT64" => Elements::Int(chunks::<8>(raw, datatype)?.into_iter().map(i64::from_le_bytes).collect()),
-        "UINT64" => Elements::Int(chunks::<8>(raw, datatype)?.into_iter().map(|c| u64::from_le_bytes(c) as i64).collect()),
-        "FP32" => Elements::Float(chunks::<4>(raw, datatype)?.into_iter().map(|c| f64::from(f32::from_le_bytes(c))).collect()),
-        "FP64" => Elements::Float(chunks::<8>(raw, datatype)?.into_iter().map(f64::from_le_bytes).collect()),
+        "INT16" => Elements::Int(
+            chunks::<2>(raw, datatype)?
+                .into_iter()
+                .map(|c| i64::from(i16::from_le_bytes(c)))
+                .collect(),
+        ),
+        "UINT16" => Elements::Int(
+            chunks::<2>(raw, datatype)?
+                .into_iter()
+                .map(|c| i64::from(u16::from_le_bytes(c)))
+                .collect(),
+        ),
+        "INT32" => Elements::Int(
+            chunks::<4>(raw, datatype)?
+                .into_iter()
+                .map(|c| i64::from(i32::from_le_bytes(c)))
+                .collect(),
+        ),
+        "UINT32" => Elements::Int(
+            chunks::<4>(raw, datatype)?
+                .into_iter()
+                .map(|c| i64::from(u32::from_le_bytes(c)))
+                .collect(),
+        ),
+        "INT64" => Elements::Int(
+            chunks::<8>(raw, datatype)?
+                .into_iter()
+                .map(i64::from_le_bytes)
+                .collect(),
+        ),
+        "UINT64" => Elements::Int(
+            chunks::<8>(raw, datatype)?
+                .into_iter()
+                .map(|c| u64::from_le_bytes(c) as i64)
+                .collect(),
+        ),
+        "FP32" => Elements::Float(
+            chunks::<4>(raw, datatype)?
+                .into_iter()
+                .map(|c| f64::from(f32::from_le_bytes(c)))
+                .collect(),
+        ),
+        "FP64" => Elements::Float(
+            chunks::<8>(raw, datatype)?
+                .into_iter()
+                .map(f64::from_le_bytes)
+                .collect(),
+        ),
         other => return Err(format!("raw {other} contents are not supported")),
     })
 }
@@ -454,12 +527,22 @@ mod tests {
         let rows = to_rows(&t, &DataType::Int, &no_bytes).expect("rows");
         assert_eq!(rows, vec![Value::Int(1), Value::Int(-2), Value::Int(3)]);
         let back = from_rows("y", &DataType::Int, &rows, &|_| Err("x".into())).expect("joins");
-        assert_eq!((back.datatype.as_str(), back.shape.clone()), ("INT64", vec![3]));
+        assert_eq!(
+            (back.datatype.as_str(), back.shape.clone()),
+            ("INT64", vec![3])
+        );
         let texts = Tensor {
             name: "s".into(),
             datatype: "BYTES".into(),
             shape: vec![2],
-            data: from_raw("BYTES", &to_raw("BYTES", &Elements::Bytes(vec![b"ab".to_vec(), b"".to_vec()]))).expect("raw"),
+            data: from_raw(
+                "BYTES",
+                &to_raw(
+                    "BYTES",
+                    &Elements::Bytes(vec![b"ab".to_vec(), b"".to_vec()]),
+                ),
+            )
+            .expect("raw"),
         };
         assert_eq!(
             to_rows(&texts, &DataType::Text, &no_bytes).expect("rows"),
@@ -470,7 +553,12 @@ mod tests {
             Value::List(vec![Value::Text("c".into()), Value::Text("d".into())]),
         ];
         let ty: DataType = "List<Text>".parse().expect("type");
-        assert_eq!(from_rows("l", &ty, &lists, &|_| Err("x".into())).expect("joins").shape, vec![2, 2]);
+        assert_eq!(
+            from_rows("l", &ty, &lists, &|_| Err("x".into()))
+                .expect("joins")
+                .shape,
+            vec![2, 2]
+        );
     }
 
     #[test]
@@ -481,15 +569,23 @@ mod tests {
             shape: vec![2],
             data: Elements::Int(vec![1]),
         };
-        assert!(rows_of(&t).expect_err("short").contains("holds 2 elements, but 1 were sent"));
-        assert!(from_json("FP32", &serde_json::json!(["a"])).expect_err("text").contains("cannot hold"));
-        assert!(from_raw("BYTES", &[9, 0, 0, 0, 1]).expect_err("cut").contains("cut off"));
+        assert!(rows_of(&t)
+            .expect_err("short")
+            .contains("holds 2 elements, but 1 were sent"));
+        assert!(from_json("FP32", &serde_json::json!(["a"]))
+            .expect_err("text")
+            .contains("cannot hold"));
+        assert!(from_raw("BYTES", &[9, 0, 0, 0, 1])
+            .expect_err("cut")
+            .contains("cut off"));
         let t = Tensor {
             name: "x".into(),
             datatype: "BYTES".into(),
             shape: vec![1],
             data: Elements::Bytes(vec![b"a".to_vec()]),
         };
-        assert!(to_rows(&t, &DataType::Int, &no_bytes).expect_err("type").contains("cannot come from a BYTES"));
+        assert!(to_rows(&t, &DataType::Int, &no_bytes)
+            .expect_err("type")
+            .contains("cannot come from a BYTES"));
     }
 }

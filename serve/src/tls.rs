@@ -73,6 +73,9 @@ mod tests {
             key_pem: b"nothing".to_vec(),
         };
         let e = t.server_config().expect_err("refused");
-        assert!(e.starts_with("--tls-key holds no usable PEM private key"), "{e}");
+        assert!(
+            e.starts_with("--tls-key holds no usable PEM private key"),
+            "{e}"
+        );
     }
 }

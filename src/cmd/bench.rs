@@ -386,12 +386,19 @@ mod overhead {
         let dir = std::env::temp_dir().join(format!("mars-overhead-{}", std::process::id()));
         std::fs::create_dir_all(&dir).into_diagnostic()?;
         let ann = if unbatched { "  @batch(none)" } else { "" };
-        let mut src = String::from("use std.bench.{delay}\n\npipeline overhead(x: Int) -> (y: Int) {\n");
+        let mut src =
+            String::from("use std.bench.{delay}\n\npipeline overhead(x: Int) -> (y: Int) {\n");
         let mut prev = "x".to_string();
         for i in 0..nodes.max(1) {
-            let name = if i + 1 == nodes.max(1) { "y".to_string() } else { format!("s{i}") };
+            let name = if i + 1 == nodes.max(1) {
+                "y".to_string()
+            } else {
+                format!("s{i}")
+            };
             let kw = if name == "y" { "" } else { "let " };
-            src.push_str(&format!("  {kw}{name} = delay({prev}, batch_ms = 0.0){ann}\n"));
+            src.push_str(&format!(
+                "  {kw}{name} = delay({prev}, batch_ms = 0.0){ann}\n"
+            ));
             prev = name;
         }
         src.push_str("}\n");
@@ -440,13 +447,25 @@ mod overhead {
             let plan = compiled_chain(nodes, true)?;
             let (one, _) = measure(&plan, &registry, requests, opts()).map_err(fail)?;
             if all || mode == OverheadMode::Unbatched {
-                line("unbatched", one.stats.throughput, nodes, "bound: >= 200000", &plan);
+                line(
+                    "unbatched",
+                    one.stats.throughput,
+                    nodes,
+                    "bound: >= 200000",
+                    &plan,
+                );
                 json.insert("unbatched".into(), measure_json(&one, nodes));
             }
             if all || mode == OverheadMode::Cluster {
                 let spread = on_workers(plan.clone(), processes);
                 let many = run_on_cluster(&spread, processes, requests)?;
-                line(&format!("{processes} procs"), many.stats.throughput, nodes, "", &plan);
+                line(
+                    &format!("{processes} procs"),
+                    many.stats.throughput,
+                    nodes,
+                    "",
+                    &plan,
+                );
                 let ratio = one.stats.throughput / many.stats.throughput.max(1e-9);
                 println!("  one process / {processes} processes = {ratio:.2}   (bound: <= 2)");
                 json.insert("cluster".into(), measure_json(&many, nodes));
@@ -457,13 +476,25 @@ mod overhead {
         if all || mode == OverheadMode::Batched {
             let plan = compiled_chain(nodes, false)?;
             let (r, _) = measure(&plan, &registry, requests, opts()).map_err(fail)?;
-            line("batched", r.stats.throughput, nodes, "bound: >= 1000000", &plan);
+            line(
+                "batched",
+                r.stats.throughput,
+                nodes,
+                "bound: >= 1000000",
+                &plan,
+            );
             json.insert("batched".into(), measure_json(&r, nodes));
         }
         if all || mode == OverheadMode::Pool {
             let plan = delay_chain("overhead", &vec![0.0; nodes], batch_dynamic(1024, 0.0), 1);
             let (r, _) = measure(&plan, &registry, requests, opts()).map_err(fail)?;
-            line("pool", r.stats.throughput, nodes, "replica threads, batches of 1024", &plan);
+            line(
+                "pool",
+                r.stats.throughput,
+                nodes,
+                "replica threads, batches of 1024",
+                &plan,
+            );
             json.insert("pool".into(), measure_json(&r, nodes));
         }
         json.insert("bench".into(), "overhead".into());
@@ -539,8 +570,10 @@ fn fidelity_cpu(requests: u64, cpus: f64) -> miette::Result<serde_json::Value> {
     );
     println!("  measured/predicted = {ratio:.3}   (bound: within 0.9..1.1)");
     print_nodes(&r);
-    Ok(serde_json::json!({"bench": "fidelity-cpu", "measured": r.stats.throughput, "predicted": predicted,
-                          "ratio": ratio, "runtime": runtime, "stats": r.stats}))
+    Ok(
+        serde_json::json!({"bench": "fidelity-cpu", "measured": r.stats.throughput, "predicted": predicted,
+                          "ratio": ratio, "runtime": runtime, "stats": r.stats}),
+    )
 }
 
 /// A run's throughput and cost per request per node, as JSON.

@@ -71,7 +71,10 @@ fn parse_mode(s: &str) -> Result<LlmQuant, String> {
         return Ok(LlmQuant::None);
     }
     let (m, g) = match s.split_once("/g") {
-        Some((m, g)) => (m, Some(g.parse::<i64>().map_err(|e| format!("`{s}`: {e}"))?)),
+        Some((m, g)) => (
+            m,
+            Some(g.parse::<i64>().map_err(|e| format!("`{s}`: {e}"))?),
+        ),
         None => (s, None),
     };
     LlmQuant::parse(m, g)
@@ -101,7 +104,8 @@ fn forward(e: impl std::fmt::Display) -> miette::Report {
 
 fn decode_round(m: &Llama, prompt: &[u32], steps: usize) -> miette::Result<Vec<f64>> {
     let mut st = LlamaState::default();
-    m.extend(&mut [&mut st], &[prompt.to_vec()]).map_err(forward)?;
+    m.extend(&mut [&mut st], &[prompt.to_vec()])
+        .map_err(forward)?;
     let mut out = Vec::with_capacity(steps);
     for _ in 0..steps {
         let t = argmax(&st.logits);
@@ -135,18 +139,29 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
         .collect::<Result<_, _>>()
         .map_err(|e| miette!(code = "mars::bench::llm", "--modes: {e}"))?;
     if quants.first() != Some(&LlmQuant::None) {
-        return Err(miette!(code = "mars::bench::llm", "--modes must start with f32 (the reference)"));
+        return Err(miette!(
+            code = "mars::bench::llm",
+            "--modes must start with f32 (the reference)"
+        ));
     }
     let path = match a.weights.strip_prefix("model:") {
         Some(_) => {
             let store = mars_stdlib::store::Store::from_env().map_err(|e| miette!("{}", e.0))?;
-            store.resolve(&a.weights).map_err(|e| miette!("{}", e.0))?.path
+            store
+                .resolve(&a.weights)
+                .map_err(|e| miette!("{}", e.0))?
+                .path
         }
         None => PathBuf::from(&a.weights),
     };
     let positions = a.window.max(1024);
     let reference = ChatModel::load(&path, positions).map_err(|e| miette!("{e}"))?;
-    let text = a.text.as_deref().map(read_text).transpose().map_err(|e| miette!("{e}"))?;
+    let text = a
+        .text
+        .as_deref()
+        .map(read_text)
+        .transpose()
+        .map_err(|e| miette!("{e}"))?;
     let (held, calib_ids) = match &text {
         Some(t) => {
             let held = encode(&reference, t, a.ppl_tokens, false)?;
@@ -166,7 +181,10 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
             let faq = std::fs::read_to_string(a.data.join("faq.jsonl"))
                 .into_diagnostic()
                 .wrap_err("reading the FAQ for calibration")?;
-            (Vec::new(), reference.encode(&faq).map_err(|e| miette!("{e}"))?)
+            (
+                Vec::new(),
+                reference.encode(&faq).map_err(|e| miette!("{e}"))?,
+            )
         }
     };
     let calib: Vec<Vec<u32>> = calib_ids.chunks(a.window).map(|c| c.to_vec()).collect();
@@ -200,7 +218,11 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
     let prompts: Vec<Vec<u32>> = prompts
         .iter()
         .take(a.questions)
-        .map(|(_, p)| modes[0].model.encode(&modes[0].model.template.render(Some(SUPPORT_SYSTEM), p)))
+        .map(|(_, p)| {
+            modes[0]
+                .model
+                .encode(&modes[0].model.template.render(Some(SUPPORT_SYSTEM), p))
+        })
         .collect::<Result<_, _>>()
         .map_err(|e| miette!("{e}"))?;
     // Timing: the modes take turns within each round.
@@ -214,7 +236,9 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
             m.decode_ms.extend(d);
             let mut st = LlamaState::default();
             let t0 = Instant::now();
-            llama(&m.model)?.extend(&mut [&mut st], &[prefill.clone()]).map_err(forward)?;
+            llama(&m.model)?
+                .extend(&mut [&mut st], &[prefill.clone()])
+                .map_err(forward)?;
             m.prefill_ms.push(t0.elapsed().as_secs_f64() * 1e3);
         }
         eprintln!("timing round {} of {}", round + 1, a.rounds);
@@ -236,7 +260,9 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
     for (k, m) in modes.iter_mut().enumerate() {
         let mut got = Vec::new();
         for batch in prompts.chunks(8) {
-            got.extend(greedy_batch(llama(&m.model)?, batch, a.answer_tokens, &end).map_err(forward)?);
+            got.extend(
+                greedy_batch(llama(&m.model)?, batch, a.answer_tokens, &end).map_err(forward)?,
+            );
         }
         if k == 0 {
             ref_answers = got.clone();
@@ -285,7 +311,19 @@ fn report(
     );
     println!(
         "{:<18} {:>8} {:>9} {:>6} {:>9} {:>6} {:>8} {:>7} {:>9} {:>7} {:>7} {:>9} {:>6}",
-        "mode", "MB", "decode/s", "×f32", "prefill", "×f32", "ppl", "Δppl", "KL text", "exact", "prefix", "KL answ", "load"
+        "mode",
+        "MB",
+        "decode/s",
+        "×f32",
+        "prefill",
+        "×f32",
+        "ppl",
+        "Δppl",
+        "KL text",
+        "exact",
+        "prefix",
+        "KL answ",
+        "load"
     );
     let mut rows = Vec::new();
     for m in modes {
@@ -330,9 +368,12 @@ fn report(
         "modes": rows,
     });
     if let Some(p) = json {
-        std::fs::write(&p, serde_json::to_string_pretty(&out).into_diagnostic()? + "\n")
-            .into_diagnostic()
-            .wrap_err_with(|| format!("cannot write {}", p.display()))?;
+        std::fs::write(
+            &p,
+            serde_json::to_string_pretty(&out).into_diagnostic()? + "\n",
+        )
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot write {}", p.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

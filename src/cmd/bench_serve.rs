@@ -73,10 +73,15 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
             .filter(|l| !l.trim().is_empty())
             .map(|l| l.as_bytes().to_vec())
             .collect(),
-        None => (0..1000).map(|i| format!("{{\"x\": {i}}}").into_bytes()).collect(),
+        None => (0..1000)
+            .map(|i| format!("{{\"x\": {i}}}").into_bytes())
+            .collect(),
     };
     if bodies.is_empty() {
-        return Err(miette!(code = "mars::bench::input", "no requests in --input"));
+        return Err(miette!(
+            code = "mars::bench::input",
+            "no requests in --input"
+        ));
     }
     let bodies = Arc::new(bodies);
     let config = Config {
@@ -129,7 +134,11 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
         for _ in 0..1200 {
             if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let _ = s.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+                let _ = s
+                    .write_all(
+                        b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
                 let mut buf = Vec::new();
                 let _ = s.read_to_end(&mut buf).await;
                 if buf.starts_with(b"HTTP/1.1 200") {
@@ -140,22 +149,35 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
         }
     });
     let path = format!("/v1/pipelines/{name}");
-    println!("serve: pipeline `{name}` over HTTP (POST {path}), {} s per load", args.seconds);
+    println!(
+        "serve: pipeline `{name}` over HTTP (POST {path}), {} s per load",
+        args.seconds
+    );
     let mut reports = Vec::new();
     let loads = args
         .clients
         .iter()
         .map(|&c| Load::Closed { clients: c })
-        .chain(args.rates.iter().map(|&rate| Load::Open { rate, connections: 1024 }));
+        .chain(args.rates.iter().map(|&rate| Load::Open {
+            rate,
+            connections: 1024,
+        }));
     for load in loads {
-        let r = client_rt.block_on(run_load(addr, &path, Arc::clone(&bodies), load, args.seconds));
+        let r = client_rt.block_on(run_load(
+            addr,
+            &path,
+            Arc::clone(&bodies),
+            load,
+            args.seconds,
+        ));
         print(&r);
         reports.push(r);
     }
     let _ = stop_tx.send(());
     let _ = server_rt.block_on(server);
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&serde_json::json!({"serve": reports})).into_diagnostic()?;
+        let text = serde_json::to_string_pretty(&serde_json::json!({"serve": reports}))
+            .into_diagnostic()?;
         std::fs::write(&path, text).into_diagnostic()?;
     }
     Ok(ExitCode::SUCCESS)

@@ -1,9 +1,9 @@
 //! One module per `marsc` command. Each exposes `Args` (clap) and `run(Args)`.
 
 pub mod bench;
-pub mod bench_ocr;
 pub mod bench_elastic;
 pub mod bench_llm;
+pub mod bench_ocr;
 pub mod bench_serve;
 pub mod bench_translate;
 pub mod check;
@@ -17,8 +17,8 @@ pub mod models;
 pub mod plan;
 pub mod profile;
 pub mod run;
-pub mod target;
 pub mod serve;
+pub mod target;
 pub mod train_demo;
 pub mod weights;
 pub mod worker;

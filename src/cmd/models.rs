@@ -79,7 +79,10 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
             let mut code = ExitCode::SUCCESS;
             for name in names {
                 if let Some(m) = store.manifest.get(&name).filter(|m| !m.open_source) {
-                    eprintln!("note: `{name}` is under the {}; by using it you accept those terms", m.license);
+                    eprintln!(
+                        "note: `{name}` is under the {}; by using it you accept those terms",
+                        m.license
+                    );
                 }
                 let t = std::time::Instant::now();
                 match pull_with(&store, &name, &opts) {

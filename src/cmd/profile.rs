@@ -121,8 +121,12 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     })?;
     let mut report = report;
     // The runtime's own CPU per request, hop and hand-off on this machine (SPEC 2.4.9).
-    let runtime = mars_runtime::self_cost::measure_runtime_cost(100_000)
-        .map_err(|e| miette!(code = "mars::profile::measure", "measuring the runtime's own cost: {e}"))?;
+    let runtime = mars_runtime::self_cost::measure_runtime_cost(100_000).map_err(|e| {
+        miette!(
+            code = "mars::profile::measure",
+            "measuring the runtime's own cost: {e}"
+        )
+    })?;
     report.profile.runtime = Some(runtime);
 
     std::fs::write(&args.output, report.profile.to_yaml())

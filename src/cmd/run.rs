@@ -480,7 +480,11 @@ pub fn check_counts(args: &Args) -> miette::Result<()> {
         return Err(bad("--max-inflight", args.max_inflight, MAX_INFLIGHT));
     }
     if !(1..=MAX_INFLIGHT_MIB).contains(&args.max_inflight_mib) {
-        return Err(bad("--max-inflight-mib", args.max_inflight_mib, MAX_INFLIGHT_MIB));
+        return Err(bad(
+            "--max-inflight-mib",
+            args.max_inflight_mib,
+            MAX_INFLIGHT_MIB,
+        ));
     }
     if let Some(n) = args.local_cluster {
         if !(1..=MAX_PROCESSES).contains(&n) {
@@ -497,9 +501,24 @@ fn verify(args: &Args, plan: &Plan) -> miette::Result<()> {
     let limit = mars_plan::limits::MAX_YAML_BYTES;
     let source = folder_of(&args.plan).join(&origin.source);
     let checks = [
-        ("source", Some(source), Some(origin.source_hash.clone()), super::file_io::MAX_SOURCE_BYTES),
-        ("profile", args.profile.clone(), origin.profile_hash.clone(), limit),
-        ("target", args.target.clone(), origin.target_hash.clone(), limit),
+        (
+            "source",
+            Some(source),
+            Some(origin.source_hash.clone()),
+            super::file_io::MAX_SOURCE_BYTES,
+        ),
+        (
+            "profile",
+            args.profile.clone(),
+            origin.profile_hash.clone(),
+            limit,
+        ),
+        (
+            "target",
+            args.target.clone(),
+            origin.target_hash.clone(),
+            limit,
+        ),
     ];
     for (what, path, recorded, limit) in checks {
         match (path, recorded) {

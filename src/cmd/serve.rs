@@ -177,7 +177,11 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
                 "--local-cluster needs at least 1 process"
             ))
         }
-        Some(n) => Some(super::run::spawn_peers(&args.plans[0], n, args.workers.max(1))?),
+        Some(n) => Some(super::run::spawn_peers(
+            &args.plans[0],
+            n,
+            args.workers.max(1),
+        )?),
         None => None,
     };
     let cluster = match (&args.hosts, &peers) {

@@ -154,7 +154,10 @@ mod tests {
         assert_eq!(w.gpus[1].name, "gpu1");
         assert_eq!(w.gpus[0].memory_gb, 140.4);
         assert_eq!(w.gpus[0].share, 1.0);
-        assert!(y.contains("# NVIDIA H200: 132 SMs, compute capability 9.0"), "{y}");
+        assert!(
+            y.contains("# NVIDIA H200: 132 SMs, compute capability 9.0"),
+            "{y}"
+        );
     }
 
     #[test]

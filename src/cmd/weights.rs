@@ -199,21 +199,31 @@ fn calibrate_llm(weights: &str, text: &Path, tokens: usize, out: &Path) -> miett
     };
     let model = ChatModel::load(&path, 512).map_err(fail)?;
     // About 4 characters a token: tokenize only what the first `tokens` need.
-    let body: String = read_text(text).map_err(fail)?.chars().take(tokens * 8).collect();
+    let body: String = read_text(text)
+        .map_err(fail)?
+        .chars()
+        .take(tokens * 8)
+        .collect();
     let ids = model.encode(&body).map_err(fail)?;
     let ids = &ids[..tokens.min(ids.len())];
     let windows: Vec<Vec<u32>> = ids.chunks(512).map(|c| c.to_vec()).collect();
     let (stats, n) = llm_quant::calibrate(
-        model
-            .llama
-            .as_llama()
-            .ok_or_else(|| miette::miette!("calibrate-llm calibrates `arch = \"llama\"` models; this one is gemma3"))?,
+        model.llama.as_llama().ok_or_else(|| {
+            miette::miette!(
+                "calibrate-llm calibrates `arch = \"llama\"` models; this one is gemma3"
+            )
+        })?,
         &windows,
-    ).map_err(fail)?;
+    )
+    .map_err(fail)?;
     create_parent(out)?;
     let about = serde_json::json!({ "tokens": n, "source": file_label(text), "weights": weights });
     llm_quant::save_stats(out, &stats, about).map_err(fail)?;
-    println!("calibrated {} input sites on {n} tokens; wrote {}", stats.len(), out.display());
+    println!(
+        "calibrated {} input sites on {n} tokens; wrote {}",
+        stats.len(),
+        out.display()
+    );
     Ok(())
 }
 

@@ -60,15 +60,17 @@ pub fn find_font(name: &str, base: &Path) -> Result<PathBuf, String> {
         };
     }
     let dirs = font_dirs();
-    dirs.iter().find_map(|d| find_in(d, name, 4)).ok_or_else(|| {
-        let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-        format!(
-            "font `{name}` was not found in {}; install the package that has it (Debian \
+    dirs.iter()
+        .find_map(|d| find_in(d, name, 4))
+        .ok_or_else(|| {
+            let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            format!(
+                "font `{name}` was not found in {}; install the package that has it (Debian \
              `fonts-dejavu-core` for DejaVuSans.ttf, `fonts-wqy-microhei` for \
              wqy-microhei.ttc) or add its folder to MARS_FONTS",
-            shown.join(", ")
-        )
-    })
+                shown.join(", ")
+            )
+        })
 }
 
 fn cache() -> &'static Mutex<HashMap<PathBuf, Arc<FontVec>>> {
@@ -81,8 +83,8 @@ pub fn load_font(path: &Path) -> Result<Arc<FontVec>, String> {
     if let Some(f) = cache().lock().ok().and_then(|c| c.get(path).cloned()) {
         return Ok(f);
     }
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("cannot read font `{}`: {e}", path.display()))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read font `{}`: {e}", path.display()))?;
     let font = FontVec::try_from_vec_and_index(bytes, 0)
         .map_err(|e| format!("`{}` is not a font: {e}", path.display()))?;
     let font = Arc::new(font);
@@ -336,15 +338,19 @@ mod tests {
     use super::*;
 
     fn dejavu() -> Fonts {
-        Fonts::load("DejaVuSans.ttf", Path::new(".")).expect(
-            "DejaVuSans.ttf (Debian fonts-dejavu-core) must be installed for these tests",
-        )
+        Fonts::load("DejaVuSans.ttf", Path::new("."))
+            .expect("DejaVuSans.ttf (Debian fonts-dejavu-core) must be installed for these tests")
     }
 
     #[test]
     fn a_missing_font_names_the_package() {
-        let e = Fonts::load("NoSuchFont.ttf", Path::new(".")).err().expect("missing");
-        assert!(e.contains("NoSuchFont.ttf") && e.contains("fonts-dejavu-core"), "{e}");
+        let e = Fonts::load("NoSuchFont.ttf", Path::new("."))
+            .err()
+            .expect("missing");
+        assert!(
+            e.contains("NoSuchFont.ttf") && e.contains("fonts-dejavu-core"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -354,7 +360,12 @@ mod tests {
         assert!(one > 20.0);
         let lines = wrap(&f, "pure cotton shirt", 20.0, one * 1.5).expect("fits");
         assert_eq!(lines, vec!["pure", "cotton", "shirt"]);
-        assert_eq!(wrap(&f, "pure cotton shirt", 20.0, 1000.0).expect("fits").len(), 1);
+        assert_eq!(
+            wrap(&f, "pure cotton shirt", 20.0, 1000.0)
+                .expect("fits")
+                .len(),
+            1
+        );
         assert!(wrap(&f, "unbreakable", 20.0, 10.0).is_none());
     }
 

@@ -79,8 +79,13 @@ pub fn register(registry: &mut Registry) {
     registry.builtin(
         "image.draw_text",
         Arc::new(|ctx: &NodeContext| {
-            let fonts = Fonts::load(&text_param(ctx, "font", Some("DejaVuSans.ttf"))?, &ctx.base_dir)
-                .map_err(|e| NodeError::new(format!("node `{}`: parameter `font`: {e}", ctx.node.id)))?;
+            let fonts = Fonts::load(
+                &text_param(ctx, "font", Some("DejaVuSans.ttf"))?,
+                &ctx.base_dir,
+            )
+            .map_err(|e| {
+                NodeError::new(format!("node `{}`: parameter `font`: {e}", ctx.node.id))
+            })?;
             let color = Ink::parse(&text_param(ctx, "color", Some("auto"))?).map_err(|e| {
                 NodeError::new(format!("node `{}`: parameter `color`: {e}", ctx.node.id))
             })?;

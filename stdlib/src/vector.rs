@@ -57,11 +57,12 @@ pub fn read_corpus(path: &Path, field: &str) -> Result<Vec<String>, String> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
-        let p = v.get(field).and_then(|p| p.as_str()).ok_or_else(|| {
-            format!("{}:{}: no text field `{field}`", path.display(), i + 1)
-        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        let p = v
+            .get(field)
+            .and_then(|p| p.as_str())
+            .ok_or_else(|| format!("{}:{}: no text field `{field}`", path.display(), i + 1))?;
         out.push(p.to_string());
     }
     if out.is_empty() {
@@ -130,7 +131,10 @@ impl FlatIndex {
             .get("corpus")
             .and_then(|v| v.as_str())
             .ok_or_else(|| fail("model key `corpus` (a JSONL file) is missing".into()))?;
-        let field = config.get("field").and_then(|v| v.as_str()).unwrap_or("text");
+        let field = config
+            .get("field")
+            .and_then(|v| v.as_str())
+            .unwrap_or("text");
         let k = config.get("k").and_then(|v| v.as_u64()).unwrap_or(3);
         if k == 0 {
             return Err(fail("model key `k` must be at least 1".into()));

@@ -120,10 +120,18 @@ impl Drop for Served {
 }
 
 pub async fn post(c: &reqwest::Client, url: &str, body: &Json) -> (u16, Json) {
-    let r = c.post(url).json(body).send().await.expect("the server answers");
+    let r = c
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .expect("the server answers");
     let status = r.status().as_u16();
     let text = r.text().await.expect("a body");
-    (status, serde_json::from_str(&text).unwrap_or(Json::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Json::String(text)),
+    )
 }
 
 pub async fn post_raw(c: &reqwest::Client, url: &str, body: &'static str) -> (u16, Json) {
@@ -137,4 +145,3 @@ pub async fn post_raw(c: &reqwest::Client, url: &str, body: &'static str) -> (u1
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Json::Null))
 }
-

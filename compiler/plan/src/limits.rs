@@ -48,6 +48,10 @@ pub const MAX_YAML_DEPTH: usize = 64;
 pub const MAX_YAML_BYTES: u64 = 64 << 20;
 
 /// A value of `key` that is out of its range, as the message of a load error.
-pub fn out_of_range(value: impl std::fmt::Display, low: impl std::fmt::Display, high: impl std::fmt::Display) -> String {
+pub fn out_of_range(
+    value: impl std::fmt::Display,
+    low: impl std::fmt::Display,
+    high: impl std::fmt::Display,
+) -> String {
     format!("value {value} is out of range (from {low} to {high}; SPEC 7.1)")
 }

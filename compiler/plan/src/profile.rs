@@ -161,7 +161,11 @@ impl Profile {
                     ),
                 ));
             }
-            for (field, v) in [("request_us", r.request_us), ("hop_us", r.hop_us), ("batch_us", r.batch_us)] {
+            for (field, v) in [
+                ("request_us", r.request_us),
+                ("hop_us", r.hop_us),
+                ("batch_us", r.batch_us),
+            ] {
                 if !v.is_finite() || v < 0.0 {
                     return Err(LoadError::invalid(
                         path,

@@ -172,9 +172,14 @@ fn check_sharing(
     key: &dyn Fn(&str) -> String,
     path: &str,
 ) -> Result<(), LoadError> {
-    let bad = |field: &str, message: String| Err(LoadError::invalid(path, at(field), &key(field), message));
+    let bad = |field: &str, message: String| {
+        Err(LoadError::invalid(path, at(field), &key(field), message))
+    };
     if g.mps && !g.mig.is_empty() {
-        return bad("mps", "a GPU is split by MIG or shared through MPS, not both".into());
+        return bad(
+            "mps",
+            "a GPU is split by MIG or shared through MPS, not both".into(),
+        );
     }
     let (mut slices, mut mem) = (0u32, 0.0);
     for m in &g.mig {
@@ -191,10 +196,19 @@ fn check_sharing(
         mem += gb * f64::from(m.count);
     }
     if slices > MIG_SLICES {
-        return bad("mig", format!("the MIG instances take {slices} compute slices; a GPU has {MIG_SLICES}"));
+        return bad(
+            "mig",
+            format!("the MIG instances take {slices} compute slices; a GPU has {MIG_SLICES}"),
+        );
     }
     if mem > g.memory_gb + 1e-9 {
-        return bad("mig", format!("the MIG instances hold {mem} GB; the GPU has {} GB", g.memory_gb));
+        return bad(
+            "mig",
+            format!(
+                "the MIG instances hold {mem} GB; the GPU has {} GB",
+                g.memory_gb
+            ),
+        );
     }
     Ok(())
 }

@@ -18,7 +18,10 @@ pub fn validate_plan(plan: &Plan, text: &str, path: &str) -> Result<(), LoadErro
         return Err(err(
             &["nodes"],
             "nodes".into(),
-            format!("{} nodes; a plan holds at most {MAX_NODES} (SPEC 7.1)", plan.nodes.len()),
+            format!(
+                "{} nodes; a plan holds at most {MAX_NODES} (SPEC 7.1)",
+                plan.nodes.len()
+            ),
         ));
     }
     if plan.workers.len() > MAX_PROCESSES {
@@ -38,11 +41,19 @@ pub fn validate_plan(plan: &Plan, text: &str, path: &str) -> Result<(), LoadErro
     };
     for (i, input) in plan.inputs.iter().enumerate() {
         let n = i.to_string();
-        ty(&["inputs", &n, "type"], format!("inputs[{i}].type"), &input.ty)?;
+        ty(
+            &["inputs", &n, "type"],
+            format!("inputs[{i}].type"),
+            &input.ty,
+        )?;
     }
     for (i, output) in plan.outputs.iter().enumerate() {
         let n = i.to_string();
-        ty(&["outputs", &n, "type"], format!("outputs[{i}].type"), &output.ty)?;
+        ty(
+            &["outputs", &n, "type"],
+            format!("outputs[{i}].type"),
+            &output.ty,
+        )?;
     }
     for (i, node) in plan.nodes.iter().enumerate() {
         let n = i.to_string();
@@ -190,15 +201,28 @@ predicted: {throughput: 1000.0, latency_p50_ms: 1.0, latency_p99_ms: 1.0, bottle
     #[test]
     fn replica_threads_of_a_worker_are_bounded() {
         // 65 nodes of 256 replicas: 16,640 threads on one worker.
-        let node = PLAN[PLAN.find("  - id: d").expect("node")..PLAN.find("predicted: {throughput").expect("end")]
+        let node = PLAN[PLAN.find("  - id: d").expect("node")
+            ..PLAN.find("predicted: {throughput").expect("end")]
             .replace("replicas: 2", "replicas: 256");
-        let mut text = PLAN.replace(&PLAN[PLAN.find("  - id: d").expect("node")..PLAN.find("predicted: {throughput").expect("end")], "");
-        let nodes: String = (0..65).map(|i| node.replace("id: d", &format!("id: d{i}"))).collect();
+        let mut text = PLAN.replace(
+            &PLAN[PLAN.find("  - id: d").expect("node")
+                ..PLAN.find("predicted: {throughput").expect("end")],
+            "",
+        );
+        let nodes: String = (0..65)
+            .map(|i| node.replace("id: d", &format!("id: d{i}")))
+            .collect();
         text = text.replace("nodes:\n", &format!("nodes:\n{nodes}"));
         let e = load(&text).expect_err("too many threads");
-        assert!(e.contains("16640 replicas in all") && e.contains("16384"), "{e}");
+        assert!(
+            e.contains("16640 replicas in all") && e.contains("16384"),
+            "{e}"
+        );
         let inline: Vec<String> = (0..65).map(|i| format!("d{i}")).collect();
-        let text = text.replace("nodes:\n", &format!("inline: [{}]\nnodes:\n", inline.join(", ")));
+        let text = text.replace(
+            "nodes:\n",
+            &format!("inline: [{}]\nnodes:\n", inline.join(", ")),
+        );
         assert!(load(&text).is_ok(), "inline nodes have no replica threads");
     }
 
@@ -208,7 +232,10 @@ predicted: {throughput: 1000.0, latency_p50_ms: 1.0, latency_p99_ms: 1.0, bottle
         let mut known = super::BuiltinParams::new();
         known.insert("demo.double".into(), ["factor".to_string()].into());
         assert!(super::check_builtin_params(&plan, PLAN, "p.plan.yaml", &known).is_ok());
-        let text = PLAN.replace("    args: [{input: x}]", "    args: [{input: x}]\n    params: {factor: 2, fator: 3}");
+        let text = PLAN.replace(
+            "    args: [{input: x}]",
+            "    args: [{input: x}]\n    params: {factor: 2, fator: 3}",
+        );
         let plan = Plan::from_yaml(&text, "p.plan.yaml").expect("loads");
         let e = super::check_builtin_params(&plan, &text, "p.plan.yaml", &known)
             .expect_err("misspelt key")
@@ -218,7 +245,9 @@ predicted: {throughput: 1000.0, latency_p50_ms: 1.0, latency_p99_ms: 1.0, bottle
             "p.plan.yaml:12: `nodes[0].params.fator (node `d`)`: `fator` is not a parameter of builtin `demo.double`, which takes the parameters factor"
         );
         // A builtin the stdlib does not declare is not checked.
-        assert!(super::check_builtin_params(&plan, &text, "p.plan.yaml", &Default::default()).is_ok());
+        assert!(
+            super::check_builtin_params(&plan, &text, "p.plan.yaml", &Default::default()).is_ok()
+        );
     }
 
     #[test]
@@ -230,15 +259,24 @@ predicted: {throughput: 1000.0, latency_p50_ms: 1.0, latency_p99_ms: 1.0, bottle
             "p.plan.yaml:16: `nodes[0].replicas (node `d`)`: value 100000 is out of range (from 1 to 256; SPEC 7.1)"
         );
         let e = load(&PLAN.replace("max: 8,", "max: 0,")).expect_err("max");
-        assert!(e.starts_with("p.plan.yaml:17: `nodes[0].batch.max (node `d`)`"), "{e}");
+        assert!(
+            e.starts_with("p.plan.yaml:17: `nodes[0].batch.max (node `d`)`"),
+            "{e}"
+        );
         let e = load(&PLAN.replace("wait_ms: 1.0", "wait_ms: 1.0e20")).expect_err("wait");
-        assert!(e.contains("batch.wait_ms") && e.contains("out of range"), "{e}");
+        assert!(
+            e.contains("batch.wait_ms") && e.contains("out of range"),
+            "{e}"
+        );
         let e = load(&PLAN.replace("wait_ms: 1.0", "wait_ms: .nan")).expect_err("nan");
         assert!(e.contains("batch.wait_ms"), "{e}");
         let deep = format!("{}Int{}", "List<".repeat(20_000), ">".repeat(20_000));
         let e = load(&PLAN.replace("in_types: [Int]", &format!("in_types: [\"{deep}\"]")))
             .expect_err("deep");
-        assert!(e.contains("nodes[0].in_types[0]") && e.contains("nest deeper than 100"), "{e}");
+        assert!(
+            e.contains("nodes[0].in_types[0]") && e.contains("nest deeper than 100"),
+            "{e}"
+        );
     }
 
     #[test]

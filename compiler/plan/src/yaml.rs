@@ -155,12 +155,19 @@ mod tests {
         assert_eq!(too_deep("a: [1, {b: [2]}]\nc:\n  d:\n    - e\n"), None);
         let flow = format!("a: {}1{}\n", "[".repeat(100), "]".repeat(100));
         assert_eq!(too_deep(&flow), Some(1));
-        let block: String = (0..100).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
+        let block: String = (0..100)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
         assert_eq!(too_deep(&block), Some(MAX_YAML_DEPTH + 1));
         let dashes = format!("{}x\n", "- ".repeat(100));
         assert_eq!(too_deep(&dashes), Some(1));
         // Brackets inside quotes and comments are text.
-        let quoted = format!("a: \"{}\" # {}\nb: '{}'\n", "[".repeat(99), "{".repeat(99), "[".repeat(99));
+        let quoted = format!(
+            "a: \"{}\" # {}\nb: '{}'\n",
+            "[".repeat(99),
+            "{".repeat(99),
+            "[".repeat(99)
+        );
         assert_eq!(too_deep(&quoted), None);
     }
 

@@ -118,12 +118,7 @@ fn device(a: &Annotation) -> Result<DeviceHint, Problem> {
     }
 }
 
-fn positive_int(
-    v: &ast::Value,
-    consts: &ConstScope,
-    what: &str,
-    max: u32,
-) -> Result<u32, Problem> {
+fn positive_int(v: &ast::Value, consts: &ConstScope, what: &str, max: u32) -> Result<u32, Problem> {
     let lit = consts.static_value(v, &StaticType::Int, "mars::annotation::bad_argument", what)?;
     match lit {
         Literal::Int(n) if n >= 1 && n <= i64::from(max) => Ok(n as u32),
@@ -224,7 +219,9 @@ fn batch(
                             return Err(bad(
                                 a,
                                 value.span(),
-                                format!("`wait` is {ms} ms; at most {MAX_BATCH_WAIT_MS} ms (60s; SPEC 7.1)"),
+                                format!(
+                                "`wait` is {ms} ms; at most {MAX_BATCH_WAIT_MS} ms (60s; SPEC 7.1)"
+                            ),
                                 "too long",
                                 HELP,
                             ))

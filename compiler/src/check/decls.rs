@@ -395,14 +395,18 @@ pub(crate) fn out_of_range_literal(lit: &ast::Lit) -> Option<Problem> {
             .label(lit.span, "out of range")
             .help("an Int is from -9223372036854775808 to 9223372036854775807"),
         ),
-        ast::LitKind::Duration(ms) if !(ms.is_finite() && ms <= mars_plan::limits::MAX_DURATION_MS) => Some(
-            Problem::error(
-                "mars::type::bad_literal",
-                format!("the duration {} is out of range", lit.raw),
+        ast::LitKind::Duration(ms)
+            if !(ms.is_finite() && ms <= mars_plan::limits::MAX_DURATION_MS) =>
+        {
+            Some(
+                Problem::error(
+                    "mars::type::bad_literal",
+                    format!("the duration {} is out of range", lit.raw),
+                )
+                .label(lit.span, "longer than 24h")
+                .help("a duration is at most 24h (86400s; SPEC 7.1)"),
             )
-            .label(lit.span, "longer than 24h")
-            .help("a duration is at most 24h (86400s; SPEC 7.1)"),
-        ),
+        }
         _ => None,
     }
 }

@@ -1050,7 +1050,9 @@ impl Checker<'_, '_> {
             implementation: sig.implementation.clone(),
             map_over: is_map.then_some(0),
             args: arg_vals.iter().map(|v| v.source.clone()).collect(),
-            declared: sig.attributes.resolve(params.as_ref().unwrap_or(&BTreeMap::new())),
+            declared: sig
+                .attributes
+                .resolve(params.as_ref().unwrap_or(&BTreeMap::new())),
             params: params.unwrap_or_default(),
             in_types,
             out_types: out_types

@@ -263,8 +263,9 @@ pub fn replicas_at(model: &CostModel, choice: &[usize], x: f64) -> Vec<u32> {
         .iter()
         .zip(choice)
         .map(|(node, &o)| {
-            node.fixed_replicas
-                .unwrap_or_else(|| replicas_for(x, node.options[o].per_request).min(model.max_replicas()))
+            node.fixed_replicas.unwrap_or_else(|| {
+                replicas_for(x, node.options[o].per_request).min(model.max_replicas())
+            })
         })
         .collect()
 }

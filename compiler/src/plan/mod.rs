@@ -18,12 +18,12 @@ pub mod error;
 pub mod evaluate;
 pub mod explain;
 pub mod generation;
+#[cfg(test)]
+mod gpu_share_tests;
 pub mod lower;
 pub mod model;
 #[cfg(test)]
 mod optimality_tests;
-#[cfg(test)]
-mod gpu_share_tests;
 pub mod pool;
 mod screen;
 pub mod search;

@@ -173,7 +173,9 @@ impl CostModel {
     /// node), so that a plan the planner writes can always be run (SPEC 2.5, 7.1).
     pub fn max_replicas(&self) -> u32 {
         let per_node = mars_plan::limits::MAX_REPLICA_THREADS / self.nodes.len().max(1);
-        u32::try_from(per_node).unwrap_or(u32::MAX).clamp(1, MAX_REPLICAS)
+        u32::try_from(per_node)
+            .unwrap_or(u32::MAX)
+            .clamp(1, MAX_REPLICAS)
     }
 
     /// Cores the runtime spends per request/s on the first worker outside the nodes (reading,
@@ -437,10 +439,8 @@ fn node_options(
             let b = max_batch.unwrap_or(1).max(1);
             let mut dp = match node.declared.cost {
                 Some(c) => {
-                    let mut dp = DeviceProfile::new(
-                        vec![b],
-                        vec![c.batch_ms + c.item_ms * f64::from(b)],
-                    );
+                    let mut dp =
+                        DeviceProfile::new(vec![b], vec![c.batch_ms + c.item_ms * f64::from(b)]);
                     dp.cpu_cores = Some(c.cores);
                     dp
                 }

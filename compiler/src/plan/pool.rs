@@ -70,7 +70,10 @@ pub fn replica_ranges(
                 continue;
             }
             let mut max = if opt.cores > 0.0 {
-                cap((worker.cpus / opt.cores + 1e-9).floor(), model.max_replicas())
+                cap(
+                    (worker.cpus / opt.cores + 1e-9).floor(),
+                    model.max_replicas(),
+                )
             } else {
                 model.max_replicas()
             };

@@ -13,9 +13,16 @@ pub type SeqId = u64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttentionInputs {
     /// Whole prompts packed one after another.
-    Prefill { seq_starts: Vec<u32>, token_seq: Vec<u32> },
+    Prefill {
+        seq_starts: Vec<u32>,
+        token_seq: Vec<u32>,
+    },
     /// One token per sequence.
-    Decode { block_tables: Vec<u32>, max_blocks: u32, context_lens: Vec<u32> },
+    Decode {
+        block_tables: Vec<u32>,
+        max_blocks: u32,
+        context_lens: Vec<u32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,27 +104,45 @@ impl KvState {
             }
             let len = u32::try_from(p.len()).unwrap_or(u32::MAX);
             if len > self.max_positions {
-                return Err(StepError::TooLong { id, len, max: self.max_positions });
+                return Err(StepError::TooLong {
+                    id,
+                    len,
+                    max: self.max_positions,
+                });
             }
             needed = needed.saturating_add(self.alloc.blocks_for(len));
         }
         if needed > self.alloc.free_blocks() {
-            return Err(KvFull { needed, free: self.alloc.free_blocks() }.into());
+            return Err(KvFull {
+                needed,
+                free: self.alloc.free_blocks(),
+            }
+            .into());
         }
         let mut step = StepInputs {
             ids: Vec::with_capacity(tokens),
             positions: Vec::with_capacity(tokens),
             slots: Vec::with_capacity(tokens),
-            attention: AttentionInputs::Prefill { seq_starts: vec![0], token_seq: Vec::with_capacity(tokens) },
+            attention: AttentionInputs::Prefill {
+                seq_starts: vec![0],
+                token_seq: Vec::with_capacity(tokens),
+            },
             last_rows: Vec::with_capacity(prompts.len()),
         };
         for (s, &(id, p)) in prompts.iter().enumerate() {
             let mut blocks = SeqBlocks::default();
-            let slots = self.alloc.append(&mut blocks, p.len() as u32).expect("capacity checked above");
+            let slots = self
+                .alloc
+                .append(&mut blocks, p.len() as u32)
+                .expect("capacity checked above");
             step.ids.extend_from_slice(p);
             step.positions.extend(0..p.len() as u32);
             step.slots.extend(slots);
-            if let AttentionInputs::Prefill { seq_starts, token_seq } = &mut step.attention {
+            if let AttentionInputs::Prefill {
+                seq_starts,
+                token_seq,
+            } = &mut step.attention
+            {
                 token_seq.extend(std::iter::repeat_n(s as u32, p.len()));
                 seq_starts.push(step.ids.len() as u32);
             }
@@ -138,18 +163,30 @@ impl KvState {
             let seq = self.seqs.get(&id).ok_or(StepError::Unknown(id))?;
             let len = seq.len() + 1;
             if len > self.max_positions {
-                return Err(StepError::TooLong { id, len, max: self.max_positions });
+                return Err(StepError::TooLong {
+                    id,
+                    len,
+                    max: self.max_positions,
+                });
             }
             needed += self.alloc.blocks_for(len) - seq.blocks().len() as u32;
         }
         if needed > self.alloc.free_blocks() {
-            return Err(KvFull { needed, free: self.alloc.free_blocks() }.into());
+            return Err(KvFull {
+                needed,
+                free: self.alloc.free_blocks(),
+            }
+            .into());
         }
         let mut inputs = StepInputs {
             ids: Vec::with_capacity(step.len()),
             positions: Vec::with_capacity(step.len()),
             slots: Vec::with_capacity(step.len()),
-            attention: AttentionInputs::Decode { block_tables: Vec::new(), max_blocks: 0, context_lens: Vec::new() },
+            attention: AttentionInputs::Decode {
+                block_tables: Vec::new(),
+                max_blocks: 0,
+                context_lens: Vec::new(),
+            },
             last_rows: (0..step.len() as u32).collect(),
         };
         let mut context_lens = Vec::with_capacity(step.len());
@@ -164,7 +201,11 @@ impl KvState {
         }
         let seqs: Vec<&SeqBlocks> = step.iter().map(|(id, _)| &self.seqs[id]).collect();
         let (tables, max_blocks) = block_tables(&seqs);
-        inputs.attention = AttentionInputs::Decode { block_tables: tables, max_blocks, context_lens };
+        inputs.attention = AttentionInputs::Decode {
+            block_tables: tables,
+            max_blocks,
+            context_lens,
+        };
         Ok(inputs)
     }
 
@@ -187,13 +228,18 @@ mod tests {
     #[test]
     fn prefill_packs_prompts_and_marks_their_last_rows() {
         let mut kv = state(8);
-        let step = kv.plan_prefill(&[(7, &[5, 6, 7]), (9, &[1, 2, 3, 4, 5])]).expect("fits");
+        let step = kv
+            .plan_prefill(&[(7, &[5, 6, 7]), (9, &[1, 2, 3, 4, 5])])
+            .expect("fits");
         assert_eq!(step.ids, vec![5, 6, 7, 1, 2, 3, 4, 5]);
         assert_eq!(step.positions, vec![0, 1, 2, 0, 1, 2, 3, 4]);
         assert_eq!(step.last_rows, vec![2, 7]);
         assert_eq!(
             step.attention,
-            AttentionInputs::Prefill { seq_starts: vec![0, 3, 8], token_seq: vec![0, 0, 0, 1, 1, 1, 1, 1] }
+            AttentionInputs::Prefill {
+                seq_starts: vec![0, 3, 8],
+                token_seq: vec![0, 0, 0, 1, 1, 1, 1, 1]
+            }
         );
         // Sequence 7 has block 0 (slots 0..3), sequence 9 blocks 1 and 2.
         assert_eq!(step.slots, vec![0, 1, 2, 4, 5, 6, 7, 8]);
@@ -203,7 +249,8 @@ mod tests {
     #[test]
     fn decode_appends_one_token_each_and_builds_block_tables() {
         let mut kv = state(8);
-        kv.plan_prefill(&[(1, &[1, 1, 1, 1]), (2, &[2])]).expect("fits");
+        kv.plan_prefill(&[(1, &[1, 1, 1, 1]), (2, &[2])])
+            .expect("fits");
         let step = kv.plan_decode(&[(2, 20), (1, 10)]).expect("fits");
         assert_eq!(step.ids, vec![20, 10]);
         assert_eq!(step.positions, vec![1, 4]);
@@ -211,7 +258,11 @@ mod tests {
         assert_eq!(step.slots, vec![5, 8]);
         assert_eq!(
             step.attention,
-            AttentionInputs::Decode { block_tables: vec![1, 0, 0, 2], max_blocks: 2, context_lens: vec![2, 5] }
+            AttentionInputs::Decode {
+                block_tables: vec![1, 0, 0, 2],
+                max_blocks: 2,
+                context_lens: vec![2, 5]
+            }
         );
         assert_eq!(step.last_rows, vec![0, 1]);
     }
@@ -220,13 +271,18 @@ mod tests {
     fn a_step_that_does_not_fit_changes_nothing() {
         let mut kv = state(2);
         kv.plan_prefill(&[(1, &[1; 4])]).expect("fits");
-        let e = kv.plan_prefill(&[(2, &[1; 3]), (3, &[1; 2])]).expect_err("needs 2 blocks, 1 free");
+        let e = kv
+            .plan_prefill(&[(2, &[1; 3]), (3, &[1; 2])])
+            .expect_err("needs 2 blocks, 1 free");
         assert_eq!(e, StepError::Full(KvFull { needed: 2, free: 1 }));
         assert_eq!(kv.running(), 1);
         assert_eq!(kv.allocator().free_blocks(), 1);
         kv.plan_prefill(&[(2, &[1; 4])]).expect("one block left");
         let before = kv.len_of(1);
-        assert!(matches!(kv.plan_decode(&[(1, 0), (2, 0)]), Err(StepError::Full(_))));
+        assert!(matches!(
+            kv.plan_decode(&[(1, 0), (2, 0)]),
+            Err(StepError::Full(_))
+        ));
         assert_eq!(kv.len_of(1), before, "no sequence grew");
         kv.release(2);
         kv.plan_decode(&[(1, 0)]).expect("a block is free again");
@@ -236,18 +292,35 @@ mod tests {
     fn bad_steps_are_refused_with_the_reason() {
         let mut kv = KvState::new(BlockAllocator::new(64, 4), 8, 16);
         kv.plan_prefill(&[(1, &[1; 8])]).expect("fits");
-        assert_eq!(kv.plan_decode(&[(1, 0)]), Err(StepError::TooLong { id: 1, len: 9, max: 8 }));
+        assert_eq!(
+            kv.plan_decode(&[(1, 0)]),
+            Err(StepError::TooLong {
+                id: 1,
+                len: 9,
+                max: 8
+            })
+        );
         assert_eq!(kv.plan_decode(&[(5, 0)]), Err(StepError::Unknown(5)));
         assert_eq!(kv.plan_prefill(&[(1, &[1])]), Err(StepError::Duplicate(1)));
         assert_eq!(kv.plan_prefill(&[(2, &[])]), Err(StepError::Empty(2)));
-        assert_eq!(kv.plan_prefill(&[(3, &[1]), (3, &[1])]), Err(StepError::Duplicate(3)));
+        assert_eq!(
+            kv.plan_prefill(&[(3, &[1]), (3, &[1])]),
+            Err(StepError::Duplicate(3))
+        );
         assert_eq!(
             kv.plan_prefill(&[(4, &[1; 9])]),
-            Err(StepError::TooLong { id: 4, len: 9, max: 8 })
+            Err(StepError::TooLong {
+                id: 4,
+                len: 9,
+                max: 8
+            })
         );
         assert_eq!(
             kv.plan_prefill(&[(4, &[1; 8]), (6, &[1; 8]), (7, &[1; 1])]),
-            Err(StepError::TooManyTokens { tokens: 17, max: 16 })
+            Err(StepError::TooManyTokens {
+                tokens: 17,
+                max: 16
+            })
         );
     }
 }

@@ -20,15 +20,18 @@ use std::sync::{Arc, Mutex, Weak};
 
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
-    PinnedHostSlice, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr,
+    DevicePtrMut, PinnedHostSlice, PushKernelArg,
 };
 
 use crate::batch::{AttentionInputs, KvState, SeqId, StepError, StepInputs};
 use crate::budget::{kv_bytes_per_token, BudgetError, KvBudget};
 use crate::kernels::KERNEL_FILES;
 use crate::launch::{as_u32, Launch, LaunchError};
-use crate::model::{DecoderConfig, HostLinear, HostNorm, HostWeights, LinearGemm, Mlp, ModelError, Norm, Positions, WeightFormat};
+use crate::model::{
+    DecoderConfig, HostLinear, HostNorm, HostWeights, LinearGemm, Mlp, ModelError, Norm, Positions,
+    WeightFormat,
+};
 use crate::nvrtc::{Nvrtc, NvrtcError};
 use crate::paged_kv::BlockAllocator;
 use crate::quant::{quantize_int4, quantize_int8, to_f16, QuantError};
@@ -94,7 +97,11 @@ impl GpuContext {
                     functions.insert(f, module.load_function(f)?);
                 }
             }
-            Ok(GpuContext { ctx, arch, functions })
+            Ok(GpuContext {
+                ctx,
+                arch,
+                functions,
+            })
         });
         match opened {
             Ok(r) => r.map(Arc::new),
@@ -115,15 +122,24 @@ impl GpuContext {
     }
 
     fn function(&self, name: &'static str) -> Result<&CudaFunction, GpuError> {
-        self.functions.get(name).ok_or(GpuError::MissingKernel(name))
+        self.functions
+            .get(name)
+            .ok_or(GpuError::MissingKernel(name))
     }
 }
 
 /// A linear layer's weight on the device.
 enum DeviceWeight {
     F16(CudaSlice<u16>),
-    Int8 { weight: CudaSlice<i8>, scales: CudaSlice<f32> },
-    Int4 { weight: CudaSlice<u8>, scales: CudaSlice<u16>, group: u32 },
+    Int8 {
+        weight: CudaSlice<i8>,
+        scales: CudaSlice<f32>,
+    },
+    Int4 {
+        weight: CudaSlice<u8>,
+        scales: CudaSlice<u16>,
+        group: u32,
+    },
 }
 
 struct DeviceLinear {
@@ -175,7 +191,10 @@ impl SharedModel {
                 WeightFormat::F16 => DeviceWeight::F16(stream.clone_htod(&to_f16(&l.weight.data))?),
                 WeightFormat::Int8 => {
                     let q = quantize_int8(&l.weight.data, out, inp)?;
-                    DeviceWeight::Int8 { weight: stream.clone_htod(&q.weights)?, scales: stream.clone_htod(&q.scales)? }
+                    DeviceWeight::Int8 {
+                        weight: stream.clone_htod(&q.weights)?,
+                        scales: stream.clone_htod(&q.scales)?,
+                    }
                 }
                 WeightFormat::Int4 { group } => {
                     let q = quantize_int4(&l.weight.data, out, inp, group)?;
@@ -186,13 +205,26 @@ impl SharedModel {
                     }
                 }
             };
-            let bias = l.bias.as_ref().map(|b| stream.clone_htod(&b.data)).transpose()?;
-            Ok(DeviceLinear { weight, bias, out, inp })
+            let bias = l
+                .bias
+                .as_ref()
+                .map(|b| stream.clone_htod(&b.data))
+                .transpose()?;
+            Ok(DeviceLinear {
+                weight,
+                bias,
+                out,
+                inp,
+            })
         };
         let norm = |n: &HostNorm| -> Result<DeviceNorm, GpuError> {
             Ok(DeviceNorm {
                 weight: stream.clone_htod(&n.weight.data)?,
-                bias: n.bias.as_ref().map(|b| stream.clone_htod(&b.data)).transpose()?,
+                bias: n
+                    .bias
+                    .as_ref()
+                    .map(|b| stream.clone_htod(&b.data))
+                    .transpose()?,
             })
         };
         let layers = weights
@@ -209,7 +241,10 @@ impl SharedModel {
                 })
             })
             .collect::<Result<Vec<_>, GpuError>>()?;
-        let tied = HostLinear { weight: weights.token_embedding.clone(), bias: None };
+        let tied = HostLinear {
+            weight: weights.token_embedding.clone(),
+            bias: None,
+        };
         let head = linear(weights.head.as_ref().unwrap_or(&tied))?;
         let model = SharedModel {
             gpu: gpu.clone(),
@@ -265,7 +300,11 @@ impl ModelCache {
 pub enum Sampling {
     Greedy,
     /// Top-p at a temperature, with this sequence's uniform draw in [0, 1).
-    TopP { temperature: f32, top_p: f32, uniform: f32 },
+    TopP {
+        temperature: f32,
+        top_p: f32,
+        uniform: f32,
+    },
 }
 
 /// Activation buffers for up to `max_tokens` tokens per step and `max_seqs` sequences.
@@ -382,7 +421,11 @@ impl Replica {
             }
         };
         Ok(Replica {
-            kv: KvState::new(BlockAllocator::new(n_blocks, BLOCK_SIZE), c.max_positions as u32, t),
+            kv: KvState::new(
+                BlockAllocator::new(n_blocks, BLOCK_SIZE),
+                c.max_positions as u32,
+                t,
+            ),
             model,
             stream,
             blas,
@@ -404,7 +447,11 @@ impl Replica {
     /// Starts `prompts` and computes each one's next-token logits.
     pub fn prefill(&mut self, prompts: &[(SeqId, &[u32])]) -> Result<(), GpuError> {
         if prompts.len() > self.max_seqs {
-            return Err(StepError::TooManyTokens { tokens: prompts.len(), max: self.max_seqs }.into());
+            return Err(StepError::TooManyTokens {
+                tokens: prompts.len(),
+                max: self.max_seqs,
+            }
+            .into());
         }
         let step = self.kv.plan_prefill(prompts)?;
         let ran = self.forward(&step);
@@ -419,7 +466,11 @@ impl Replica {
     /// Appends one token to each sequence and computes their next-token logits.
     pub fn decode(&mut self, step: &[(SeqId, u32)]) -> Result<(), GpuError> {
         if step.len() > self.max_seqs {
-            return Err(StepError::TooManyTokens { tokens: step.len(), max: self.max_seqs }.into());
+            return Err(StepError::TooManyTokens {
+                tokens: step.len(),
+                max: self.max_seqs,
+            }
+            .into());
         }
         let inputs = self.kv.plan_decode(step)?;
         self.forward(&inputs)
@@ -433,7 +484,8 @@ impl Replica {
     /// The last step's logits, one row of `vocab` per sequence in the step's order.
     pub fn logits(&mut self) -> Result<Vec<f32>, GpuError> {
         let n = self.logit_rows * self.model.config.vocab;
-        self.stream.memcpy_dtoh(&self.scratch.logits.slice(..n), &mut self.pinned.logits)?;
+        self.stream
+            .memcpy_dtoh(&self.scratch.logits.slice(..n), &mut self.pinned.logits)?;
         self.stream.synchronize()?;
         Ok(self.pinned.logits.as_slice()?[..n].to_vec())
     }
@@ -450,7 +502,10 @@ impl Replica {
         let vocab = as_u32("vocab", self.model.config.vocab)?;
         let gpu = self.model.gpu.clone();
         for (r, s) in sampling.iter().enumerate() {
-            let row_logits = self.scratch.logits.slice(r * vocab as usize..(r + 1) * vocab as usize);
+            let row_logits = self
+                .scratch
+                .logits
+                .slice(r * vocab as usize..(r + 1) * vocab as usize);
             let mut out = self.scratch.next.slice_mut(r..r + 1);
             let one = 1u32;
             let launch = Launch::rows("sampling", 1)?;
@@ -461,25 +516,42 @@ impl Replica {
                     // SAFETY: argmax_rows(logits [1, vocab], out [1], rows, vocab), as in sampling.cu.
                     unsafe { b.launch(launch.config()) }?;
                 }
-                Sampling::TopP { temperature, top_p, uniform } => {
+                Sampling::TopP {
+                    temperature,
+                    top_p,
+                    uniform,
+                } => {
                     let u = [uniform.clamp(0.0, 1.0 - f32::EPSILON)];
-                    self.stream.memcpy_htod(&u, &mut self.scratch.uniforms.slice_mut(r..r + 1))?;
+                    self.stream
+                        .memcpy_htod(&u, &mut self.scratch.uniforms.slice_mut(r..r + 1))?;
                     let uniforms = self.scratch.uniforms.slice(r..r + 1);
                     let inv_t = 1.0 / temperature.max(1e-6);
                     let mut b = self.stream.launch_builder(gpu.function("top_p_sample")?);
-                    b.arg(&row_logits).arg(&uniforms).arg(&mut out).arg(&one).arg(&vocab).arg(&inv_t).arg(&top_p);
+                    b.arg(&row_logits)
+                        .arg(&uniforms)
+                        .arg(&mut out)
+                        .arg(&one)
+                        .arg(&vocab)
+                        .arg(&inv_t)
+                        .arg(&top_p);
                     // SAFETY: top_p_sample's contract in sampling.cu; block = SAMPLE_THREADS (256).
                     unsafe { b.launch(launch.config()) }?;
                 }
             }
         }
-        self.stream.memcpy_dtoh(&self.scratch.next.slice(..rows), &mut self.pinned.next)?;
+        self.stream
+            .memcpy_dtoh(&self.scratch.next.slice(..rows), &mut self.pinned.next)?;
         self.stream.synchronize()?;
         Ok(self.pinned.next.as_slice()?[..rows].to_vec())
     }
 
     /// Copies `values` into `dst` through the pinned staging buffer.
-    fn upload_u32(stream: &Arc<CudaStream>, pinned: &mut PinnedHostSlice<u32>, values: &[u32], dst: &mut CudaSlice<u32>) -> Result<(), GpuError> {
+    fn upload_u32(
+        stream: &Arc<CudaStream>,
+        pinned: &mut PinnedHostSlice<u32>,
+        values: &[u32],
+        dst: &mut CudaSlice<u32>,
+    ) -> Result<(), GpuError> {
         if values.is_empty() {
             return Ok(());
         }
@@ -499,7 +571,11 @@ impl Replica {
         let gpu = &model.gpu;
         let tokens = step.ids.len();
         if tokens == 0 || tokens > self.max_tokens {
-            return Err(StepError::TooManyTokens { tokens, max: self.max_tokens }.into());
+            return Err(StepError::TooManyTokens {
+                tokens,
+                max: self.max_tokens,
+            }
+            .into());
         }
         let stream = self.stream.clone();
         let s = &mut self.scratch;
@@ -508,11 +584,18 @@ impl Replica {
         Self::upload_u32(&stream, pinned, &step.positions, &mut s.positions)?;
         Self::upload_u32(&stream, pinned, &step.slots, &mut s.slots)?;
         match &step.attention {
-            AttentionInputs::Prefill { seq_starts, token_seq } => {
+            AttentionInputs::Prefill {
+                seq_starts,
+                token_seq,
+            } => {
                 Self::upload_u32(&stream, pinned, seq_starts, &mut s.seq_starts)?;
                 Self::upload_u32(&stream, pinned, token_seq, &mut s.token_seq)?;
             }
-            AttentionInputs::Decode { block_tables, context_lens, .. } => {
+            AttentionInputs::Decode {
+                block_tables,
+                context_lens,
+                ..
+            } => {
                 Self::upload_u32(&stream, pinned, block_tables, &mut s.block_tables)?;
                 Self::upload_u32(&stream, pinned, context_lens, &mut s.context_lens)?;
             }
@@ -532,7 +615,13 @@ impl Replica {
         // Embeddings.
         {
             let mut b = stream.launch_builder(gpu.function("embedding_gather")?);
-            b.arg(&model.token_embedding).arg(&s.ids).arg(&mut s.x).arg(&t).arg(&d).arg(&vocab).arg(&c.embedding_scale);
+            b.arg(&model.token_embedding)
+                .arg(&s.ids)
+                .arg(&mut s.x)
+                .arg(&t)
+                .arg(&d)
+                .arg(&vocab)
+                .arg(&c.embedding_scale);
             // SAFETY: embedding.cu's contract; ids were checked against the vocabulary by the caller
             // (an id out of range writes zeros, never out of bounds).
             unsafe { b.launch(Launch::rows("embedding_gather", tokens)?.config()) }?;
@@ -540,34 +629,84 @@ impl Replica {
         if let (Positions::Learned, Some(table)) = (c.positions, &model.position_embedding) {
             let max_pos = as_u32("max positions", c.max_positions)?;
             let mut b = stream.launch_builder(gpu.function("embedding_add_positions")?);
-            b.arg(&mut s.x).arg(table).arg(&s.positions).arg(&t).arg(&d).arg(&max_pos);
+            b.arg(&mut s.x)
+                .arg(table)
+                .arg(&s.positions)
+                .arg(&t)
+                .arg(&d)
+                .arg(&max_pos);
             // SAFETY: embedding.cu's contract.
             unsafe { b.launch(Launch::rows("embedding_add_positions", tokens)?.config()) }?;
         }
 
         for (l, layer) in model.layers.iter().enumerate() {
-            norm(gpu, &stream, c.norm, &layer.attn_norm, &s.x, &mut s.h, tokens, d)?;
-            linear(gpu, &stream, &self.blas, &layer.qkv, &s.h.slice(..tokens * c.d_model), &mut s.qkv.slice_mut(..tokens * c.qkv_width()), tokens)?;
+            norm(
+                gpu,
+                &stream,
+                c.norm,
+                &layer.attn_norm,
+                &s.x,
+                &mut s.h,
+                tokens,
+                d,
+            )?;
+            linear(
+                gpu,
+                &stream,
+                &self.blas,
+                &layer.qkv,
+                &s.h.slice(..tokens * c.d_model),
+                &mut s.qkv.slice_mut(..tokens * c.qkv_width()),
+                tokens,
+            )?;
             if let Positions::Rope { theta } = c.positions {
                 for (heads, offset) in [(n_heads, 0u32), (n_kv, n_heads * hd)] {
                     let mut b = stream.launch_builder(gpu.function("rope")?);
-                    b.arg(&mut s.qkv).arg(&s.positions).arg(&t).arg(&heads).arg(&hd).arg(&qkv_w).arg(&offset).arg(&theta);
+                    b.arg(&mut s.qkv)
+                        .arg(&s.positions)
+                        .arg(&t)
+                        .arg(&heads)
+                        .arg(&hd)
+                        .arg(&qkv_w)
+                        .arg(&offset)
+                        .arg(&theta);
                     // SAFETY: rope.cu's contract: q heads at column 0, k heads after them.
                     unsafe { b.launch(Launch::rope(tokens, heads as usize)?.config()) }?;
                 }
             }
             {
                 let mut b = stream.launch_builder(gpu.function("kv_cache_write")?);
-                b.arg(&s.qkv).arg(&mut self.k_cache[l]).arg(&mut self.v_cache[l]).arg(&s.slots).arg(&t).arg(&n_heads).arg(&n_kv).arg(&hd).arg(&qkv_w);
+                b.arg(&s.qkv)
+                    .arg(&mut self.k_cache[l])
+                    .arg(&mut self.v_cache[l])
+                    .arg(&s.slots)
+                    .arg(&t)
+                    .arg(&n_heads)
+                    .arg(&n_kv)
+                    .arg(&hd)
+                    .arg(&qkv_w);
                 // SAFETY: attention.cu's contract; every slot was allocated to its sequence.
                 unsafe { b.launch(Launch::rows("kv_cache_write", tokens)?.config()) }?;
             }
             match &step.attention {
                 AttentionInputs::Prefill { .. } => {
                     let mut b = stream.launch_builder(gpu.function("attention_prefill")?);
-                    b.arg(&s.qkv).arg(&mut s.attn).arg(&s.seq_starts).arg(&s.token_seq).arg(&t).arg(&n_heads).arg(&n_kv).arg(&hd).arg(&qkv_w).arg(&scale);
+                    b.arg(&s.qkv)
+                        .arg(&mut s.attn)
+                        .arg(&s.seq_starts)
+                        .arg(&s.token_seq)
+                        .arg(&t)
+                        .arg(&n_heads)
+                        .arg(&n_kv)
+                        .arg(&hd)
+                        .arg(&qkv_w)
+                        .arg(&scale);
                     // SAFETY: attention.cu's contract (head_dim checked by the config).
-                    unsafe { b.launch(Launch::attention("attention_prefill", tokens, c.n_heads)?.config()) }?;
+                    unsafe {
+                        b.launch(
+                            Launch::attention("attention_prefill", tokens, c.n_heads)?.config(),
+                        )
+                    }?;
                 }
                 AttentionInputs::Decode { max_blocks, .. } => {
                     let block_size = BLOCK_SIZE;
@@ -587,14 +726,44 @@ impl Replica {
                         .arg(&qkv_w)
                         .arg(&scale);
                     // SAFETY: attention.cu's contract; block tables cover every context position.
-                    unsafe { b.launch(Launch::attention("paged_attention_decode", tokens, c.n_heads)?.config()) }?;
+                    unsafe {
+                        b.launch(
+                            Launch::attention("paged_attention_decode", tokens, c.n_heads)?
+                                .config(),
+                        )
+                    }?;
                 }
             }
-            linear(gpu, &stream, &self.blas, &layer.out, &s.attn.slice(..tokens * c.q_width()), &mut s.proj.slice_mut(..td), tokens)?;
+            linear(
+                gpu,
+                &stream,
+                &self.blas,
+                &layer.out,
+                &s.attn.slice(..tokens * c.q_width()),
+                &mut s.proj.slice_mut(..td),
+                tokens,
+            )?;
             residual_add(gpu, &stream, &mut s.x, &s.proj, td)?;
 
-            norm(gpu, &stream, c.norm, &layer.mlp_norm, &s.x, &mut s.h, tokens, d)?;
-            linear(gpu, &stream, &self.blas, &layer.up, &s.h.slice(..td), &mut s.up.slice_mut(..tokens * c.up_width()), tokens)?;
+            norm(
+                gpu,
+                &stream,
+                c.norm,
+                &layer.mlp_norm,
+                &s.x,
+                &mut s.h,
+                tokens,
+                d,
+            )?;
+            linear(
+                gpu,
+                &stream,
+                &self.blas,
+                &layer.up,
+                &s.h.slice(..td),
+                &mut s.up.slice_mut(..tokens * c.up_width()),
+                tokens,
+            )?;
             let (kernel, n) = match c.mlp {
                 Mlp::SiluGated => ("silu_gate", tokens * c.d_ff),
                 Mlp::GeluTanhGated => ("gelu_tanh_gate", tokens * c.d_ff),
@@ -612,11 +781,28 @@ impl Replica {
                 // SAFETY: activation.cu's contract for the kernel chosen.
                 unsafe { b.launch(Launch::elementwise(kernel, n)?.config()) }?;
             }
-            linear(gpu, &stream, &self.blas, &layer.down, &s.act.slice(..tokens * c.d_ff), &mut s.proj.slice_mut(..td), tokens)?;
+            linear(
+                gpu,
+                &stream,
+                &self.blas,
+                &layer.down,
+                &s.act.slice(..tokens * c.d_ff),
+                &mut s.proj.slice_mut(..td),
+                tokens,
+            )?;
             residual_add(gpu, &stream, &mut s.x, &s.proj, td)?;
         }
 
-        norm(gpu, &stream, c.norm, &model.final_norm, &s.x, &mut s.h, tokens, d)?;
+        norm(
+            gpu,
+            &stream,
+            c.norm,
+            &model.final_norm,
+            &s.x,
+            &mut s.h,
+            tokens,
+            d,
+        )?;
         for (r, &row) in step.last_rows.iter().enumerate() {
             let row = row as usize;
             let h = s.h.slice(row * c.d_model..(row + 1) * c.d_model);
@@ -644,13 +830,25 @@ fn norm(
     match (kind, &n.bias) {
         (Norm::Rms { eps, weight_offset }, _) => {
             let mut b = stream.launch_builder(gpu.function("rms_norm")?);
-            b.arg(x).arg(&n.weight).arg(out).arg(&r).arg(&dim).arg(&eps).arg(&weight_offset);
+            b.arg(x)
+                .arg(&n.weight)
+                .arg(out)
+                .arg(&r)
+                .arg(&dim)
+                .arg(&eps)
+                .arg(&weight_offset);
             // SAFETY: norm.cu's contract.
             unsafe { b.launch(launch.config()) }?;
         }
         (Norm::Layer { eps }, Some(bias)) => {
             let mut b = stream.launch_builder(gpu.function("layer_norm")?);
-            b.arg(x).arg(&n.weight).arg(bias).arg(out).arg(&r).arg(&dim).arg(&eps);
+            b.arg(x)
+                .arg(&n.weight)
+                .arg(bias)
+                .arg(out)
+                .arg(&r)
+                .arg(&dim)
+                .arg(&eps);
             // SAFETY: norm.cu's contract.
             unsafe { b.launch(launch.config()) }?;
         }
@@ -661,7 +859,13 @@ fn norm(
     Ok(())
 }
 
-fn residual_add(gpu: &GpuContext, stream: &Arc<CudaStream>, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>, n: usize) -> Result<(), GpuError> {
+fn residual_add(
+    gpu: &GpuContext,
+    stream: &Arc<CudaStream>,
+    x: &mut CudaSlice<f32>,
+    y: &CudaSlice<f32>,
+    n: usize,
+) -> Result<(), GpuError> {
     let total = as_u32("residual", n)?;
     let mut b = stream.launch_builder(gpu.function("residual_add")?);
     b.arg(x).arg(y).arg(&total);
@@ -718,13 +922,30 @@ fn linear(
         }
         DeviceWeight::Int8 { weight, scales } => {
             let mut b = stream.launch_builder(gpu.function("gemv_int8")?);
-            b.arg(weight).arg(scales).arg(x).arg(&mut *y).arg(&rows).arg(&inp).arg(&out);
+            b.arg(weight)
+                .arg(scales)
+                .arg(x)
+                .arg(&mut *y)
+                .arg(&rows)
+                .arg(&inp)
+                .arg(&out);
             // SAFETY: gemv_quant.cu's contract (layout packed by quant.rs).
             unsafe { b.launch(Launch::gemv("gemv_int8", l.out, tokens)?.config()) }?;
         }
-        DeviceWeight::Int4 { weight, scales, group } => {
+        DeviceWeight::Int4 {
+            weight,
+            scales,
+            group,
+        } => {
             let mut b = stream.launch_builder(gpu.function("gemv_int4")?);
-            b.arg(weight).arg(scales).arg(x).arg(&mut *y).arg(&rows).arg(&inp).arg(&out).arg(group);
+            b.arg(weight)
+                .arg(scales)
+                .arg(x)
+                .arg(&mut *y)
+                .arg(&rows)
+                .arg(&inp)
+                .arg(&out)
+                .arg(group);
             // SAFETY: gemv_quant.cu's contract (layout packed by quant.rs).
             unsafe { b.launch(Launch::gemv("gemv_int4", l.out, tokens)?.config()) }?;
         }

@@ -24,18 +24,26 @@ macro_rules! kernel_file {
     };
 }
 
-pub const EMBEDDING: KernelFile =
-    kernel_file!("embedding.cu", ["embedding_gather", "embedding_add_positions"]);
+pub const EMBEDDING: KernelFile = kernel_file!(
+    "embedding.cu",
+    ["embedding_gather", "embedding_add_positions"]
+);
 pub const NORM: KernelFile = kernel_file!("norm.cu", ["rms_norm", "layer_norm"]);
 pub const ROPE: KernelFile = kernel_file!("rope.cu", ["rope"]);
-pub const ACTIVATION: KernelFile =
-    kernel_file!("activation.cu", ["silu_gate", "gelu_tanh_gate", "gelu_tanh"]);
+pub const ACTIVATION: KernelFile = kernel_file!(
+    "activation.cu",
+    ["silu_gate", "gelu_tanh_gate", "gelu_tanh"]
+);
 pub const ELEMENTWISE: KernelFile =
     kernel_file!("elementwise.cu", ["residual_add", "add_bias", "cast_f16"]);
 pub const SOFTMAX: KernelFile = kernel_file!("softmax.cu", ["softmax_rows"]);
 pub const ATTENTION: KernelFile = kernel_file!(
     "attention.cu",
-    ["kv_cache_write", "attention_prefill", "paged_attention_decode"]
+    [
+        "kv_cache_write",
+        "attention_prefill",
+        "paged_attention_decode"
+    ]
 );
 pub const SAMPLING: KernelFile = kernel_file!("sampling.cu", ["argmax_rows", "top_p_sample"]);
 pub const GEMV_QUANT: KernelFile = kernel_file!("gemv_quant.cu", ["gemv_int8", "gemv_int4"]);
@@ -100,14 +108,21 @@ mod tests {
                     .lines()
                     .take_while(|l| l.starts_with("//") || l.is_empty())
                     .collect();
-                assert!(header.contains(f), "{}: `{f}` is not in the header", file.name);
+                assert!(
+                    header.contains(f),
+                    "{}: `{f}` is not in the header",
+                    file.name
+                );
             }
         }
     }
 
     #[test]
     fn kernel_names_are_unique_across_files() {
-        let mut all: Vec<&str> = KERNEL_FILES.iter().flat_map(|f| f.functions.iter().copied()).collect();
+        let mut all: Vec<&str> = KERNEL_FILES
+            .iter()
+            .flat_map(|f| f.functions.iter().copied())
+            .collect();
         let n = all.len();
         all.sort();
         all.dedup();

@@ -51,7 +51,12 @@ impl Launch {
 
     /// One thread per element.
     pub fn elementwise(what: &'static str, n: usize) -> Result<Launch, LaunchError> {
-        grid(what, (n as u64).div_ceil(u64::from(ELEMENTWISE_THREADS)), 1, ELEMENTWISE_THREADS)
+        grid(
+            what,
+            (n as u64).div_ceil(u64::from(ELEMENTWISE_THREADS)),
+            1,
+            ELEMENTWISE_THREADS,
+        )
     }
 
     /// One block per (token or sequence, query head).
@@ -86,7 +91,12 @@ impl Launch {
     pub fn threads(&self) -> u64 {
         let (gx, gy, gz) = self.grid;
         let (bx, by, bz) = self.block;
-        u64::from(gx) * u64::from(gy) * u64::from(gz) * u64::from(bx) * u64::from(by) * u64::from(bz)
+        u64::from(gx)
+            * u64::from(gy)
+            * u64::from(gz)
+            * u64::from(bx)
+            * u64::from(by)
+            * u64::from(bz)
     }
 }
 
@@ -105,7 +115,12 @@ mod tests {
 
     #[test]
     fn reduction_blocks_are_whole_warps_within_the_hardware_limit() {
-        for b in [ROW_THREADS, ATTENTION_THREADS, ELEMENTWISE_THREADS, GEMV_ROWS_PER_BLOCK * 32] {
+        for b in [
+            ROW_THREADS,
+            ATTENTION_THREADS,
+            ELEMENTWISE_THREADS,
+            GEMV_ROWS_PER_BLOCK * 32,
+        ] {
             assert_eq!(b % 32, 0);
             assert!(b <= 1024);
         }

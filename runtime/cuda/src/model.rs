@@ -7,13 +7,20 @@
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Norm {
     /// RMSNorm; `weight_offset` is added to every weight (1 for gemma's `w - 1` storage).
-    Rms { eps: f32, weight_offset: f32 },
-    Layer { eps: f32 },
+    Rms {
+        eps: f32,
+        weight_offset: f32,
+    },
+    Layer {
+        eps: f32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Positions {
-    Rope { theta: f32 },
+    Rope {
+        theta: f32,
+    },
     /// A learned table of `max_positions` rows added to the token embeddings.
     Learned,
 }
@@ -94,8 +101,14 @@ impl HostTensor {
     /// Matrices stacked along their output rows (`[a, d] + [b, d] → [a + b, d]`): fuses
     /// q/k/v or gate/up so one matmul computes them all.
     pub fn fuse_rows(parts: &[&HostTensor]) -> Result<HostTensor, ModelError> {
-        let cols = parts.first().map(|p| p.shape.get(1).copied().unwrap_or(0)).unwrap_or(0);
-        if parts.iter().any(|p| p.shape.len() != 2 || p.shape[1] != cols) {
+        let cols = parts
+            .first()
+            .map(|p| p.shape.get(1).copied().unwrap_or(0))
+            .unwrap_or(0);
+        if parts
+            .iter()
+            .any(|p| p.shape.len() != 2 || p.shape[1] != cols)
+        {
             return Err(ModelError::Config(format!(
                 "cannot fuse matrices of shapes {:?}",
                 parts.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()
@@ -171,8 +184,17 @@ impl DecoderConfig {
 
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Config(m));
-        if [self.vocab, self.d_model, self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim, self.d_ff, self.max_positions]
-            .contains(&0)
+        if [
+            self.vocab,
+            self.d_model,
+            self.n_layers,
+            self.n_heads,
+            self.n_kv_heads,
+            self.head_dim,
+            self.d_ff,
+            self.max_positions,
+        ]
+        .contains(&0)
         {
             return bad("every size must be positive".into());
         }
@@ -190,7 +212,10 @@ impl DecoderConfig {
             ));
         }
         if matches!(self.positions, Positions::Rope { .. }) && self.head_dim % 2 != 0 {
-            return bad(format!("RoPE needs an even head size, not {}", self.head_dim));
+            return bad(format!(
+                "RoPE needs an even head size, not {}",
+                self.head_dim
+            ));
         }
         if u32::try_from(self.vocab.max(self.qkv_width()).max(self.up_width())).is_err() {
             return bad("a dimension does not fit in 32 bits".into());
@@ -207,8 +232,14 @@ impl DecoderConfig {
         let linear = self.n_layers as u64
             * match format {
                 WeightFormat::F16 => 2 * per_layer_params,
-                WeightFormat::Int8 => per_layer_params + 4 * (self.qkv_width() + self.d_model + self.up_width() + self.d_model) as u64,
-                WeightFormat::Int4 { group } => per_layer_params / 2 + 2 * per_layer_params / group.max(1) as u64,
+                WeightFormat::Int8 => {
+                    per_layer_params
+                        + 4 * (self.qkv_width() + self.d_model + self.up_width() + self.d_model)
+                            as u64
+                }
+                WeightFormat::Int4 { group } => {
+                    per_layer_params / 2 + 2 * per_layer_params / group.max(1) as u64
+                }
             };
         let embeddings = 2 * (self.vocab as u64) * d * 2; // token table + head
         linear + embeddings
@@ -218,7 +249,11 @@ impl DecoderConfig {
     /// (the buffers [`crate::executor`] allocates).
     pub fn scratch_bytes(&self, max_tokens: usize) -> u64 {
         let t = max_tokens as u64;
-        let f32s = t * (self.d_model as u64 * 2 + self.qkv_width() as u64 + self.up_width() as u64 + self.vocab as u64);
+        let f32s = t
+            * (self.d_model as u64 * 2
+                + self.qkv_width() as u64
+                + self.up_width() as u64
+                + self.vocab as u64);
         let f16s = t * (self.d_model as u64 + self.q_width() as u64 + self.d_ff as u64);
         4 * f32s + 2 * f16s + 16 * t
     }
@@ -244,7 +279,9 @@ impl DecoderConfig {
                 (Some(b), true) => expect(&format!("{name}.bias"), b, &[out]),
                 (None, false) => Ok(()),
                 (None, true) => Err(ModelError::Missing(format!("{name}.bias"))),
-                (Some(_), false) => Err(ModelError::Config(format!("{name} has a bias the config does not expect"))),
+                (Some(_), false) => Err(ModelError::Config(format!(
+                    "{name} has a bias the config does not expect"
+                ))),
             }
         };
         let norm = |name: &str, n: &HostNorm| {
@@ -257,8 +294,12 @@ impl DecoderConfig {
         };
         expect("token_embedding", &w.token_embedding, &[self.vocab, d])?;
         match (&w.position_embedding, self.positions) {
-            (Some(p), Positions::Learned) => expect("position_embedding", p, &[self.max_positions, d])?,
-            (None, Positions::Learned) => return Err(ModelError::Missing("position_embedding".into())),
+            (Some(p), Positions::Learned) => {
+                expect("position_embedding", p, &[self.max_positions, d])?
+            }
+            (None, Positions::Learned) => {
+                return Err(ModelError::Missing("position_embedding".into()))
+            }
             _ => {}
         }
         if w.layers.len() != self.n_layers {
@@ -300,7 +341,8 @@ pub struct LinearGemm {
 impl LinearGemm {
     pub fn new(tokens: usize, inp: usize, out: usize) -> Result<LinearGemm, ModelError> {
         let c = |v: usize| {
-            i32::try_from(v).map_err(|_| ModelError::Config(format!("matmul size {v} exceeds cuBLAS's int")))
+            i32::try_from(v)
+                .map_err(|_| ModelError::Config(format!("matmul size {v} exceeds cuBLAS's int")))
         };
         Ok(LinearGemm {
             m: c(out)?,
@@ -342,7 +384,10 @@ pub(crate) mod tests {
             head_dim: 2,
             d_ff: 6,
             max_positions: 32,
-            norm: Norm::Rms { eps: 1e-5, weight_offset: 0.0 },
+            norm: Norm::Rms {
+                eps: 1e-5,
+                weight_offset: 0.0,
+            },
             positions: Positions::Rope { theta: 10_000.0 },
             mlp: Mlp::SiluGated,
             biases: false,
@@ -356,14 +401,18 @@ pub(crate) mod tests {
     }
 
     pub fn tiny_weights(c: &DecoderConfig) -> HostWeights {
-        let lin = |out, inp| HostLinear { weight: filled(&[out, inp]), bias: c.biases.then(|| filled(&[out])) };
+        let lin = |out, inp| HostLinear {
+            weight: filled(&[out, inp]),
+            bias: c.biases.then(|| filled(&[out])),
+        };
         let norm = || HostNorm {
             weight: filled(&[c.d_model]),
             bias: matches!(c.norm, Norm::Layer { .. }).then(|| filled(&[c.d_model])),
         };
         HostWeights {
             token_embedding: filled(&[c.vocab, c.d_model]),
-            position_embedding: matches!(c.positions, Positions::Learned).then(|| filled(&[c.max_positions, c.d_model])),
+            position_embedding: matches!(c.positions, Positions::Learned)
+                .then(|| filled(&[c.max_positions, c.d_model])),
             layers: (0..c.n_layers)
                 .map(|_| HostLayer {
                     attn_norm: norm(),
@@ -382,7 +431,10 @@ pub(crate) mod tests {
     #[test]
     fn fused_widths_follow_the_heads() {
         let c = tiny_llama();
-        assert_eq!((c.q_width(), c.kv_width(), c.qkv_width(), c.up_width()), (8, 4, 16, 12));
+        assert_eq!(
+            (c.q_width(), c.kv_width(), c.qkv_width(), c.up_width()),
+            (8, 4, 16, 12)
+        );
         c.validate().expect("valid");
     }
 
@@ -390,10 +442,18 @@ pub(crate) mod tests {
     fn bad_configs_are_refused_with_the_reason() {
         let mut c = tiny_llama();
         c.n_kv_heads = 3;
-        assert!(c.validate().expect_err("uneven").to_string().contains("evenly"));
+        assert!(c
+            .validate()
+            .expect_err("uneven")
+            .to_string()
+            .contains("evenly"));
         let mut c = tiny_llama();
         c.head_dim = 512;
-        assert!(c.validate().expect_err("too big").to_string().contains("exceeds"));
+        assert!(c
+            .validate()
+            .expect_err("too big")
+            .to_string()
+            .contains("exceeds"));
         let mut c = tiny_llama();
         c.head_dim = 3;
         assert!(c.validate().expect_err("odd").to_string().contains("even"));
@@ -408,7 +468,11 @@ pub(crate) mod tests {
         let e = c.check_weights(&w).expect_err("wrong shape");
         assert_eq!(
             e,
-            ModelError::Shape { name: "layers.1.down.weight".into(), expected: vec![8, 6], found: vec![8, 7] }
+            ModelError::Shape {
+                name: "layers.1.down.weight".into(),
+                expected: vec![8, 6],
+                found: vec![8, 7]
+            }
         );
         let mut lm = tiny_llama();
         lm.norm = Norm::Layer { eps: 1e-5 };
@@ -418,7 +482,10 @@ pub(crate) mod tests {
         let mut w = tiny_weights(&lm);
         lm.check_weights(&w).expect("transformer_lm layout matches");
         w.layers[0].qkv.bias = None;
-        assert_eq!(lm.check_weights(&w), Err(ModelError::Missing("layers.0.qkv.bias".into())));
+        assert_eq!(
+            lm.check_weights(&w),
+            Err(ModelError::Missing("layers.0.qkv.bias".into()))
+        );
     }
 
     #[test]

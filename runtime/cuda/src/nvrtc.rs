@@ -61,7 +61,11 @@ pub fn configured_library() -> Result<Option<PathBuf>, NvrtcError> {
             .into_iter()
             .flatten()
             .flatten()
-            .map(|e| e.path().join("site-packages/nvidia/cuda_nvrtc/lib").join(SONAME))
+            .map(|e| {
+                e.path()
+                    .join("site-packages/nvidia/cuda_nvrtc/lib")
+                    .join(SONAME)
+            })
             .filter(|p| p.is_file())
             .collect();
         found.sort();
@@ -129,7 +133,10 @@ impl Nvrtc {
     pub fn compile(&self, file: &KernelFile, arch: &str) -> Result<cudarc::nvrtc::Ptx, NvrtcError> {
         let opts = cudarc::nvrtc::CompileOptions {
             name: Some(file.name.to_string()),
-            options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string()],
+            options: vec![
+                format!("--gpu-architecture={arch}"),
+                "--std=c++17".to_string(),
+            ],
             ..Default::default()
         };
         let program = file.program();

@@ -79,7 +79,9 @@ impl BlockAllocator {
             needed: u32::MAX,
             free: self.free_blocks(),
         })?;
-        let needed = self.blocks_for(new_len).saturating_sub(seq.blocks.len() as u32);
+        let needed = self
+            .blocks_for(new_len)
+            .saturating_sub(seq.blocks.len() as u32);
         if needed > self.free_blocks() {
             return Err(KvFull {
                 needed,
@@ -89,7 +91,9 @@ impl BlockAllocator {
         for _ in 0..needed {
             seq.blocks.push(self.free.pop().expect("counted above"));
         }
-        let slots = (seq.len..new_len).map(|p| seq.slot(p, self.block_size)).collect();
+        let slots = (seq.len..new_len)
+            .map(|p| seq.slot(p, self.block_size))
+            .collect();
         seq.len = new_len;
         Ok(slots)
     }
@@ -105,7 +109,12 @@ impl BlockAllocator {
 /// The block tables of a decode batch as the kernel reads them: u32 [n_seqs, max_blocks],
 /// each row padded with block 0 (never read: a sequence's context length bounds its reads).
 pub fn block_tables(seqs: &[&SeqBlocks]) -> (Vec<u32>, u32) {
-    let max_blocks = seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(0).max(1);
+    let max_blocks = seqs
+        .iter()
+        .map(|s| s.blocks.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let mut table = vec![0u32; seqs.len() * max_blocks];
     for (i, s) in seqs.iter().enumerate() {
         table[i * max_blocks..i * max_blocks + s.blocks.len()].copy_from_slice(&s.blocks);
@@ -160,7 +169,8 @@ mod tests {
         let before = s.clone();
         assert_eq!(a.append(&mut s, 7), Err(KvFull { needed: 1, free: 0 }));
         assert_eq!(s, before);
-        a.append(&mut s, 6).expect("the second block still has room");
+        a.append(&mut s, 6)
+            .expect("the second block still has room");
     }
 
     #[test]

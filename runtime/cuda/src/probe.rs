@@ -18,7 +18,10 @@ pub struct GpuInfo {
 impl GpuInfo {
     /// The NVRTC architecture of this GPU (`sm_90`).
     pub fn arch(&self) -> String {
-        format!("sm_{}{}", self.compute_capability.0, self.compute_capability.1)
+        format!(
+            "sm_{}{}",
+            self.compute_capability.0, self.compute_capability.1
+        )
     }
 }
 
@@ -42,11 +45,13 @@ pub fn with_driver<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String
 /// The GPUs of this machine, or why there are none.
 pub fn gpus() -> Result<Vec<GpuInfo>, String> {
     let found: Vec<GpuInfo> = with_driver(|| {
-        let count = CudaContext::device_count().map_err(|e| format!("the CUDA driver failed: {e:?}"))?;
+        let count =
+            CudaContext::device_count().map_err(|e| format!("the CUDA driver failed: {e:?}"))?;
         (0..count.max(0) as usize)
             .map(|ordinal| {
                 let err = |e: cudarc::driver::DriverError| format!("GPU {ordinal}: {e:?}");
-                let ctx = CudaContext::new(ordinal).map_err(|e| format!("cannot open GPU {ordinal}: {e:?}"))?;
+                let ctx = CudaContext::new(ordinal)
+                    .map_err(|e| format!("cannot open GPU {ordinal}: {e:?}"))?;
                 Ok(GpuInfo {
                     ordinal,
                     name: ctx.name().map_err(err)?,

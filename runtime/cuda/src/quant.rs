@@ -9,7 +9,11 @@ pub fn f32_to_f16_bits(x: f32) -> u16 {
     let exp = ((bits >> 23) & 0xff) as i32;
     let mant = bits & 0x7f_ffff;
     if exp == 0xff {
-        let nan = if mant != 0 { 0x200 | (mant >> 13) as u16 } else { 0 };
+        let nan = if mant != 0 {
+            0x200 | (mant >> 13) as u16
+        } else {
+            0
+        };
         return sign | 0x7c00 | nan;
     }
     let e = exp - 127 + 15;
@@ -69,7 +73,9 @@ pub fn to_f16(xs: &[f32]) -> Vec<u16> {
 pub enum QuantError {
     #[error("a weight of {len} values is not [{out}, {inp}]")]
     Shape { len: usize, out: usize, inp: usize },
-    #[error("int4 needs an even input width and an even group dividing it (in {inp}, group {group})")]
+    #[error(
+        "int4 needs an even input width and an even group dividing it (in {inp}, group {group})"
+    )]
     Group { inp: usize, group: usize },
     #[error("the weight holds a value that is not finite")]
     NotFinite,
@@ -120,7 +126,11 @@ pub fn quantize_int8(w: &[f32], out: usize, inp: usize) -> Result<Int8PerChannel
         let scale = max / 127.0;
         scales.push(scale);
         for &v in row {
-            let q = if scale > 0.0 { (v / scale).round().clamp(-127.0, 127.0) } else { 0.0 };
+            let q = if scale > 0.0 {
+                (v / scale).round().clamp(-127.0, 127.0)
+            } else {
+                0.0
+            };
             weights.push(q as i8);
         }
     }
@@ -154,7 +164,11 @@ pub fn quantize_int4(
             scales.push(s16);
             let s = f16_bits_to_f32(s16);
             for &v in g {
-                let q = if s > 0.0 { (v / s).round().clamp(-8.0, 7.0) as i32 } else { 0 };
+                let q = if s > 0.0 {
+                    (v / s).round().clamp(-8.0, 7.0) as i32
+                } else {
+                    0
+                };
                 qs.push((q + 8) as u8);
             }
         }
@@ -235,7 +249,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -280,7 +296,10 @@ mod tests {
                 assert!((d[o * inp + i] - w[o * inp + i]).abs() <= s / 2.0 + 1e-7);
             }
         }
-        assert!(q.weights.iter().any(|&v| v == 127 || v == -127), "the largest maps to ±127");
+        assert!(
+            q.weights.iter().any(|&v| v == 127 || v == -127),
+            "the largest maps to ±127"
+        );
     }
 
     #[test]
@@ -304,7 +323,10 @@ mod tests {
         for o in 0..out {
             for i in 0..inp {
                 let s = f16_bits_to_f32(q.scales[o * (inp / group) + i / group]);
-                assert!((d[o * inp + i] - w[o * inp + i]).abs() <= s / 2.0 + 1e-6, "({o}, {i})");
+                assert!(
+                    (d[o * inp + i] - w[o * inp + i]).abs() <= s / 2.0 + 1e-6,
+                    "({o}, {i})"
+                );
             }
         }
     }
@@ -315,8 +337,18 @@ mod tests {
         let w = values(out * inp, 3);
         let x = values(2 * inp, 4);
         let exact = gemv_reference(&w, out, inp, &x);
-        let i8y = gemv_reference(&quantize_int8(&w, out, inp).expect("q").dequantize(), out, inp, &x);
-        let i4y = gemv_reference(&quantize_int4(&w, out, inp, 32).expect("q").dequantize(), out, inp, &x);
+        let i8y = gemv_reference(
+            &quantize_int8(&w, out, inp).expect("q").dequantize(),
+            out,
+            inp,
+            &x,
+        );
+        let i4y = gemv_reference(
+            &quantize_int4(&w, out, inp, 32).expect("q").dequantize(),
+            out,
+            inp,
+            &x,
+        );
         let rel = |y: &[f32]| {
             let num: f32 = y.iter().zip(&exact).map(|(a, b)| (a - b) * (a - b)).sum();
             let den: f32 = exact.iter().map(|b| b * b).sum();
@@ -329,9 +361,21 @@ mod tests {
 
     #[test]
     fn bad_shapes_are_refused() {
-        assert!(matches!(quantize_int8(&[1.0; 6], 4, 2), Err(QuantError::Shape { .. })));
-        assert!(matches!(quantize_int4(&[1.0; 6], 2, 3, 2), Err(QuantError::Group { .. })));
-        assert!(matches!(quantize_int4(&[1.0; 8], 1, 8, 3), Err(QuantError::Group { .. })));
-        assert_eq!(quantize_int8(&[f32::NAN, 1.0], 1, 2), Err(QuantError::NotFinite));
+        assert!(matches!(
+            quantize_int8(&[1.0; 6], 4, 2),
+            Err(QuantError::Shape { .. })
+        ));
+        assert!(matches!(
+            quantize_int4(&[1.0; 6], 2, 3, 2),
+            Err(QuantError::Group { .. })
+        ));
+        assert!(matches!(
+            quantize_int4(&[1.0; 8], 1, 8, 3),
+            Err(QuantError::Group { .. })
+        ));
+        assert_eq!(
+            quantize_int8(&[f32::NAN, 1.0], 1, 2),
+            Err(QuantError::NotFinite)
+        );
     }
 }

@@ -31,9 +31,18 @@ fn every_kernel_file_compiles_for_sm_90_and_defines_its_kernels() {
             Ok(ptx) => {
                 let text = ptx.to_src();
                 for f in file.functions {
-                    assert!(mars_cuda::nvrtc::has_entry(&text, f), "{}: no entry {f}", file.name);
+                    assert!(
+                        mars_cuda::nvrtc::has_entry(&text, f),
+                        "{}: no entry {f}",
+                        file.name
+                    );
                 }
-                eprintln!("{}: {} kernel(s), {} bytes of PTX", file.name, file.functions.len(), text.len());
+                eprintln!(
+                    "{}: {} kernel(s), {} bytes of PTX",
+                    file.name,
+                    file.functions.len(),
+                    text.len()
+                );
             }
             Err(e) => failures.push(e.to_string()),
         }

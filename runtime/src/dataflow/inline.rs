@@ -50,7 +50,12 @@ pub struct InlineNode {
 }
 
 impl InlineNode {
-    pub fn new(spec: NodeSpec, me: u32, node: Option<Box<dyn Node>>, meter: Arc<NodeMeter>) -> InlineNode {
+    pub fn new(
+        spec: NodeSpec,
+        me: u32,
+        node: Option<Box<dyn Node>>,
+        meter: Arc<NodeMeter>,
+    ) -> InlineNode {
         let identity_args = identity_args(&spec);
         InlineNode {
             joiner: Joiner::new(spec.deps.clone()),
@@ -194,7 +199,8 @@ impl InlineNode {
             errors += usize::from(r.is_err());
         }
         if !each {
-            self.meter.batches(0, start, Instant::now(), batches, n, errors);
+            self.meter
+                .batches(0, start, Instant::now(), batches, n, errors);
         }
         results
     }
@@ -230,7 +236,11 @@ pub fn inline_stage<'s>(
     }
 }
 
-fn build<'s, P>(stream: Stream<'s, u64, Vec<Rec>>, pact: P, mut state: InlineNode) -> Stream<'s, u64, Vec<Rec>>
+fn build<'s, P>(
+    stream: Stream<'s, u64, Vec<Rec>>,
+    pact: P,
+    mut state: InlineNode,
+) -> Stream<'s, u64, Vec<Rec>>
 where
     P: ParallelizationContract<u64, Vec<Rec>>,
 {

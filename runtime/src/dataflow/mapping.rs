@@ -17,7 +17,10 @@ pub fn mapped_list(value: Value) -> Result<Vec<Value>, String> {
 /// One item per element of argument `k` of `item` (the other arguments are copied into each).
 pub fn expand(mut item: Item, k: usize) -> Result<Vec<Item>, String> {
     let Some(slot) = item.get_mut(k) else {
-        return Err(format!("map over argument {k} of an item of {}", item.len()));
+        return Err(format!(
+            "map over argument {k} of an item of {}",
+            item.len()
+        ));
     };
     let list = mapped_list(std::mem::replace(slot, Value::Bool(false)))?;
     Ok(list

@@ -229,7 +229,9 @@ impl Lowered {
             sink_deps.push(0);
         }
         if let Some(id) = plan.inline.iter().find(|id| plan.node(id).is_none()) {
-            return Err(format!("`inline` names `{id}`, which is not a node of the plan"));
+            return Err(format!(
+                "`inline` names `{id}`, which is not a node of the plan"
+            ));
         }
         Ok(Lowered {
             pipeline: plan.pipeline.clone(),

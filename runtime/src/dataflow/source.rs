@@ -89,7 +89,8 @@ impl Flow {
         let at = entry.0;
         entry.1 = entry.1.saturating_sub(1);
         if entry.1 == 0 {
-            self.in_bytes.set(self.in_bytes.get().saturating_sub(entry.2));
+            self.in_bytes
+                .set(self.in_bytes.get().saturating_sub(entry.2));
             rounds.remove(round);
         }
         Some(at)

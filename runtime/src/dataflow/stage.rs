@@ -23,11 +23,11 @@ use super::mapping;
 use super::slab::SeqSlab;
 use super::{arg_value, first_failure, Body, Failure, Joiner, NodeSpec, Rec};
 use crate::batching::{Batcher, Decision};
-use mars_plan::BatchPolicy;
 use crate::node::{Item, Node, Outputs};
 use crate::replicas::{Done, Job, Key, Pool};
 use crate::stats::NodeMeter;
 use crate::value::NodeError;
+use mars_plan::BatchPolicy;
 
 /// The most items of a `none` node handed to a replica at once.
 const CHUNK: usize = 256;
@@ -227,7 +227,9 @@ impl Stage {
                 Decision::Idle => return None,
                 Decision::WaitFor(d) => return Some(d),
                 Decision::Dispatch(n) => {
-                    let n = if self.batcher.policy == BatchPolicy::None && pool.continuous().is_none() {
+                    let n = if self.batcher.policy == BatchPolicy::None
+                        && pool.continuous().is_none()
+                    {
                         // One item at a time for the node, but a chunk per hand-off: the
                         // queue shared out over the free replicas.
                         let free = pool.free().max(1);

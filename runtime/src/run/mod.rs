@@ -325,7 +325,13 @@ pub(crate) fn launch(
             let out = out.clone();
             worker.dataflow::<u64, _, _>(|scope| {
                 let flow = Rc::new(Flow::default());
-                let mut streams = vec![request_source(scope, feed, Rc::clone(&flow), max_inflight, max_bytes)];
+                let mut streams = vec![request_source(
+                    scope,
+                    feed,
+                    Rc::clone(&flow),
+                    max_inflight,
+                    max_bytes,
+                )];
                 for (i, spec) in lowered.nodes.iter().enumerate() {
                     let input = if spec.deps.len() == 1 {
                         streams[spec.deps[0] as usize].clone()
@@ -1050,7 +1056,13 @@ mod tests {
             vec![
                 inc,
                 mapped,
-                node("odd", "t.odd_fails", vec![Arg::input("x")], dynamic(4, 0.0), 1),
+                node(
+                    "odd",
+                    "t.odd_fails",
+                    vec![Arg::input("x")],
+                    dynamic(4, 0.0),
+                    1,
+                ),
                 node("seven", "t.panics_on_7", vec![Arg::input("x")], none(), 1),
                 node(
                     "sum",
@@ -1069,7 +1081,10 @@ mod tests {
         inline.inline = inline.nodes.iter().map(|n| n.id.clone()).collect();
         let input: String = (0..200)
             .map(|i| format!("{{\"xs\": [{}, {}], \"x\": {}}}\n", i, i + 1, 2 * (i % 5)))
-            .chain(["{\"xs\": 3, \"x\": 7}\n".to_string(), "{\"xs\": [], \"x\": 7}\n".to_string()])
+            .chain([
+                "{\"xs\": 3, \"x\": 7}\n".to_string(),
+                "{\"xs\": [], \"x\": 7}\n".to_string(),
+            ])
             .collect();
         let (want, _) = run(&pool, &input, RunOptions::default());
         let want = records(&want);

@@ -229,15 +229,27 @@ mod tests {
     fn long_lines_are_cut_but_read_through() {
         let mut input = std::io::Cursor::new(b"abcdef\nxy\nlast".to_vec());
         let mut line = Vec::new();
-        assert_eq!(read_line_bounded(&mut input, &mut line, 3).expect("read"), 7);
+        assert_eq!(
+            read_line_bounded(&mut input, &mut line, 3).expect("read"),
+            7
+        );
         assert_eq!(line, b"abc");
         line.clear();
-        assert_eq!(read_line_bounded(&mut input, &mut line, 3).expect("read"), 3);
+        assert_eq!(
+            read_line_bounded(&mut input, &mut line, 3).expect("read"),
+            3
+        );
         assert_eq!(line, b"xy\n");
         line.clear();
-        assert_eq!(read_line_bounded(&mut input, &mut line, 3).expect("read"), 4);
+        assert_eq!(
+            read_line_bounded(&mut input, &mut line, 3).expect("read"),
+            4
+        );
         line.clear();
-        assert_eq!(read_line_bounded(&mut input, &mut line, 3).expect("read"), 0);
+        assert_eq!(
+            read_line_bounded(&mut input, &mut line, 3).expect("read"),
+            0
+        );
     }
 
     #[test]

@@ -389,7 +389,9 @@ impl Service {
         self.inputs()
             .iter()
             .map(|i| match (obj.get(&i.name), &i.default) {
-                (Some(j), _) => self.decode_value(j, &i.ty).map_err(|e| format!("field `{}`: {e}", i.name)),
+                (Some(j), _) => self
+                    .decode_value(j, &i.ty)
+                    .map_err(|e| format!("field `{}`: {e}", i.name)),
                 (None, Some(d)) => Ok(d.clone()),
                 (None, None) => Err(format!("missing field `{}` ({})", i.name, i.ty)),
             })
@@ -492,10 +494,12 @@ impl Service {
             .map_err(|e| format!("the warm-up request was refused: {e}"))?;
         match rx.recv_timeout(bound + Duration::from_millis(100)) {
             Ok(o) => match o.result {
-                Err(f) if f.node == crate::watch::DEADLINE_NODE || t0.elapsed() >= bound => Err(format!(
-                    "the warm-up request did not finish within {:.1} s",
-                    bound.as_secs_f64()
-                )),
+                Err(f) if f.node == crate::watch::DEADLINE_NODE || t0.elapsed() >= bound => {
+                    Err(format!(
+                        "the warm-up request did not finish within {:.1} s",
+                        bound.as_secs_f64()
+                    ))
+                }
                 r => Ok(WarmUp {
                     took: t0.elapsed(),
                     failure: r.err(),
@@ -638,7 +642,9 @@ fn watch_cluster(
             let message = health
                 .failure()
                 .map_or_else(|| "a cluster process was lost".to_string(), |f| f.message);
-            *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message.clone());
+            *failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message.clone());
             let pending: Vec<(u64, Pending)> = live.lock().drain().collect();
             for (id, p) in pending {
                 (p.reply)(Outcome {
@@ -666,7 +672,12 @@ fn sample(ty: &DataType) -> Value {
             height: 32,
             rgb: vec![128; 32 * 32 * 3],
         })),
-        DataType::Box => Value::Box(BoxData { x: 0.0, y: 0.0, w: 1.0, h: 1.0 }),
+        DataType::Box => Value::Box(BoxData {
+            x: 0.0,
+            y: 0.0,
+            w: 1.0,
+            h: 1.0,
+        }),
         DataType::List(t) => Value::List(vec![sample(t)]),
         DataType::Tensor(d, dims) => {
             let shape: Vec<usize> = dims

@@ -386,9 +386,15 @@ mod tests {
         let mut buf = Vec::new();
         let names = vec!["b".to_string()];
         let cx = EdgeContext::plain();
-        assert_eq!(format_outcome(&mut buf, o, &names, &cx, Some(dir.path())), None);
+        assert_eq!(
+            format_outcome(&mut buf, o, &names, &cx, Some(dir.path())),
+            None
+        );
         assert_eq!(std::fs::read(&victim).expect("victim"), b"keep");
-        assert_eq!(std::fs::read(dir.path().join("3-b.bin")).expect("out"), b"new");
+        assert_eq!(
+            std::fs::read(dir.path().join("3-b.bin")).expect("out"),
+            b"new"
+        );
     }
 
     #[test]

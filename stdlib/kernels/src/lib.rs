@@ -139,30 +139,35 @@ pub fn int4_roundtrip(w: &[f32], inp: usize, group: usize) -> Vec<f32> {
 
 pub fn dequant_int4(q: &[u8], d: &[f32], lo: &[f32], inp: usize, group: usize, out: &mut [f32]) {
     let ng = inp.div_ceil(group);
-    out.par_chunks_mut(inp)
-        .enumerate()
-        .for_each(|(o, row)| {
-            let qr = &q[o * inp / 2..(o + 1) * inp / 2];
-            for (g, (a, b)) in groups(inp, group).enumerate() {
-                let (dg, lg) = (d[o * ng + g], lo[o * ng + g]);
-                for c in (a..b).step_by(32) {
-                    let bytes = &qr[c / 2..c / 2 + 16];
-                    for j in 0..16 {
-                        row[c + j] = lg + dg * f32::from(bytes[j] & 15);
-                        row[c + j + 16] = lg + dg * f32::from(bytes[j] >> 4);
-                    }
+    out.par_chunks_mut(inp).enumerate().for_each(|(o, row)| {
+        let qr = &q[o * inp / 2..(o + 1) * inp / 2];
+        for (g, (a, b)) in groups(inp, group).enumerate() {
+            let (dg, lg) = (d[o * ng + g], lo[o * ng + g]);
+            for c in (a..b).step_by(32) {
+                let bytes = &qr[c / 2..c / 2 + 16];
+                for j in 0..16 {
+                    row[c + j] = lg + dg * f32::from(bytes[j] & 15);
+                    row[c + j + 16] = lg + dg * f32::from(bytes[j] >> 4);
                 }
             }
-        });
+        }
+    });
 }
 
 impl QLinear {
     /// Quantize `w: [out, in]` (f32, row-major). `inv_s`: AWQ / SmoothQuant's `1/s` when `w`
     /// already holds `W·diag(s)`. `inp` must be a multiple of 32 (and of nothing else: a
     /// `group` that does not divide it leaves a shorter last group).
-    pub fn new(w: &[f32], inp: usize, fmt: Format, inv_s: Option<Vec<f32>>) -> Result<QLinear, String> {
+    pub fn new(
+        w: &[f32],
+        inp: usize,
+        fmt: Format,
+        inv_s: Option<Vec<f32>>,
+    ) -> Result<QLinear, String> {
         if inp == 0 || !inp.is_multiple_of(32) || !w.len().is_multiple_of(inp) {
-            return Err(format!("a quantized layer needs an input width that is a multiple of 32, got {inp}"));
+            return Err(format!(
+                "a quantized layer needs an input width that is a multiple of 32, got {inp}"
+            ));
         }
         let out = w.len() / inp;
         let w = match fmt {
@@ -203,7 +208,9 @@ impl QLinear {
                         }
                     });
             }
-            QWeights::Int4 { q, d, lo, group } => dequant_int4(q, d, lo, self.inp, *group, &mut out),
+            QWeights::Int4 { q, d, lo, group } => {
+                dequant_int4(q, d, lo, self.inp, *group, &mut out)
+            }
         }
         out
     }
@@ -335,7 +342,10 @@ pub fn dot_i8_i8(q: &[i8], p: &[i8], simd: bool) -> i32 {
         return unsafe { x86::dot_i8_i8(q.as_ptr(), p.as_ptr(), q.len()) };
     }
     let _ = simd;
-    q.iter().zip(p).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum()
+    q.iter()
+        .zip(p)
+        .map(|(&a, &b)| i32::from(a) * i32::from(b))
+        .sum()
 }
 
 /// `Σ_groups d_g · Σ_{i∈g} q_i x_i` of one packed row.
@@ -352,7 +362,8 @@ pub fn dot_i4_f32(q: &[u8], d: &[f32], x: &[f32], group: usize, simd: bool) -> f
         for c in (a..b).step_by(32) {
             let bytes = &q[c / 2..c / 2 + 16];
             for j in 0..16 {
-                acc += f32::from(bytes[j] & 15) * x[c + j] + f32::from(bytes[j] >> 4) * x[c + j + 16];
+                acc +=
+                    f32::from(bytes[j] & 15) * x[c + j] + f32::from(bytes[j] >> 4) * x[c + j + 16];
             }
         }
         total += d[g] * acc;
@@ -386,12 +397,23 @@ mod x86 {
             let b0 = _mm_loadu_si128(q.add(i) as *const __m128i);
             let b1 = _mm_loadu_si128(q.add(i + 16) as *const __m128i);
             a[0] = _mm256_fmadd_ps(i8x8(b0), _mm256_loadu_ps(x.add(i)), a[0]);
-            a[1] = _mm256_fmadd_ps(i8x8(_mm_srli_si128::<8>(b0)), _mm256_loadu_ps(x.add(i + 8)), a[1]);
+            a[1] = _mm256_fmadd_ps(
+                i8x8(_mm_srli_si128::<8>(b0)),
+                _mm256_loadu_ps(x.add(i + 8)),
+                a[1],
+            );
             a[2] = _mm256_fmadd_ps(i8x8(b1), _mm256_loadu_ps(x.add(i + 16)), a[2]);
-            a[3] = _mm256_fmadd_ps(i8x8(_mm_srli_si128::<8>(b1)), _mm256_loadu_ps(x.add(i + 24)), a[3]);
+            a[3] = _mm256_fmadd_ps(
+                i8x8(_mm_srli_si128::<8>(b1)),
+                _mm256_loadu_ps(x.add(i + 24)),
+                a[3],
+            );
             i += 32;
         }
-        hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])))
+        hsum(_mm256_add_ps(
+            _mm256_add_ps(a[0], a[1]),
+            _mm256_add_ps(a[2], a[3]),
+        ))
     }
 
     /// `Σ q_i p_i` in i32, `n` a multiple of 32.
@@ -423,7 +445,13 @@ mod x86 {
 
     /// `Σ_g d_g Σ_{i∈g} q_i x_i` over packed nibbles, `n` and `group` multiples of 32.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_i4_f32(q: *const u8, d: *const f32, x: *const f32, n: usize, group: usize) -> f32 {
+    pub unsafe fn dot_i4_f32(
+        q: *const u8,
+        d: *const f32,
+        x: *const f32,
+        n: usize,
+        group: usize,
+    ) -> f32 {
         let mask = _mm_set1_epi8(0x0F);
         let mut total = _mm256_setzero_ps();
         let (mut i, mut g) = (0, 0);
@@ -435,9 +463,17 @@ mod x86 {
                 let lo = _mm_and_si128(b, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
                 a[0] = _mm256_fmadd_ps(u(lo), _mm256_loadu_ps(x.add(i)), a[0]);
-                a[1] = _mm256_fmadd_ps(u(_mm_srli_si128::<8>(lo)), _mm256_loadu_ps(x.add(i + 8)), a[1]);
+                a[1] = _mm256_fmadd_ps(
+                    u(_mm_srli_si128::<8>(lo)),
+                    _mm256_loadu_ps(x.add(i + 8)),
+                    a[1],
+                );
                 a[2] = _mm256_fmadd_ps(u(hi), _mm256_loadu_ps(x.add(i + 16)), a[2]);
-                a[3] = _mm256_fmadd_ps(u(_mm_srli_si128::<8>(hi)), _mm256_loadu_ps(x.add(i + 24)), a[3]);
+                a[3] = _mm256_fmadd_ps(
+                    u(_mm_srli_si128::<8>(hi)),
+                    _mm256_loadu_ps(x.add(i + 24)),
+                    a[3],
+                );
                 i += 32;
             }
             let s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
@@ -447,7 +483,6 @@ mod x86 {
         hsum(total)
     }
 }
-
 
 /// `(W·diag(s), 1/s)` of `w: [out, in]`.
 pub fn fold(w: &[f32], inp: usize, s: &[f32]) -> (Vec<f32>, Vec<f32>) {
@@ -487,5 +522,9 @@ pub fn int4_error(w: &[f32], inp: usize, s: &[f32], sq_mean: &[f32], group: usiz
                 a
             },
         );
-    per_col.iter().zip(sq_mean).map(|(e, m)| e * f64::from(*m)).sum()
+    per_col
+        .iter()
+        .zip(sq_mean)
+        .map(|(e, m)| e * f64::from(*m))
+        .sum()
 }

@@ -62,13 +62,25 @@ struct Layer {
     ln2: Norm,
 }
 
-fn take(t: &mut HashMap<String, Tensor>, file: &str, n: &str) -> std::result::Result<Tensor, String> {
-    t.remove(n).ok_or_else(|| format!("{file}: no tensor `{n}`"))
+fn take(
+    t: &mut HashMap<String, Tensor>,
+    file: &str,
+    n: &str,
+) -> std::result::Result<Tensor, String> {
+    t.remove(n)
+        .ok_or_else(|| format!("{file}: no tensor `{n}`"))
 }
 
-fn dense(t: &mut HashMap<String, Tensor>, file: &str, p: &str) -> std::result::Result<Dense, String> {
+fn dense(
+    t: &mut HashMap<String, Tensor>,
+    file: &str,
+    p: &str,
+) -> std::result::Result<Dense, String> {
     let w = take(t, file, &format!("{p}.weight"))?;
-    let w = w.t().and_then(|w| w.contiguous()).map_err(|e| e.to_string())?;
+    let w = w
+        .t()
+        .and_then(|w| w.contiguous())
+        .map_err(|e| e.to_string())?;
     Ok(Dense {
         w,
         b: take(t, file, &format!("{p}.bias"))?,
@@ -111,8 +123,8 @@ impl Bert {
         )
         .map_err(|e| format!("{}: {e}", cfg_path.display()))?;
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| format!("{}: {e}", tok_path.display()))?;
+        let tokenizer =
+            Tokenizer::from_file(&tok_path).map_err(|e| format!("{}: {e}", tok_path.display()))?;
         let bytes = std::fs::read(weights)
             .map_err(|e| format!("cannot read {}: {e}", weights.display()))?;
         let mut t: HashMap<String, Tensor> =
@@ -139,7 +151,12 @@ impl Bert {
                 o,
                 up,
                 down,
-                ln1: norm(&mut t, &shown, &format!("{p}.attention.output.LayerNorm"), eps)?,
+                ln1: norm(
+                    &mut t,
+                    &shown,
+                    &format!("{p}.attention.output.LayerNorm"),
+                    eps,
+                )?,
                 ln2: norm(&mut t, &shown, &format!("{p}.output.LayerNorm"), eps)?,
             });
         }
@@ -185,7 +202,8 @@ impl Bert {
                 *l = last;
             }
         }
-        self.forward(&ids).map_err(|e| format!("bert forward failed: {e}"))
+        self.forward(&ids)
+            .map_err(|e| format!("bert forward failed: {e}"))
     }
 
     fn forward(&self, ids: &[u32]) -> Result<Vec<f32>> {
@@ -215,8 +233,17 @@ impl Bert {
             x = l.ln2.forward(&(x + f)?)?;
         }
         let mean = x.mean(0)?;
-        let norm = mean.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?.max(1e-12);
-        Ok(mean.to_vec1::<f32>()?.into_iter().map(|v| v / norm).collect())
+        let norm = mean
+            .sqr()?
+            .sum_all()?
+            .sqrt()?
+            .to_scalar::<f32>()?
+            .max(1e-12);
+        Ok(mean
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|v| v / norm)
+            .collect())
     }
 }
 

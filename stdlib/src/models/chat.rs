@@ -62,7 +62,9 @@ impl ChatModel {
         }
         let llama = match gemma {
             true if !matches!(quant, LlmQuant::None) => {
-                return Err("`quantize` is implemented for `arch = \"llama\"` only, not for gemma3".into())
+                return Err(
+                    "`quantize` is implemented for `arch = \"llama\"` only, not for gemma3".into(),
+                )
             }
             true => Decoder::Gemma3(Gemma3::from_gguf(g, positions)?),
             false => Decoder::Llama(Llama::from_gguf_quantized(g, positions, quant, stats)?),
@@ -150,8 +152,8 @@ impl ChatNode {
     pub fn from_ctx(ctx: &NodeContext) -> Result<ChatNode, NodeError> {
         let cfg = ModelConfig::of(ctx)?;
         let fail = |m: String| NodeError::new(format!("node `{}`: {m}", ctx.node.id));
-        let opened =
-            crate::store::open_weights(&ctx.node, &ctx.base_dir).map_err(|e| NodeError::new(e.0))?;
+        let opened = crate::store::open_weights(&ctx.node, &ctx.base_dir)
+            .map_err(|e| NodeError::new(e.0))?;
         let positions = cfg.int("max_positions", 2048)?;
         if positions < 2 {
             return Err(cfg.err("max_positions", "must be at least 2"));
@@ -163,8 +165,9 @@ impl ChatNode {
             Some(p) if !p.is_empty() => Some(load_stats(&ctx.base_dir.join(p)).map_err(fail)?),
             _ => None,
         };
-        let model = ChatModel::load_quantized(&opened.path, positions as usize, quant, stats.as_ref())
-            .map_err(fail)?;
+        let model =
+            ChatModel::load_quantized(&opened.path, positions as usize, quant, stats.as_ref())
+                .map_err(fail)?;
         let max_tokens = cfg.int("max_tokens", 128)?;
         if max_tokens < 1 {
             return Err(cfg.err("max_tokens", "must be at least 1"));
@@ -409,7 +412,12 @@ impl Generate for ChatNode {
         match result {
             Ok(()) => {
                 for (id, st, _) in pass {
-                    outcomes.insert(id, Step::Running { cached: st.cached() });
+                    outcomes.insert(
+                        id,
+                        Step::Running {
+                            cached: st.cached(),
+                        },
+                    );
                     if let Some(seq) = self.seqs.get_mut(&id) {
                         seq.state = Some(st);
                     }

@@ -236,12 +236,13 @@ impl Llama {
             if quant == LlmQuant::None || !inp.is_multiple_of(32) {
                 return Ok(Lin::F32(t.t().map_err(e)?.contiguous().map_err(e)?));
             }
-            let st = match stats {
-                Some(s) if quant.needs_stats() => Some(s.get(site).ok_or_else(|| {
-                    format!("the calibration statistics have no site `{site}`")
-                })?),
-                _ => None,
-            };
+            let st =
+                match stats {
+                    Some(s) if quant.needs_stats() => Some(s.get(site).ok_or_else(|| {
+                        format!("the calibration statistics have no site `{site}`")
+                    })?),
+                    _ => None,
+                };
             if let Some(st) = st {
                 if st.sq_mean.len() != inp {
                     return Err(format!(
@@ -250,8 +251,13 @@ impl Llama {
                     ));
                 }
             }
-            let w = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(e)?;
-            quantize_layer(&w, inp, quant, st).map(Lin::Q).map_err(|m| format!("`{n}`: {m}"))
+            let w = t
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(e)?;
+            quantize_layer(&w, inp, quant, st)
+                .map(Lin::Q)
+                .map_err(|m| format!("`{n}`: {m}"))
         };
         let embed = g.take("token_embd.weight")?;
         if embed.dims() != [config.vocab, config.hidden] {
@@ -269,8 +275,16 @@ impl Llama {
         let head = if quant == LlmQuant::None || !config.hidden.is_multiple_of(32) {
             Lin::F32(head_w.t().map_err(e)?.contiguous().map_err(e)?)
         } else {
-            let w = head_w.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(e)?;
-            Lin::Q(QLinear::new(&w, config.hidden, Format::Int8 { act8: false }, None)?)
+            let w = head_w
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(e)?;
+            Lin::Q(QLinear::new(
+                &w,
+                config.hidden,
+                Format::Int8 { act8: false },
+                None,
+            )?)
         };
         let mut blocks = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
@@ -341,7 +355,8 @@ impl Llama {
         chunks: &[Vec<u32>],
         observe: Observer<'_>,
     ) -> Result<()> {
-        self.extend_inner(seqs, chunks, Some(observe), false).map(|_| ())
+        self.extend_inner(seqs, chunks, Some(observe), false)
+            .map(|_| ())
     }
 
     /// The logits of every position of `tokens` run as one fresh sequence, `[n, vocab]`
@@ -387,7 +402,9 @@ impl Llama {
             ids.extend_from_slice(ch);
         }
         let n = ids.len();
-        let mut x = self.embed.index_select(&Tensor::from_vec(ids, n, dev)?, 0)?;
+        let mut x = self
+            .embed
+            .index_select(&Tensor::from_vec(ids, n, dev)?, 0)?;
         let scale = 1.0 / (hd as f64).sqrt();
         for (li, blk) in self.blocks.iter().enumerate() {
             let a = rms_norm(&x, &blk.attn_norm, c.eps)?;

@@ -82,7 +82,12 @@ pub fn window_log_probs(model: &Llama, tokens: &[u32], from: usize) -> Result<Ve
 
 /// Score the predictions of rows `from ..` of a window: NLL of the actual next tokens, and
 /// `Σ_v p_ref(v) (log p_ref(v) − log p(v))` where `reference` (same rows) is given.
-pub fn score(lp: &[Vec<f32>], tokens: &[u32], from: usize, reference: Option<&[Vec<f32>]>) -> Scores {
+pub fn score(
+    lp: &[Vec<f32>],
+    tokens: &[u32],
+    from: usize,
+    reference: Option<&[Vec<f32>]>,
+) -> Scores {
     let mut s = Scores::default();
     for (i, row) in lp.iter().enumerate() {
         let next = tokens[from + i + 1] as usize;
@@ -173,7 +178,10 @@ pub fn support_prompts(data: &Path) -> std::result::Result<Vec<(String, String)>
         ));
     }
     let mut out = Vec::new();
-    for line in read("faq_questions.jsonl")?.lines().filter(|l| !l.trim().is_empty()) {
+    for line in read("faq_questions.jsonl")?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let q = v["question"].as_str().unwrap_or_default().to_string();
         let want = v["expect"].as_str().unwrap_or_default();

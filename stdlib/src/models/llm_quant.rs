@@ -66,7 +66,9 @@ impl LlmQuant {
         if group.is_some_and(|g| g != 32)
             && !matches!(q, LlmQuant::Int4 { .. } | LlmQuant::AwqInt4 { .. })
         {
-            return Err(format!("`group` applies to int4 and awq_int4, not `{mode}`"));
+            return Err(format!(
+                "`group` applies to int4 and awq_int4, not `{mode}`"
+            ));
         }
         Ok(q)
     }
@@ -186,7 +188,8 @@ pub fn save_stats(
 ) -> Result<(), String> {
     let mut tensors = HashMap::new();
     for (site, s) in stats {
-        s.insert_into(site, &mut tensors).map_err(|e| e.to_string())?;
+        s.insert_into(site, &mut tensors)
+            .map_err(|e| e.to_string())?;
     }
     let meta = HashMap::from([("mars.calibration".to_string(), about.to_string())]);
     super::save_safetensors(path, &tensors, meta)
@@ -209,7 +212,10 @@ pub fn load_stats(path: &Path) -> Result<BTreeMap<String, ActStats>, String> {
         }
     }
     if out.is_empty() {
-        return Err(format!("`{}` holds no calibration statistics", path.display()));
+        return Err(format!(
+            "`{}` holds no calibration statistics",
+            path.display()
+        ));
     }
     Ok(out)
 }
@@ -255,12 +261,24 @@ mod tests {
 
     #[test]
     fn modes_parse_with_their_group() {
-        assert_eq!(LlmQuant::parse("int4", Some(64)), Ok(LlmQuant::Int4 { group: 64 }));
-        assert_eq!(LlmQuant::parse("awq_int4", None), Ok(LlmQuant::AwqInt4 { group: 32 }));
-        assert!(LlmQuant::parse("int4", Some(48)).unwrap_err().contains("32, 64 or 128"));
-        assert!(LlmQuant::parse("int8", Some(64)).unwrap_err().contains("applies to int4"));
+        assert_eq!(
+            LlmQuant::parse("int4", Some(64)),
+            Ok(LlmQuant::Int4 { group: 64 })
+        );
+        assert_eq!(
+            LlmQuant::parse("awq_int4", None),
+            Ok(LlmQuant::AwqInt4 { group: 32 })
+        );
+        assert!(LlmQuant::parse("int4", Some(48))
+            .unwrap_err()
+            .contains("32, 64 or 128"));
+        assert!(LlmQuant::parse("int8", Some(64))
+            .unwrap_err()
+            .contains("applies to int4"));
         assert_eq!(LlmQuant::parse("int8", Some(32)), Ok(LlmQuant::Int8));
-        assert!(LlmQuant::parse("fp8", None).unwrap_err().contains("not supported"));
+        assert!(LlmQuant::parse("fp8", None)
+            .unwrap_err()
+            .contains("not supported"));
     }
 
     /// One input channel carries 30× the activation of the others: AWQ finds `α > 0` and a
@@ -279,6 +297,11 @@ mod tests {
         };
         let c = awq_search(&w, inp, &st, 64);
         assert!(c.alpha > 0.0, "{c:?}");
-        assert!(c.error < c.plain_error * 0.9, "{} vs {}", c.error, c.plain_error);
+        assert!(
+            c.error < c.plain_error * 0.9,
+            "{} vs {}",
+            c.error,
+            c.plain_error
+        );
     }
 }

@@ -44,12 +44,15 @@ fn graph_tensor(name: &str, fact: &InferenceFact) -> GraphTensor {
         Some(
             fact.shape
                 .dims()
-                .map(|d| match d.concretize().map(|d| d.to_i64().map(|v| v as usize)) {
-                    Some(Ok(n)) => GraphDim::Fixed(n),
-                    _ => GraphDim::Dynamic(
-                        d.concretize().map_or_else(|| "?".to_string(), |d| d.to_string()),
-                    ),
-                })
+                .map(
+                    |d| match d.concretize().map(|d| d.to_i64().map(|v| v as usize)) {
+                        Some(Ok(n)) => GraphDim::Fixed(n),
+                        _ => GraphDim::Dynamic(
+                            d.concretize()
+                                .map_or_else(|| "?".to_string(), |d| d.to_string()),
+                        ),
+                    },
+                )
                 .collect(),
         )
     };
@@ -99,7 +102,12 @@ impl OnnxGraph {
             .iter()
             .filter_map(|(k, v)| {
                 let k = k.strip_prefix("onnx.metadata_props.")?;
-                let v = v.try_as_plain_ram().ok()?.to_scalar::<String>().ok()?.clone();
+                let v = v
+                    .try_as_plain_ram()
+                    .ok()?
+                    .to_scalar::<String>()
+                    .ok()?
+                    .clone();
                 Some((k.to_string(), v))
             })
             .collect();
@@ -115,7 +123,10 @@ impl OnnxGraph {
     fn plan(&self, shapes: &[Vec<usize>]) -> TractResult<Arc<TypedRunnableModel>> {
         let mut m = self.model.clone();
         for (i, s) in shapes.iter().enumerate() {
-            m.set_input_fact(i, InferenceFact::dt_shape(f32::datum_type(), s.iter().copied()))?;
+            m.set_input_fact(
+                i,
+                InferenceFact::dt_shape(f32::datum_type(), s.iter().copied()),
+            )?;
         }
         m.into_optimized()?.into_runnable()
     }
@@ -168,7 +179,15 @@ impl OnnxNode {
         pad: f32,
     ) -> Result<OnnxNode, String> {
         let graph = OnnxGraph::load(path)?;
-        OnnxNode::with_graph(id, graph, &path.display().to_string(), in_types, out_types, buckets, pad)
+        OnnxNode::with_graph(
+            id,
+            graph,
+            &path.display().to_string(),
+            in_types,
+            out_types,
+            buckets,
+            pad,
+        )
     }
 
     /// [`OnnxNode::new`] on a loaded graph; `file` names it in errors.
@@ -372,9 +391,10 @@ impl OnnxNode {
             *used = self.clock;
             return Ok(plan.clone());
         }
-        let plan = self.graph.plan(&shapes).map_err(|e| {
-            format!("cannot build a plan for input shapes {shapes:?}: {e:#}")
-        })?;
+        let plan = self
+            .graph
+            .plan(&shapes)
+            .map_err(|e| format!("cannot build a plan for input shapes {shapes:?}: {e:#}"))?;
         self.plans_built += 1;
         if self.plans.len() >= PLAN_CACHE {
             if let Some(oldest) = self
@@ -618,7 +638,10 @@ mod tests {
         };
         let graph = pb::GraphProto {
             name: "affine".into(),
-            node: vec![node("Mul", &["x", "two"], "x2"), node("Add", &["x2", "one"], "y")],
+            node: vec![
+                node("Mul", &["x", "two"], "x2"),
+                node("Add", &["x2", "one"], "y"),
+            ],
             initializer: vec![scalar("two", 2.0), scalar("one", 1.0)],
             input: vec![value_info("x", &[Err("N"), Ok(2), Err("W")])],
             output: vec![value_info("y", &[Err("N"), Ok(2), Err("W")])],
@@ -665,7 +688,10 @@ mod tests {
     fn the_graph_is_described_from_the_file() {
         let g = affine();
         assert_eq!(g.inputs[0].to_string(), "f32 [N, 2, W]");
-        assert_eq!(g.metadata.get("character").map(String::as_str), Some("a\nb"));
+        assert_eq!(
+            g.metadata.get("character").map(String::as_str),
+            Some("a\nb")
+        );
     }
 
     #[test]
@@ -713,7 +739,10 @@ mod tests {
         let mut n = node("Tensor<f32, [2, W]>", "Tensor<f32, [1, 2, W]>", "").expect("loads");
         let r = n.run_batch(vec![vec![tensor(&[2, 2], 0.0)]]);
         let e = &r[0].as_ref().expect_err("rank").message;
-        assert!(e.contains("out port 0 is declared `Tensor<f32, [1, 2, W]>`"), "{e}");
+        assert!(
+            e.contains("out port 0 is declared `Tensor<f32, [1, 2, W]>`"),
+            "{e}"
+        );
         let e = node("Tensor<f32, [2, W]>", "Tensor<f32, [2, W]>", "H=4")
             .err()
             .expect("unknown bucket symbol");

@@ -48,7 +48,9 @@ mod tests {
         let mut s = seed;
         (0..out * inp)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
             })
             .collect()
@@ -93,15 +95,26 @@ mod tests {
                     None
                 };
                 for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-                    assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{fmt:?} m={m} [{i}]: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                        "{fmt:?} m={m} [{i}]: {a} vs {b}"
+                    );
                     if let Some(p) = &plain {
                         assert!((a - p[i]).abs() <= 1e-4 * (1.0 + a.abs()), "plain {fmt:?}");
                     }
                 }
             }
             // Quantization error itself is small against the weights' spread (0.2 wide).
-            let err = w.iter().zip(&deq).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            let bound = if matches!(fmt, Format::Int8 { .. }) { 0.1 / 127.0 } else { 0.2 / 15.0 };
+            let err = w
+                .iter()
+                .zip(&deq)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            let bound = if matches!(fmt, Format::Int8 { .. }) {
+                0.1 / 127.0
+            } else {
+                0.2 / 15.0
+            };
             assert!(err <= bound * 0.51, "{fmt:?}: max error {err}");
         }
         Ok(())
@@ -111,7 +124,8 @@ mod tests {
     fn w8a8_is_the_integer_product_of_both_grids() -> Result<()> {
         let (out, inp) = (24, 96);
         let w = weights(out, inp, 5);
-        let l = QLinear::new(&w, inp, Format::Int8 { act8: true }, None).map_err(candle_core::Error::Msg)?;
+        let l = QLinear::new(&w, inp, Format::Int8 { act8: true }, None)
+            .map_err(candle_core::Error::Msg)?;
         let x = weights(2, inp, 11);
         let mut xq = x.clone();
         for row in xq.chunks_mut(inp) {
@@ -132,7 +146,9 @@ mod tests {
     fn a_q4_1_grid_survives_int4_group_32_exactly() {
         // Weights already on a 16-level grid per 32 (as in a Q4_1 GGUF) round-trip exactly.
         let inp = 64;
-        let w: Vec<f32> = (0..inp).map(|i| -0.3 + 0.02 * ((i * 7) % 16) as f32).collect();
+        let w: Vec<f32> = (0..inp)
+            .map(|i| -0.3 + 0.02 * ((i * 7) % 16) as f32)
+            .collect();
         let back = int4_roundtrip(&w, inp, 32);
         for (a, b) in w.iter().zip(&back) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
@@ -157,10 +173,18 @@ mod tests {
                 for r in 0..m {
                     let x = &xs[r * inp..(r + 1) * inp];
                     y[r * out + o] = match &self.w {
-                        QWeights::Int8 { q, d, .. } => d[o] * dot_i8_f32(&q[o * inp..(o + 1) * inp], x, false),
+                        QWeights::Int8 { q, d, .. } => {
+                            d[o] * dot_i8_f32(&q[o * inp..(o + 1) * inp], x, false)
+                        }
                         QWeights::Int4 { q, d, lo, group } => {
                             let ng = inp.div_ceil(*group);
-                            let mut v = dot_i4_f32(&q[o * inp / 2..(o + 1) * inp / 2], &d[o * ng..(o + 1) * ng], x, *group, false);
+                            let mut v = dot_i4_f32(
+                                &q[o * inp / 2..(o + 1) * inp / 2],
+                                &d[o * ng..(o + 1) * ng],
+                                x,
+                                *group,
+                                false,
+                            );
                             for (g, (a, b)) in groups(inp, *group).enumerate() {
                                 v += lo[o * ng + g] * x[a..b].iter().sum::<f32>();
                             }

@@ -200,8 +200,7 @@ pub fn db_boxes(
     // Boxes on one line (tops within 10 px) read left to right.
     for i in 1..boxes.len() {
         let mut j = i;
-        while j > 0 && (boxes[j].y - boxes[j - 1].y).abs() < 10.0 && boxes[j].x < boxes[j - 1].x
-        {
+        while j > 0 && (boxes[j].y - boxes[j - 1].y).abs() < 10.0 && boxes[j].x < boxes[j - 1].x {
             boxes.swap(j, j - 1);
             j -= 1;
         }

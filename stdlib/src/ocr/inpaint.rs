@@ -97,7 +97,8 @@ fn peel(img: &mut ImageData, unknown: &mut [bool]) -> usize {
     let (w, h) = (img.width as i64, img.height as i64);
     let mut filled = 0;
     let mut frontier: Vec<usize> = Vec::new();
-    let is_unknown = |u: &[bool], x: i64, y: i64| x >= 0 && y >= 0 && x < w && y < h && u[(y * w + x) as usize];
+    let is_unknown =
+        |u: &[bool], x: i64, y: i64| x >= 0 && y >= 0 && x < w && y < h && u[(y * w + x) as usize];
     loop {
         frontier.clear();
         for y in 0..h {

@@ -37,10 +37,7 @@ fn float_param(ctx: &NodeContext, name: &str, default: f64) -> Result<f64, NodeE
 }
 
 fn bad_param(ctx: &NodeContext, name: &str, why: &str) -> NodeError {
-    NodeError::new(format!(
-        "node `{}`: parameter `{name}` {why}",
-        ctx.node.id
-    ))
+    NodeError::new(format!("node `{}`: parameter `{name}` {why}", ctx.node.id))
 }
 
 fn arg(item: &Item, i: usize) -> Result<&Value, NodeError> {
@@ -97,7 +94,10 @@ pub fn register(registry: &mut Registry) {
                 return Err(bad_param(ctx, "max_side", "must be in 32..=8192"));
             }
             Ok(per_item(move |i| {
-                Ok(vec![tensor_value(det::det_input(image(&i, 0)?, max_side as u32))])
+                Ok(vec![tensor_value(det::det_input(
+                    image(&i, 0)?,
+                    max_side as u32,
+                ))])
             }))
         }),
     );
@@ -116,7 +116,11 @@ pub fn register(registry: &mut Registry) {
                 }
             }
             if p.unclip_ratio < 0.0 || p.min_size < 0.0 {
-                return Err(bad_param(ctx, "unclip_ratio", "and `min_size` must be non-negative"));
+                return Err(bad_param(
+                    ctx,
+                    "unclip_ratio",
+                    "and `min_size` must be non-negative",
+                ));
             }
             Ok(per_item(move |i| {
                 let img = image(&i, 0)?;
@@ -138,9 +142,16 @@ pub fn register(registry: &mut Registry) {
                 return Err(bad_param(ctx, "max_width", "must be in 8..=8192"));
             }
             Ok(per_item(move |i| {
-                let ts = rec::rec_inputs(image(&i, 0)?, &boxes(&i, 1)?, height as u32, max_width as u32)
-                    .map_err(NodeError::new)?;
-                Ok(vec![Value::List(ts.into_iter().map(tensor_value).collect())])
+                let ts = rec::rec_inputs(
+                    image(&i, 0)?,
+                    &boxes(&i, 1)?,
+                    height as u32,
+                    max_width as u32,
+                )
+                .map_err(NodeError::new)?;
+                Ok(vec![Value::List(
+                    ts.into_iter().map(tensor_value).collect(),
+                )])
             }))
         }),
     );
@@ -154,7 +165,11 @@ pub fn register(registry: &mut Registry) {
             Ok(per_item(move |i| {
                 let (text, score) =
                     rec::ctc_greedy(tensor(&i, 0)?, &charset).map_err(NodeError::new)?;
-                let text = if score < min_score { String::new() } else { text };
+                let text = if score < min_score {
+                    String::new()
+                } else {
+                    text
+                };
                 Ok(vec![Value::Text(text)])
             }))
         }),

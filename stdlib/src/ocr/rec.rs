@@ -87,7 +87,10 @@ pub fn ctc_greedy(probs: &TensorData, charset: &Charset) -> Result<(String, f32)
         let (best, p) = row
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+            );
         if best != 0 && best != prev {
             text.push_str(&charset.classes[best]);
             sum += f64::from(p);
@@ -95,7 +98,11 @@ pub fn ctc_greedy(probs: &TensorData, charset: &Charset) -> Result<(String, f32)
         }
         prev = best;
     }
-    let score = if kept == 0 { 0.0 } else { (sum / kept as f64) as f32 };
+    let score = if kept == 0 {
+        0.0
+    } else {
+        (sum / kept as f64) as f32
+    };
     Ok((text, score))
 }
 
@@ -144,10 +151,7 @@ mod tests {
         };
         let t = rec_inputs(&img, &[b], 48, 1600).expect("crops");
         assert_eq!(t[0].shape, vec![3, 48, 144]);
-        let far = BoxData {
-            x: 500.0,
-            ..b
-        };
+        let far = BoxData { x: 500.0, ..b };
         assert!(rec_inputs(&img, &[far], 48, 1600).is_err());
     }
 }

@@ -108,11 +108,14 @@ pub fn render(scene: &Scene, base: &Path) -> Result<(ImageData, Vec<BoxData>), S
     let (w, h) = (scene.width, scene.height);
     let mut rgb = Vec::with_capacity(w as usize * h as usize * 3);
     for y in 0..h {
-        let t = if h > 1 { y as f32 / (h - 1) as f32 } else { 0.0 };
+        let t = if h > 1 {
+            y as f32 / (h - 1) as f32
+        } else {
+            0.0
+        };
         let c: Vec<u8> = (0..3)
             .map(|k| {
-                (f32::from(scene.top[k]) * (1.0 - t) + f32::from(scene.bottom[k]) * t).round()
-                    as u8
+                (f32::from(scene.top[k]) * (1.0 - t) + f32::from(scene.bottom[k]) * t).round() as u8
             })
             .collect();
         for _ in 0..w {
@@ -225,8 +228,13 @@ pub fn product_scene(index: u64) -> Scene {
     let mut y = 28.0f32;
     let n = 3 + (rng.next_u64() % 2) as usize;
     for k in 0..n {
-        let size = if k == 0 { 40.0 } else { range(&mut rng, 26.0, 32.0).round() as f32 };
-        let text = CHINESE_LINES[((index * 7 + k as u64 * 11) % CHINESE_LINES.len() as u64) as usize];
+        let size = if k == 0 {
+            40.0
+        } else {
+            range(&mut rng, 26.0, 32.0).round() as f32
+        };
+        let text =
+            CHINESE_LINES[((index * 7 + k as u64 * 11) % CHINESE_LINES.len() as u64) as usize];
         lines.push(Line {
             text: text.to_string(),
             font: font.to_string(),
@@ -268,9 +276,8 @@ mod tests {
                 y: 10.0,
             }],
         };
-        let (img, boxes) = render(&s, Path::new(".")).expect(
-            "renders (needs Debian fonts-dejavu-core and fonts-wqy-microhei)",
-        );
+        let (img, boxes) = render(&s, Path::new("."))
+            .expect("renders (needs Debian fonts-dejavu-core and fonts-wqy-microhei)");
         let b = boxes[0];
         assert!(b.w > 40.0 && b.h == 30.0);
         let mut inside = 0;

@@ -254,7 +254,13 @@ impl Store {
             files: model
                 .files
                 .iter()
-                .map(|f| (f.name.clone(), dir.join(&f.name), format!("sha256:{}", f.sha256)))
+                .map(|f| {
+                    (
+                        f.name.clone(),
+                        dir.join(&f.name),
+                        format!("sha256:{}", f.sha256),
+                    )
+                })
                 .collect(),
             model: model.clone(),
         })
@@ -431,10 +437,7 @@ pub struct OpenedWeights {
 }
 
 /// Resolve and check the `weights` key of a plan node's model config (see [`OpenedWeights`]).
-pub fn open_weights(
-    node: &mars_plan::PlanNode,
-    base: &Path,
-) -> Result<OpenedWeights, StoreError> {
+pub fn open_weights(node: &mars_plan::PlanNode, base: &Path) -> Result<OpenedWeights, StoreError> {
     let model = node
         .implementation
         .model
@@ -457,7 +460,11 @@ pub fn open_weights(
     let (path, files) = if weights.starts_with(MODEL_PREFIX) {
         let store = Store::from_env().map_err(|e| fail(e.0))?;
         let r = store.resolve(weights).map_err(|e| fail(e.0))?;
-        let files = r.files.iter().map(|(n, p, _)| (n.clone(), p.clone())).collect();
+        let files = r
+            .files
+            .iter()
+            .map(|(n, p, _)| (n.clone(), p.clone()))
+            .collect();
         (r.path, files)
     } else {
         let p = base.join(weights);

