@@ -536,7 +536,13 @@ pub fn run_plan(
             Arc::clone(&stop),
             Arc::clone(&scope_done),
         ),
-        None => out_rx,
+        None => {
+            // Only a cluster needs the drain: holding it would keep the request channel open
+            // after the source has stopped (`--fail-fast`), and the reader would block on a
+            // full channel forever.
+            drop(req_drain);
+            out_rx
+        }
     };
 
     let Ok(source) = act_rx.recv() else {
