@@ -209,11 +209,23 @@ fn quantile(xs: &mut [f64], q: f64) -> f64 {
 }
 
 #[tokio::test]
-#[ignore = "RSS grew ~4 MiB/s under 2x overload on a heavily shared 2-core machine (load average 7-17); cause not yet found (suspect: HTTP bodies read before admission, unbounded connections). Run with --ignored."]
 async fn twice_the_capacity_is_refused_fast_and_memory_stays_flat() {
     // Capacity 100 req/s (10 ms a request, one at a time); offered 200 req/s for 6 s, each
     // request carrying 64 KiB. A queue without bound would hold ~600 such requests by the end.
-    let s = Served::start(&["overload"], &["--queue", "16", "--max-inflight", "8"]).await;
+    // The open bound (48 requests) holds what is read before admission: without it a client
+    // that opens connections faster than the node answers grows the bodies held without end.
+    let s = Served::start(
+        &["overload"],
+        &[
+            "--queue",
+            "16",
+            "--max-inflight",
+            "8",
+            "--max-open-requests",
+            "48",
+        ],
+    )
+    .await;
     let pid = s.child.id();
     let body = std::sync::Arc::new(json!({ "text": "x".repeat(64 << 10) }));
     let url = s.url("/v1/pipelines/overload");
@@ -383,4 +395,105 @@ async fn serve_runs_as_process_0_of_a_local_cluster() {
     s.sigterm();
     let status = s.child.wait().expect("exits");
     assert!(status.success(), "{status}");
+}
+
+/// The value of an unlabelled gauge in a metrics text.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Poll the metrics until `name` reaches `want` (a few seconds at most).
+async fn until_gauge(s: &Served, name: &str, want: f64) {
+    let mut seen = None;
+    for _ in 0..400 {
+        seen = gauge(&s.metrics().await, name);
+        if seen == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} never reached {want}: {seen:?}");
+}
+
+#[tokio::test]
+async fn requests_past_the_open_bounds_are_refused_before_their_body_is_read() {
+    // One slow node (300 ms a request). Two open requests at most, and 1 MiB of bodies.
+    let s = Served::start(
+        &["slow"],
+        &[
+            "--max-open-requests",
+            "2",
+            "--max-open-mib",
+            "1",
+            "--max-body-bytes",
+            "1048576",
+        ],
+    )
+    .await;
+    let url = s.url("/v1/pipelines/slow");
+    let send = |body: String| {
+        let (c, url) = (s.client.clone(), url.clone());
+        tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("answers");
+            r.status().as_u16()
+        })
+    };
+    // A body of 600 KiB (valid JSON: the value, then spaces) reserves 600 KiB.
+    let big = |x: i64| format!("{{\"x\": {x}}}{}", " ".repeat(600 << 10));
+    let first = send(big(1));
+    until_gauge(&s, "mars_open_requests", 1.0).await;
+    // A second 600 KiB body would pass the 1 MiB bound: refused at once, 503 + Retry-After.
+    let r = s
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(big(2))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let text = r.text().await.expect("a body");
+    assert!(text.contains("--max-open-mib 1"), "{text}");
+    // A small one fits the bytes and is the second open request.
+    let second = send(r#"{"x": 3}"#.to_string());
+    until_gauge(&s, "mars_open_requests", 2.0).await;
+    let (status, body) = post(&s.client, &url, &json!({"x": 4})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--max-open-requests 2")),
+        "{body}"
+    );
+    // Health and metrics stay open past the bound.
+    let health = s
+        .client
+        .get(s.url("/v2/health/ready"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(first.await.expect("joins"), 200);
+    assert_eq!(second.await.expect("joins"), 200);
+    // The reservations come back with the answers.
+    until_gauge(&s, "mars_open_requests", 0.0).await;
+    assert_eq!(gauge(&s.metrics().await, "mars_open_body_bytes"), Some(0.0));
+    let (status, body) = post(&s.client, &url, &json!({"x": 5})).await;
+    assert_eq!(status, 200, "{body}");
+    let text = s.metrics().await;
+    assert!(
+        text.contains(r#"mars_refusals_total{pipeline="slow",reason="open_limit"} 2"#),
+        "{text}"
+    );
 }

@@ -141,6 +141,43 @@ async fn guard(State(server): State<AppState>, req: Request, next: Next) -> Resp
         }
     }
     let pipeline = pipeline_of(&path).unwrap_or("-").to_string();
+    // Held until the answer is out (or the caller goes away): what bounds the memory of
+    // bodies read and requests waiting, whatever the clients do.
+    let _slot = if open {
+        None
+    } else {
+        let body = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(server.limits.max_body, |n| n.min(server.limits.max_body));
+        match server.open.reserve(body, &server.limits) {
+            Some(slot) => Some(slot),
+            None => {
+                let (requests, bytes) = server.open.held();
+                server
+                    .metrics
+                    .refused(server.label(&pipeline), "open_limit");
+                tracing::info!(target: "mars::access", id, %method, %path, pipeline = %pipeline, status = 503, outcome = "open_limit", latency_ms = start.elapsed().as_secs_f64() * 1000.0);
+                let message = format!(
+                    "the server holds {requests} open requests ({} MiB of bodies), its bound \
+                     (--max-open-requests {}, --max-open-mib {}); retry later",
+                    bytes >> 20,
+                    server.limits.max_open,
+                    server.limits.max_open_bytes >> 20
+                );
+                let mut r = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(json!({ "error": message })),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
+        }
+    };
     let r = next.run(req).await;
     let outcome = r.extensions().get::<Outcome>().map_or("-", |o| o.0);
     tracing::info!(
@@ -224,6 +261,8 @@ async fn model_ready_v(s: State<AppState>, Path((p, _)): Path<(String, String)>)
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    let (requests, bytes) = s.open.held();
+    s.metrics.set_open(requests, bytes);
     let text = s.metrics.render(&s.all());
     (
         [(

@@ -3,7 +3,9 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `mars_requests` (`_total`) | counter | pipeline, endpoint, outcome |
-//! | `mars_refusals` (`_total`) | counter | pipeline, reason (`queue_full`, `draining`) |
+//! | `mars_refusals` (`_total`) | counter | pipeline, reason (`queue_full`, `draining`, `open_limit`) |
+//! | `mars_open_requests` | gauge | — (HTTP requests being read, queued or answered) |
+//! | `mars_open_body_bytes` | gauge | — (body bytes those requests reserve) |
 //! | `mars_request_duration_seconds` | histogram | pipeline, endpoint |
 //! | `mars_queue_depth` | gauge | pipeline |
 //! | `mars_in_flight` | gauge | pipeline |
@@ -59,6 +61,8 @@ pub struct Metrics {
     node_utilization: Family<Labels, Gauge<f64, AtomicU64>>,
     kv_used: Family<Labels, Gauge>,
     kv_capacity: Family<Labels, Gauge>,
+    open_requests: Gauge,
+    open_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -83,6 +87,8 @@ impl Metrics {
             node_utilization: Family::default(),
             kv_used: Family::default(),
             kv_capacity: Family::default(),
+            open_requests: Gauge::default(),
+            open_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -99,6 +105,16 @@ impl Metrics {
             "mars_request_duration_seconds",
             "Time from a request's arrival to its answer",
             m.duration.clone(),
+        );
+        registry.register(
+            "mars_open_requests",
+            "HTTP requests open (being read, queued or answered)",
+            m.open_requests.clone(),
+        );
+        registry.register(
+            "mars_open_body_bytes",
+            "Body bytes reserved by open HTTP requests",
+            m.open_bytes.clone(),
         );
         registry.register(
             "mars_queue_depth",
@@ -159,6 +175,12 @@ impl Metrics {
         self.duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    /// What the HTTP front end holds open now, for the next scrape.
+    pub fn set_open(&self, requests: usize, bytes: usize) {
+        self.open_requests.set(requests as i64);
+        self.open_bytes.set(bytes as i64);
     }
 
     /// One request refused at admission.

@@ -3,7 +3,7 @@
 //! ([`Server::call`]): admission, deadline, cancellation when the caller goes away.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,83 @@ pub struct Limits {
     pub max_body: usize,
     /// When set, every endpoint but health and metrics wants `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
+    /// At most this many requests open at once over all pipelines (being read, waiting for
+    /// admission or their answer); more are refused (503) before their body is read.
+    pub max_open: usize,
+    /// At most this many body bytes held by open requests (each reserves its
+    /// `Content-Length`, or `max_body` when it names none); more are refused (503) before
+    /// their body is read. With `max_open`, the bound that keeps memory flat whatever the
+    /// clients send.
+    pub max_open_bytes: usize,
+}
+
+impl Limits {
+    /// Limits for tests and benches: no deadline, no key, generous bounds.
+    pub fn open_defaults() -> Limits {
+        Limits {
+            default_timeout: None,
+            max_body: DEFAULT_MAX_BODY,
+            api_key: None,
+            max_open: DEFAULT_MAX_OPEN,
+            max_open_bytes: DEFAULT_MAX_OPEN_BYTES,
+        }
+    }
+}
+
+/// Default `--max-body-bytes`.
+pub const DEFAULT_MAX_BODY: usize = 16 << 20;
+/// Default `--max-open-requests`.
+pub const DEFAULT_MAX_OPEN: usize = 1024;
+/// Default `--max-open-mib`, in bytes.
+pub const DEFAULT_MAX_OPEN_BYTES: usize = 256 << 20;
+
+/// Requests the HTTP front end holds open and the body bytes they reserve (see
+/// [`Limits::max_open`]).
+#[derive(Debug, Default)]
+pub struct Open {
+    requests: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// One open request's reservation; dropping it (the answer is out, or the caller went away
+/// and its future was dropped) gives the reservation back.
+#[derive(Debug)]
+pub struct OpenSlot {
+    open: Arc<Open>,
+    bytes: usize,
+}
+
+impl Open {
+    /// Reserve room for a request whose body may be `bytes` long, or `None` when the
+    /// server holds as many requests or bytes as `limits` allow.
+    pub fn reserve(self: &Arc<Self>, bytes: usize, limits: &Limits) -> Option<OpenSlot> {
+        let n = self.requests.fetch_add(1, Ordering::AcqRel) + 1;
+        let b = self.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if n > limits.max_open || b > limits.max_open_bytes {
+            self.requests.fetch_sub(1, Ordering::AcqRel);
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return None;
+        }
+        Some(OpenSlot {
+            open: Arc::clone(self),
+            bytes,
+        })
+    }
+
+    /// (requests, bytes) held now.
+    pub fn held(&self) -> (usize, usize) {
+        (
+            self.requests.load(Ordering::Acquire),
+            self.bytes.load(Ordering::Acquire),
+        )
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.open.requests.fetch_sub(1, Ordering::AcqRel);
+        self.open.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// Why a call gave no outcome, or a failed one. Each protocol maps it to its own status.
@@ -134,6 +211,8 @@ pub struct Server {
     draining: AtomicBool,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// What the HTTP front end holds open now.
+    pub open: Arc<Open>,
     next_log_id: AtomicU64,
     /// Names of the pipelines still loading, for messages.
     expected: Vec<String>,
@@ -147,6 +226,7 @@ impl Server {
             draining: AtomicBool::new(false),
             limits,
             metrics,
+            open: Arc::default(),
             next_log_id: AtomicU64::new(1),
             expected,
         }
@@ -193,6 +273,16 @@ impl Server {
         !self.is_draining() && self.get(name).is_some_and(|s| s.failure().is_none())
     }
 
+    /// `name` as a metrics label: a pipeline this server serves, else `-` (names from
+    /// request paths must not grow the label set without bound).
+    pub fn label<'a>(&self, name: &'a str) -> &'a str {
+        if self.expected.iter().any(|e| e == name) {
+            name
+        } else {
+            "-"
+        }
+    }
+
     /// A request number for the access log.
     pub fn log_id(&self) -> u64 {
         self.next_log_id.fetch_add(1, Ordering::Relaxed)
@@ -222,7 +312,7 @@ impl Server {
     /// The pipeline, or why it cannot take a request now.
     pub fn service(&self, name: &str) -> Result<Arc<Service>, CallError> {
         if self.is_draining() {
-            self.metrics.refused(name, "draining");
+            self.metrics.refused(self.label(name), "draining");
             return Err(CallError::NotReady(
                 "the server is shutting down; send new requests elsewhere".into(),
             ));

@@ -87,11 +87,7 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
     let config = Config {
         http: Some(([127, 0, 0, 1], 0).into()),
         grpc: None,
-        limits: Limits {
-            default_timeout: None,
-            max_body: 16 << 20,
-            api_key: None,
-        },
+        limits: Limits::open_defaults(),
         drain_timeout: Duration::from_secs(10),
         service: ServiceOptions {
             queue: args.queue,

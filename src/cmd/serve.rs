@@ -42,8 +42,17 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub drain_timeout: f64,
     /// Largest request body accepted, in bytes (larger: 413).
-    #[arg(long, default_value_t = 16 << 20)]
+    #[arg(long, default_value_t = mars_serve::state::DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,
+    /// At most this many HTTP requests open at once, over all pipelines (being read,
+    /// queued or answered); more get 503 before their body is read.
+    #[arg(long, default_value_t = mars_serve::state::DEFAULT_MAX_OPEN)]
+    pub max_open_requests: usize,
+    /// At most this many MiB of request bodies held at once (each request reserves its
+    /// Content-Length, or --max-body-bytes without one); more get 503 before their body is
+    /// read. At least --max-body-bytes.
+    #[arg(long, value_name = "MIB", default_value_t = mars_serve::state::DEFAULT_MAX_OPEN_BYTES >> 20)]
+    pub max_open_mib: usize,
     /// Allow `{"$file": …}` and `{"$npy": …}` inputs naming relative paths inside DIR (by
     /// default served requests carry their data inline).
     #[arg(long, value_name = "DIR")]
@@ -196,6 +205,15 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
     if let Some(c) = &cluster {
         mars_runtime::cluster::report_lost_links(c.hosts.clone());
     }
+    let max_open_bytes = args.max_open_mib.saturating_mul(1 << 20);
+    if max_open_bytes < args.max_body_bytes {
+        return Err(miette::miette!(
+            "--max-open-mib {} is less than one largest body (--max-body-bytes {}): no such \
+             request could ever be read",
+            args.max_open_mib,
+            args.max_body_bytes
+        ));
+    }
     let mut pipelines = Vec::new();
     for path in &args.plans {
         let (plan, base_dir) = super::run::load_plan(path)?;
@@ -211,6 +229,8 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
                 .transpose()?,
             max_body: args.max_body_bytes,
             api_key,
+            max_open: args.max_open_requests.max(1),
+            max_open_bytes,
         },
         drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
         service: ServiceOptions {
