@@ -15,6 +15,7 @@ pub mod llm_eval;
 pub mod llm_quant;
 pub mod numbers;
 pub mod onnx;
+pub mod onnx_plans;
 pub mod onnx_shapes;
 pub mod qlinear;
 pub mod quant;

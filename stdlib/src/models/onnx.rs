@@ -4,12 +4,14 @@
 //! graph's inputs and outputs ([`onnx_shapes::check_port`]), and then runs items through
 //! optimized plans built for concrete shapes: tract optimizes a graph only for known sizes
 //! (PP-OCR's detector fails with symbolic height and width), and building a plan costs
-//! 150–300 ms, so plans are cached, one per input shape (at most [`PLAN_CACHE`]; the least
-//! recently used goes first). Variable sizes are padded up to the model block's shape
+//! 0.15–2.5 s, so plans are cached, one per input shape, and shared by every replica and run
+//! in the process ([`onnx_plans`](super::onnx_plans)). Variable sizes are padded up to the model block's shape
 //! buckets so that items of different sizes share a plan and a batch; output axes that
 //! follow a padded input axis (the same symbol in the `.mars` ports) are cut back to the
 //! item's own size. Where the graph has a leading batch axis the ports leave out, the items
-//! of a batch with the same bucketed shapes run as one tensor.
+//! of a batch with the same bucketed shapes run as one tensor, in parts whose sizes are
+//! powers of two ([`batch_parts`]), so that a node batching up to `max` items needs
+//! log₂(max) + 1 plans per input shape.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,15 +21,15 @@ use mars_runtime::{Item, Node, NodeContext, NodeError, Outputs, TensorData, Valu
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use super::onnx_plans::{batch_parts, get_or_build, GraphKey};
 use super::onnx_shapes::{check_port, Buckets, DeclDim, DeclTensor, GraphDim, GraphTensor, Layout};
-
-/// At most this many optimized plans are kept per node replica.
-pub const PLAN_CACHE: usize = 24;
 
 /// A loaded ONNX graph: the inference model (plans are built from it), its inputs' and
 /// outputs' facts as the file states them, and the file's `metadata_props`.
 pub struct OnnxGraph {
     model: InferenceModel,
+    /// What the shared plan cache knows this graph by.
+    key: GraphKey,
     pub inputs: Vec<GraphTensor>,
     pub outputs: Vec<GraphTensor>,
     pub metadata: BTreeMap<String, String>,
@@ -69,7 +71,7 @@ impl OnnxGraph {
         let model = tract_onnx::onnx()
             .model_for_path(path)
             .map_err(|e| format!("cannot load ONNX model `{}`: {e:#}", path.display()))?;
-        OnnxGraph::from_model(model)
+        OnnxGraph::from_model(model, GraphKey::of_file(path))
     }
 
     /// From a parsed ONNX model (tests build small ones in memory).
@@ -77,10 +79,10 @@ impl OnnxGraph {
         let model = tract_onnx::onnx()
             .model_for_proto_model(proto)
             .map_err(|e| format!("cannot load ONNX model: {e:#}"))?;
-        OnnxGraph::from_model(model)
+        OnnxGraph::from_model(model, GraphKey::unique())
     }
 
-    fn from_model(model: InferenceModel) -> Result<OnnxGraph, String> {
+    fn from_model(model: InferenceModel, key: GraphKey) -> Result<OnnxGraph, String> {
         let label = |o: OutletId| {
             model
                 .outlet_label(o)
@@ -113,6 +115,7 @@ impl OnnxGraph {
             .collect();
         Ok(OnnxGraph {
             model,
+            key,
             inputs,
             outputs,
             metadata,
@@ -160,10 +163,7 @@ pub struct OnnxNode {
     batched: bool,
     buckets: Buckets,
     pad: f32,
-    /// Plans by the graph's concrete input shapes, with when each was last used.
-    plans: BTreeMap<Vec<Vec<usize>>, (u64, Arc<TypedRunnableModel>)>,
-    clock: u64,
-    /// Plans built so far (for tests and `--explain`-style reports).
+    /// Plans this node built so far (others it found built; for tests and reports).
     pub plans_built: usize,
 }
 
@@ -253,8 +253,6 @@ impl OnnxNode {
             batched,
             buckets,
             pad,
-            plans: BTreeMap::new(),
-            clock: 0,
             plans_built: 0,
         })
     }
@@ -386,27 +384,12 @@ impl OnnxNode {
     }
 
     fn cached_plan(&mut self, shapes: Vec<Vec<usize>>) -> Result<Arc<TypedRunnableModel>, String> {
-        self.clock += 1;
-        if let Some((used, plan)) = self.plans.get_mut(&shapes) {
-            *used = self.clock;
-            return Ok(plan.clone());
-        }
-        let plan = self
-            .graph
-            .plan(&shapes)
+        let graph = &self.graph;
+        let (plan, built) = get_or_build(&graph.key, &shapes, || graph.plan(&shapes))
             .map_err(|e| format!("cannot build a plan for input shapes {shapes:?}: {e:#}"))?;
-        self.plans_built += 1;
-        if self.plans.len() >= PLAN_CACHE {
-            if let Some(oldest) = self
-                .plans
-                .iter()
-                .min_by_key(|(_, (used, _))| *used)
-                .map(|(k, _)| k.clone())
-            {
-                self.plans.remove(&oldest);
-            }
+        if built {
+            self.plans_built += 1;
         }
-        self.plans.insert(shapes, (self.clock, plan.clone()));
         Ok(plan)
     }
 
@@ -564,6 +547,17 @@ impl Node for OnnxNode {
                 }
             }
         }
+        // A batched group runs in parts of power-of-two sizes (fewer plans to build).
+        let groups = groups.into_iter().flat_map(|(shapes, ks)| {
+            let mut at = 0;
+            batch_parts(ks.len())
+                .into_iter()
+                .map(|n| {
+                    at += n;
+                    (shapes.clone(), ks[at - n..at].to_vec())
+                })
+                .collect::<Vec<_>>()
+        });
         for (shapes, ks) in groups {
             let items: Vec<_> = ks
                 .iter()
@@ -663,6 +657,13 @@ mod tests {
         OnnxGraph::from_proto(&proto).expect("the test graph loads")
     }
 
+    /// The affine graph under a cache key of the test's choosing (as if from one file).
+    fn affine_as(key: GraphKey) -> OnnxGraph {
+        let mut g = affine();
+        g.key = key;
+        g
+    }
+
     fn tensor(shape: &[usize], start: f32) -> Value {
         let n: usize = shape.iter().product();
         Value::Tensor(Arc::new(TensorData {
@@ -723,6 +724,40 @@ mod tests {
         assert_eq!(n.plans_built, 2);
         n.run_batch(vec![vec![tensor(&[2, 2], 0.0)]]);
         assert_eq!(n.plans_built, 3);
+    }
+
+    #[test]
+    fn a_batch_runs_in_power_of_two_parts_and_replicas_share_plans() {
+        let key = GraphKey::unique();
+        let replica = || {
+            OnnxNode::with_graph(
+                "n",
+                affine_as(key.clone()),
+                "affine.onnx",
+                &["Tensor<f32, [2, W]>".to_string()],
+                &["Tensor<f32, [2, W]>".to_string()],
+                Buckets::parse("W=4").expect("buckets"),
+                0.0,
+            )
+            .expect("loads")
+        };
+        let mut a = replica();
+        // Seven items of one bucket run as 4 + 2 + 1: three plans; every result is right.
+        let out = a.run_batch((0..7).map(|i| vec![tensor(&[2, 4], i as f32)]).collect());
+        assert_eq!(a.plans_built, 3);
+        for (i, r) in out.iter().enumerate() {
+            match r.as_ref().expect("ok").first() {
+                Some(Value::Tensor(t)) => assert_eq!(t.data[0], 2.0 * i as f32 + 1.0),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Six (4 + 2) and five (4 + 1) need no new plan, on this replica or another one.
+        a.run_batch((0..6).map(|_| vec![tensor(&[2, 4], 0.0)]).collect());
+        assert_eq!(a.plans_built, 3);
+        let mut b = replica();
+        let out = b.run_batch((0..5).map(|_| vec![tensor(&[2, 4], 0.0)]).collect());
+        assert!(out.iter().all(Result::is_ok));
+        assert_eq!(b.plans_built, 0);
     }
 
     #[test]
