@@ -219,3 +219,56 @@ fn product_image_translate_writes_images_end_to_end() {
     let msg = r[2]["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("cannot decode image"), "{}", r[2]);
 }
+
+/// The product images shipped in `pipelines/data/products/` (the sample input of
+/// `pipelines/product_image_translate.mars`, `pipelines/data/products.jsonl`) are
+/// `render::product_scene(0..6)` drawn with the Debian fonts. `MARS_BLESS=1` writes them
+/// again; otherwise each must match its scene as rendered now, pixel for pixel up to a mean
+/// difference of 2 levels (a font package's hinting may move a few edge pixels).
+#[test]
+fn shipped_product_samples_are_the_rendered_product_scenes() {
+    let dir = root().join("pipelines/data/products");
+    let bless = std::env::var("MARS_BLESS").as_deref() == Ok("1");
+    let mut requests = String::new();
+    for i in 0..6u64 {
+        let (img, _) =
+            render::render(&render::product_scene(i), Path::new(".")).expect("renders (fonts?)");
+        let name = format!("product_{i}.png");
+        requests.push_str(&format!(
+            "{{\"img\": {{\"$file\": \"products/{name}\"}}}}\n"
+        ));
+        if bless {
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(dir.join(&name), encode(&img, Format::Png).expect("png"))
+                .expect("write");
+            continue;
+        }
+        let bytes =
+            std::fs::read(dir.join(&name)).expect("a shipped sample (MARS_BLESS=1 writes it)");
+        let shipped = mars_stdlib::image::decode(&bytes).expect("a PNG");
+        assert_eq!(
+            (shipped.width, shipped.height),
+            (img.width, img.height),
+            "{name}"
+        );
+        let diff: u64 = shipped
+            .rgb
+            .iter()
+            .zip(&img.rgb)
+            .map(|(a, b)| u64::from(a.abs_diff(*b)))
+            .sum();
+        let mean = diff as f64 / img.rgb.len() as f64;
+        assert!(
+            mean < 2.0,
+            "{name}: mean difference {mean:.2} from its scene"
+        );
+    }
+    let list = root().join("pipelines/data/products.jsonl");
+    if bless {
+        std::fs::write(&list, &requests).expect("write");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&list).expect("products.jsonl"),
+        requests
+    );
+}
