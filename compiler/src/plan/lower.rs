@@ -67,7 +67,8 @@ pub fn lower_plan(
         let node = &pipeline.graph[mnode.index];
         let opt = &mnode.options[solution.choice[i]];
         let replicas = eval.replicas[i];
-        let items_per_s = eval.capacity * mnode.fanout;
+        // At the operating rate: the offered load when planned for one, else the capacity.
+        let items_per_s = eval.rate * mnode.fanout;
         // Per item: a batch's L/b, or the per-step cost (kept apart so that plans of
         // non-generating nodes stay byte for byte what they were).
         let (u, served) = if opt.per_step {
@@ -215,6 +216,7 @@ pub fn lower_plan(
         slos,
         notes: options.notes.clone(),
         inline,
+        rate: model.objectives.load().map(round3),
     }
 }
 
