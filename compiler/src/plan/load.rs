@@ -121,9 +121,9 @@ pub fn load_table(planned: &Planned) -> String {
         }
     }
     for r in std::iter::once(&header).chain(&cells) {
-        let mut l = String::from(" ");
+        let mut l = String::new();
         for (c, w) in r.iter().zip(widths) {
-            let _ = write!(l, " {c}{}", " ".repeat(w - c.chars().count()));
+            let _ = write!(l, "  {c}{}", " ".repeat(w - c.chars().count()));
         }
         let _ = writeln!(s, "{}", l.trim_end());
     }

@@ -282,15 +282,18 @@ pub fn describe_critical_path(model: &CostModel, solution: &Solution) -> String 
     let e = &solution.eval;
     let mut run = 0.0;
     let mut fill = 0.0;
+    let mut queue = 0.0;
     let mut slowest: Option<(usize, f64)> = None;
     for &i in &e.critical_path {
         let node = &model.nodes[i];
         let opt = &node.options[solution.choice[i]];
         let f = opt.fill_ms(e.rate * node.fanout);
+        let q = e.waits.get(i).map_or(0.0, |w| w.p99_ms);
         run += opt.p99_ms;
         fill += f;
-        if slowest.is_none_or(|(_, t)| opt.p99_ms + f > t) {
-            slowest = Some((i, opt.p99_ms + f));
+        queue += q;
+        if slowest.is_none_or(|(_, t)| opt.p99_ms + f + q > t) {
+            slowest = Some((i, opt.p99_ms + f + q));
         }
     }
     let names: Vec<&str> = e
@@ -305,8 +308,15 @@ pub fn describe_critical_path(model: &CostModel, solution: &Solution) -> String 
         round3(run),
         round3(fill.min(1.0e9))
     );
-    let hops = round3(e.p99_ms - run - fill);
-    if hops > 0.0 {
+    if !e.waits.is_empty() {
+        s.push_str(&format!(
+            ", {} ms queueing for a replica at {}/s",
+            round3(queue.min(1.0e9)),
+            round3(e.rate)
+        ));
+    }
+    let hops = round3(e.p99_ms - run - fill - queue);
+    if hops > 0.0 && hops.is_finite() {
         s.push_str(&format!(", {hops} ms crossing workers"));
     }
     s.push(')');
