@@ -308,7 +308,7 @@ fn at_load(
 /// The fewest replicas whose queue stays stable at `x` requests/s (u < r): ⌊u⌋ + 1.
 pub fn stable_replicas(x: f64, per_request: f64) -> u32 {
     let u = x * per_request;
-    if !(u > 0.0) {
+    if u.is_nan() || u <= 0.0 {
         return 1;
     }
     let r = (u + 1e-9 * u.max(1.0)).floor() + 1.0;
@@ -331,15 +331,14 @@ fn add_headroom(
     replicas: &mut [u32],
     waits: &mut [Wait],
 ) {
+    // Cores held by replica threads: a replica holds its cores while it runs a batch, so the
+    // worker's cores are shared out whole. Inline nodes run on the worker's own thread, and the
+    // runtime's share (SPEC 2.4.9) is a few microseconds per item: neither holds a core.
     let mut spare: Vec<f64> = model.workers.iter().map(|w| w.cpus).collect();
     let mut memory: Vec<Option<f64>> = model.workers.iter().map(|w| w.memory_mb).collect();
-    if let Some(first) = spare.first_mut() {
-        *first -= x * model.request_cores();
-    }
     for (i, (node, &o)) in model.nodes.iter().zip(choice).enumerate() {
         let opt = &node.options[o];
-        spare[opt.worker] -= x * model.runtime_cores(i, opt);
-        if opt.gpu.is_none() {
+        if opt.gpu.is_none() && !(node.builtin_cpu && super::model::cheap(opt)) {
             spare[opt.worker] -= f64::from(replicas[i]) * opt.cores;
             if let Some(m) = memory[opt.worker].as_mut() {
                 *m -= f64::from(replicas[i]) * opt.memory_mb;

@@ -84,7 +84,7 @@ pub const LOADS: [f64; 7] = [0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99];
 pub fn load_table(planned: &Planned) -> String {
     let capacity = planned.solution.eval.capacity;
     let mut s = String::new();
-    if !(capacity > 0.0) || capacity >= super::model::MAX_THROUGHPUT {
+    if capacity.is_nan() || capacity <= 0.0 || capacity >= super::model::MAX_THROUGHPUT {
         return s;
     }
     let mut rows: Vec<(f64, String)> = LOADS
