@@ -249,10 +249,16 @@ pub fn describe_bound(model: &CostModel, solution: &Solution) -> String {
     let e = &solution.eval;
     match e.bound {
         Bound::Replicas(i) => {
-            let limit = model.nodes[i].fixed_replicas.map_or_else(
-                || format!("the limit of {} replicas", model.max_replicas()),
-                |r| format!("its `@replicas({r})`"),
-            );
+            let limit = match model.nodes[i].fixed_replicas {
+                Some(r) => format!("its `@replicas({r})`"),
+                // Planned for a load: the replicas were chosen for it (SPEC 2.4.10).
+                None if !e.waits.is_empty() => format!(
+                    "the {} replicas chosen for {}/s",
+                    e.replicas[i],
+                    round3(e.rate)
+                ),
+                None => format!("the limit of {} replicas", model.max_replicas()),
+            };
             format!("node `{}` at {limit}", model.nodes[i].id)
         }
         Bound::Cpu(w) => format!(
