@@ -622,3 +622,86 @@ fn compile_plans_a_generating_model_by_policy() {
     );
     assert!(plan.slos[0].met, "{:?}", plan.slos);
 }
+
+/// `--rate R` plans for an offered load (SPEC 2.4.10): the plan records R, its p99 at R includes
+/// queueing and is no worse than the saturation plan's at R, `--explain` prints the latency by
+/// load, and a rate above what any plan carries is refused with the capacity. The plan is
+/// golden (`tests/planner/app.rate.plan.yaml`, rewritten with `MARS_BLESS=1`).
+#[test]
+fn compile_with_a_rate_plans_for_that_load() {
+    let dir = scratch();
+    let base = [
+        "compile",
+        "app.mars",
+        "--profile",
+        "app.profile.yaml",
+        "--target",
+        "one_gpu.yaml",
+        "-o",
+    ];
+    let r = run(
+        dir.path(),
+        &[&base[..], &["rate.plan.yaml", "--rate", "50", "--explain"]].concat(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("at 50/s offered"), "{}", r.stderr);
+    for needle in [
+        "objective: carry the offered load of 50/s (`--rate`) with the lowest p99",
+        "queueing for a replica at 50/s",
+        "predicted latency by offered load",
+        "planned for",
+        "at 100% of capacity",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "missing {needle:?} in:\n{}",
+            r.stdout
+        );
+    }
+    let text = std::fs::read_to_string(dir.path().join("rate.plan.yaml")).expect("written");
+    let golden = fixtures().join("app.rate.plan.yaml");
+    if std::env::var_os("MARS_BLESS").is_some() {
+        std::fs::write(&golden, &text).expect("bless");
+    }
+    let expected =
+        std::fs::read_to_string(&golden).expect("golden plan exists (run with MARS_BLESS=1)");
+    assert_eq!(
+        text, expected,
+        "the plan differs from tests/planner/app.rate.plan.yaml"
+    );
+    let plan = read_plan(&dir.path().join("rate.plan.yaml"));
+    assert_eq!(plan.rate, Some(50.0));
+    assert!(plan.predicted.throughput > 50.0);
+    assert!(plan.slos[0].met);
+
+    // The saturation plan records no rate and waits for batches that at 50/s take long to
+    // fill: at 50/s nothing batches.
+    let r = run(dir.path(), &[&base[..], &["sat.plan.yaml"]].concat());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let sat = read_plan(&dir.path().join("sat.plan.yaml"));
+    assert_eq!(sat.rate, None);
+    let wait = |p: &Plan| p.nodes.iter().map(|n| n.batch.wait_ms).sum::<f64>();
+    assert_eq!(wait(&plan), 0.0);
+    assert!(wait(&sat) > 0.0);
+
+    // Over capacity: refused, naming the most any plan carries.
+    let r = run(
+        dir.path(),
+        &[&base[..], &["x.plan.yaml", "--rate", "5000"]].concat(),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("mars::plan::rate_unreachable"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("offered load of 5000/s"), "{}", r.stderr);
+    assert!(!dir.path().join("x.plan.yaml").exists());
+    // Not a rate.
+    let r = run(
+        dir.path(),
+        &[&base[..], &["x.plan.yaml", "--rate", "0"]].concat(),
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not a positive rate"), "{}", r.stderr);
+}

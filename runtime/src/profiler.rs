@@ -1254,6 +1254,7 @@ mod tests {
                     "Text",
                 ),
             ],
+            rate: None,
             predicted: PipelinePrediction {
                 throughput: 1.0,
                 latency_p50_ms: 1.0,

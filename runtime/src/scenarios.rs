@@ -113,6 +113,7 @@ pub fn delay_chain(name: &str, item_ms: &[f64], batch: BatchSpec, replicas: u32)
             ty: "Int".into(),
             from: Arg::node(last, 0),
         }],
+        rate: None,
         predicted: PipelinePrediction {
             throughput: if bottleneck.1.is_finite() {
                 bottleneck.1

@@ -413,6 +413,7 @@ mod overhead {
             pipeline: None,
             explain: false,
             allow_slo_miss: false,
+            rate: None,
         })?;
         if code != std::process::ExitCode::SUCCESS {
             return Err(miette::miette!("the overhead chain did not compile"));
@@ -540,6 +541,7 @@ fn fidelity_cpu(requests: u64, cpus: f64) -> miette::Result<serde_json::Value> {
         pipeline: None,
         explain: true,
         allow_slo_miss: false,
+        rate: None,
     })?;
     if code != ExitCode::SUCCESS {
         return Err(miette!("the fidelity pipeline did not compile"));

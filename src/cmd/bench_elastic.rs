@@ -54,6 +54,7 @@ fn compile(dir: &Path, name: &str, profile_text: &str) -> miette::Result<mars_pl
         pipeline: None,
         explain: false,
         allow_slo_miss: false,
+        rate: None,
     })?;
     if code != ExitCode::SUCCESS {
         return Err(miette!("the elastic benchmark's pipeline did not compile"));

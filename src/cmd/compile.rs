@@ -43,6 +43,21 @@ pub struct Args {
     /// Write the best plan even when an SLO cannot be met (still reported on stderr).
     #[arg(long)]
     pub allow_slo_miss: bool,
+    /// Plan for an offered load of this many requests/s rather than for saturation: the plan
+    /// must carry it, and among the plans that do, the lowest p99 at it wins (batch waits and
+    /// replicas chosen for that load; latencies include queueing, SPEC 2.4.10).
+    #[arg(long, value_name = "REQ_PER_S", value_parser = positive_rate)]
+    pub rate: Option<f64>,
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    let s = s.strip_suffix("/s").unwrap_or(s);
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not a positive rate in requests/s (e.g. 200 or 200/s)"
+        )),
+    }
 }
 
 pub fn run(args: Args) -> miette::Result<ExitCode> {
@@ -167,6 +182,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         profile_text,
         notes,
         allow_slo_miss: args.allow_slo_miss,
+        rate: args.rate,
         search: Default::default(),
     };
     let mut planned = match plan_pipeline_explained(pipeline, profile.as_ref(), &target, &options) {
@@ -197,8 +213,12 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         );
     }
     file_io::write_whole(&output, plan.to_yaml().as_bytes())?;
+    let at = plan
+        .rate
+        .map(|r| format!(" at {r}/s offered"))
+        .unwrap_or_default();
     eprintln!(
-        "wrote {}: pipeline `{}`, {} nodes, {}/s, latency p99 {} ms, bottleneck {}",
+        "wrote {}: pipeline `{}`, {} nodes, {}/s, latency p99 {} ms{at}, bottleneck {}",
         output.display(),
         plan.pipeline,
         plan.nodes.len(),

@@ -79,6 +79,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         pipeline: None,
         explain: !args.quiet,
         allow_slo_miss: false,
+        rate: None,
     })?;
     if compiled != ExitCode::SUCCESS {
         return Ok(compiled);

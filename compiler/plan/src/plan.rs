@@ -48,6 +48,11 @@ pub struct Plan {
     /// chooses inline for CPU builtins that cost a few microseconds (SPEC 2.3, 3.5).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inline: Vec<String>,
+    /// The offered load (requests/s) the plan was planned for: `marsc compile --rate R`, else
+    /// the throughput SLO's N; latencies are predicted at it, queueing included (SPEC 2.4.10).
+    /// Absent: planned for saturation (plans written before it existed load as such).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
     /// The pipeline-level prediction.
     pub predicted: PipelinePrediction,
     /// One verdict per `slo` statement.

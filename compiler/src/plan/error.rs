@@ -93,6 +93,20 @@ pub enum PlanError {
         #[label("not met")]
         span: Option<SourceSpan>,
     },
+
+    /// `--rate R` above what any plan sustains with a stable queue.
+    #[error("no plan carries the offered load of {rate}/s (`--rate`): the most any plan sustains is {best}/s; the binding constraint is {binding}")]
+    #[diagnostic(
+        code(mars::plan::rate_unreachable),
+        help("plan for a lower rate, give the target more resources, or pass `--allow-slo-miss` to write the best plan anyway")
+    )]
+    RateUnreachable {
+        rate: f64,
+        best: f64,
+        binding: String,
+        #[label("this pipeline")]
+        span: Option<SourceSpan>,
+    },
 }
 
 impl PlanError {
@@ -105,6 +119,7 @@ impl PlanError {
             PlanError::NoOption { .. } => "mars::plan::no_option",
             PlanError::DoesNotFit { .. } => "mars::plan::does_not_fit",
             PlanError::SloUnmet { .. } => "mars::plan::slo_unmet",
+            PlanError::RateUnreachable { .. } => "mars::plan::rate_unreachable",
         }
     }
 
@@ -125,6 +140,9 @@ impl PlanError {
             PlanError::NoOption { span, .. } => span.map(|s| (s, "here".to_string())),
             PlanError::DoesNotFit { span, .. } => span.map(|s| (s, "this pipeline".to_string())),
             PlanError::SloUnmet { span, .. } => span.map(|s| (s, "not met".to_string())),
+            PlanError::RateUnreachable { span, .. } => {
+                span.map(|s| (s, "this pipeline".to_string()))
+            }
         };
         if let Some((span, text)) = label {
             p = p.label(span, text);

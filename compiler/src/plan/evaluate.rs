@@ -7,6 +7,7 @@ use std::cmp::Ordering;
 use mars_plan::Device;
 
 use super::model::{CostModel, ModelNode, NodeOption, MAX_THROUGHPUT};
+use super::queue::{node_wait, Wait};
 
 /// What bounds a plan's throughput.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +43,8 @@ pub struct Evaluation {
     /// The most requests/s the plan sustains, with its replicas.
     pub capacity: f64,
     pub bound: Bound,
-    /// The rate latencies are judged at: the throughput SLO's N when there is one (and it is
-    /// reached), else `capacity`.
+    /// The rate latencies are judged at: the offered load (`--rate R`, else the throughput
+    /// SLO's N) when planning for one, else `capacity`.
     pub rate: f64,
     pub replicas: Vec<u32>,
     pub p50_ms: f64,
@@ -59,6 +60,9 @@ pub struct Evaluation {
     /// Whether every node fits in memory with at least one replica.
     pub fits: bool,
     pub cost: Cost,
+    /// Planned for a load (SPEC 2.4.10): every node's queueing wait at `rate` with its
+    /// replicas; empty when planned for saturation.
+    pub waits: Vec<Wait>,
 }
 
 /// Whether two floats are equal up to rounding noise.
@@ -123,6 +127,17 @@ impl Evaluation {
                 c.gpu_busy,
                 f64::from(c.replicas),
             ],
+            Stage::Throughput if model.objectives.rate.is_some() => [
+                self.violation,
+                self.p99_ms,
+                self.node_p99_ms,
+                c.gpus_used as f64,
+                c.cpu_busy,
+                c.gpu_busy,
+                f64::from(c.replicas),
+                -self.capacity,
+                0.0,
+            ],
             Stage::Throughput if model.objectives.throughput.is_some() => [
                 self.violation,
                 c.gpus_used as f64,
@@ -159,30 +174,12 @@ pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
         // Graded, so that the search can walk out of a placement that does not fit.
         violation += 10.0 + memory_overflow(model, choice);
     }
-    let (rate, replicas, capacity_now, bound) = match model.objectives.throughput {
-        Some(n) if hi >= n || close(hi, n) => {
-            let fixed: Vec<Option<u32>> = model
-                .nodes
-                .iter()
-                .zip(choice)
-                .map(|(node, &o)| {
-                    Some(node.fixed_replicas.unwrap_or_else(|| {
-                        replicas_for(n, node.options[o].per_request).min(model.max_replicas())
-                    }))
-                })
-                .collect();
-            let (cap, bound) = capacity(model, choice, &fixed);
-            let replicas = fixed.iter().map(|r| r.unwrap_or(1)).collect();
-            (n, replicas, cap.max(n), bound)
-        }
-        other => {
-            if let Some(n) = other {
-                violation += (n - hi) / n;
-            }
-            let replicas = replicas_at(model, choice, hi);
-            (hi, replicas, hi, hi_bound)
-        }
-    };
+    if let Some(load) = model.objectives.load() {
+        return at_load(model, choice, load, (hi, hi_bound), violation, fits);
+    }
+    // Planning for saturation: latencies at the plan's own capacity, without queueing (at
+    // capacity the queue of the bottleneck grows without bound; SPEC 2.4.10).
+    let (rate, replicas, capacity_now, bound) = (hi, replicas_at(model, choice, hi), hi, hi_bound);
     let (p50_ms, critical_path_p50) = longest_path(model, choice, rate, false);
     let (p99_ms, critical_path) = longest_path(model, choice, rate, true);
     let node_p99_ms = model
@@ -197,10 +194,210 @@ pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
     if let Some(s) = model.objectives.p99_ms {
         violation += ((p99_ms - s) / s).clamp(0.0, 1e6);
     }
+    let cost = cost_at(model, choice, &replicas, rate);
+    Evaluation {
+        capacity: capacity_now,
+        bound,
+        rate,
+        replicas,
+        p50_ms,
+        p99_ms,
+        critical_path,
+        critical_path_p50,
+        node_p99_ms,
+        violation,
+        fits,
+        cost,
+        waits: Vec::new(),
+    }
+}
+
+/// [`evaluate`] when planning for an offered load of `x` requests/s (SPEC 2.4.10): each node
+/// gets the fewest replicas that keep its queue stable at `x` (and that sustain the required
+/// rate), then replicas on spare cores where they shorten its p99 wait most; latencies add
+/// every node's queueing wait at `x`.
+fn at_load(
+    model: &CostModel,
+    choice: &[usize],
+    x: f64,
+    (hi, hi_bound): (f64, Bound),
+    mut violation: f64,
+    fits: bool,
+) -> Evaluation {
+    let need = model.objectives.required().unwrap_or(x);
+    if hi < need && !close(hi, need) {
+        violation += (need - hi) / need;
+    }
+    let stable = fits && hi > x * (1.0 + 1e-9);
+    let mut replicas: Vec<u32> = model
+        .nodes
+        .iter()
+        .zip(choice)
+        .map(|(node, &o)| {
+            let c = node.options[o].per_request;
+            node.fixed_replicas.unwrap_or_else(|| {
+                stable_replicas(x, c)
+                    .max(replicas_for(need, c))
+                    .min(model.max_replicas())
+            })
+        })
+        .collect();
+    let mut waits: Vec<Wait> = model
+        .nodes
+        .iter()
+        .zip(choice)
+        .zip(&replicas)
+        .map(|((node, &o), &r)| node_wait(&node.options[o], r, x * node.fanout))
+        .collect();
+    if stable {
+        add_headroom(model, choice, x, &mut replicas, &mut waits);
+    }
+    let fixed: Vec<Option<u32>> = replicas.iter().map(|&r| Some(r)).collect();
+    let (cap, bound) = capacity(model, choice, &fixed);
+    let (capacity_now, bound) = if hi >= need || close(hi, need) {
+        (cap.max(need.min(hi)), bound)
+    } else {
+        (hi, hi_bound)
+    };
+    let own = |p99: bool| -> Vec<f64> {
+        model
+            .nodes
+            .iter()
+            .zip(choice)
+            .zip(&waits)
+            .map(|((node, &o), w)| {
+                own_ms(node, &node.options[o], x, p99) + if p99 { w.p99_ms } else { w.p50_ms }
+            })
+            .collect()
+    };
+    let (own50, own99) = (own(false), own(true));
+    let (p50_ms, critical_path_p50) = longest_path_of(model, choice, &own50);
+    let (p99_ms, critical_path) = longest_path_of(model, choice, &own99);
+    let node_p99_ms = own99.iter().sum();
+    for (slo, value) in [
+        (model.objectives.p50_ms, p50_ms),
+        (model.objectives.p99_ms, p99_ms),
+    ] {
+        let Some(s) = slo else { continue };
+        violation += if stable {
+            ((value - s) / s).clamp(0.0, 1e6)
+        } else {
+            // Over capacity the wait is unbounded: graded by how far, so the search walks
+            // toward plans that carry the load.
+            1e3 * (1.0 + ((x - hi) / x).max(0.0))
+        };
+    }
+    let cost = cost_at(model, choice, &replicas, x);
+    Evaluation {
+        capacity: capacity_now,
+        bound,
+        rate: x,
+        replicas,
+        p50_ms,
+        p99_ms,
+        critical_path,
+        critical_path_p50,
+        node_p99_ms,
+        violation,
+        fits,
+        cost,
+        waits,
+    }
+}
+
+/// The fewest replicas whose queue stays stable at `x` requests/s (u < r): ⌊u⌋ + 1.
+pub fn stable_replicas(x: f64, per_request: f64) -> u32 {
+    let u = x * per_request;
+    if u.is_nan() || u <= 0.0 {
+        return 1;
+    }
+    let r = (u + 1e-9 * u.max(1.0)).floor() + 1.0;
+    if r.is_finite() {
+        r.min(f64::from(u32::MAX)) as u32
+    } else {
+        u32::MAX
+    }
+}
+
+/// Spare cores buy queueing headroom: while a worker has cores that no replica of its cpu
+/// nodes (nor the runtime) holds, give one more replica to the node whose p99 wait drops most
+/// per core, if it drops (and the worker's memory holds it). GPU nodes keep theirs (their
+/// replicas share one device), and so do fixed and inline ones. Deterministic: ties go to the
+/// earlier node.
+fn add_headroom(
+    model: &CostModel,
+    choice: &[usize],
+    x: f64,
+    replicas: &mut [u32],
+    waits: &mut [Wait],
+) {
+    // Cores held by replica threads: a replica holds its cores while it runs a batch, so the
+    // worker's cores are shared out whole. Inline nodes run on the worker's own thread, and the
+    // runtime's share (SPEC 2.4.9) is a few microseconds per item: neither holds a core.
+    let mut spare: Vec<f64> = model.workers.iter().map(|w| w.cpus).collect();
+    let mut memory: Vec<Option<f64>> = model.workers.iter().map(|w| w.memory_mb).collect();
+    for (i, (node, &o)) in model.nodes.iter().zip(choice).enumerate() {
+        let opt = &node.options[o];
+        if opt.gpu.is_none() && !(node.builtin_cpu && super::model::cheap(opt)) {
+            spare[opt.worker] -= f64::from(replicas[i]) * opt.cores;
+            if let Some(m) = memory[opt.worker].as_mut() {
+                *m -= f64::from(replicas[i]) * opt.memory_mb;
+            }
+        }
+    }
+    let grows = |i: usize, r: u32, w: &Wait| -> bool {
+        let node = &model.nodes[i];
+        let opt = &node.options[choice[i]];
+        node.fixed_replicas.is_none()
+            && opt.gpu.is_none()
+            && !(node.builtin_cpu && super::model::cheap(opt))
+            && w.p99_ms > 0.0
+            && r < model.max_replicas()
+    };
+    let next = |i: usize, r: u32| -> Wait {
+        let node = &model.nodes[i];
+        node_wait(&node.options[choice[i]], r, x * node.fanout)
+    };
+    let mut after: Vec<Option<Wait>> = (0..model.nodes.len())
+        .map(|i| grows(i, replicas[i], &waits[i]).then(|| next(i, replicas[i] + 1)))
+        .collect();
+    loop {
+        let mut best: Option<(usize, f64)> = None;
+        for (i, a) in after.iter().enumerate() {
+            let Some(a) = a else { continue };
+            let opt = &model.nodes[i].options[choice[i]];
+            if opt.cores > spare[opt.worker] + 1e-9
+                || memory[opt.worker].is_some_and(|m| opt.memory_mb > m + 1e-9)
+            {
+                continue;
+            }
+            let drop = waits[i].p99_ms - a.p99_ms;
+            if drop <= 1e-6 {
+                continue;
+            }
+            let gain = drop / opt.cores.max(1e-3);
+            if best.is_none_or(|(_, g)| gain > g) {
+                best = Some((i, gain));
+            }
+        }
+        let Some((i, _)) = best else { break };
+        let opt = &model.nodes[i].options[choice[i]];
+        spare[opt.worker] -= opt.cores;
+        if let Some(m) = memory[opt.worker].as_mut() {
+            *m -= opt.memory_mb;
+        }
+        replicas[i] += 1;
+        waits[i] = after[i].take().expect("chosen among the candidates");
+        after[i] = grows(i, replicas[i], &waits[i]).then(|| next(i, replicas[i] + 1));
+    }
+}
+
+/// The resources `choice` with `replicas` takes at `rate` requests/s.
+fn cost_at(model: &CostModel, choice: &[usize], replicas: &[u32], rate: f64) -> Cost {
     let mut cost = Cost::default();
     let mut gpu_used = vec![false; model.gpus.len()];
     cost.cpu_busy += rate * model.request_cores();
-    for (i, ((node, &o), &r)) in model.nodes.iter().zip(choice).zip(&replicas).enumerate() {
+    for (i, ((node, &o), &r)) in model.nodes.iter().zip(choice).zip(replicas).enumerate() {
         let opt = &node.options[o];
         let u = rate * opt.per_request;
         cost.cpu_busy += rate * model.runtime_cores(i, opt);
@@ -215,20 +412,7 @@ pub fn evaluate(model: &CostModel, choice: &[usize]) -> Evaluation {
         cost.replicas = cost.replicas.saturating_add(r);
     }
     cost.gpus_used = gpu_used.iter().filter(|&&u| u).count();
-    Evaluation {
-        capacity: capacity_now,
-        bound,
-        rate,
-        replicas,
-        p50_ms,
-        p99_ms,
-        critical_path,
-        critical_path_p50,
-        node_p99_ms,
-        violation,
-        fits,
-        cost,
-    }
+    cost
 }
 
 /// How far the nodes overflow memory with one replica each (or their fixed replicas): the
@@ -397,13 +581,23 @@ pub fn longest_path(
     rate: f64,
     p99: bool,
 ) -> (f64, Vec<usize>) {
+    let own: Vec<f64> = model
+        .nodes
+        .iter()
+        .zip(choice)
+        .map(|(node, &o)| own_ms(node, &node.options[o], rate, p99))
+        .collect();
+    longest_path_of(model, choice, &own)
+}
+
+/// The longest path when node i takes `own[i]` ms, and its nodes.
+pub fn longest_path_of(model: &CostModel, choice: &[usize], own: &[f64]) -> (f64, Vec<usize>) {
     let n = model.nodes.len();
     let mut dist = vec![0.0f64; n];
     let mut from: Vec<Option<usize>> = vec![None; n];
     for i in 0..n {
         let node = &model.nodes[i];
         let opt = &node.options[choice[i]];
-        let own = own_ms(node, opt, rate, p99);
         let mut best = 0.0;
         for &p in &node.preds {
             let hop = if model.nodes[p].options[choice[p]].worker != opt.worker {
@@ -417,7 +611,7 @@ pub fn longest_path(
                 from[i] = Some(p);
             }
         }
-        dist[i] = best + own;
+        dist[i] = best + own[i];
     }
     let mut end = None;
     let mut longest = 0.0;

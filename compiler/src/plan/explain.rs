@@ -37,8 +37,10 @@ pub fn explain(
         plan.predicted.latency_p50_ms,
         plan.predicted.latency_p99_ms
     );
-    if model.objectives.throughput.is_some() {
-        let _ = writeln!(s, "objective: sustain the throughput SLO with the fewest resources (latencies judged at {}/s)", round3(e.rate));
+    if let Some(r) = model.objectives.rate {
+        let _ = writeln!(s, "objective: carry the offered load of {}/s (`--rate`) with the lowest p99, then the fewest resources (latencies at {}/s, queueing included)", round3(r), round3(e.rate));
+    } else if model.objectives.throughput.is_some() {
+        let _ = writeln!(s, "objective: sustain the throughput SLO with the fewest resources (latencies judged at {}/s, queueing included)", round3(e.rate));
     } else {
         let _ = writeln!(
             s,
@@ -109,6 +111,7 @@ pub fn explain(
     }
     let _ = writeln!(s);
     s.push_str(&generating_policies(planned));
+    s.push_str(&super::load::load_table(planned));
 
     let _ = writeln!(
         s,

@@ -67,7 +67,8 @@ pub fn lower_plan(
         let node = &pipeline.graph[mnode.index];
         let opt = &mnode.options[solution.choice[i]];
         let replicas = eval.replicas[i];
-        let items_per_s = eval.capacity * mnode.fanout;
+        // At the operating rate: the offered load when planned for one, else the capacity.
+        let items_per_s = eval.rate * mnode.fanout;
         // Per item: a batch's L/b, or the per-step cost (kept apart so that plans of
         // non-generating nodes stay byte for byte what they were).
         let (u, served) = if opt.per_step {
@@ -215,6 +216,7 @@ pub fn lower_plan(
         slos,
         notes: options.notes.clone(),
         inline,
+        rate: model.objectives.load().map(round3),
     }
 }
 
@@ -247,10 +249,16 @@ pub fn describe_bound(model: &CostModel, solution: &Solution) -> String {
     let e = &solution.eval;
     match e.bound {
         Bound::Replicas(i) => {
-            let limit = model.nodes[i].fixed_replicas.map_or_else(
-                || format!("the limit of {} replicas", model.max_replicas()),
-                |r| format!("its `@replicas({r})`"),
-            );
+            let limit = match model.nodes[i].fixed_replicas {
+                Some(r) => format!("its `@replicas({r})`"),
+                // Planned for a load: the replicas were chosen for it (SPEC 2.4.10).
+                None if !e.waits.is_empty() => format!(
+                    "the {} replicas chosen for {}/s",
+                    e.replicas[i],
+                    round3(e.rate)
+                ),
+                None => format!("the limit of {} replicas", model.max_replicas()),
+            };
             format!("node `{}` at {limit}", model.nodes[i].id)
         }
         Bound::Cpu(w) => format!(
@@ -280,15 +288,18 @@ pub fn describe_critical_path(model: &CostModel, solution: &Solution) -> String 
     let e = &solution.eval;
     let mut run = 0.0;
     let mut fill = 0.0;
+    let mut queue = 0.0;
     let mut slowest: Option<(usize, f64)> = None;
     for &i in &e.critical_path {
         let node = &model.nodes[i];
         let opt = &node.options[solution.choice[i]];
         let f = opt.fill_ms(e.rate * node.fanout);
+        let q = e.waits.get(i).map_or(0.0, |w| w.p99_ms);
         run += opt.p99_ms;
         fill += f;
-        if slowest.is_none_or(|(_, t)| opt.p99_ms + f > t) {
-            slowest = Some((i, opt.p99_ms + f));
+        queue += q;
+        if slowest.is_none_or(|(_, t)| opt.p99_ms + f + q > t) {
+            slowest = Some((i, opt.p99_ms + f + q));
         }
     }
     let names: Vec<&str> = e
@@ -303,8 +314,15 @@ pub fn describe_critical_path(model: &CostModel, solution: &Solution) -> String 
         round3(run),
         round3(fill.min(1.0e9))
     );
-    let hops = round3(e.p99_ms - run - fill);
-    if hops > 0.0 {
+    if !e.waits.is_empty() {
+        s.push_str(&format!(
+            ", {} ms queueing for a replica at {}/s",
+            round3(queue.min(1.0e9)),
+            round3(e.rate)
+        ));
+    }
+    let hops = round3(e.p99_ms - run - fill - queue);
+    if hops > 0.0 && hops.is_finite() {
         s.push_str(&format!(", {hops} ms crossing workers"));
     }
     s.push(')');

@@ -20,11 +20,15 @@ pub mod explain;
 pub mod generation;
 #[cfg(test)]
 mod gpu_share_tests;
+pub mod load;
+#[cfg(test)]
+mod load_tests;
 pub mod lower;
 pub mod model;
 #[cfg(test)]
 mod optimality_tests;
 pub mod pool;
+pub mod queue;
 mod screen;
 pub mod search;
 #[cfg(test)]
@@ -53,6 +57,8 @@ pub struct PlanOptions {
     pub notes: Vec<String>,
     /// Write the best plan even where an SLO is not met (it gets a note instead of an error).
     pub allow_slo_miss: bool,
+    /// `--rate R`: plan for an offered load of R requests/s (SPEC 2.4.10).
+    pub rate: Option<f64>,
     pub search: SearchOptions,
 }
 
@@ -69,6 +75,7 @@ impl Default for PlanOptions {
             profile_text: None,
             notes: Vec::new(),
             allow_slo_miss: false,
+            rate: None,
             search: SearchOptions::default(),
         }
     }
@@ -117,7 +124,18 @@ pub fn plan_pipeline_explained(
             model::DEFAULT_ITEM_MS
         ));
     }
-    let misses = check_slos(pipeline, &model, &solution);
+    let mut misses = check_slos(pipeline, &model, &solution);
+    if let Some(rate) = model.objectives.rate {
+        let e = &solution.eval;
+        if e.capacity < rate * (1.0 + 1e-9) || !e.p99_ms.is_finite() {
+            misses.push(PlanError::RateUnreachable {
+                rate,
+                best: lower::round3(e.capacity),
+                binding: lower::describe_bound(&model, &solution),
+                span: Some(pipeline.span),
+            });
+        }
+    }
     if !solution.eval.fits {
         return Err(vec![does_not_fit(pipeline, &model, &solution)]);
     }

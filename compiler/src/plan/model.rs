@@ -150,6 +150,24 @@ pub struct Objectives {
     pub p99_ms: Option<f64>,
     /// `slo throughput >= N/s`: sustain N with the fewest resources.
     pub throughput: Option<f64>,
+    /// `marsc compile --rate R`: the offered load; sustain it with the lowest p99.
+    pub rate: Option<f64>,
+}
+
+impl Objectives {
+    /// The offered load the plan is planned for (SPEC 2.4.10): `--rate R`, else the throughput
+    /// SLO's N; `None` plans for saturation.
+    pub fn load(&self) -> Option<f64> {
+        self.rate.or(self.throughput)
+    }
+
+    /// The requests/s the plan must sustain: the larger of `--rate` and the throughput SLO.
+    pub fn required(&self) -> Option<f64> {
+        match (self.rate, self.throughput) {
+            (Some(r), Some(n)) => Some(r.max(n)),
+            (r, n) => r.or(n),
+        }
+    }
 }
 
 /// The whole search space of one pipeline on one target.
@@ -286,7 +304,10 @@ impl CostModel {
             return Err(errors);
         }
 
-        let mut objectives = Objectives::default();
+        let mut objectives = Objectives {
+            rate: options.rate,
+            ..Objectives::default()
+        };
         for slo in &pipeline.slos {
             match slo.kind {
                 SloKind::LatencyP50Ms(ms) => {

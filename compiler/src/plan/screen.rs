@@ -105,7 +105,9 @@ impl MoveScreen {
         to: usize,
         stage: Stage,
     ) -> bool {
-        if !current.fits {
+        // Planned for a load, latencies include every node's queueing wait, which these
+        // bounds do not see: every move is evaluated.
+        if !current.fits || model.objectives.load().is_some() {
             return true;
         }
         let critical = self.on_critical_path[i];

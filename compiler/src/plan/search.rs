@@ -53,7 +53,7 @@ pub struct Solution {
 /// throughput, then, keeping within [`THROUGHPUT_TOLERANCE`] of it, the lowest p99 (SPEC 2.5).
 pub fn search(model: &CostModel, options: &SearchOptions) -> Solution {
     let (fastest, locals) = search_stage(model, options, Stage::Throughput, starts(model));
-    if model.objectives.throughput.is_some() || !fastest.eval.fits {
+    if model.objectives.load().is_some() || !fastest.eval.fits {
         return fastest;
     }
     let floor = fastest.eval.capacity * (1.0 - THROUGHPUT_TOLERANCE);

@@ -95,8 +95,11 @@ fn a_throughput_slo_takes_the_fewest_resources() {
     )]);
     let plan = plan_ok(&p, Some(&prof), &target(4.0, &[(16.0, 1.0)]));
     let n = &plan.nodes[0];
-    assert_eq!((n.device, n.replicas), (Device::Cpu, 2));
-    assert_eq!(plan.predicted.throughput, 50.0);
+    // 2 busy replicas at 50/s; 3 keep the queue stable and the fourth core buys a fourth,
+    // which shortens the queue (SPEC 2.4.10): capacity 4/0.04 = 100/s.
+    assert_eq!((n.device, n.replicas), (Device::Cpu, 4));
+    assert_eq!(plan.predicted.throughput, 100.0);
+    assert_eq!(plan.rate, Some(50.0));
     assert!(plan.slos[0].met);
     // 150/s is not: the GPU it is.
     let p = pipeline(&[spec("Seg", &[])], &[SloKind::ThroughputPerS(150.0)]);

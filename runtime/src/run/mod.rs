@@ -798,6 +798,7 @@ mod tests {
                 })
                 .collect(),
             nodes,
+            rate: None,
             predicted: PipelinePrediction {
                 throughput: 1.0,
                 latency_p50_ms: 0.0,
