@@ -1,8 +1,9 @@
 //! `marsc bench priority` (SPEC 10.8): an online pipeline and an offline run on one machine of
 //! `--cores` cores. The online load steps from 10% to 90% of the online capacity and back;
 //! measured per second: the online p99, the cores each pipeline held, the offline window.
-//! Twice: with the priority controller, and with the offline window fixed at its share (what
-//! running both without priorities gives).
+//! Three times: with the priority controller, with the online pipeline alone (the offline
+//! window held at 0), and with the offline window fixed at all the cores (what running both
+//! without priorities gives).
 //!
 //! The machine is stood for by a pool of `--cores` core tokens, taken in arrival order (as a
 //! fair scheduler shares cores among runnable threads): each item of either pipeline holds one
@@ -51,7 +52,7 @@ pub struct Args {
     /// The online p99 objective (ms).
     #[arg(long, default_value_t = 150.0)]
     pub slo_ms: f64,
-    /// Skip the run without priorities.
+    /// Skip the runs of the online pipeline alone and without priorities.
     #[arg(long)]
     pub no_baseline: bool,
 }
@@ -188,7 +189,19 @@ fn p99(v: &mut [f64]) -> f64 {
     v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-fn run_once(args: &Args, controlled: bool) -> miette::Result<Outcome> {
+/// How the offline run is treated in one run of the script.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// The priority controller moves its window.
+    Controlled,
+    /// Its window stays at all the cores (no priorities).
+    Fixed,
+    /// Its window stays 0: the online pipeline alone.
+    Alone,
+}
+
+fn run_once(args: &Args, mode: Mode) -> miette::Result<Outcome> {
+    let controlled = mode == Mode::Controlled;
     let cores = Arc::new(Cores::new(args.cores));
     let registry = registry(&cores);
     let online = plan("online", args.cores, args.item_ms, 0);
@@ -210,7 +223,11 @@ fn run_once(args: &Args, controlled: bool) -> miette::Result<Outcome> {
     ));
     server.add("online".into(), Arc::clone(&service));
     let offline_max = args.cores as usize;
-    let window = Arc::new(Window::new(if controlled { 0 } else { offline_max }));
+    let window = Arc::new(Window::new(if mode == Mode::Fixed {
+        offline_max
+    } else {
+        0
+    }));
     let stop = Arc::new(AtomicBool::new(false));
     let controller = if controlled {
         Some(
@@ -370,7 +387,11 @@ fn run_once(args: &Args, controlled: bool) -> miette::Result<Outcome> {
         // The window's clock started 1 s before the script.
         p.log
             .iter()
-            .find(|m| m.to < m.from && m.at_s >= step_at_s + 1.0 - 0.05)
+            .find(|m| {
+                m.to < m.from
+                    && m.at_s >= step_at_s + 1.0 - 0.05
+                    && m.at_s < step_at_s + 1.0 + args.step_s as f64
+            })
             .map(|m| (m.at_s - 1.0 - step_at_s) * 1000.0)
     });
     let unique: BTreeSet<u64> = ids.iter().copied().collect();

@@ -26,6 +26,9 @@ pub const HEADROOM: f64 = 0.1;
 /// The window grows only when every one of the last this many ticks would have it larger,
 /// and then to the smallest of their targets (a burst of calm is not trusted).
 pub const GROW_AFTER: usize = 3;
+/// A tick whose busy cores exceed the smoothed ones by more than this many is believed at once
+/// (a rise), before the smoothed load shows it; a smaller flicker is not.
+pub const RISE_CORES: f64 = 1.0;
 /// Online requests waiting per online core (queued, or inside and not running) that count as
 /// pressure: the window halves at once, whatever the busy cores say.
 pub const PRESSURE_PER_CORE: f64 = 2.0;
@@ -65,19 +68,26 @@ pub struct Decision {
     pub reason: Option<String>,
 }
 
-/// The offline window the cores leave: all the cores but those the online pipelines keep
-/// busy plus [`HEADROOM`], within `0..=offline_max`.
-pub fn target(obs: &PriorityObs) -> usize {
-    let busy = obs.online_busy_now.max(obs.online_busy_smooth).max(0.0);
-    let free = obs.cores - busy * (1.0 + HEADROOM);
+/// The offline window the cores leave when the online pipelines keep `busy` cores busy: all
+/// the cores but those plus [`HEADROOM`], within `0..=offline_max`.
+pub fn free_window(obs: &PriorityObs, busy: f64) -> usize {
+    let free = obs.cores - busy.max(0.0) * (1.0 + HEADROOM);
     if free <= 0.0 {
         return 0;
     }
     (free.floor() as usize).min(obs.offline_max)
 }
 
-/// One tick: the new window. Shrinks at once (online first); grows only after
-/// [`GROW_AFTER`] ticks that all want more; halves under online pressure.
+/// The window the smoothed online load leaves (what the window settles at).
+pub fn target(obs: &PriorityObs) -> usize {
+    free_window(obs, obs.online_busy_smooth)
+}
+
+/// One tick: the new window. Shrinks at once: to the smoothed target, or to the last tick's
+/// when its busy cores exceed the smoothed ones by more than [`RISE_CORES`] (a rise is
+/// believed at once, a flicker is not); halves under online pressure; grows only after
+/// [`GROW_AFTER`] ticks since the last shrink whose targets all want more, to the smallest of
+/// them.
 pub fn decide(obs: &PriorityObs, state: &mut PriorityState) -> Decision {
     let raw = target(obs);
     state.recent.push(raw);
@@ -86,25 +96,30 @@ pub fn decide(obs: &PriorityObs, state: &mut PriorityState) -> Decision {
     }
     let now = state.window;
     let pressed = obs.online_waiting > PRESSURE_PER_CORE * obs.online_cores.max(1.0);
+    let rising = obs.online_busy_now > obs.online_busy_smooth + RISE_CORES;
+    let shrink_to = if rising {
+        free_window(obs, obs.online_busy_now).min(raw)
+    } else {
+        raw
+    };
     let (next, why) = if pressed && now > 0 {
         (
-            raw.min(now / 2),
+            shrink_to.min(now / 2),
             format!(
                 "online pressure: {:.0} requests waiting for {:.1} online cores",
                 obs.online_waiting, obs.online_cores
             ),
         )
-    } else if raw < now {
+    } else if shrink_to < now {
         (
-            raw,
+            shrink_to,
             format!(
-                "online busy {:.2} cores of {:.0}: shrink",
-                obs.online_busy_now.max(obs.online_busy_smooth),
-                obs.cores
+                "online busy {:.2} cores now, {:.2} smoothed, of {:.0}: shrink",
+                obs.online_busy_now, obs.online_busy_smooth, obs.cores
             ),
         )
     } else if !pressed
-        && raw > now
+        && !rising
         && state.recent.len() == GROW_AFTER
         && state.recent.iter().all(|&r| r > now)
     {
@@ -119,6 +134,10 @@ pub fn decide(obs: &PriorityObs, state: &mut PriorityState) -> Decision {
     } else {
         (now, String::new())
     };
+    if next < now {
+        // Targets from before a shrink do not count towards growing again.
+        state.recent.clear();
+    }
     state.window = next;
     Decision {
         window: next,
@@ -315,23 +334,40 @@ mod tests {
     }
 
     #[test]
-    fn the_target_leaves_the_online_busy_cores_and_headroom() {
-        // (online busy now, smoothed, offline max) → target
+    fn the_window_leaves_the_online_busy_cores_and_headroom() {
+        // (online busy cores, offline max) → window
         let cases = [
-            (0.0, 0.0, 8, 8),
-            (0.8, 0.8, 8, 7),  // 8 − 0.88 = 7.12
-            (0.8, 2.0, 8, 5),  // the larger counts: 8 − 2.2
-            (3.0, 1.0, 8, 4),  // a rise counts at once: 8 − 3.3
-            (7.2, 7.2, 8, 0),  // 8 − 7.92 = 0.08
-            (8.0, 8.0, 8, 0),  // nothing left
-            (0.0, 0.0, 3, 3),  // the offline share caps it
-            (-1.0, 0.0, 8, 8), // a negative reading counts as idle
+            (0.0, 8, 8),
+            (0.8, 8, 7),  // 8 − 0.88 = 7.12
+            (2.0, 8, 5),  // 8 − 2.2
+            (3.0, 8, 4),  // 8 − 3.3
+            (7.2, 8, 0),  // 8 − 7.92 = 0.08
+            (8.0, 8, 0),  // nothing left
+            (0.0, 3, 3),  // the offline share caps it
+            (-1.0, 8, 8), // a negative reading counts as idle
         ];
-        for (now, smooth, max, want) in cases {
-            let mut o = obs(now, smooth, 0.0);
+        for (busy, max, want) in cases {
+            let mut o = obs(0.0, 0.0, 0.0);
             o.offline_max = max;
-            assert_eq!(target(&o), want, "busy {now}/{smooth}, max {max}");
+            assert_eq!(free_window(&o, busy), want, "busy {busy}, max {max}");
         }
+        // The target follows the smoothed load.
+        assert_eq!(target(&obs(5.0, 0.8, 0.0)), 7);
+    }
+
+    #[test]
+    fn a_flicker_of_the_online_load_does_not_shrink_the_window_a_rise_does() {
+        // Smoothed 0.8: the window is 7. A tick at 1.6 (a flicker under a core) keeps it.
+        let mut s = state(7);
+        assert_eq!(
+            decide(&obs(1.6, 0.8, 0.0), &mut s),
+            Decision {
+                window: 7,
+                reason: None
+            }
+        );
+        // A tick at 2.5 (1.7 over the smoothed load) is believed: 8 − 2.75.
+        assert_eq!(decide(&obs(2.5, 1.0, 0.0), &mut s).window, 5);
     }
 
     #[test]
@@ -396,9 +432,12 @@ mod tests {
             smooth = 0.5 * now + 0.5 * smooth;
             windows.push(decide(&obs(now, smooth, 0.0), &mut s).window);
         }
-        assert_eq!(windows[9], 7, "at 10% the offline run holds 7 of 8");
+        assert_eq!(
+            windows[9], 7,
+            "at 10% the offline run holds 7 of 8: {windows:?}"
+        );
         assert_eq!(windows[10], 0, "paused on the first tick of the step");
-        assert!(windows[10..20].iter().all(|&w| w == 0));
+        assert!(windows[10..20].iter().all(|&w| w == 0), "{windows:?}");
         assert_eq!(windows[20], 0, "no growth on the first calm tick");
         assert!(windows[20..23].iter().all(|&w| w < 7));
         assert_eq!(windows[29], 7, "grown back");
