@@ -519,11 +519,17 @@ pub fn bench(args: Args) -> miette::Result<serde_json::Value> {
         args.after_s,
         args.slo_ms
     );
-    let with = run_once(&args, true)?;
+    let with = run_once(&args, Mode::Controlled)?;
     let mut out =
         serde_json::json!({"controlled": summarize(&args, "with the priority controller", &with)});
     if !args.no_baseline {
-        let without = run_once(&args, false)?;
+        let alone = run_once(&args, Mode::Alone)?;
+        out["alone"] = summarize(
+            &args,
+            "the online pipeline alone (offline window 0)",
+            &alone,
+        );
+        let without = run_once(&args, Mode::Fixed)?;
         out["fixed"] = summarize(
             &args,
             "without priorities (offline window fixed at all the cores)",
