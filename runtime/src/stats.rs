@@ -303,6 +303,9 @@ pub struct RunStats {
     /// What the elastic controller did, when some node was elastic (SPEC 10.3).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub elastic: Option<crate::pool::ElasticStats>,
+    /// What the priority controller did to this offline run's window (SPEC 10.8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<crate::pool::priority::PriorityStats>,
 }
 
 pub(crate) fn round3(x: f64) -> f64 {
@@ -472,6 +475,20 @@ impl RunStats {
                     m.at_s, m.kind, m.to, m.reason
                 );
             }
+        }
+        if let Some(p) = &self.priority {
+            let _ = writeln!(
+                s,
+                "priority: offline window {} at the end ({}..={}), {} moves ({} shrinks, {} grows), {:.1} core-seconds lent{}",
+                p.window,
+                p.fewest,
+                p.most,
+                p.moves,
+                p.shrinks,
+                p.grows,
+                p.window_s,
+                if p.stopped { "; stopped before the input ended (rerun with resume)" } else { "" }
+            );
         }
         if let Some(id) = self.stopped_at {
             let _ = writeln!(

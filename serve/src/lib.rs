@@ -21,6 +21,7 @@ pub mod http;
 pub mod kserve;
 pub mod metrics;
 pub mod openai;
+pub mod priority;
 pub mod state;
 pub mod tensor;
 pub mod tls;
@@ -54,6 +55,9 @@ pub struct Config {
     /// Send each pipeline a warm-up request before it turns ready, and wait this long at
     /// most for it (`None`: no warm-up; readiness follows loading alone).
     pub warmup: Option<Duration>,
+    /// A deployment's offline run to steer (SPEC 10.8): the controller moves its window as
+    /// the served pipelines' load moves.
+    pub priority: Option<priority::PriorityConfig>,
 }
 
 /// A plan to serve and the folder its relative paths resolve against.
@@ -116,12 +120,25 @@ pub async fn serve(
         Some(t) => Some(t.server_config().map_err(ServeError::Tls)?),
         None => None,
     };
-    let metrics = Arc::new(metrics::Metrics::new());
+    let mut metrics = metrics::Metrics::new();
+    if let Some(p) = &config.priority {
+        metrics.register_priority();
+        metrics.watch_priority(Arc::clone(&p.window));
+    }
+    let metrics = Arc::new(metrics);
     let server = Arc::new(Server::new(
         names,
         config.limits.clone(),
         Arc::clone(&metrics),
     ));
+    let controller_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let controller = match &config.priority {
+        Some(p) => Some(
+            priority::start(Arc::clone(&server), p.clone(), Arc::clone(&controller_stop))
+                .map_err(|e| ServeError::Io("priority controller", e.to_string()))?,
+        ),
+        None => None,
+    };
 
     let http = match config.http {
         Some(addr) => Some(
@@ -258,6 +275,10 @@ pub async fn serve(
     // Drain: readiness false, refuse new requests, let accepted ones finish.
     tracing::info!("shutting down: draining in-flight requests");
     server.start_draining();
+    controller_stop.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(c) = controller {
+        let _ = c.join();
+    }
     let services = services.unwrap_or_default();
     for s in &services {
         s.close();

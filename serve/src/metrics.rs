@@ -16,12 +16,17 @@
 //! | `mars_node_utilization` | gauge | pipeline, node |
 //! | `mars_kv_tokens_used` | gauge | pipeline, node, replica |
 //! | `mars_kv_tokens_capacity` | gauge | pipeline, node, replica |
+//! | `mars_online_busy_cores` | gauge | — (deployment: cores the online pipelines kept busy, last tick) |
+//! | `mars_offline_window` | gauge | — (deployment: requests the offline run may have inside: its cores) |
+//! | `mars_offline_in_flight` | gauge | — (deployment: offline requests inside now) |
+//! | `mars_offline_done` (`_total`) | counter | — (deployment: offline requests that left) |
+//! | `mars_priority_moves` (`_total`) | counter | direction (`shrink`, `grow`) |
 //!
 //! Node counters are read from the same per-node meters `marsc run --stats-json` prints, at
 //! each scrape; batch sizes and KV use are observed as they happen.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -63,6 +68,12 @@ pub struct Metrics {
     kv_capacity: Family<Labels, Gauge>,
     open_requests: Gauge,
     open_bytes: Gauge,
+    online_busy: Gauge<f64, AtomicU64>,
+    offline_window: Gauge,
+    offline_in_flight: Gauge,
+    offline_done: Counter,
+    priority_moves: Family<Labels, Counter>,
+    window: Mutex<Option<Arc<mars_runtime::pool::priority::Window>>>,
 }
 
 impl Default for Metrics {
@@ -89,6 +100,12 @@ impl Metrics {
             kv_capacity: Family::default(),
             open_requests: Gauge::default(),
             open_bytes: Gauge::default(),
+            online_busy: Gauge::default(),
+            offline_window: Gauge::default(),
+            offline_in_flight: Gauge::default(),
+            offline_done: Counter::default(),
+            priority_moves: Family::default(),
+            window: Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register(
@@ -160,6 +177,48 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Register the deployment metrics (only a deployment exports them).
+    pub fn register_priority(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "mars_online_busy_cores",
+            "Cores the online pipelines kept busy over the priority controller's last tick",
+            self.online_busy.clone(),
+        );
+        r.register(
+            "mars_offline_window",
+            "Requests the offline run may have inside its dataflow (the cores it is lent)",
+            self.offline_window.clone(),
+        );
+        r.register(
+            "mars_offline_in_flight",
+            "Offline requests inside the dataflow now",
+            self.offline_in_flight.clone(),
+        );
+        r.register(
+            "mars_offline_done",
+            "Offline requests that left the dataflow",
+            self.offline_done.clone(),
+        );
+        r.register(
+            "mars_priority_moves",
+            "Changes of the offline window by the priority controller",
+            self.priority_moves.clone(),
+        );
+    }
+
+    /// Export a deployment's offline window and the controller's moves (SPEC 10.8).
+    pub fn watch_priority(&self, window: Arc<mars_runtime::pool::priority::Window>) {
+        if let Ok(mut w) = self.window.lock() {
+            *w = Some(window);
+        }
+    }
+
+    /// The online busy cores the priority controller measured last.
+    pub fn set_online_busy(&self, cores: f64) {
+        self.online_busy.set(cores);
+    }
+
     /// One answered request.
     pub fn answered(&self, pipeline: &str, endpoint: &'static str, outcome: &str, took: Duration) {
         let labels = vec![
@@ -221,6 +280,20 @@ impl Metrics {
                 self.node_utilization
                     .get_or_create(&l)
                     .set(stats.utilization);
+            }
+        }
+        let window = self.window.lock().ok().and_then(|w| w.clone());
+        if let Some(w) = window {
+            self.offline_window.set(w.limit() as i64);
+            self.offline_in_flight.set(w.in_flight() as i64);
+            self.offline_done
+                .inc_by(w.done().saturating_sub(self.offline_done.get()));
+            let (shrinks, grows) = w.moves();
+            for (dir, n) in [("shrink", shrinks), ("grow", grows)] {
+                let c = self
+                    .priority_moves
+                    .get_or_create(&vec![("direction", dir.to_string())]);
+                c.inc_by(n.saturating_sub(c.get()));
             }
         }
         let mut out = String::new();

@@ -132,6 +132,9 @@ pub enum Which {
     Ocr(super::bench_ocr::Args),
     /// A stage three times slower than its profile: fixed vs elastic vs the true profile's plan.
     Elastic(super::bench_elastic::Args),
+    /// An online pipeline and an offline run on one machine: a load step, the online p99 and
+    /// the cores the offline run takes back (SPEC 10.8).
+    Priority(super::bench_priority::Args),
     /// SmolLM2 in each `quantize` mode: decode/prefill speed, perplexity, KL, agreement.
     Llm(super::bench_llm::Args),
     /// Run a compiled plan over an input file: measured throughput over the plan's prediction.
@@ -168,6 +171,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         Which::Translate(a) => return super::bench_translate::run(a, args.json),
         Which::Ocr(a) => return super::bench_ocr::run(a, args.json),
         Which::Elastic(a) => super::bench_elastic::bench(a)?,
+        Which::Priority(a) => super::bench_priority::bench(a)?,
         Which::Llm(a) => return super::bench_llm::run(a, args.json),
         Which::Pipelining { requests } => {
             let plan = delay_chain("pipelining", &[2.0, 8.0, 4.0, 1.0], batch_none(), 1);

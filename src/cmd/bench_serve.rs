@@ -96,6 +96,7 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
         },
         tls: None,
         warmup: Some(Duration::from_secs(60)),
+        priority: None,
     };
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

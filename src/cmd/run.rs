@@ -580,6 +580,16 @@ fn open_output(args: &Args) -> miette::Result<File> {
 
 /// Run this process (process 0 when in a cluster) with `marsc run`'s flags.
 pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode> {
+    execute_with(args, cluster, None)
+}
+
+/// [`execute`], admitting through an offline `window` when one is given (the offline runs of
+/// `marsc serve --deployment`, SPEC 10.8).
+pub fn execute_with(
+    args: Args,
+    cluster: Option<Cluster>,
+    window: Option<Arc<mars_runtime::pool::priority::Window>>,
+) -> miette::Result<ExitCode> {
     check_counts(&args)?;
     let (plan, base_dir) = load_plan(&args.plan)?;
     if args.verify {
@@ -653,6 +663,7 @@ pub fn execute(args: Args, cluster: Option<Cluster>) -> miette::Result<ExitCode>
             None => None,
         },
         elastic: args.elastic == Elastic::On,
+        window,
     };
     let registry = mars_stdlib::registry();
     // The runtime writes whole lines in large chunks itself: no BufWriter, so that a process

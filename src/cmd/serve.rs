@@ -16,8 +16,12 @@ use mars_serve::{Bound, Config, Limits, Pipeline};
 #[derive(clap::Args)]
 pub struct Args {
     /// Compiled plans (`*.plan.yaml`), one pipeline each; requests name the pipeline.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "deployment")]
     pub plans: Vec<PathBuf>,
+    /// Serve the online plans of this deployment file and run its offline plan beside them,
+    /// yielding its cores to the online load (SPEC 10.8).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["plans", "hosts", "local_cluster"])]
+    pub deployment: Option<PathBuf>,
     /// Where HTTP listens (`off`: no HTTP). Loopback unless told otherwise.
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub http: String,
@@ -123,7 +127,16 @@ fn seconds(flag: &str, v: f64) -> miette::Result<Duration> {
     }
 }
 
-pub fn run(args: Args) -> miette::Result<ExitCode> {
+pub fn run(mut args: Args) -> miette::Result<ExitCode> {
+    let deployment = match &args.deployment {
+        Some(path) => Some(super::deployment::load(path)?),
+        None => None,
+    };
+    let mut offline = None;
+    if let Some(d) = deployment {
+        args.plans = d.online;
+        offline = d.offline;
+    }
     let http = addr("http", &args.http)?;
     let grpc = addr("grpc", &args.grpc)?;
     if http.is_none() && grpc.is_none() {
@@ -246,7 +259,9 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         },
         tls,
         warmup,
+        priority: offline.as_ref().map(|o| o.priority.clone()),
     };
+    let offline = offline.map(super::deployment::start).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -269,6 +284,9 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
                 eprintln!("warning[mars::cluster::lost]: cluster {failed}");
             }
         }
+    }
+    if let Some(o) = offline {
+        o.finish(seconds("drain-timeout", args.drain_timeout)?)?;
     }
     match drained {
         Ok(d) if d.complete => Ok(ExitCode::SUCCESS),

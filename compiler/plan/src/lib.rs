@@ -8,6 +8,7 @@
 //! assert_eq!(target.workers[0].cpus, 4.0);
 //! ```
 
+pub mod deployment;
 pub mod error;
 pub mod limits;
 pub mod plan;

@@ -30,6 +30,9 @@ pub const ROUND: usize = 1024;
 /// request is always admitted, however large, when nothing else is in flight.
 pub const MAX_INFLIGHT_BYTES: usize = 512 << 20;
 
+/// How often a source held back by its offline window looks at the window again.
+const WINDOW_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// A parsed request.
 #[derive(Debug)]
 pub struct Request {
@@ -50,6 +53,10 @@ pub struct Feed {
     /// A served run's watch: a request it calls abandoned enters as its failure record, so
     /// that no node spends time on it (see `crate::watch`). `None` for a file run.
     pub watch: Option<crate::watch::WatchSlot>,
+    /// An offline run's admission window, set by the priority controller (SPEC 10.8): the
+    /// source admits while fewer than its limit are inside, and stops for good once it is
+    /// stopped. `None`: only `max_inflight` bounds admission.
+    pub window: Option<Arc<crate::pool::priority::Window>>,
 }
 
 /// Admission state shared by the source and the sink of worker 0.
@@ -65,6 +72,8 @@ pub struct Flow {
     /// entry per round, not per request.
     pub rounds: RefCell<SeqSlab<(Instant, usize, usize)>>,
     pub source: RefCell<Option<Activator>>,
+    /// The offline window that mirrors `in_flight` (see [`Feed::window`]).
+    pub window: RefCell<Option<Arc<crate::pool::priority::Window>>>,
 }
 
 impl Flow {
@@ -72,6 +81,9 @@ impl Flow {
     pub fn admitted(&self, round: u64, at: Instant, n: usize, bytes: usize) {
         self.in_flight.set(self.in_flight.get() + n);
         self.in_bytes.set(self.in_bytes.get() + bytes);
+        if let Some(w) = self.window.borrow().as_ref() {
+            w.admitted(n);
+        }
         self.rounds.borrow_mut().insert(round, (at, n, bytes));
     }
 
@@ -79,6 +91,9 @@ impl Flow {
     /// a throttled source.
     pub fn finished(&self, round: u64) -> Option<Instant> {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        if let Some(w) = self.window.borrow().as_ref() {
+            w.finished();
+        }
         if self.throttled.replace(false) {
             if let Some(a) = self.source.borrow().as_ref() {
                 a.activate();
@@ -111,6 +126,7 @@ pub fn request_source<'s>(
         let me = scope.activator_for(Rc::clone(&info.address));
         if let Some(f) = &feed {
             *flow.source.borrow_mut() = Some(me.clone());
+            *flow.window.borrow_mut() = f.window.clone();
             // The receiver lives as long as the run; if it is gone the run is over anyway.
             let _ = f
                 .activator
@@ -124,16 +140,23 @@ pub fn request_source<'s>(
             };
             let Some(c) = cap.as_mut() else { return };
             f.wake.store(false, Ordering::SeqCst);
-            if f.stop.load(Ordering::SeqCst) {
+            let window = f.window.as_ref();
+            if f.stop.load(Ordering::SeqCst) || window.is_some_and(|w| w.stopped()) {
                 cap = None;
                 feed = None;
                 return;
             }
-            let room = max_inflight.saturating_sub(flow.in_flight.get());
+            let bound = window.map_or(max_inflight, |w| w.limit().min(max_inflight));
+            let room = bound.saturating_sub(flow.in_flight.get());
             let budget = room.min(ROUND);
             let held = flow.in_bytes.get();
             if budget == 0 || (held >= max_bytes && flow.in_flight.get() > 0) {
                 flow.throttled.set(true);
+                if window.is_some() {
+                    // The controller may widen (or stop) the window without a request
+                    // leaving: look again soon.
+                    me.activate_after(WINDOW_POLL);
+                }
                 return;
             }
             let mut batch = Vec::new();

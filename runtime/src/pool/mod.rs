@@ -14,6 +14,7 @@
 //! between batches.
 
 pub mod controller;
+pub mod priority;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

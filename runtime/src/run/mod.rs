@@ -118,6 +118,10 @@ pub struct RunOptions {
     pub peer_timeout: std::time::Duration,
     /// Let the pool controller move replicas within each node's `replica_range` (SPEC 10).
     pub elastic: bool,
+    /// An offline run's admission window, moved by a priority controller (SPEC 10.8). A run
+    /// whose window is stopped ends once the requests inside are written, as `--fail-fast`
+    /// does; the rest of the input is left for `--resume`.
+    pub window: Option<Arc<crate::pool::priority::Window>>,
 }
 
 /// The default bound on requests in flight.
@@ -141,6 +145,7 @@ impl Default for RunOptions {
             files_dir: None,
             peer_timeout: DEFAULT_PEER_TIMEOUT,
             elastic: false,
+            window: None,
         }
     }
 }
@@ -515,6 +520,7 @@ pub fn run_plan(
         stop: Arc::clone(&stop),
         activator: act_tx,
         watch: None,
+        window: opts.window.clone(),
     };
     let Launched { guards, health } = launch(
         plan,
@@ -620,7 +626,14 @@ pub fn run_plan(
         h.finish();
     }
     let (lines, skipped) = read.map_err(RunError::Input)?;
-    let requests = lines - skipped;
+    let stopped = opts.window.as_ref().is_some_and(|w| w.stopped());
+    // A stopped window leaves requests read but never admitted: they have no records, and
+    // count as not read (a later `--resume` runs them).
+    let requests = if stopped {
+        written.records
+    } else {
+        lines - skipped
+    };
     if written.stopped_at.is_none() && written.records != requests {
         return Err(RunError::Runtime(format!(
             "{requests} requests read but {} records written; this is a bug in the runtime",
@@ -649,6 +662,7 @@ pub fn run_plan(
         stopped_at: written.stopped_at,
         peak_rss_mib: peak_rss_mib(),
         elastic: crate::pool::report(&meters),
+        priority: opts.window.as_ref().map(|w| w.report()),
     };
     let trace = opts
         .trace

@@ -291,6 +291,7 @@ impl Service {
             stop: Arc::new(AtomicBool::new(false)),
             activator: act_tx,
             watch: Some(WatchSlot(watch)),
+            window: None,
         };
         let run_opts = RunOptions {
             workers: opts.workers.max(1),
