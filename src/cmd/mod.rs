@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_elastic;
 pub mod bench_llm;
+pub mod bench_llm_kv;
 pub mod bench_ocr;
 pub mod bench_priority;
 pub mod bench_serve;

@@ -12,6 +12,7 @@ use tokenizers::Tokenizer;
 
 use super::gemma3::{Decoder, Gemma3};
 use super::gguf::{bpe_tokenizer, ChatTemplate, Gguf};
+use super::kv::KvOptions;
 use super::llama::{Llama, LlamaState};
 use super::llm_quant::{load_stats, LlmQuant};
 use super::quant::ActStats;
@@ -114,7 +115,7 @@ pub fn greedy(model: &ChatModel, prompt: &[u32], max_tokens: usize) -> Result<Ve
             break;
         }
         out.push(t);
-        if st.cached() + 1 >= model.llama.positions() {
+        if st.position() + 1 >= model.llama.positions() {
             break;
         }
         model
@@ -135,7 +136,11 @@ pub struct ChatNode {
     max_tokens: usize,
     stop: String,
     sampling: Sampling,
+    /// The KV bound in this node's tokens: `kv_tokens`, or `kv_mib` over the bytes a token
+    /// takes; 0: derived.
     kv_tokens: usize,
+    /// Whether `kv_keep` prunes prompts (a recomputed sequence then prefills its prompt alone).
+    prunes: bool,
     seqs: BTreeMap<SeqId, Sequence>,
 }
 
@@ -165,9 +170,12 @@ impl ChatNode {
             Some(p) if !p.is_empty() => Some(load_stats(&ctx.base_dir.join(p)).map_err(fail)?),
             _ => None,
         };
-        let model =
+        let kv = KvOptions::parse(cfg.float("kv_keep", 1.0)?, cfg.text("kv")?.unwrap_or("f32"))
+            .map_err(|(key, m)| cfg.err(key, &m))?;
+        let mut model =
             ChatModel::load_quantized(&opened.path, positions as usize, quant, stats.as_ref())
                 .map_err(fail)?;
+        model.llama.set_kv(kv).map_err(fail)?;
         let max_tokens = cfg.int("max_tokens", 128)?;
         if max_tokens < 1 {
             return Err(cfg.err("max_tokens", "must be at least 1"));
@@ -184,9 +192,20 @@ impl ChatNode {
         if top_k < 0 {
             return Err(cfg.err("top_k", "must be non-negative"));
         }
-        let kv_tokens = cfg.int("kv_tokens", 0)?;
+        let mut kv_tokens = cfg.int("kv_tokens", 0)?;
         if kv_tokens < 0 {
             return Err(cfg.err("kv_tokens", "must be non-negative (0: derived)"));
+        }
+        let kv_mib = cfg.float("kv_mib", 0.0)?;
+        if !(kv_mib >= 0.0 && kv_mib.is_finite()) {
+            return Err(cfg.err("kv_mib", "must be a non-negative number of MiB (0: none)"));
+        }
+        if kv_mib > 0.0 {
+            if kv_tokens > 0 {
+                return Err(cfg.err("kv_mib", "and `kv_tokens` both bound the KV cache; set one"));
+            }
+            let per = model.llama.kv_bytes_per_token() as f64;
+            kv_tokens = ((kv_mib * 1024.0 * 1024.0 / per).floor() as i64).max(1);
         }
         let system = match cfg.text("system")? {
             Some(s) if !s.is_empty() => Some(s.to_string()),
@@ -213,6 +232,7 @@ impl ChatNode {
                 seed: cfg.int("seed", 0)? as u64,
             },
             kv_tokens: kv_tokens as usize,
+            prunes: kv.keep < 1.0,
             seqs: BTreeMap::new(),
             model,
         })
@@ -368,11 +388,20 @@ impl Generate for ChatNode {
         let mut filled: Vec<(SeqId, Option<Step>)> = Vec::new();
         let mut stepped: Vec<(SeqId, Option<Step>)> = Vec::new();
         let mut pass: Vec<(SeqId, LlamaState, Vec<u32>)> = Vec::new();
+        // A recomputed sequence under pruning: its prompt is pruned as it was the first time,
+        // then its generated tokens follow in a second pass (pruning sees prompts only).
+        let mut tails: Vec<(usize, Vec<u32>)> = Vec::new();
         for &id in prefill {
             match self.seqs.get(&id) {
                 None => filled.push((id, Some(Step::Done(Err(unknown(id)))))),
                 Some(Sequence { state: Some(s), .. }) => {
                     filled.push((id, Some(Step::Running { cached: s.cached() })))
+                }
+                Some(seq) if self.prunes && seq.tokens.len() > seq.prompt_len => {
+                    tails.push((pass.len(), seq.tokens[seq.prompt_len..].to_vec()));
+                    let prompt = seq.tokens[..seq.prompt_len].to_vec();
+                    pass.push((id, LlamaState::default(), prompt));
+                    filled.push((id, None));
                 }
                 Some(seq) => {
                     pass.push((id, LlamaState::default(), seq.tokens.clone()));
@@ -406,7 +435,20 @@ impl Generate for ChatNode {
         let chunks: Vec<Vec<u32>> = pass.iter().map(|(_, _, c)| c.clone()).collect();
         let result = {
             let mut refs: Vec<&mut LlamaState> = pass.iter_mut().map(|(_, s, _)| s).collect();
-            self.model.llama.extend(&mut refs, &chunks)
+            self.model.llama.extend(&mut refs, &chunks).and_then(|()| {
+                if tails.is_empty() {
+                    return Ok(());
+                }
+                let at: BTreeSet<usize> = tails.iter().map(|(i, _)| *i).collect();
+                let mut refs: Vec<&mut LlamaState> = pass
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| at.contains(i))
+                    .map(|(_, (_, s, _))| s)
+                    .collect();
+                let chunks: Vec<Vec<u32>> = tails.into_iter().map(|(_, t)| t).collect();
+                self.model.llama.extend(&mut refs, &chunks)
+            })
         };
         let mut outcomes: BTreeMap<SeqId, Step> = BTreeMap::new();
         match result {

@@ -18,6 +18,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::gguf::Gguf;
+use super::kv::KvOptions;
 use super::llama::{rope_tables, Cache, Llama, LlamaState};
 
 /// Rotary base of the sliding-window layers (llama.cpp's and Hugging Face's constant; the GGUF
@@ -339,7 +340,11 @@ impl Gemma3 {
                     cache.k = Tensor::cat(&[&cache.k, &ks], 1)?;
                     cache.v = Tensor::cat(&[&cache.v, &vs], 1)?;
                 } else {
-                    s.caches.push(Cache { k: ks, v: vs });
+                    s.caches.push(Cache {
+                        k: ks,
+                        v: vs,
+                        scales: None,
+                    });
                 }
                 let cache = &s.caches[li];
                 let len = cache.k.dim(1)?;
@@ -406,6 +411,32 @@ impl Decoder {
         match self {
             Decoder::Llama(m) => m.extend(seqs, chunks),
             Decoder::Gemma3(m) => m.extend(seqs, chunks),
+        }
+    }
+
+    /// Set the KV options (`kv_keep`, `kv`; SPEC §4.9.2): Llama's only.
+    pub fn set_kv(&mut self, kv: KvOptions) -> std::result::Result<(), String> {
+        match self {
+            Decoder::Llama(m) => {
+                m.kv = kv;
+                Ok(())
+            }
+            Decoder::Gemma3(_) if kv.is_default() => Ok(()),
+            Decoder::Gemma3(_) => Err(
+                "`kv_keep` and `kv` are implemented for `arch = \"llama\"` only, not for gemma3"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Bytes one cached position takes.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        match self {
+            Decoder::Llama(m) => m.kv_bytes_per_token(),
+            Decoder::Gemma3(m) => {
+                let c = &m.config;
+                KvOptions::default().bytes_per_token(c.layers, c.kv_heads, c.head_dim)
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::gguf::Gguf;
+use super::kv::{self, KvOptions, KvStore};
 use super::llm_quant::{quantize_layer, sites, LlmQuant};
 use super::qlinear::{self, Format, QLinear};
 use super::quant::ActStats;
@@ -128,13 +129,50 @@ pub struct Llama {
     sin: Tensor,
     /// Which KV head each query head reads.
     kv_of_head: Tensor,
+    /// Pruning and storage of the KV cache (SPEC §4.9.2).
+    pub kv: KvOptions,
 }
 
-/// One layer's cache: keys and values `[kv_heads, len, head_dim]`.
+/// One layer's cache: keys and values `[kv_heads, len, head_dim]`, f32, or (`kv = "int8"`)
+/// u8 codes with the scales of keys and values, `[kv_heads, len, 1]` each.
 #[derive(Debug, Clone)]
 pub struct Cache {
     pub k: Tensor,
     pub v: Tensor,
+    pub scales: Option<(Tensor, Tensor)>,
+}
+
+impl Cache {
+    /// Keys and values in f32.
+    fn f32(&self) -> Result<(Tensor, Tensor)> {
+        match &self.scales {
+            None => Ok((self.k.clone(), self.v.clone())),
+            Some((dk, dv)) => Ok((kv::dequantize(&self.k, dk)?, kv::dequantize(&self.v, dv)?)),
+        }
+    }
+
+    /// Keep positions `keep[h]` of KV head `h`.
+    fn retain(&mut self, keep: &[Tensor]) -> Result<()> {
+        let pick = |t: &Tensor| -> Result<Tensor> {
+            let rows = keep
+                .iter()
+                .enumerate()
+                .map(|(h, idx)| t.get(h)?.index_select(idx, 0))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::stack(&rows, 0)
+        };
+        self.k = pick(&self.k)?;
+        self.v = pick(&self.v)?;
+        if let Some((dk, dv)) = &self.scales {
+            self.scales = Some((pick(dk)?, pick(dv)?));
+        }
+        Ok(())
+    }
+
+    fn bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        t(&self.k) + t(&self.v) + self.scales.as_ref().map_or(0, |(a, b)| t(a) + t(b))
+    }
 }
 
 /// A sequence's caches (one per layer) and the logits of its next token.
@@ -142,11 +180,24 @@ pub struct Cache {
 pub struct LlamaState {
     pub caches: Vec<Cache>,
     pub logits: Vec<f32>,
+    /// Positions pruning removed from the caches (`kv_keep`).
+    pub evicted: usize,
 }
 
 impl LlamaState {
+    /// Positions the caches hold (KV tokens).
     pub fn cached(&self) -> usize {
         self.caches.first().map_or(0, |c| c.k.dims()[1])
+    }
+
+    /// The position of the next token: cached plus evicted.
+    pub fn position(&self) -> usize {
+        self.cached() + self.evicted
+    }
+
+    /// Bytes the caches take.
+    pub fn kv_bytes(&self) -> usize {
+        self.caches.iter().map(Cache::bytes).sum()
     }
 }
 
@@ -318,7 +369,14 @@ impl Llama {
             cos,
             sin,
             kv_of_head,
+            kv: KvOptions::default(),
         })
+    }
+
+    /// Bytes one cached position takes in this model's `kv` storage.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let c = &self.config;
+        self.kv.bytes_per_token(c.layers, c.kv_heads, c.head_dim)
     }
 
     /// Bytes of linear-layer weights one decode step reads (blocks and head).
@@ -386,8 +444,14 @@ impl Llama {
         let dev = &Device::Cpu;
         let mut ids = Vec::new();
         let mut spans = Vec::with_capacity(b);
+        // Pruning applies to a sequence's first chunk (its prompt), once prefilled.
+        let mut budgets = Vec::with_capacity(b);
         for (s, ch) in seqs.iter().zip(chunks) {
-            let start = s.cached();
+            let start = s.position();
+            budgets.push(match s.caches.is_empty() && !all_logits {
+                true => self.kv.budget(ch.len()),
+                false => None,
+            });
             if ch.is_empty() {
                 candle_core::bail!("an empty chunk");
             }
@@ -415,7 +479,7 @@ impl Llama {
             let k = blk.k.forward(&a)?;
             let v = blk.v.forward(&a)?;
             let mut rows = Vec::with_capacity(b);
-            for (s, &(off, start, m)) in seqs.iter_mut().zip(&spans) {
+            for ((s, &(off, start, m)), &budget) in seqs.iter_mut().zip(&spans).zip(&budgets) {
                 let heads = |t: &Tensor, nh: usize| -> Result<Tensor> {
                     t.narrow(0, off, m)?
                         .reshape((m, nh, hd))?
@@ -427,22 +491,47 @@ impl Llama {
                 let qs = rope_pairs(&heads(&q, h)?, &cos, &sin)?;
                 let ks = rope_pairs(&heads(&k, kvh)?, &cos, &sin)?;
                 let vs = heads(&v, kvh)?;
+                let new = match self.kv.store {
+                    KvStore::F32 => Cache {
+                        k: ks,
+                        v: vs,
+                        scales: None,
+                    },
+                    KvStore::Int8 => {
+                        let (k, dk) = kv::quantize(&ks)?;
+                        let (v, dv) = kv::quantize(&vs)?;
+                        Cache {
+                            k,
+                            v,
+                            scales: Some((dk, dv)),
+                        }
+                    }
+                };
                 if let Some(cache) = s.caches.get_mut(li) {
-                    cache.k = Tensor::cat(&[&cache.k, &ks], 1)?;
-                    cache.v = Tensor::cat(&[&cache.v, &vs], 1)?;
+                    cache.k = Tensor::cat(&[&cache.k, &new.k], 1)?;
+                    cache.v = Tensor::cat(&[&cache.v, &new.v], 1)?;
+                    if let (Some((dk, dv)), Some((nk, nv))) = (&mut cache.scales, &new.scales) {
+                        *dk = Tensor::cat(&[&*dk, nk], 1)?;
+                        *dv = Tensor::cat(&[&*dv, nv], 1)?;
+                    }
                 } else {
-                    s.caches.push(Cache { k: ks, v: vs });
+                    s.caches.push(new);
                 }
-                let cache = &s.caches[li];
-                let len = cache.k.dim(1)?;
-                let kk = cache.k.index_select(&self.kv_of_head, 0)?;
-                let vv = cache.v.index_select(&self.kv_of_head, 0)?;
+                let cache = &mut s.caches[li];
+                let (kf, vf) = cache.f32()?;
+                let len = kf.dim(1)?;
+                let kk = kf.index_select(&self.kv_of_head, 0)?;
+                let vv = vf.index_select(&self.kv_of_head, 0)?;
                 let mut att = (qs.matmul(&kk.t()?)? * scale)?;
                 if m > 1 {
                     att = att.broadcast_add(&chunk_mask(m, len, dev)?)?;
                 }
-                let y = softmax_last(&att)?.matmul(&vv)?;
+                let p = softmax_last(&att)?;
+                let y = p.matmul(&vv)?;
                 rows.push(y.transpose(0, 1)?.reshape((m, h * hd))?);
+                if let Some(budget) = budget {
+                    cache.retain(&self.kept(&p, budget)?)?;
+                }
             }
             let y = Tensor::cat(&rows, 0)?;
             if let Some(f) = observe.as_mut() {
@@ -475,9 +564,38 @@ impl Llama {
             .head
             .forward(&rms_norm(&last, &self.norm, c.eps)?)?
             .to_vec2::<f32>()?;
-        for (s, l) in seqs.iter_mut().zip(logits) {
+        for ((s, l), (budget, &(_, _, m))) in
+            seqs.iter_mut().zip(logits).zip(budgets.iter().zip(&spans))
+        {
             s.logits = l;
+            if let Some(b) = budget {
+                s.evicted += m - b;
+            }
         }
         Ok(None)
+    }
+
+    /// The positions each KV head keeps of a prefilled prompt, from its attention
+    /// probabilities `p: [heads, m, m]`: the observation window's (last `WINDOW` queries')
+    /// probabilities summed over its rows and the KV head's query heads, pooled, then
+    /// [`kv::keep_positions`].
+    fn kept(&self, p: &Tensor, budget: usize) -> Result<Vec<Tensor>> {
+        let c = &self.config;
+        let (_, m, len) = p.dims3()?;
+        let w = kv::WINDOW.min(m);
+        let scores = p
+            .narrow(1, m - w, w)?
+            .sum(1)?
+            .reshape((c.kv_heads, c.heads / c.kv_heads, len))?
+            .sum(1)?
+            .to_vec2::<f32>()?;
+        scores
+            .iter()
+            .map(|s| {
+                let keep = kv::keep_positions(&kv::pool(s), kv::SINKS, kv::WINDOW, budget);
+                let n = keep.len();
+                Tensor::from_vec(keep, n, &Device::Cpu)
+            })
+            .collect()
     }
 }

@@ -124,7 +124,7 @@ pub fn greedy_batch(
         let mut next = Vec::new();
         for &i in &live {
             let t = argmax(&states[i].logits);
-            let full = states[i].cached() + 1 >= model.positions();
+            let full = states[i].position() + 1 >= model.positions();
             if end.contains(&t) {
                 continue;
             }

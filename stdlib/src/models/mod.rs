@@ -9,6 +9,7 @@ pub mod bert;
 pub mod chat;
 pub mod gemma3;
 pub mod gguf;
+pub mod kv;
 pub mod linear;
 pub mod llama;
 pub mod llm_eval;
