@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use mars_stdlib::models::chat::{greedy, ChatModel};
-use mars_stdlib::store::Store;
+
+#[path = "support/models.rs"]
+mod models;
 
 const MODEL: &str = "gemma-3-270m";
 
@@ -22,17 +24,7 @@ fn root() -> PathBuf {
 
 /// The stored model's file, or `None` (test skipped) when it is not pulled.
 fn model_path() -> Option<PathBuf> {
-    let store = Store::from_env().expect("manifest");
-    match store.resolve(&format!("model:{MODEL}")) {
-        Ok(r) => Some(r.path),
-        Err(e) if std::env::var("MARS_REQUIRE_GEMMA").as_deref() == Ok("1") => {
-            panic!("MARS_REQUIRE_GEMMA=1 but: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED (Gemma not pulled; MARS_REQUIRE_GEMMA is not 1): {e}");
-            None
-        }
-    }
+    models::stored_model(MODEL, "MARS_REQUIRE_GEMMA")
 }
 
 fn reference() -> serde_json::Value {

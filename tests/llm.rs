@@ -14,6 +14,9 @@ use assert_cmd::Command;
 use mars_stdlib::models::chat::{greedy, ChatModel};
 use mars_stdlib::store::Store;
 
+#[path = "support/models.rs"]
+mod models;
+
 const MODEL: &str = "smollm2-135m-instruct";
 
 fn root() -> PathBuf {
@@ -22,17 +25,7 @@ fn root() -> PathBuf {
 
 /// The stored model's file, or `None` (test skipped) when it is not pulled.
 fn model_path() -> Option<PathBuf> {
-    let store = Store::from_env().expect("manifest");
-    match store.resolve(&format!("model:{MODEL}")) {
-        Ok(r) => Some(r.path),
-        Err(e) if std::env::var("MARS_REQUIRE_MODELS").as_deref() == Ok("1") => {
-            panic!("MARS_REQUIRE_MODELS=1 but: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED (model not pulled): {e}");
-            None
-        }
-    }
+    models::stored_model(MODEL, "MARS_REQUIRE_MODELS")
 }
 
 fn reference() -> serde_json::Value {

@@ -9,7 +9,9 @@ use mars_stdlib::models::chat::ChatModel;
 use mars_stdlib::models::kv::{KvOptions, SINKS, WINDOW};
 use mars_stdlib::models::llama::{Llama, LlamaState};
 use mars_stdlib::models::llm_eval::{argmax, SUPPORT_SYSTEM};
-use mars_stdlib::store::Store;
+
+#[path = "support/models.rs"]
+mod models;
 
 const MODEL: &str = "smollm2-135m-instruct";
 
@@ -18,17 +20,7 @@ fn root() -> PathBuf {
 }
 
 fn model_path() -> Option<PathBuf> {
-    let store = Store::from_env().expect("manifest");
-    match store.resolve(&format!("model:{MODEL}")) {
-        Ok(r) => Some(r.path),
-        Err(e) if std::env::var("MARS_REQUIRE_MODELS").as_deref() == Ok("1") => {
-            panic!("MARS_REQUIRE_MODELS=1 but: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED (model not pulled): {e}");
-            None
-        }
-    }
+    models::stored_model(MODEL, "MARS_REQUIRE_MODELS")
 }
 
 /// A long support prompt: every FAQ passage, then the question (about 600 tokens).

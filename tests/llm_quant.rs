@@ -13,7 +13,9 @@ use mars_stdlib::models::chat::ChatModel;
 use mars_stdlib::models::llm_eval::{greedy_batch, support_prompts, SUPPORT_SYSTEM};
 use mars_stdlib::models::llm_quant::{calibrate, LlmQuant};
 use mars_stdlib::models::quant::ActStats;
-use mars_stdlib::store::Store;
+
+#[path = "support/models.rs"]
+mod models;
 
 const MODEL: &str = "smollm2-135m-instruct";
 
@@ -22,17 +24,7 @@ fn root() -> PathBuf {
 }
 
 fn model_path() -> Option<PathBuf> {
-    let store = Store::from_env().expect("manifest");
-    match store.resolve(&format!("model:{MODEL}")) {
-        Ok(r) => Some(r.path),
-        Err(e) if std::env::var("MARS_REQUIRE_MODELS").as_deref() == Ok("1") => {
-            panic!("MARS_REQUIRE_MODELS=1 but: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED (model not pulled): {e}");
-            None
-        }
-    }
+    models::stored_model(MODEL, "MARS_REQUIRE_MODELS")
 }
 
 /// Chat prompts: four of the reference questions and four support-chat questions.
