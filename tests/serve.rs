@@ -664,3 +664,77 @@ async fn a_client_that_disconnects_mid_stream_leaves_the_server_serving() {
         (200, json!("vingt-quatre"))
     );
 }
+
+#[tokio::test]
+async fn stats_set_each_node_measured_beside_its_prediction() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("stats.json");
+    let mut s = Served::start(&["ab"], &["--stats-json", out.to_str().unwrap(), "--quiet"]).await;
+    let c = reqwest::Client::new();
+    // Six waves of ten concurrent requests: node b (2 ms a batch, up to 16) batches them.
+    for wave in 0..6 {
+        let calls: Vec<_> = (0..10)
+            .map(|k| {
+                let (c, url) = (c.clone(), s.url("/v1/pipelines/ab"));
+                tokio::spawn(async move { post(&c, &url, &json!({"x": wave * 10 + k})).await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().0, 200);
+        }
+    }
+    let r = c.get(s.url("/v1/pipelines/ab/stats")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r: Json = r.json().await.unwrap();
+    assert_eq!(r["pipeline"], "ab");
+    assert!(r["ok"].as_u64().unwrap() >= 60, "{r}");
+    assert_eq!(r["predicted"]["throughput"], 8000.0);
+    let node = |r: &Json, id: &str| {
+        r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no node {id} in {r}"))
+    };
+    let b = &node(&r, "b");
+    assert!(b["measured"]["items"].as_u64().unwrap() >= 60, "{b}");
+    let batches = b["measured"]["batches"].as_u64().unwrap();
+    assert!((1..=60).contains(&batches), "{b}");
+    // A batch of b sleeps 2 ms: its measured median is at least that, and near it.
+    let p50 = b["measured"]["batch_ms"]["p50_ms"].as_f64().unwrap();
+    assert!((1.5..40.0).contains(&p50), "{b}");
+    assert_eq!(b["predicted"]["batch_ms"], 2.0);
+    assert_eq!(b["predicted"]["capacity_per_s"], 8000.0);
+    let ratio = b["batch_p50_ratio"].as_f64().unwrap();
+    assert!((ratio - p50 / 2.0).abs() < 0.01, "{b}");
+    let busy = b["measured"]["utilization"].as_f64().unwrap();
+    assert!(busy > 0.0 && busy <= 1.0, "{b}");
+    // Unknown pipelines are 404, like every per-pipeline endpoint.
+    let r = c
+        .get(s.url("/v1/pipelines/nope/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let text = s.metrics().await;
+    assert!(
+        text.contains(
+            r#"mars_node_capacity_items_per_second{pipeline="ab",node="b",source="predicted"} 8000"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"mars_node_capacity_items_per_second{pipeline="ab",node="b",source="measured"}"#
+        ),
+        "{text}"
+    );
+    // At exit the same report goes to --stats-json.
+    s.sigterm();
+    assert!(s.child.wait().unwrap().success());
+    let saved: Json = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let b = &node(&saved["pipelines"][0], "b");
+    assert!(b["measured"]["items"].as_u64().unwrap() >= 60, "{saved}");
+}

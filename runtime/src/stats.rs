@@ -40,6 +40,8 @@ struct NodeCounts {
     items: u64,
     errors: u64,
     busy: Duration,
+    /// Time per batch (a chunk run back to back counts as that many batches of its mean).
+    batch_time: LatencyHistogram,
     spans: Vec<Span>,
 }
 
@@ -168,6 +170,12 @@ impl NodeMeter {
         c.errors += errors as u64;
         let duration = end.saturating_duration_since(start);
         c.busy += duration;
+        if batches > 0 {
+            c.batch_time.record_n(
+                duration / batches.min(u32::MAX as usize) as u32,
+                batches as u64,
+            );
+        }
         if self.keep_spans {
             c.spans.push(Span {
                 replica,
@@ -211,6 +219,7 @@ impl NodeMeter {
                 round3(c.items as f64 / c.batches as f64)
             },
             busy_s: round3(c.busy.as_secs_f64()),
+            batch_ms: c.batch_time.stats(),
             utilization: if capacity > 0.0 {
                 round3((c.busy.as_secs_f64() / capacity).min(1.0))
             } else {
@@ -242,6 +251,8 @@ pub struct NodeStats {
     pub mean_batch: f64,
     /// Time the replicas spent running batches, summed over replicas.
     pub busy_s: f64,
+    /// Time per batch, as the replicas measured it (in a cluster: process 0's replicas).
+    pub batch_ms: LatencyStats,
     /// `busy_s / (replicas × wall_s)`.
     pub utilization: f64,
     /// For a node that batched continuously (chapter 6): its scheduler's counters. There a
@@ -312,9 +323,10 @@ pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Latencies in a fixed-size log-linear histogram (relative error under 1%), so that a run's
-/// memory does not grow with its length. Values are recorded in microseconds.
-#[derive(Debug, Clone)]
+/// Latencies in a log-linear histogram (relative error under 1%), so that a run's memory does
+/// not grow with its length: the buckets grow only up to the largest value seen (at most 8,192
+/// of them, 64 KiB; a few KiB for values of milliseconds). Values are recorded in microseconds.
+#[derive(Debug, Clone, Default)]
 pub struct LatencyHistogram {
     counts: Vec<u64>,
     n: u64,
@@ -323,17 +335,6 @@ pub struct LatencyHistogram {
 }
 
 const SUB: u64 = 128;
-
-impl Default for LatencyHistogram {
-    fn default() -> LatencyHistogram {
-        LatencyHistogram {
-            counts: vec![0; (64 * SUB) as usize],
-            n: 0,
-            sum_us: 0.0,
-            max_us: 0,
-        }
-    }
-}
 
 impl LatencyHistogram {
     fn bucket(us: u64) -> usize {
@@ -356,11 +357,32 @@ impl LatencyHistogram {
     }
 
     pub fn record(&mut self, d: Duration) {
+        self.record_n(d, 1);
+    }
+
+    /// Record `n` values of `d`.
+    pub fn record_n(&mut self, d: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
         let us = d.as_micros().min(u128::from(u64::MAX / 2)) as u64;
-        self.counts[Self::bucket(us)] += 1;
-        self.n += 1;
-        self.sum_us += us as f64;
+        let b = Self::bucket(us);
+        if b >= self.counts.len() {
+            self.counts.resize(b + 1, 0);
+        }
+        self.counts[b] += n;
+        self.n += n;
+        self.sum_us += us as f64 * n as f64;
         self.max_us = self.max_us.max(us);
+    }
+
+    /// Values recorded.
+    pub fn len(&self) -> u64 {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
     }
 
     /// Nearest-rank percentile in microseconds.
@@ -553,5 +575,27 @@ mod tests {
             (2, 6, 1, 3.0, 0.5)
         );
         assert_eq!(m.spans().len(), 2);
+        assert_eq!((s.batch_ms.p50_ms, s.batch_ms.max_ms), (500.0, 500.0));
+        // A chunk of 4 batches run back to back in 8 ms: four batches of 2 ms.
+        let m = NodeMeter::new("b", 1, t0, false);
+        m.batches(0, t0, t0 + Duration::from_millis(8), 4, 4, 0);
+        m.batch(0, t0, t0 + Duration::from_millis(20), 1, 0);
+        let s = m.stats(Duration::from_secs(1));
+        assert_eq!(s.batches, 5);
+        assert!((s.batch_ms.p50_ms - 2.0).abs() < 0.02, "{:?}", s.batch_ms);
+        assert_eq!((s.batch_ms.max_ms, s.batch_ms.mean_ms), (20.0, 5.6));
+    }
+
+    #[test]
+    fn histograms_grow_only_to_the_largest_value() {
+        let mut h = LatencyHistogram::default();
+        assert!(h.is_empty() && h.counts.is_empty());
+        h.record_n(Duration::from_millis(3), 10);
+        assert!(h.counts.len() < 1024, "{}", h.counts.len());
+        assert_eq!(h.len(), 10);
+        assert!((h.stats().p99_ms - 3.0).abs() < 0.03);
+        h.record(Duration::from_secs(100_000));
+        assert!(h.counts.len() <= (64 * SUB) as usize);
+        assert!((h.stats().p50_ms - 3.0).abs() < 0.03);
     }
 }

@@ -106,6 +106,7 @@ pub fn router(server: AppState) -> Router {
         .route("/v2/models/{p}/versions/{v}/ready", get(model_ready_v))
         .route("/v2/models/{p}/versions/{v}/infer", post(infer_v))
         .route("/v1/pipelines/{p}", post(plain))
+        .route("/v1/pipelines/{p}/stats", get(pipeline_stats))
         .route("/v1/completions", post(crate::openai::completions))
         .route("/v1/chat/completions", post(crate::openai::chat))
         .route("/v1/models", get(crate::openai::models))
@@ -258,6 +259,14 @@ async fn model_ready(State(s): State<AppState>, Path(p): Path<String>) -> Respon
 
 async fn model_ready_v(s: State<AppState>, Path((p, _)): Path<(String, String)>) -> Response {
     model_ready(s, Path(p)).await
+}
+
+/// `GET /v1/pipelines/{p}/stats`: each node measured against the plan (SPEC 8.3.1).
+async fn pipeline_stats(State(s): State<AppState>, Path(p): Path<String>) -> Response {
+    let Some(service) = s.get(&p) else {
+        return kserve_error(&CallError::Unknown(p));
+    };
+    axum::Json(crate::stats::of_service(&p, &service, &s.metrics)).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod openai;
 pub mod priority;
 pub mod state;
+pub mod stats;
 pub mod tensor;
 pub mod tls;
 
@@ -92,10 +93,12 @@ pub struct Bound {
 }
 
 /// How a server ended.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Drained {
     /// Every accepted request was answered within the drain bound.
     pub complete: bool,
+    /// Each loaded pipeline's stats against its plan, read once the drain ended.
+    pub reports: Vec<stats::PipelineReport>,
 }
 
 /// Serve `pipelines` until `shutdown` completes, then drain. `on_bound` learns the addresses
@@ -292,6 +295,11 @@ pub async fn serve(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let reports: Vec<stats::PipelineReport> = server
+        .all()
+        .iter()
+        .filter_map(|(name, s)| Some(stats::of_service(name, s.as_ref()?, &server.metrics)))
+        .collect();
     let _ = stop_tx.send(true);
     let left = until.saturating_duration_since(Instant::now()) + Duration::from_millis(200);
     for t in tasks {
@@ -309,7 +317,7 @@ pub async fn serve(
         complete = joined.await.unwrap_or(false);
     }
     tracing::info!(complete, "drained");
-    Ok(Drained { complete })
+    Ok(Drained { complete, reports })
 }
 
 /// Send `service` its warm-up request and say how it went. A failure record or a warm-up that

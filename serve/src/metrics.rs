@@ -14,6 +14,7 @@
 //! | `mars_node_item_errors` (`_total`) | counter | pipeline, node |
 //! | `mars_node_busy_seconds` (`_total`) | counter | pipeline, node |
 //! | `mars_node_utilization` | gauge | pipeline, node |
+//! | `mars_node_capacity_items_per_second` | gauge | pipeline, node, source (`measured`: items over busy time × replicas; `predicted`: the plan's) |
 //! | `mars_kv_tokens_used` | gauge | pipeline, node, replica |
 //! | `mars_kv_tokens_capacity` | gauge | pipeline, node, replica |
 //! | `mars_online_busy_cores` | gauge | — (deployment: cores the online pipelines kept busy, last tick) |
@@ -25,6 +26,7 @@
 //! Node counters are read from the same per-node meters `marsc run --stats-json` prints, at
 //! each scrape; batch sizes and KV use are observed as they happen.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +39,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use mars_runtime::run::service::Service;
+use mars_runtime::stats::{LatencyHistogram, LatencyStats};
 use mars_runtime::watch::Watch;
 
 type Labels = Vec<(&'static str, String)>;
@@ -64,6 +67,9 @@ pub struct Metrics {
     node_errors: Family<Labels, Counter>,
     node_busy: Family<Labels, Counter<f64, AtomicU64>>,
     node_utilization: Family<Labels, Gauge<f64, AtomicU64>>,
+    node_capacity: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Latency of requests answered ok, per pipeline, for the stats report.
+    answered_ok: Mutex<HashMap<String, (u64, LatencyHistogram)>>,
     kv_used: Family<Labels, Gauge>,
     kv_capacity: Family<Labels, Gauge>,
     open_requests: Gauge,
@@ -96,6 +102,8 @@ impl Metrics {
             node_errors: Family::default(),
             node_busy: Family::default(),
             node_utilization: Family::default(),
+            node_capacity: Family::default(),
+            answered_ok: Mutex::new(HashMap::new()),
             kv_used: Family::default(),
             kv_capacity: Family::default(),
             open_requests: Gauge::default(),
@@ -163,6 +171,11 @@ impl Metrics {
             "mars_node_utilization",
             "Busy time over replicas × time since start",
             m.node_utilization.clone(),
+        );
+        registry.register(
+            "mars_node_capacity_items_per_second",
+            "Items per second a node's replicas can sustain: measured or predicted by the plan",
+            m.node_capacity.clone(),
         );
         registry.register(
             "mars_kv_tokens_used",
@@ -234,6 +247,27 @@ impl Metrics {
         self.duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+        if outcome == "ok" {
+            let mut all = self
+                .answered_ok
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (n, h) = all.entry(pipeline.to_string()).or_default();
+            *n += 1;
+            h.record(took);
+        }
+    }
+
+    /// Requests of `pipeline` answered ok so far, and their latency.
+    pub fn answered_ok(&self, pipeline: &str) -> (u64, LatencyStats) {
+        let all = self
+            .answered_ok
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match all.get(pipeline) {
+            Some((n, h)) => (*n, h.stats()),
+            None => (0, LatencyHistogram::default().stats()),
+        }
     }
 
     /// What the HTTP front end holds open now, for the next scrape.
@@ -280,6 +314,28 @@ impl Metrics {
                 self.node_utilization
                     .get_or_create(&l)
                     .set(stats.utilization);
+            }
+            let report = crate::stats::report(
+                s.plan(),
+                &s.node_stats(),
+                s.uptime().as_secs_f64(),
+                0,
+                LatencyHistogram::default().stats(),
+            );
+            for n in report.nodes {
+                for (source, v) in [
+                    ("measured", n.measured.capacity_per_s),
+                    ("predicted", n.predicted.capacity_per_s),
+                ] {
+                    if let Some(v) = v {
+                        let l = vec![
+                            ("pipeline", name.clone()),
+                            ("node", n.id.clone()),
+                            ("source", source.to_string()),
+                        ];
+                        self.node_capacity.get_or_create(&l).set(v);
+                    }
+                }
             }
         }
         let window = self.window.lock().ok().and_then(|w| w.clone());

@@ -96,6 +96,13 @@ pub struct Args {
     /// pipeline (readiness turns false, requests are answered 503).
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub peer_timeout: f64,
+    /// At exit, write each pipeline's node stats against its plan (the
+    /// `/v1/pipelines/NAME/stats` report) as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+    /// No stats table on stderr at exit.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 fn read_file(flag: &str, path: &std::path::Path) -> miette::Result<Vec<u8>> {
@@ -287,6 +294,18 @@ pub fn run(mut args: Args) -> miette::Result<ExitCode> {
     }
     if let Some(o) = offline {
         o.finish(seconds("drain-timeout", args.drain_timeout)?)?;
+    }
+    if let Ok(d) = &drained {
+        if !args.quiet {
+            for r in &d.reports {
+                eprint!("{}", r.summary());
+            }
+        }
+        if let Some(path) = &args.stats_json {
+            let text = serde_json::to_string_pretty(&serde_json::json!({ "pipelines": d.reports }))
+                .into_diagnostic()?;
+            super::file_io::write_whole(path, (text + "\n").as_bytes())?;
+        }
     }
     match drained {
         Ok(d) if d.complete => Ok(ExitCode::SUCCESS),

@@ -551,6 +551,11 @@ impl Service {
         self.queue
     }
 
+    /// Time since the service started taking requests.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// Each node's counters since the service started, in plan order.
     pub fn node_stats(&self) -> Vec<(String, NodeStats)> {
         let wall = self.started.elapsed();
