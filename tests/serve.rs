@@ -738,3 +738,47 @@ async fn stats_set_each_node_measured_beside_its_prediction() {
     let b = &node(&saved["pipelines"][0], "b");
     assert!(b["measured"]["items"].as_u64().unwrap() >= 60, "{saved}");
 }
+
+#[test]
+fn bench_serve_checks_the_plan_at_its_rate_and_reports_nodes_against_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("marsc"))
+        .args(["bench", "serve", "--plan"])
+        .arg(common::plan("ab_rate"))
+        .args([
+            "--clients",
+            "4",
+            "--rates",
+            "400",
+            "--seconds",
+            "1",
+            "--json",
+        ])
+        .arg(&json)
+        .env("MARS_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("planned for 400 req/s"), "{text}");
+    assert!(text.contains("measured/predicted"), "{text}");
+    let v: Json = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let check = &v["prediction_checks"][0];
+    assert_eq!(check["rate"], 400.0);
+    assert_eq!(check["predicted_p99_ms"], 4.0);
+    let (m, r) = (
+        check["measured_p99_ms"].as_f64().unwrap(),
+        check["p99_ratio"].as_f64().unwrap(),
+    );
+    assert!(m > 0.0 && (r - m / 4.0).abs() < 0.01, "{check}");
+    let b = v["nodes"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "b")
+        .cloned()
+        .unwrap();
+    assert!(b["measured"]["items"].as_u64().unwrap() > 100, "{b}");
+    assert_eq!(b["predicted"]["batch_ms"], 2.0);
+}

@@ -52,6 +52,40 @@ fn ab_plan() -> mars_plan::Plan {
     plan
 }
 
+/// An open load at the rate the plan was compiled for (`--rate`), against the plan's latencies
+/// at that rate.
+#[derive(Debug, Clone, serde::Serialize)]
+struct PredictionCheck {
+    rate: f64,
+    measured_p50_ms: f64,
+    measured_p99_ms: f64,
+    predicted_p50_ms: f64,
+    predicted_p99_ms: f64,
+    p50_ratio: f64,
+    p99_ratio: f64,
+}
+
+impl PredictionCheck {
+    fn of(r: &LoadReport, rate: f64, predicted: &mars_plan::PipelinePrediction) -> PredictionCheck {
+        let ratio = |m: f64, p: f64| {
+            if p > 0.0 {
+                (m / p * 1000.0).round() / 1000.0
+            } else {
+                f64::NAN
+            }
+        };
+        PredictionCheck {
+            rate,
+            measured_p50_ms: r.p50_ms,
+            measured_p99_ms: r.p99_ms,
+            predicted_p50_ms: predicted.latency_p50_ms,
+            predicted_p99_ms: predicted.latency_p99_ms,
+            p50_ratio: ratio(r.p50_ms, predicted.latency_p50_ms),
+            p99_ratio: ratio(r.p99_ms, predicted.latency_p99_ms),
+        }
+    }
+}
+
 fn print(r: &LoadReport) {
     println!(
         "  {:<32} {:>9.1} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   p99.9 {:>7.2} ms   refused {:>6} (p99 {:.2} ms)   errors {}",
@@ -65,6 +99,8 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
         None => (ab_plan(), PathBuf::from(".")),
     };
     let name = plan.pipeline.clone();
+    let predicted = plan.predicted.clone();
+    let planned_rate = plan.rate;
     let bodies: Vec<Vec<u8>> = match &args.input {
         Some(path) => std::fs::read_to_string(path)
             .into_diagnostic()
@@ -150,7 +186,19 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
         "serve: pipeline `{name}` over HTTP (POST {path}), {} s per load",
         args.seconds
     );
+    println!(
+        "plan: {}; predicts {:.1} req/s at saturation, p50 {:.2} ms, p99 {:.2} ms{}",
+        planned_rate.map_or_else(
+            || "made for saturation".to_string(),
+            |r| format!("planned for {r} req/s")
+        ),
+        predicted.throughput,
+        predicted.latency_p50_ms,
+        predicted.latency_p99_ms,
+        planned_rate.map_or_else(String::new, |r| format!(" at {r} req/s")),
+    );
     let mut reports = Vec::new();
+    let mut checks = Vec::new();
     let loads = args
         .clients
         .iter()
@@ -168,13 +216,37 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
             args.seconds,
         ));
         print(&r);
+        if let (Load::Open { rate, .. }, Some(planned)) = (load, planned_rate) {
+            if (rate - planned).abs() <= planned * 0.01 {
+                let check = PredictionCheck::of(&r, planned, &predicted);
+                println!(
+                    "  {:<32} predicted p50 {:>7.2} ms   p99 {:>7.2} ms   measured/predicted: p50 {:.2}×, p99 {:.2}×",
+                    "(the plan, at its rate)",
+                    check.predicted_p50_ms,
+                    check.predicted_p99_ms,
+                    check.p50_ratio,
+                    check.p99_ratio
+                );
+                checks.push(check);
+            }
+        }
         reports.push(r);
     }
     let _ = stop_tx.send(());
-    let _ = server_rt.block_on(server);
+    let drained = server_rt.block_on(server).ok().and_then(Result::ok);
+    let nodes = drained.map(|d| d.reports).unwrap_or_default();
+    // Every load together, node by node, against the plan (the served stats of SPEC 8.3.1).
+    for n in &nodes {
+        println!("nodes over all loads:");
+        for line in n.summary().lines() {
+            println!("  {line}");
+        }
+    }
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&serde_json::json!({"serve": reports}))
-            .into_diagnostic()?;
+        let text = serde_json::to_string_pretty(
+            &serde_json::json!({"serve": reports, "prediction_checks": checks, "nodes": nodes}),
+        )
+        .into_diagnostic()?;
         std::fs::write(&path, text).into_diagnostic()?;
     }
     Ok(ExitCode::SUCCESS)
