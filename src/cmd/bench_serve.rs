@@ -236,8 +236,10 @@ pub fn run(args: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
     let drained = server_rt.block_on(server).ok().and_then(Result::ok);
     let nodes = drained.map(|d| d.reports).unwrap_or_default();
     // Every load together, node by node, against the plan (the served stats of SPEC 8.3.1).
-    for n in &nodes {
+    if !nodes.is_empty() {
         println!("nodes over all loads:");
+    }
+    for n in &nodes {
         for line in n.summary().lines() {
             println!("  {line}");
         }
