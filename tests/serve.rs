@@ -247,6 +247,11 @@ async fn malformed_bodies_are_clear_4xx_answers() {
         .await
         .expect("answers");
     assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.headers().get("connection").and_then(|v| v.to_str().ok()),
+        Some("close"),
+        "a body refused unread closes its connection"
+    );
     // Files are refused: served requests carry their data inline.
     let (status, r) = post(
         &c,

@@ -463,6 +463,11 @@ async fn requests_past_the_open_bounds_are_refused_before_their_body_is_read() {
         r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
         Some("1")
     );
+    // Its body was never read, so its connection is not kept for another request.
+    assert_eq!(
+        r.headers().get("connection").and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
     let text = r.text().await.expect("a body");
     assert!(text.contains("--max-open-mib 1"), "{text}");
     // A small one fits the bytes and is the second open request.

@@ -175,11 +175,21 @@ async fn guard(State(server): State<AppState>, req: Request, next: Next) -> Resp
                     .into_response();
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                // The body was never read: the connection cannot carry another request, so
+                // say so, and a client does not put it back in its pool (where its next
+                // request would meet a closed socket).
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return r;
             }
         }
     };
-    let r = next.run(req).await;
+    let mut r = next.run(req).await;
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // Refused on its Content-Length, with the body unread: as above.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let outcome = r.extensions().get::<Outcome>().map_or("-", |o| o.0);
     tracing::info!(
         target: "mars::access",
