@@ -502,3 +502,100 @@ async fn requests_past_the_open_bounds_are_refused_before_their_body_is_read() {
         "{text}"
     );
 }
+
+/// A gRPC `ModelInfer` of `x` to the slow pipeline, with an `id` of `pad` bytes.
+fn slow_infer(x: i64, pad: usize) -> proto::ModelInferRequest {
+    proto::ModelInferRequest {
+        model_name: "slow".into(),
+        id: "p".repeat(pad),
+        inputs: vec![proto::model_infer_request::InferInputTensor {
+            name: "x".into(),
+            datatype: "INT64".into(),
+            shape: vec![1],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![x.to_le_bytes().to_vec()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn grpc_requests_count_against_the_same_open_bounds() {
+    let s = Served::start(
+        &["slow"],
+        &[
+            "--max-open-requests",
+            "2",
+            "--max-open-mib",
+            "1",
+            "--max-body-bytes",
+            "1048576",
+        ],
+    )
+    .await;
+    let g = GrpcInferenceServiceClient::connect(s.grpc.clone())
+        .await
+        .expect("connects");
+    let infer = |req: proto::ModelInferRequest| {
+        let mut g = g.clone();
+        tokio::spawn(async move { g.model_infer(req).await.map(|r| r.into_inner().id.len()) })
+    };
+    // A 600 KiB message reserves 600 KiB (its length, read from the gRPC message prefix).
+    let first = infer(slow_infer(1, 600 << 10));
+    until_gauge(&s, "mars_open_requests", 1.0).await;
+    let held = gauge(&s.metrics().await, "mars_open_body_bytes").expect("the gauge");
+    assert!(held >= (600 << 10) as f64, "{held}");
+    // A second one would pass the 1 MiB bound: UNAVAILABLE at once, naming the flag.
+    let e = infer(slow_infer(2, 600 << 10))
+        .await
+        .expect("joins")
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert!(e.message().contains("--max-open-mib 1"), "{}", e.message());
+    // A small one is the second open request; a third is refused on the count.
+    let second = infer(slow_infer(3, 0));
+    until_gauge(&s, "mars_open_requests", 2.0).await;
+    let e = infer(slow_infer(4, 0))
+        .await
+        .expect("joins")
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert!(
+        e.message().contains("--max-open-requests 2"),
+        "{}",
+        e.message()
+    );
+    // The bounds are the server's, not per protocol: HTTP is refused too.
+    let (status, body) = post(&s.client, &s.url("/v1/pipelines/slow"), &json!({"x": 5})).await;
+    assert_eq!(status, 503, "{body}");
+    // Readiness and metadata stay outside the bounds.
+    let mut h = g.clone();
+    assert!(
+        h.server_ready(proto::ServerReadyRequest {})
+            .await
+            .expect("answers")
+            .into_inner()
+            .ready
+    );
+    assert_eq!(first.await.expect("joins").expect("answered"), 600 << 10);
+    assert_eq!(second.await.expect("joins").expect("answered"), 0);
+    // The reservations come back with the answers.
+    until_gauge(&s, "mars_open_requests", 0.0).await;
+    assert_eq!(gauge(&s.metrics().await, "mars_open_body_bytes"), Some(0.0));
+    let text = s.metrics().await;
+    assert!(
+        text.contains(r#"mars_refusals_total{pipeline="-",reason="open_limit"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"mars_refusals_total{pipeline="slow",reason="open_limit"} 1"#),
+        "{text}"
+    );
+    assert_eq!(
+        infer(slow_infer(6, 0))
+            .await
+            .expect("joins")
+            .expect("answered"),
+        0
+    );
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use crate::grpc_open::Bounded;
 use crate::kserve::{self, InferRequest, EXTENSIONS, SERVER_NAME};
 use crate::state::{CallError, Server};
 use crate::tensor::{self, Elements, Tensor};
@@ -52,11 +53,15 @@ pub struct Grpc {
     server: Arc<Server>,
 }
 
-pub fn service(server: Arc<Server>) -> GrpcInferenceServiceServer<Grpc> {
+/// The service, behind the open-request bounds ([`Bounded`]).
+pub fn service(server: Arc<Server>) -> Bounded<GrpcInferenceServiceServer<Grpc>> {
     let max = server.limits.max_body;
-    GrpcInferenceServiceServer::new(Grpc { server })
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(usize::MAX)
+    let svc = GrpcInferenceServiceServer::new(Grpc {
+        server: Arc::clone(&server),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(usize::MAX);
+    Bounded::new(svc, server)
 }
 
 fn typed(datatype: &str, c: InferTensorContents) -> Elements {

@@ -17,6 +17,7 @@
 
 pub mod bench;
 pub mod grpc;
+mod grpc_open;
 pub mod http;
 pub mod kserve;
 pub mod metrics;

@@ -54,7 +54,7 @@ pub const DEFAULT_MAX_OPEN: usize = 1024;
 /// Default `--max-open-mib`, in bytes.
 pub const DEFAULT_MAX_OPEN_BYTES: usize = 256 << 20;
 
-/// Requests the HTTP front end holds open and the body bytes they reserve (see
+/// Requests the HTTP and gRPC front ends hold open and the body bytes they reserve (see
 /// [`Limits::max_open`]).
 #[derive(Debug, Default)]
 pub struct Open {
@@ -93,6 +93,20 @@ impl Open {
             self.requests.load(Ordering::Acquire),
             self.bytes.load(Ordering::Acquire),
         )
+    }
+}
+
+impl OpenSlot {
+    /// Reserve `extra` more body bytes for this request (its length became known after the
+    /// request was admitted), or `false` when that would pass the byte bound.
+    pub fn grow(&mut self, extra: usize, limits: &Limits) -> bool {
+        let b = self.open.bytes.fetch_add(extra, Ordering::AcqRel) + extra;
+        if b > limits.max_open_bytes {
+            self.open.bytes.fetch_sub(extra, Ordering::AcqRel);
+            return false;
+        }
+        self.bytes += extra;
+        true
     }
 }
 
