@@ -169,14 +169,23 @@ pub async fn run_load(
     match load {
         Load::Closed { clients } => {
             let mut tasks = Vec::new();
-            for c in 0..clients {
-                let (head, bodies, tally) =
-                    (Arc::clone(&head), Arc::clone(&bodies), Arc::clone(&tally));
+            // Every request takes the next body in turn, whichever client sends it: the mix
+            // answered is the sample's. (Client c taking bodies c, c + clients, … would pin
+            // each client to one body when the count divides the clients, and the clients
+            // with the cheapest bodies would then answer most of the requests.)
+            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            for _ in 0..clients {
+                let (head, bodies, tally, next) = (
+                    Arc::clone(&head),
+                    Arc::clone(&bodies),
+                    Arc::clone(&tally),
+                    Arc::clone(&next),
+                );
                 tasks.push(tokio::spawn(async move {
                     let mut n = 0u64;
                     let mut conn = Conn::open(addr).await.ok();
-                    let mut k = c;
                     while Instant::now() < until {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let t0 = Instant::now();
                         let status = match conn.as_mut() {
                             Some(cn) => cn.post(&head, &bodies[k % bodies.len()]).await,
@@ -190,7 +199,6 @@ pub async fn run_load(
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .add(status, t0.elapsed());
                         n += 1;
-                        k += clients;
                     }
                     n
                 }));
@@ -297,6 +305,63 @@ mod tests {
         assert_eq!(quantile(&d, 0.99), 99.0);
         assert_eq!(quantile(&d, 0.999), 100.0);
         assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+
+    /// A server that answers body `f` at once and body `s` after 5 ms, counting each.
+    async fn fast_and_slow() -> (SocketAddr, Arc<[std::sync::atomic::AtomicU64; 2]>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("an address");
+        let seen = Arc::new([
+            std::sync::atomic::AtomicU64::new(0),
+            std::sync::atomic::AtomicU64::new(0),
+        ]);
+        let counts = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counts = Arc::clone(&counts);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // Each request here ends with its one-byte body.
+                        while !find(&buf, b"\r\n\r\n").is_some_and(|k| buf.len() > k + 4) {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = find(&buf, b"\r\n\r\n").expect("a head") + 4;
+                        let slow = buf[end] == b's';
+                        buf.drain(..=end);
+                        counts[usize::from(slow)]
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if slow {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                        if stream.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_closed_loop_sends_the_bodies_in_turn_whatever_each_costs() {
+        let (addr, seen) = fast_and_slow().await;
+        let bodies = Arc::new(vec![b"f".to_vec(), b"s".to_vec()]);
+        // Two clients, two bodies: taking bodies c, c + clients, … would pin client 0 to the
+        // fast body, and it would answer ~5 ms / its round trip times as many requests.
+        let r = run_load(addr, "/", bodies, Load::Closed { clients: 2 }, 0.5).await;
+        let fast = seen[0].load(std::sync::atomic::Ordering::Relaxed);
+        let slow = seen[1].load(std::sync::atomic::Ordering::Relaxed);
+        assert!(r.ok >= 20, "{r:?}");
+        assert!(fast.abs_diff(slow) <= 2, "fast {fast}, slow {slow}");
     }
 
     #[test]
