@@ -37,21 +37,39 @@ pub fn precheck(text: &str) -> Result<(), (Option<usize>, String)> {
 }
 
 /// The first line (1-based) where collections nest deeper than [`MAX_YAML_DEPTH`]: block
-/// nesting by indentation and `- ` markers, plus flow nesting by `[` and `{` outside quoted
-/// scalars and comments. It overestimates a little (a sequence item's keys count as a level
-/// of their own), never underestimates.
+/// nesting by indentation and `- ` markers, plus flow nesting by `[` and `{`. Text is not
+/// nesting: quoted scalars (which may span lines), comments, block scalars (`|`, `>`: the
+/// lines indented past their key) and plain scalars (a bracket inside one, such as
+/// `a: b [c`, or on a line continuing one) are skipped. In block context a bracket opens a
+/// flow collection only where a value starts (after `key: `, `- `, `? `, a tag or an anchor,
+/// or at the start of a line). It overestimates a little (a sequence item's keys count as a
+/// level of their own), never underestimates what serde_yaml accepts.
 pub fn too_deep(text: &str) -> Option<usize> {
     let mut indents: Vec<usize> = Vec::new();
     let mut flow = 0usize;
     // The open quote, carried across lines (quoted scalars may span lines).
     let mut quote: Option<u8> = None;
+    // Lines indented past this column are text: the content of a block scalar or the
+    // continuation of a plain scalar opened on a line whose first token is at the column.
+    let mut text_past: Option<usize> = None;
     for (n, line) in text.lines().enumerate() {
         let bytes = line.as_bytes();
         let mut i = 0;
+        // The column of the line's first token after its `- ` markers.
+        let mut first = 0;
         if quote.is_none() && flow == 0 {
             let indent = bytes.iter().take_while(|&&b| b == b' ').count();
             let rest = &bytes[indent..];
-            if rest.is_empty() || rest[0] == b'#' {
+            if rest.is_empty() {
+                continue;
+            }
+            if let Some(col) = text_past {
+                if indent > col {
+                    continue;
+                }
+                text_past = None;
+            }
+            if rest[0] == b'#' {
                 continue;
             }
             while indents.last().is_some_and(|&top| top > indent) {
@@ -73,9 +91,18 @@ pub fn too_deep(text: &str) -> Option<usize> {
             if indents.len() + dashes > MAX_YAML_DEPTH {
                 return Some(n + 1);
             }
+            first = i;
         }
         let block = indents.len();
+        let starts_in_block = quote.is_none() && flow == 0;
         let mut prev = b' ';
+        // Block context: whether a value may start here, whether a tag or anchor is being
+        // read (a value may start after it), and whether a plain scalar is open.
+        let mut at_value = starts_in_block;
+        let mut props = false;
+        let mut plain = false;
+        // Where the line's text ends (before a comment).
+        let mut end = bytes.len();
         while i < bytes.len() {
             let c = bytes[i];
             match quote {
@@ -93,11 +120,14 @@ pub fn too_deep(text: &str) -> Option<usize> {
                         }
                     }
                 }
-                None => {
+                None if flow > 0 => {
                     let token_start = matches!(prev, b' ' | b'\t' | b'[' | b'{' | b',' | b':');
                     match c {
                         b'"' | b'\'' if token_start => quote = Some(c),
-                        b'#' if matches!(prev, b' ' | b'\t') => break,
+                        b'#' if matches!(prev, b' ' | b'\t') => {
+                            end = i;
+                            break;
+                        }
                         b'[' | b'{' => {
                             flow += 1;
                             if block + flow > MAX_YAML_DEPTH {
@@ -108,12 +138,63 @@ pub fn too_deep(text: &str) -> Option<usize> {
                         _ => {}
                     }
                 }
+                None => match c {
+                    b'#' if matches!(prev, b' ' | b'\t') => {
+                        end = i;
+                        break;
+                    }
+                    b' ' | b'\t' => {
+                        if props || matches!(prev, b':' | b'?') {
+                            at_value = true;
+                            props = false;
+                            plain = false;
+                        }
+                    }
+                    b'"' | b'\'' if at_value => {
+                        quote = Some(c);
+                        at_value = false;
+                    }
+                    b'[' | b'{' if at_value => {
+                        at_value = false;
+                        flow += 1;
+                        if block + flow > MAX_YAML_DEPTH {
+                            return Some(n + 1);
+                        }
+                    }
+                    b'&' | b'!' if at_value => {
+                        at_value = false;
+                        props = true;
+                    }
+                    _ => {
+                        if at_value {
+                            plain = true;
+                        }
+                        if !props {
+                            at_value = false;
+                        }
+                    }
+                },
             }
             prev = c;
             i += 1;
         }
+        if starts_in_block && quote.is_none() && flow == 0 {
+            let tail = line[..end].trim_end();
+            let value = tail
+                .rsplit_once(": ")
+                .map_or(&tail[first.min(tail.len())..], |v| v.1);
+            if is_block_indicator(value.trim()) || (plain && !tail.ends_with(':')) {
+                text_past = Some(first);
+            }
+        }
     }
     None
+}
+
+/// `|` or `>` with optional chomping (`+`, `-`) and indentation (`1`–`9`) indicators.
+fn is_block_indicator(v: &str) -> bool {
+    let mut b = v.bytes();
+    matches!(b.next(), Some(b'|' | b'>')) && b.all(|c| matches!(c, b'+' | b'-' | b'1'..=b'9'))
 }
 
 /// A map that refuses a key given twice (serde's own maps keep the last): for the maps of
@@ -169,6 +250,44 @@ mod tests {
             "[".repeat(99)
         );
         assert_eq!(too_deep(&quoted), None);
+    }
+
+    #[test]
+    fn brackets_in_block_and_plain_scalars_are_text() {
+        let deep = "[".repeat(100);
+        // A block scalar's lines, whatever they hold, down to the next key.
+        let literal = format!("a: |-\n  x\n  {deep}\n\n  {deep}\nb: 1\n");
+        assert_eq!(too_deep(&literal), None);
+        let item = format!("- >2\n   {deep}\n- c\n");
+        assert_eq!(too_deep(&item), None);
+        // A plain scalar holding brackets, and the lines that continue it.
+        let plain = format!("a: b {deep}\nc: x\n  {deep}\nd: e{deep}\n");
+        assert_eq!(too_deep(&plain), None);
+        // After a block scalar ends, nesting counts again; a tag or an anchor may precede
+        // a flow collection.
+        let after = format!("a: |\n  t\nb: {deep}1\n");
+        assert_eq!(too_deep(&after), Some(3));
+        assert_eq!(too_deep(&format!("a: !!seq {deep}\n")), Some(1));
+        assert_eq!(too_deep(&format!("a: &x {deep}\n")), Some(1));
+        assert_eq!(too_deep(&format!("- {deep}\n")), Some(1));
+        // A key line opens no text: what is indented under it is nesting.
+        let keys: String = (0..100)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        assert_eq!(
+            too_deep(&format!("a: |\n  t\n{keys}")),
+            Some(MAX_YAML_DEPTH + 3)
+        );
+    }
+
+    /// Found by `fuzz/run.sh` (load_plan): a plan whose note holds a quoted run of brackets
+    /// loaded, but the plan as written (the note as a block scalar) was refused as too deep.
+    #[test]
+    fn a_plan_with_brackets_in_its_notes_loads_again_once_written() {
+        let text = include_str!("testdata/fuzz_notes_brackets.plan.yaml");
+        let plan = crate::Plan::from_yaml(text, "fuzz.plan.yaml").expect("loads");
+        let again = crate::Plan::from_yaml(&plan.to_yaml(), "again.plan.yaml").expect("again");
+        assert_eq!(plan, again);
     }
 
     #[test]
