@@ -652,6 +652,7 @@ pub fn run_plan(
         } else {
             0.0
         },
+        steady_throughput: written.steady_throughput().map(round3),
         predicted_throughput: plan.predicted.throughput,
         latency: written.latency.stats(),
         errors_by_node: written.errors_by_node,

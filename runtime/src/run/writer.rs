@@ -39,7 +39,33 @@ pub struct Written {
     pub errors_by_node: BTreeMap<String, u64>,
     pub latency: LatencyHistogram,
     pub stopped_at: Option<u64>,
+    /// When every [`MARK_EVERY`]th record was written (for [`Written::steady_throughput`]).
+    marks: Vec<std::time::Instant>,
     seen: Seen,
+}
+
+/// Records between two marks of [`Written`].
+pub const MARK_EVERY: u64 = 1024;
+
+impl Written {
+    /// Records per second while the pipeline was full: between the marks nearest 10% and
+    /// 90% of the records, so that neither filling the pipeline at the start nor draining it
+    /// at the end is counted. `None` under 20 marks (20,480 records).
+    pub fn steady_throughput(&self) -> Option<f64> {
+        steady(&self.marks)
+    }
+}
+
+/// See [`Written::steady_throughput`]: `marks[k]` is when record `(k + 1) × MARK_EVERY` was
+/// written.
+fn steady(marks: &[std::time::Instant]) -> Option<f64> {
+    let n = marks.len();
+    if n < 20 {
+        return None;
+    }
+    let (lo, hi) = (n / 10, n - 1 - n / 10);
+    let s = marks[hi].saturating_duration_since(marks[lo]).as_secs_f64();
+    (s > 0.0).then(|| (hi - lo) as f64 * MARK_EVERY as f64 / s)
 }
 
 /// The ids written so far, kept as a low-water mark plus the ids above it, so that checking
@@ -250,6 +276,9 @@ pub fn write_outcomes(
             )));
         }
         w.records += 1;
+        if w.records % MARK_EVERY == 0 {
+            w.marks.push(std::time::Instant::now());
+        }
         match format_outcome(&mut buf, o, &link.output_names, link.cx, link.files_dir) {
             Some(f) => {
                 w.errors += 1;
@@ -331,6 +360,27 @@ mod tests {
         assert!(!s.insert(5, &skip));
         assert!(s.insert(4, &skip));
         assert_eq!((s.below, s.above.len()), (7, 0));
+    }
+
+    #[test]
+    fn steady_throughput_leaves_out_filling_and_draining() {
+        let t0 = std::time::Instant::now();
+        let ms = std::time::Duration::from_millis;
+        // 30 marks: the first 3 and last 3 a second apart (slow fill and drain), the rest
+        // 10 ms apart.
+        let mut marks = Vec::new();
+        let mut t = t0;
+        for k in 0..30 {
+            t += if !(3..27).contains(&k) {
+                ms(1000)
+            } else {
+                ms(10)
+            };
+            marks.push(t);
+        }
+        let r = steady(&marks).expect("enough marks");
+        assert!((r - MARK_EVERY as f64 / 0.010).abs() < 1.0, "{r}");
+        assert_eq!(steady(&marks[..19]), None);
     }
 
     #[test]
