@@ -448,7 +448,7 @@ impl RunStats {
         if let Some(steady) = self.steady_throughput {
             let _ = writeln!(
                 s,
-                "steady: {steady:.1} req/s while the pipeline was full (10%–90% of the records;                  {:.3} of the prediction)",
+                "steady: {steady:.1} req/s while the pipeline was full (10%–90% of the records; {:.3} of the prediction)",
                 steady / self.predicted_throughput.max(1e-9)
             );
         }
