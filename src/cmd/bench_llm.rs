@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long, default_value = "model:smollm2-135m-instruct")]
     weights: String,
     /// Modes, comma-separated: f32, int8, int4/g32, int4/g64, int4/g128, awq_int4/gN,
-    /// smoothquant_int8.
+    /// smoothquant_int8; any of them with `/prune0.1` (that share of FFN channels pruned).
     #[arg(
         long,
         default_value = "f32,int8,int4/g32,int4/g128,awq_int4/g128,smoothquant_int8"
@@ -66,7 +66,22 @@ pub struct Args {
     data: PathBuf,
 }
 
-fn parse_mode(s: &str) -> Result<LlmQuant, String> {
+/// A mode: `quantize` (`f32`, `int8`, `int4/g64`, …), optionally with `/prune0.1` (FFN channel
+/// pruning, SPEC §4.9).
+fn parse_mode(s: &str) -> Result<(LlmQuant, f64), String> {
+    let (s, prune) = match s.split_once("/prune") {
+        Some((m, p)) => (
+            m,
+            mars_stdlib::models::llm_prune::check_prune(
+                p.parse::<f64>().map_err(|e| format!("`{s}`: {e}"))?,
+            )?,
+        ),
+        None => (s, 0.0),
+    };
+    Ok((parse_quant(s)?, prune))
+}
+
+fn parse_quant(s: &str) -> Result<LlmQuant, String> {
     if s == "f32" {
         return Ok(LlmQuant::None);
     }
@@ -80,8 +95,17 @@ fn parse_mode(s: &str) -> Result<LlmQuant, String> {
     LlmQuant::parse(m, g)
 }
 
+/// A mode's name as `--modes` writes it.
+fn mode_name(q: LlmQuant, prune: f64) -> String {
+    match prune > 0.0 {
+        true => format!("{}/prune{prune}", q.name()),
+        false => q.name(),
+    }
+}
+
 struct Mode {
     quant: LlmQuant,
+    prune: f64,
     model: ChatModel,
     load_s: f64,
     decode_ms: Vec<f64>,
@@ -132,13 +156,13 @@ fn encode(m: &ChatModel, text: &str, limit: usize, from_end: bool) -> miette::Re
 }
 
 pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
-    let quants: Vec<LlmQuant> = a
+    let quants: Vec<(LlmQuant, f64)> = a
         .modes
         .split(',')
         .map(|s| parse_mode(s.trim()))
         .collect::<Result<_, _>>()
         .map_err(|e| miette!(code = "mars::bench::llm", "--modes: {e}"))?;
-    if quants.first() != Some(&LlmQuant::None) {
+    if quants.first() != Some(&(LlmQuant::None, 0.0)) {
         return Err(miette!(
             code = "mars::bench::llm",
             "--modes must start with f32 (the reference)"
@@ -188,7 +212,7 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
         }
     };
     let calib: Vec<Vec<u32>> = calib_ids.chunks(a.window).map(|c| c.to_vec()).collect();
-    let stats = if quants.iter().any(|q| q.needs_stats()) {
+    let stats = if quants.iter().any(|(q, p)| q.needs_stats() || *p > 0.0) {
         let (s, n) = calibrate(llama(&reference)?, &calib).map_err(|e| miette!("{e}"))?;
         println!("calibrated on {n} tokens ({} sites)", s.len());
         Some(s)
@@ -197,12 +221,14 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
     };
     drop(reference);
     let mut modes = Vec::new();
-    for q in &quants {
+    for &(q, prune) in &quants {
         let t0 = Instant::now();
-        let model = ChatModel::load_quantized(&path, positions, *q, stats.as_ref())
-            .map_err(|e| miette!("{}: {e}", q.name()))?;
+        let name = mode_name(q, prune);
+        let model = ChatModel::load_pruned(&path, positions, q, stats.as_ref(), prune)
+            .map_err(|e| miette!("{name}: {e}"))?;
         modes.push(Mode {
-            quant: *q,
+            quant: q,
+            prune,
             load_s: t0.elapsed().as_secs_f64(),
             model,
             decode_ms: Vec::new(),
@@ -212,7 +238,7 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
             exact: 0,
             prefix: 0.0,
         });
-        eprintln!("loaded {} in {:.1}s", q.name(), t0.elapsed().as_secs_f64());
+        eprintln!("loaded {name} in {:.1}s", t0.elapsed().as_secs_f64());
     }
     let prompts = support_prompts(&a.data).map_err(|e| miette!("{e}"))?;
     let prompts: Vec<Vec<u32>> = prompts
@@ -334,7 +360,7 @@ fn report(
         let n = a.questions.min(56).max(1);
         println!(
             "{:<18} {:>8.1} {:>9.1} {:>6.2} {:>7.0}ms {:>6.2} {:>8.3} {:>6.2}% {:>9.5} {:>3}/{:<3} {:>7.3} {:>9.5} {:>5.1}s",
-            m.quant.name(),
+            mode_name(m.quant, m.prune),
             mb,
             1e3 / dec,
             f_dec / dec,
@@ -350,7 +376,7 @@ fn report(
             m.load_s
         );
         rows.push(serde_json::json!({
-            "mode": m.quant.name(), "weight_mb": mb, "decode_ms": dec, "decode_tok_s": 1e3 / dec,
+            "mode": mode_name(m.quant, m.prune), "weight_mb": mb, "decode_ms": dec, "decode_tok_s": 1e3 / dec,
             "decode_speedup": f_dec / dec, "prefill_512_ms": pre, "prefill_speedup": f_pre / pre,
             "perplexity": ppl, "ppl_change": ppl / f_ppl - 1.0, "kl_text": m.text.kl_per_token(),
             "text_tokens": m.text.tokens, "agree_exact": m.exact, "questions": n,

@@ -45,8 +45,36 @@ impl ChatModel {
         quant: LlmQuant,
         stats: Option<&BTreeMap<String, ActStats>>,
     ) -> Result<ChatModel, String> {
-        let g = Gguf::read(path)?;
+        ChatModel::load_pruned(path, positions, quant, stats, 0.0)
+    }
+
+    /// [`ChatModel::load_quantized`] with a `prune` share of every block's FFN channels
+    /// dropped first ([`super::llm_prune`]; needs the calibration statistics).
+    pub fn load_pruned(
+        path: &std::path::Path,
+        positions: usize,
+        quant: LlmQuant,
+        stats: Option<&BTreeMap<String, ActStats>>,
+        prune: f64,
+    ) -> Result<ChatModel, String> {
+        let mut g = Gguf::read(path)?;
         let gemma = g.text("general.architecture")? == "gemma3";
+        let prune = super::llm_prune::check_prune(prune)?;
+        let mut pruned_stats = None;
+        if prune > 0.0 {
+            if gemma {
+                return Err(
+                    "`prune` is implemented for `arch = \"llama\"` only, not for gemma3".into(),
+                );
+            }
+            let mut s = stats
+                .cloned()
+                .ok_or("prune needs calibration statistics (model key `calibration`; make them with `marsc weights calibrate-llm`)")?;
+            let layers = g.uint("llama.block_count")?;
+            super::llm_prune::prune_ffn(&mut g, layers, &mut s, prune)?;
+            pruned_stats = Some(s);
+        }
+        let stats = pruned_stats.as_ref().or(stats);
         let (tokenizer, bos) = match gemma {
             true => super::spm::spm_tokenizer_and_bos(&g)?,
             false => (bpe_tokenizer(&g)?, None),
@@ -172,9 +200,16 @@ impl ChatNode {
         };
         let kv = KvOptions::parse(cfg.float("kv_keep", 1.0)?, cfg.text("kv")?.unwrap_or("f32"))
             .map_err(|(key, m)| cfg.err(key, &m))?;
-        let mut model =
-            ChatModel::load_quantized(&opened.path, positions as usize, quant, stats.as_ref())
-                .map_err(fail)?;
+        let prune = super::llm_prune::check_prune(cfg.float("prune", 0.0)?)
+            .map_err(|m| cfg.err("prune", &format!(": {m}")))?;
+        let mut model = ChatModel::load_pruned(
+            &opened.path,
+            positions as usize,
+            quant,
+            stats.as_ref(),
+            prune,
+        )
+        .map_err(fail)?;
         model.llama.set_kv(kv).map_err(fail)?;
         let max_tokens = cfg.int("max_tokens", 128)?;
         if max_tokens < 1 {

@@ -13,6 +13,7 @@ pub mod kv;
 pub mod linear;
 pub mod llama;
 pub mod llm_eval;
+pub mod llm_prune;
 pub mod llm_quant;
 pub mod numbers;
 pub mod onnx;
