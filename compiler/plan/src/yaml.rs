@@ -57,6 +57,8 @@ pub fn too_deep(text: &str) -> Option<usize> {
         let mut i = 0;
         // The column of the line's first token after its `- ` markers.
         let mut first = 0;
+        // The column of the line's last `- ` marker, if it has one.
+        let mut last_dash = None;
         if quote.is_none() && flow == 0 {
             let indent = bytes.iter().take_while(|&&b| b == b' ').count();
             let rest = &bytes[indent..];
@@ -82,6 +84,7 @@ pub fn too_deep(text: &str) -> Option<usize> {
             i = indent;
             let mut dashes = 0;
             while bytes.get(i) == Some(&b'-') && matches!(bytes.get(i + 1), Some(b' ') | None) {
+                last_dash = Some(i);
                 dashes += 1;
                 i += 2;
                 while bytes.get(i) == Some(&b' ') {
@@ -180,11 +183,14 @@ pub fn too_deep(text: &str) -> Option<usize> {
         }
         if starts_in_block && quote.is_none() && flow == 0 {
             let tail = line[..end].trim_end();
-            let value = tail
-                .rsplit_once(": ")
-                .map_or(&tail[first.min(tail.len())..], |v| v.1);
+            // A scalar after `key: ` is text on the lines indented past the key; one right
+            // after a `- ` marker, on the lines indented past the marker.
+            let (value, col) = match tail.rsplit_once(": ") {
+                Some((_, v)) => (v, first),
+                None => (&tail[first.min(tail.len())..], last_dash.unwrap_or(first)),
+            };
             if is_block_indicator(value.trim()) || (plain && !tail.ends_with(':')) {
-                text_past = Some(first);
+                text_past = Some(col);
             }
         }
     }
@@ -258,7 +264,7 @@ mod tests {
         // A block scalar's lines, whatever they hold, down to the next key.
         let literal = format!("a: |-\n  x\n  {deep}\n\n  {deep}\nb: 1\n");
         assert_eq!(too_deep(&literal), None);
-        let item = format!("- >2\n   {deep}\n- c\n");
+        let item = format!("- >2\n   {deep}\n- c\n- |-\n  {deep}\n- plain\n  {deep}\n");
         assert_eq!(too_deep(&item), None);
         // A plain scalar holding brackets, and the lines that continue it.
         let plain = format!("a: b {deep}\nc: x\n  {deep}\nd: e{deep}\n");
@@ -284,10 +290,16 @@ mod tests {
     /// loaded, but the plan as written (the note as a block scalar) was refused as too deep.
     #[test]
     fn a_plan_with_brackets_in_its_notes_loads_again_once_written() {
-        let text = include_str!("testdata/fuzz_notes_brackets.plan.yaml");
-        let plan = crate::Plan::from_yaml(text, "fuzz.plan.yaml").expect("loads");
-        let again = crate::Plan::from_yaml(&plan.to_yaml(), "again.plan.yaml").expect("again");
-        assert_eq!(plan, again);
+        for text in [
+            include_str!("testdata/fuzz_notes_brackets.plan.yaml"),
+            include_str!("testdata/fuzz_notes_brackets2.plan.yaml"),
+        ] {
+            let plan = crate::Plan::from_yaml(text, "fuzz.plan.yaml").expect("loads");
+            let written = plan.to_yaml();
+            let again = crate::Plan::from_yaml(&written, "again.plan.yaml")
+                .unwrap_or_else(|e| panic!("{e:?}\n{written}"));
+            assert_eq!(plan, again);
+        }
     }
 
     #[test]
