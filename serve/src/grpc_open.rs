@@ -120,18 +120,9 @@ where
 
 /// The `UNAVAILABLE` answer to a request past the open bounds.
 fn refuse(server: &Server, start: std::time::Instant) -> http::Response<Body> {
-    let (requests, bytes) = server.open.held();
     server.metrics.refused("-", "open_limit");
     tracing::info!(target: "mars::access", id = server.log_id(), method = "grpc", path = "ModelInfer", pipeline = "-", outcome = "open_limit", latency_ms = start.elapsed().as_secs_f64() * 1000.0);
-    let limits = &server.limits;
-    Status::unavailable(format!(
-        "the server holds {requests} open requests ({} MiB of bodies), its bound \
-         (--max-open-requests {}, --max-open-mib {}); retry later",
-        bytes >> 20,
-        limits.max_open,
-        limits.max_open_bytes >> 20
-    ))
-    .into_http()
+    Status::unavailable(server.open.refusal(&server.limits)).into_http()
 }
 
 /// A request body with the frames already read put back in front.

@@ -156,18 +156,11 @@ async fn guard(State(server): State<AppState>, req: Request, next: Next) -> Resp
         match server.open.reserve(body, &server.limits) {
             Some(slot) => Some(slot),
             None => {
-                let (requests, bytes) = server.open.held();
                 server
                     .metrics
                     .refused(server.label(&pipeline), "open_limit");
                 tracing::info!(target: "mars::access", id, %method, %path, pipeline = %pipeline, status = 503, outcome = "open_limit", latency_ms = start.elapsed().as_secs_f64() * 1000.0);
-                let message = format!(
-                    "the server holds {requests} open requests ({} MiB of bodies), its bound \
-                     (--max-open-requests {}, --max-open-mib {}); retry later",
-                    bytes >> 20,
-                    server.limits.max_open,
-                    server.limits.max_open_bytes >> 20
-                );
+                let message = server.open.refusal(&server.limits);
                 let mut r = (
                     StatusCode::SERVICE_UNAVAILABLE,
                     axum::Json(json!({ "error": message })),

@@ -87,6 +87,18 @@ impl Open {
         })
     }
 
+    /// Why a request past the bounds was refused, naming the flags (both front ends say it).
+    pub fn refusal(&self, limits: &Limits) -> String {
+        let (requests, bytes) = self.held();
+        format!(
+            "the server holds {requests} open requests ({} MiB of bodies), its bound \
+             (--max-open-requests {}, --max-open-mib {}); retry later",
+            bytes >> 20,
+            limits.max_open,
+            limits.max_open_bytes >> 20
+        )
+    }
+
     /// (requests, bytes) held now.
     pub fn held(&self) -> (usize, usize) {
         (
