@@ -4,7 +4,11 @@
 //!
 //! Under the `none` policy a job is a chunk of items that the replica runs one at a time (the
 //! node sees single items, but items do not cross threads one by one); results of a chunk go
-//! back together, or every millisecond while a chunk of slow items runs.
+//! back together, or every millisecond while a chunk of slow items runs. A chunk holds at most
+//! about a millisecond of work, by the replicas' running estimate of an item's cost
+//! ([`Pool::chunk`]): cheap items share a hand-off, while slow items go one at a time. They
+//! wait in the operator's queue, which every replica takes from as it frees, rather than behind
+//! a batch-mate on a replica that happened to be free (an M/D/c queue, not c queues of M/D/1).
 //!
 //! A panic inside a node is caught here. A batch of one fails with it; in a larger batch each
 //! item is run again alone, once, and only an item that panics again fails (poison
@@ -19,7 +23,7 @@
 //! answer each item on its own as its sequence finishes.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -68,10 +72,25 @@ pub struct Pool {
     continuous: Option<Arc<Counters>>,
     /// The node's elastic lease: how many replicas may take work now.
     lease: Option<Arc<crate::pool::Lease>>,
+    /// Under `none`: the replicas' running estimate of one item's cost (ns; 0 until the first
+    /// item has run).
+    item_ns: Arc<AtomicU64>,
 }
 
 /// While a chunk of items runs one at a time, its results go back at least this often.
 const CHUNK_FLUSH: Duration = Duration::from_millis(1);
+
+/// The most work (by the estimate of an item's cost) one chunk holds under `none`.
+const CHUNK_WORK: Duration = Duration::from_millis(1);
+
+/// Fold an item's measured cost into the running estimate (an exponential average over about
+/// eight items; replicas update it without a lock, and a lost update is harmless).
+fn learn(estimate: &AtomicU64, ns: u64) {
+    let ns = ns.max(1);
+    let old = estimate.load(Ordering::Relaxed);
+    let new = if old == 0 { ns } else { old - old / 8 + ns / 8 };
+    estimate.store(new.max(1), Ordering::Relaxed);
+}
 
 impl Pool {
     /// Start one thread per node replica. `wake` is called after every finished batch (for a
@@ -108,6 +127,7 @@ impl Pool {
         let max = batcher.max;
         let one_at_a_time = batcher.policy == BatchPolicy::None;
         let answered = Arc::new(AtomicUsize::new(0));
+        let item_ns = Arc::new(AtomicU64::new(0));
         let threads = nodes
             .into_iter()
             .enumerate()
@@ -118,6 +138,7 @@ impl Pool {
                 let wake = wake.clone();
                 let counters = continuous.clone();
                 let answered = Arc::clone(&answered);
+                let item_ns = Arc::clone(&item_ns);
                 let lease = lease.clone();
                 std::thread::Builder::new()
                     .name(format!("{node_id}#{r}"))
@@ -137,6 +158,7 @@ impl Pool {
                                 one_at_a_time,
                                 meter: &meter,
                                 answered: &answered,
+                                item_ns: &item_ns,
                                 lease: lease.as_deref(),
                             },
                             node,
@@ -162,7 +184,24 @@ impl Pool {
             submitted: 0,
             continuous,
             lease,
+            item_ns,
         }
+    }
+
+    /// Under `none`: how many of `queued` items to hand to one free replica. The queue is
+    /// shared out evenly over the free replicas, but a chunk holds at most [`CHUNK_WORK`] of
+    /// work by the estimate of an item's cost, and one item while nothing is known of it:
+    /// an item queued behind a slow batch-mate would wait for it although another replica
+    /// frees first.
+    pub fn chunk(&self, queued: usize, most: usize) -> usize {
+        let even = queued.div_ceil(self.free().max(1));
+        let ns = self.item_ns.load(Ordering::Relaxed);
+        let by_cost = if ns == 0 {
+            1
+        } else {
+            (CHUNK_WORK.as_nanos() as u64 / ns).max(1) as usize
+        };
+        even.min(by_cost).clamp(1, most.max(1))
     }
 
     /// Jobs that may be out now: an elastic pool's active replicas.
@@ -268,6 +307,8 @@ struct Replica<'a> {
     one_at_a_time: bool,
     meter: &'a NodeMeter,
     answered: &'a AtomicUsize,
+    /// The pool's estimate of an item's cost, which this replica updates.
+    item_ns: &'a AtomicU64,
     /// Parks this replica while its index is past the lease's active count.
     lease: Option<&'a crate::pool::Lease>,
 }
@@ -300,7 +341,11 @@ fn replica_loop(
             };
             let errors = results.iter().filter(|r| r.is_err()).count();
             if n > 0 {
-                me.meter.batch(me.replica, start, Instant::now(), n, errors);
+                let end = Instant::now();
+                me.meter.batch(me.replica, start, end, n, errors);
+                if me.one_at_a_time {
+                    learn(me.item_ns, (end - start).as_nanos() as u64 / n as u64);
+                }
             }
             let mut keys = job.keys;
             keys.extend(dropped.iter().map(|d| d.0));
@@ -346,8 +391,10 @@ fn run_chunk(
         let t = Instant::now();
         let r = run_guarded(node, vec![item]);
         let failed = r.iter().filter(|r| r.is_err()).count();
+        let ran = Instant::now();
+        learn(me.item_ns, (ran - t).as_nanos() as u64);
         if each {
-            me.meter.batch(me.replica, t, Instant::now(), 1, failed);
+            me.meter.batch(me.replica, t, ran, 1, failed);
         }
         errors_uncounted += failed;
         ran_uncounted += 1;
@@ -534,6 +581,59 @@ mod tests {
         assert_eq!(got, 100);
         assert_eq!(*sizes.lock().expect("lock"), vec![1; 100]);
         assert_eq!(meter.stats(std::time::Duration::from_secs(1)).batches, 100);
+    }
+
+    /// Run one job on `pool` and wait until it is answered in full.
+    fn run_job(pool: &mut Pool, wake: &Receiver<()>, n: u64) {
+        pool.submit(Job {
+            keys: (0..n).map(|i| (i, 0, 0)).collect(),
+            items: (0..n).map(|i| vec![Value::Int(i as i64)]).collect(),
+        });
+        let mut got = 0;
+        while got < n as usize || pool.busy() > 0 {
+            wake.recv().expect("a replica wakes us");
+            got += pool
+                .finished()
+                .iter()
+                .map(|d| d.results.len())
+                .sum::<usize>();
+        }
+    }
+
+    #[test]
+    fn under_none_slow_items_are_handed_out_one_at_a_time_and_cheap_ones_in_chunks() {
+        let batcher = Batcher::new(&mars_plan::BatchSpec {
+            policy: BatchPolicy::None,
+            max: 1,
+            wait_ms: 0.0,
+        });
+        let start = |name: &str, nodes: Vec<Box<dyn Node>>| {
+            let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
+            let meter = Arc::new(NodeMeter::new(name, nodes.len() as u32, Instant::now(), false));
+            let pool = Pool::start(name, nodes, &batcher, meter, move || {
+                let _ = wake_tx.send(());
+            });
+            (pool, wake_rx)
+        };
+        // 3 ms an item on two replicas: a chunk of two would make the second item wait 3 ms
+        // behind the first although the other replica frees as soon.
+        let slow = || {
+            per_item(|item| {
+                std::thread::sleep(Duration::from_millis(3));
+                Ok(item)
+            })
+        };
+        let (mut pool, wake) = start("slow", vec![slow(), slow()]);
+        assert_eq!(pool.chunk(10, 256), 1, "nothing known of the cost yet");
+        run_job(&mut pool, &wake, 4);
+        assert_eq!(pool.chunk(10, 256), 1);
+        assert_eq!(pool.chunk(1, 256), 1);
+        // A cheap node shares hand-offs: the queue is spread over the free replica, up to
+        // the cap.
+        let (mut pool, wake) = start("cheap", vec![per_item(Ok)]);
+        run_job(&mut pool, &wake, 1000);
+        assert_eq!(pool.chunk(1000, 256), 256);
+        assert_eq!(pool.chunk(7, 256), 7);
     }
 
     #[test]

@@ -231,9 +231,9 @@ impl Stage {
                         && pool.continuous().is_none()
                     {
                         // One item at a time for the node, but a chunk per hand-off: the
-                        // queue shared out over the free replicas.
-                        let free = pool.free().max(1);
-                        self.queue.len().div_ceil(free).clamp(1, CHUNK)
+                        // queue shared out over the free replicas, a chunk holding about a
+                        // millisecond of work at most.
+                        pool.chunk(self.queue.len(), CHUNK)
                     } else {
                         pool.admissible(n)
                     };
