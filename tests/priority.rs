@@ -226,3 +226,104 @@ async fn a_shutdown_in_the_middle_leaves_whole_records_and_a_resume_ends_every_r
     assert_eq!(all.len() as u64, n);
     assert!(all.values().all(|&k| k == 1), "no record twice");
 }
+
+/// A gauge or counter of one label set, e.g. `mars_offline_window{pipeline="batch"}`.
+fn metric_of(text: &str, name: &str, pipeline: &str) -> f64 {
+    let head = format!("{name}{{pipeline=\"{pipeline}\"}} ");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&head)?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_offline_runs_split_the_window_and_one_that_ends_leaves_its_cores_to_the_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The offline plan with 4 replicas, so that either run could use all 4 cores alone.
+    let plan = std::fs::read_to_string(fixture("offline.plan.yaml"))
+        .expect("fixture")
+        .replace("replicas: 2", "replicas: 4");
+    std::fs::write(dir.path().join("batch.plan.yaml"), plan).expect("writes");
+    let (a, b) = (100u64, 1500u64);
+    for (file, n) in [("a.jsonl", a), ("b.jsonl", b)] {
+        let input: String = (1..=n).map(|i| format!("{{\"x\": {i}}}\n")).collect();
+        std::fs::write(dir.path().join(file), input).expect("writes");
+    }
+    let deploy = dir.path().join("deploy.yaml");
+    std::fs::write(
+        &deploy,
+        format!(
+            "mars_deployment: 1\ncores: 4\npipelines:\n  - {{plan: {}, priority: online}}\n  - {{plan: batch.plan.yaml, priority: offline, input: a.jsonl, output: a.out.jsonl, stats_json: a.stats.json}}\n  - {{plan: batch.plan.yaml, priority: offline, input: b.jsonl, output: b.out.jsonl, stats_json: b.stats.json}}\n",
+            fixture("online.plan.yaml"),
+        ),
+    )
+    .expect("writes");
+    let d = deploy.display().to_string();
+    let mut s = Served::start(&[], &["--deployment", &d, "--warmup-timeout", "0"]).await;
+    // Idle online load: the 4 cores are split by the equal shares, 2 and 2.
+    let m = wait_for(
+        &s,
+        "lending both runs cores",
+        Duration::from_secs(20),
+        |m| {
+            metric_of(m, "mars_offline_window", "batch") >= 1.0
+                && metric_of(m, "mars_offline_window", "batch#2") >= 1.0
+        },
+    )
+    .await;
+    let (wa, wb) = (
+        metric_of(&m, "mars_offline_window", "batch"),
+        metric_of(&m, "mars_offline_window", "batch#2"),
+    );
+    assert!(
+        wa <= 2.0 && wb <= 2.0,
+        "an even split of 4 cores: {wa} and {wb}\n{m}"
+    );
+    // The first run ends; the second gets its cores while it still has work.
+    let m = wait_for(
+        &s,
+        "giving the ended run's cores to the other",
+        Duration::from_secs(30),
+        |m| metric_of(m, "mars_offline_window", "batch#2") >= 3.0,
+    )
+    .await;
+    assert_eq!(
+        metric_of(&m, "mars_offline_done_total", "batch"),
+        a as f64,
+        "{m}"
+    );
+    assert!(
+        metric_of(&m, "mars_offline_done_total", "batch#2") < b as f64,
+        "the second run had ended already: make it longer\n{m}"
+    );
+    wait_for(
+        &s,
+        "finishing the second run",
+        Duration::from_secs(60),
+        |m| metric_of(m, "mars_offline_done_total", "batch#2") >= b as f64,
+    )
+    .await;
+    s.sigterm();
+    assert!(wait_exit(&mut s).success());
+    for (out, stats, n) in [
+        ("a.out.jsonl", "a.stats.json", a),
+        ("b.out.jsonl", "b.stats.json", b),
+    ] {
+        let ids = record_ids(&dir.path().join(out));
+        assert_eq!(ids.len() as u64, n, "{out}: every request has a record");
+        assert!(ids.values().all(|&k| k == 1), "{out}: no record twice");
+        let st: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(stats)).expect("stats"))
+                .expect("json");
+        assert_eq!(st["requests"], json!(n), "{stats}");
+        assert_eq!(st["priority"]["stopped"], json!(false), "{stats}");
+    }
+    let b_stats: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("b.stats.json")).expect("stats"),
+    )
+    .expect("json");
+    assert!(
+        b_stats["priority"]["most"].as_u64() >= Some(3),
+        "the second run held more than its half once the first ended: {}",
+        b_stats["priority"]
+    );
+}

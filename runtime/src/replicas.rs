@@ -609,7 +609,12 @@ mod tests {
         });
         let start = |name: &str, nodes: Vec<Box<dyn Node>>| {
             let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
-            let meter = Arc::new(NodeMeter::new(name, nodes.len() as u32, Instant::now(), false));
+            let meter = Arc::new(NodeMeter::new(
+                name,
+                nodes.len() as u32,
+                Instant::now(),
+                false,
+            ));
             let pool = Pool::start(name, nodes, &batcher, meter, move || {
                 let _ = wake_tx.send(());
             });

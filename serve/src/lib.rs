@@ -127,7 +127,12 @@ pub async fn serve(
     let mut metrics = metrics::Metrics::new();
     if let Some(p) = &config.priority {
         metrics.register_priority();
-        metrics.watch_priority(Arc::clone(&p.window));
+        metrics.watch_priority(
+            p.offline
+                .iter()
+                .map(|r| (r.name.clone(), Arc::clone(&r.window)))
+                .collect(),
+        );
     }
     let metrics = Arc::new(metrics);
     let server = Arc::new(Server::new(

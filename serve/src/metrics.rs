@@ -18,10 +18,10 @@
 //! | `mars_kv_tokens_used` | gauge | pipeline, node, replica |
 //! | `mars_kv_tokens_capacity` | gauge | pipeline, node, replica |
 //! | `mars_online_busy_cores` | gauge | — (deployment: cores the online pipelines kept busy, last tick) |
-//! | `mars_offline_window` | gauge | — (deployment: requests the offline run may have inside: its cores) |
-//! | `mars_offline_in_flight` | gauge | — (deployment: offline requests inside now) |
-//! | `mars_offline_done` (`_total`) | counter | — (deployment: offline requests that left) |
-//! | `mars_priority_moves` (`_total`) | counter | direction (`shrink`, `grow`) |
+//! | `mars_offline_window` | gauge | pipeline (deployment: requests the offline run may have inside: its cores) |
+//! | `mars_offline_in_flight` | gauge | pipeline (deployment: offline requests inside now) |
+//! | `mars_offline_done` (`_total`) | counter | pipeline (deployment: offline requests that left) |
+//! | `mars_priority_moves` (`_total`) | counter | pipeline, direction (`shrink`, `grow`) |
 //!
 //! Node counters are read from the same per-node meters `marsc run --stats-json` prints, at
 //! each scrape; batch sizes and KV use are observed as they happen.
@@ -75,11 +75,12 @@ pub struct Metrics {
     open_requests: Gauge,
     open_bytes: Gauge,
     online_busy: Gauge<f64, AtomicU64>,
-    offline_window: Gauge,
-    offline_in_flight: Gauge,
-    offline_done: Counter,
+    offline_window: Family<Labels, Gauge>,
+    offline_in_flight: Family<Labels, Gauge>,
+    offline_done: Family<Labels, Counter>,
     priority_moves: Family<Labels, Counter>,
-    window: Mutex<Option<Arc<mars_runtime::pool::priority::Window>>>,
+    /// The offline runs' windows, by name.
+    windows: Mutex<Vec<(String, Arc<mars_runtime::pool::priority::Window>)>>,
 }
 
 impl Default for Metrics {
@@ -109,11 +110,11 @@ impl Metrics {
             open_requests: Gauge::default(),
             open_bytes: Gauge::default(),
             online_busy: Gauge::default(),
-            offline_window: Gauge::default(),
-            offline_in_flight: Gauge::default(),
-            offline_done: Counter::default(),
+            offline_window: Family::default(),
+            offline_in_flight: Family::default(),
+            offline_done: Family::default(),
             priority_moves: Family::default(),
-            window: Mutex::new(None),
+            windows: Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
         registry.register(
@@ -220,10 +221,14 @@ impl Metrics {
         );
     }
 
-    /// Export a deployment's offline window and the controller's moves (SPEC 10.8).
-    pub fn watch_priority(&self, window: Arc<mars_runtime::pool::priority::Window>) {
-        if let Ok(mut w) = self.window.lock() {
-            *w = Some(window);
+    /// Export a deployment's offline windows (by run name) and the controller's moves
+    /// (SPEC 10.8).
+    pub fn watch_priority(
+        &self,
+        windows: Vec<(String, Arc<mars_runtime::pool::priority::Window>)>,
+    ) {
+        if let Ok(mut w) = self.windows.lock() {
+            *w = windows;
         }
     }
 
@@ -338,17 +343,21 @@ impl Metrics {
                 }
             }
         }
-        let window = self.window.lock().ok().and_then(|w| w.clone());
-        if let Some(w) = window {
-            self.offline_window.set(w.limit() as i64);
-            self.offline_in_flight.set(w.in_flight() as i64);
-            self.offline_done
-                .inc_by(w.done().saturating_sub(self.offline_done.get()));
+        let windows = self.windows.lock().map(|w| w.clone()).unwrap_or_default();
+        for (name, w) in windows {
+            let l = vec![("pipeline", name.clone())];
+            self.offline_window.get_or_create(&l).set(w.limit() as i64);
+            self.offline_in_flight
+                .get_or_create(&l)
+                .set(w.in_flight() as i64);
+            let done = self.offline_done.get_or_create(&l);
+            done.inc_by(w.done().saturating_sub(done.get()));
             let (shrinks, grows) = w.moves();
             for (dir, n) in [("shrink", shrinks), ("grow", grows)] {
-                let c = self
-                    .priority_moves
-                    .get_or_create(&vec![("direction", dir.to_string())]);
+                let c = self.priority_moves.get_or_create(&vec![
+                    ("pipeline", name.clone()),
+                    ("direction", dir.to_string()),
+                ]);
                 c.inc_by(n.saturating_sub(c.get()));
             }
         }

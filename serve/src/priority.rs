@@ -1,16 +1,16 @@
 //! The priority controller of `marsc serve --deployment` (SPEC 10.8): every
 //! [`priority::TICK`] it measures the cores the served (online) pipelines keep busy and the
-//! requests waiting in them, asks [`priority::decide`] for the offline run's admission window,
-//! and sets it. The offline run itself is `marsc run` with that window
-//! (`mars_runtime::run::RunOptions::window`); this module only reads the online services and
-//! moves the window.
+//! requests waiting in them, asks [`priority::decide`] for the offline runs' admission window,
+//! splits it among the runs by share ([`priority::split`]) and sets each run's part. Each
+//! offline run itself is `marsc run` with its window (`mars_runtime::run::RunOptions::window`);
+//! this module only reads the online services and moves the windows.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use mars_runtime::pool::priority::{self, PriorityObs, PriorityState, Window};
+use mars_runtime::pool::priority::{self, Claim, PriorityObs, PriorityState, Window};
 
 use crate::Server;
 
@@ -19,10 +19,36 @@ use crate::Server;
 pub struct PriorityConfig {
     /// The machine's cores, shared by every pipeline of the deployment.
     pub cores: f64,
-    /// The most cores the offline run may hold (its share, and its replicas).
-    pub offline_max: usize,
-    /// The offline run's window.
+    /// The offline runs, in the deployment's order (ties of the split go to the earlier).
+    pub offline: Vec<OfflineRun>,
+}
+
+/// One offline run the controller lends cores to.
+#[derive(Clone)]
+pub struct OfflineRun {
+    /// Its name in the metrics (`pipeline` label) and the log.
+    pub name: String,
+    /// The most cores it may hold (its share of the cores, and its replicas).
+    pub max: usize,
+    /// Its weight in the split of the window.
+    pub share: f64,
+    /// Its window.
     pub window: Arc<Window>,
+}
+
+impl PriorityConfig {
+    /// The runs' claims now: a run whose window was stopped (its input ended, or the server
+    /// is shutting down) claims nothing.
+    fn claims(&self) -> Vec<Claim> {
+        self.offline
+            .iter()
+            .map(|r| Claim {
+                max: r.max,
+                share: r.share,
+                open: !r.window.stopped(),
+            })
+            .collect()
+    }
 }
 
 /// The weight of the newest tick in the smoothed busy cores.
@@ -49,7 +75,7 @@ fn cores_per_replica(plan: &mars_plan::Plan) -> Vec<f64> {
 
 fn control_loop(server: &Server, config: &PriorityConfig, stop: &AtomicBool) {
     let mut state = PriorityState {
-        window: config.window.limit(),
+        window: config.offline.iter().map(|r| r.window.limit()).sum(),
         recent: Vec::new(),
     };
     // Core-seconds busy so far, per online pipeline, and when they were read.
@@ -88,17 +114,31 @@ fn control_loop(server: &Server, config: &PriorityConfig, stop: &AtomicBool) {
         let s = smooth.map_or(busy_now, |o| SMOOTHING * busy_now + (1.0 - SMOOTHING) * o);
         smooth = Some(s);
         server.metrics.set_online_busy(busy_now);
+        let claims = config.claims();
         let obs = PriorityObs {
             cores: config.cores,
-            offline_max: config.offline_max,
+            offline_max: priority::claims_max(&claims),
             online_busy_now: busy_now,
             online_busy_smooth: s,
             online_waiting: (waiting - busy_now).max(0.0),
             online_cores,
         };
         let d = priority::decide(&obs, &mut state);
-        if let Some(reason) = d.reason {
-            config.window.set(d.window, &reason);
+        let parts = priority::split(d.window, &claims);
+        for ((run, part), claim) in config.offline.iter().zip(parts).zip(&claims) {
+            if part == run.window.limit() {
+                continue;
+            }
+            let why = match &d.reason {
+                Some(r) if config.offline.len() == 1 => r.clone(),
+                Some(r) => format!("{r}; its part of {} by share", d.window),
+                None if !claim.open => continue,
+                None => format!(
+                    "another offline run ended or is full: its part of {} by share",
+                    d.window
+                ),
+            };
+            run.window.set(part, &why);
         }
     }
 }

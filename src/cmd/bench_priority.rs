@@ -25,7 +25,7 @@ use mars_runtime::run::service::{Service, ServiceOptions, Ticket};
 use mars_runtime::run::RunOptions;
 use mars_runtime::scenarios::{batch_none, delay_chain, SyntheticInput};
 use mars_runtime::{NodeContext, Registry, Value};
-use mars_serve::priority::PriorityConfig;
+use mars_serve::priority::{OfflineRun, PriorityConfig};
 use mars_serve::{Limits, Server};
 
 #[derive(clap::Args)]
@@ -235,8 +235,12 @@ fn run_once(args: &Args, mode: Mode) -> miette::Result<Outcome> {
                 Arc::clone(&server),
                 PriorityConfig {
                     cores: f64::from(args.cores),
-                    offline_max,
-                    window: Arc::clone(&window),
+                    offline: vec![OfflineRun {
+                        name: "offline".into(),
+                        max: offline_max,
+                        share: 1.0,
+                        window: Arc::clone(&window),
+                    }],
                 },
                 Arc::clone(&stop),
             )

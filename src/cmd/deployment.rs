@@ -1,7 +1,7 @@
 //! `marsc serve --deployment FILE` (SPEC 10.8): the deployment's online plans are served as by
-//! `marsc serve PLAN…`; its offline plan runs as `marsc run` would, from its input to its
-//! output, on a thread of this process, admitting through the window the priority controller
-//! (`mars_serve::priority`) moves.
+//! `marsc serve PLAN…`; each of its offline plans runs as `marsc run` would, from its input to
+//! its output, on a thread of this process, admitting through the window the priority
+//! controller (`mars_serve::priority`) moves and splits among them.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use miette::miette;
 
 use mars_plan::deployment::{Deployment, Priority};
 use mars_runtime::pool::priority::Window;
-use mars_serve::priority::PriorityConfig;
+use mars_serve::priority::{OfflineRun, PriorityConfig};
 
 /// A deployment, read and checked.
 pub struct Loaded {
@@ -22,9 +22,10 @@ pub struct Loaded {
     pub offline: Option<Offline>,
 }
 
-/// The offline run and what steers it.
+/// The offline runs and what steers them.
 pub struct Offline {
-    pub args: super::run::Args,
+    /// One per offline pipeline, in the order of `priority.offline`.
+    pub runs: Vec<super::run::Args>,
     pub priority: PriorityConfig,
 }
 
@@ -45,7 +46,7 @@ pub fn load(path: &Path) -> miette::Result<Loaded> {
     let dir = folder_of(path);
     let mut online = Vec::new();
     let mut budget = None;
-    let mut offline = None;
+    let mut offline = Vec::new();
     for p in &d.pipelines {
         let plan_path = dir.join(&p.plan);
         let (plan, _) = super::run::load_plan(&plan_path)?;
@@ -57,7 +58,7 @@ pub fn load(path: &Path) -> miette::Result<Loaded> {
             }
             Priority::Offline => {
                 let replicas: u32 = plan.nodes.iter().map(|n| n.replicas).sum();
-                offline = Some((p.clone(), plan_path, replicas.max(1), cpus));
+                offline.push((p.clone(), plan_path, plan.pipeline, replicas.max(1), cpus));
             }
         }
     }
@@ -67,12 +68,13 @@ pub fn load(path: &Path) -> miette::Result<Loaded> {
             "{name}: a deployment serves at least one online pipeline (`priority: online`)"
         ));
     }
-    let Some((p, plan, replicas, offline_cpus)) = offline else {
+    if offline.is_empty() {
         return Ok(Loaded {
             online,
             offline: None,
         });
-    };
+    }
+    let offline_cpus = offline.iter().find_map(|o| o.4);
     let cores = d.cores.or(budget).or(offline_cpus).ok_or_else(|| {
         miette!(
             code = "mars::serve::deployment",
@@ -80,79 +82,118 @@ pub fn load(path: &Path) -> miette::Result<Loaded> {
             "{name}: no plan has a core budget to share; say how many cores the pipelines share"
         )
     })?;
-    let offline_max = ((cores * p.share).floor() as usize).min(replicas as usize);
-    let mut args = super::run::Args::for_plan(plan);
-    args.input = dir.join(p.input.as_deref().unwrap_or_default());
-    args.output = dir.join(p.output.as_deref().unwrap_or_default());
-    args.resume = p.resume;
-    args.quiet = true;
-    args.stats_json = p.stats_json.as_ref().map(|s| dir.join(s));
+    let mut runs = Vec::new();
+    let mut steered = Vec::new();
+    for (p, plan, pipeline, replicas, _) in offline {
+        let mut args = super::run::Args::for_plan(plan);
+        args.input = dir.join(p.input.as_deref().unwrap_or_default());
+        args.output = dir.join(p.output.as_deref().unwrap_or_default());
+        args.resume = p.resume;
+        args.quiet = true;
+        args.stats_json = p.stats_json.as_ref().map(|s| dir.join(s));
+        runs.push(args);
+        // Two runs of one plan get distinct names in the metrics.
+        let taken = steered
+            .iter()
+            .filter(|r: &&OfflineRun| {
+                r.name == pipeline || r.name.starts_with(&format!("{pipeline}#"))
+            })
+            .count();
+        steered.push(OfflineRun {
+            name: if taken == 0 {
+                pipeline
+            } else {
+                format!("{pipeline}#{}", taken + 1)
+            },
+            max: ((cores * p.share).floor() as usize).min(replicas as usize),
+            share: p.share,
+            // Nothing is lent before the controller has measured the online load.
+            window: Arc::new(Window::new(0)),
+        });
+    }
     Ok(Loaded {
         online,
         offline: Some(Offline {
-            args,
+            runs,
             priority: PriorityConfig {
                 cores,
-                offline_max,
-                // Nothing is lent before the controller has measured the online load.
-                window: Arc::new(Window::new(0)),
+                offline: steered,
             },
         }),
     })
 }
 
-/// The offline run, on its own thread.
+/// The offline runs, each on its own thread.
 pub struct Running {
+    runs: Vec<OneRun>,
+}
+
+struct OneRun {
     thread: JoinHandle<miette::Result<ExitCode>>,
     window: Arc<Window>,
     output: PathBuf,
 }
 
 pub fn start(offline: Offline) -> miette::Result<Running> {
-    let window = Arc::clone(&offline.priority.window);
-    let output = offline.args.output.clone();
-    let w = Arc::clone(&window);
-    let args = offline.args;
-    let thread = std::thread::Builder::new()
-        .name("mars:offline".into())
-        .spawn(move || {
-            let plan = args.plan.display().to_string();
-            let r = super::run::execute_with(args, None, Some(w));
-            match &r {
-                Ok(_) => tracing::info!(target: "mars::priority", plan = %plan, "offline run ended"),
-                Err(e) => tracing::error!(target: "mars::priority", plan = %plan, "offline run failed: {e}"),
-            }
-            r
-        })
-        .map_err(|e| miette!("cannot start the offline run: {e}"))?;
-    Ok(Running {
-        thread,
-        window,
-        output,
-    })
+    let mut runs = Vec::new();
+    for (args, steered) in offline.runs.into_iter().zip(&offline.priority.offline) {
+        let window = Arc::clone(&steered.window);
+        let output = args.output.clone();
+        let w = Arc::clone(&window);
+        let thread = std::thread::Builder::new()
+            .name("mars:offline".into())
+            .spawn(move || {
+                let plan = args.plan.display().to_string();
+                let r = super::run::execute_with(args, None, Some(Arc::clone(&w)));
+                // Its cores go to the other offline runs (the controller sees the stop).
+                w.stop();
+                match &r {
+                    Ok(_) => tracing::info!(target: "mars::priority", plan = %plan, "offline run ended"),
+                    Err(e) => tracing::error!(target: "mars::priority", plan = %plan, "offline run failed: {e}"),
+                }
+                r
+            })
+            .map_err(|e| miette!("cannot start the offline run: {e}"))?;
+        runs.push(OneRun {
+            thread,
+            window,
+            output,
+        });
+    }
+    Ok(Running { runs })
 }
 
 impl Running {
     /// Stop admitting offline requests, let those inside finish (for up to `bound`), and
-    /// report how the run ended. Requests never admitted stay in the input for `resume`.
+    /// report how the runs ended (the first failure). Requests never admitted stay in the
+    /// inputs for `resume`.
     pub fn finish(self, bound: Duration) -> miette::Result<()> {
-        self.window.set(0, "the server is shutting down");
-        self.window.stop();
+        for r in &self.runs {
+            r.window.set(0, "the server is shutting down");
+            r.window.stop();
+        }
         let until = Instant::now() + bound;
-        while !self.thread.is_finished() {
-            if Instant::now() >= until {
+        let mut first_error = None;
+        for r in self.runs {
+            while !r.thread.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !r.thread.is_finished() {
                 eprintln!(
                     "warning[mars::serve::drain]: the offline run still had {} requests inside at the drain bound; {} holds whole records only (rerun with `resume: true`)",
-                    self.window.in_flight(),
-                    self.output.display()
+                    r.window.in_flight(),
+                    r.output.display()
                 );
-                return Ok(());
+                continue;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            let outcome = match r.thread.join() {
+                Ok(x) => x.map(|_| ()),
+                Err(_) => Err(miette!("the offline run panicked")),
+            };
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
+            }
         }
-        match self.thread.join() {
-            Ok(r) => r.map(|_| ()),
-            Err(_) => Err(miette!("the offline run panicked")),
-        }
+        first_error.map_or(Ok(()), Err)
     }
 }

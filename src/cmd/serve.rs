@@ -18,7 +18,7 @@ pub struct Args {
     /// Compiled plans (`*.plan.yaml`), one pipeline each; requests name the pipeline.
     #[arg(required_unless_present = "deployment")]
     pub plans: Vec<PathBuf>,
-    /// Serve the online plans of this deployment file and run its offline plan beside them,
+    /// Serve the online plans of this deployment file and run its offline plans beside them,
     /// yielding its cores to the online load (SPEC 10.8).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["plans", "hosts", "local_cluster"])]
     pub deployment: Option<PathBuf>,

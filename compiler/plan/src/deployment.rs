@@ -95,7 +95,8 @@ impl Deployment {
                 "needs at least one pipeline",
             ));
         }
-        let mut offline = 0;
+        // Offline outputs (and stats files) so far, to refuse two runs writing one file.
+        let mut written: Vec<&str> = Vec::new();
         for (i, p) in d.pipelines.iter().enumerate() {
             let idx = i.to_string();
             let line = |field: &str| at(&["pipelines", &idx, field]);
@@ -122,13 +123,6 @@ impl Deployment {
                     }
                 }
                 Priority::Offline => {
-                    offline += 1;
-                    if offline > 1 {
-                        return Err(bad(
-                            "priority",
-                            "a deployment runs at most one offline pipeline".into(),
-                        ));
-                    }
                     for (field, set) in [("input", &p.input), ("output", &p.output)] {
                         if set.is_none() {
                             return Err(LoadError::invalid(
@@ -138,6 +132,20 @@ impl Deployment {
                                 format!("an offline pipeline needs `{field}` (a JSONL file)"),
                             ));
                         }
+                    }
+                    for (field, file) in [("output", &p.output), ("stats_json", &p.stats_json)] {
+                        let Some(file) = file.as_deref() else {
+                            continue;
+                        };
+                        if written.contains(&file) {
+                            return Err(bad(
+                                field,
+                                format!(
+                                    "`{file}` is written by an earlier offline pipeline too; each run writes its own files"
+                                ),
+                            ));
+                        }
+                        written.push(file);
                     }
                     if !p.share.is_finite() || p.share <= 0.0 || p.share > 1.0 {
                         return Err(bad("share", format!("value {} must be in (0, 1]", p.share)));
@@ -195,10 +203,19 @@ mod tests {
             "{head}  - {{plan: b, priority: offline, input: i, output: o}}\n  - {{plan: c, priority: offline, input: i, output: o}}\n"
         );
         assert!(
-            err(&two).contains("at most one offline pipeline"),
+            err(&two).contains(
+                "`pipelines[2].output`: `o` is written by an earlier offline pipeline too"
+            ),
             "{}",
             err(&two)
         );
+        // Several offline pipelines, each with its own files, load.
+        let several = format!(
+            "{head}  - {{plan: b, priority: offline, input: i, output: o, share: 0.25}}\n  - {{plan: b, priority: offline, input: j, output: p}}\n"
+        );
+        let d = Deployment::from_yaml(&several, "d.yaml").expect("loads");
+        assert_eq!(d.pipelines.len(), 3);
+        assert_eq!(d.pipelines[1].share, 0.25);
         let unknown = format!("{head}    replicas: 3\n");
         assert!(
             err(&unknown).contains("unknown field `replicas`"),

@@ -7,6 +7,8 @@
 //! pause, the offline requests inside finishing) and grows back, after [`GROW_AFTER`] calm
 //! ticks, when the online load falls.
 //!
+//! A deployment with several offline runs splits the window among them by share ([`split`]).
+//!
 //! Nothing here blocks a pipeline: the window is atomics, read by the offline source each time
 //! it admits. The offline requests a smaller window keeps out simply wait in the input; none is
 //! dropped, so every offline request still ends exactly once.
@@ -143,6 +145,61 @@ pub fn decide(obs: &PriorityObs, state: &mut PriorityState) -> Decision {
         window: next,
         reason: (next != now).then_some(why),
     }
+}
+
+/// One offline run's claim on the offline window (a deployment may run several).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Claim {
+    /// The most cores it may hold: ⌊cores × share⌋, and no more than its replicas.
+    pub max: usize,
+    /// Its `share` of the deployment, the weight it gets of the window.
+    pub share: f64,
+    /// Still admitting: a run whose input has ended (or that was stopped) gets nothing.
+    pub open: bool,
+}
+
+/// The most the open runs can hold together: the `offline_max` the controller steers under.
+pub fn claims_max(claims: &[Claim]) -> usize {
+    claims.iter().filter(|c| c.open).map(|c| c.max).sum()
+}
+
+/// Split the offline window `total` among the offline runs: in proportion to their shares,
+/// none past its `max` and nothing to a run that has ended; what a run cannot take goes to
+/// the others, again by share. Whole cores: each round gives every run the floor of its part,
+/// then one more each by the largest remainder (ties to the earlier run in the deployment).
+/// The parts sum to `total`, or to what the open runs can hold when that is less.
+pub fn split(total: usize, claims: &[Claim]) -> Vec<usize> {
+    let mut out = vec![0usize; claims.len()];
+    let mut left = total.min(claims_max(claims));
+    let mut active: Vec<usize> = (0..claims.len())
+        .filter(|&i| claims[i].open && claims[i].max > 0)
+        .collect();
+    while left > 0 && !active.is_empty() {
+        let weight: f64 = active.iter().map(|&i| claims[i].share.max(1e-9)).sum();
+        let mut rest = Vec::new();
+        let mut given = 0;
+        for &i in &active {
+            let ideal = left as f64 * claims[i].share.max(1e-9) / weight;
+            let room = claims[i].max - out[i];
+            let take = (ideal.floor() as usize).min(room);
+            out[i] += take;
+            given += take;
+            if room > take {
+                rest.push((ideal - ideal.floor(), i));
+            }
+        }
+        left -= given;
+        rest.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, i) in rest {
+            if left == 0 {
+                break;
+            }
+            out[i] += 1;
+            left -= 1;
+        }
+        active.retain(|&i| out[i] < claims[i].max);
+    }
+    out
 }
 
 /// One change of the offline window, as the stats and the log report it.
@@ -444,6 +501,63 @@ mod tests {
         // Every window leaves the online busy cores plus headroom free.
         for (load, w) in script.iter().zip(&windows) {
             assert!(*w as f64 + load * 8.0 * (1.0 + HEADROOM) <= 8.0 + 1e-9);
+        }
+    }
+
+    fn claim(max: usize, share: f64, open: bool) -> Claim {
+        Claim { max, share, open }
+    }
+
+    #[test]
+    fn the_window_is_split_by_share_within_each_runs_max() {
+        let two = [claim(8, 0.5, true), claim(8, 0.5, true)];
+        let cases: &[(usize, &[Claim], &[usize])] = &[
+            // Even shares: even parts, the odd core to the earlier run.
+            (6, &two, &[3, 3]),
+            (7, &two, &[4, 3]),
+            (0, &two, &[0, 0]),
+            // 3 : 1.
+            (8, &[claim(8, 0.75, true), claim(8, 0.25, true)], &[6, 2]),
+            // A run at its max leaves the rest to the other.
+            (8, &[claim(2, 0.5, true), claim(8, 0.5, true)], &[2, 6]),
+            // An ended run gets nothing; its part goes to the open one.
+            (6, &[claim(8, 0.5, false), claim(8, 0.5, true)], &[0, 6]),
+            // More than the runs can hold: each at its max.
+            (20, &[claim(3, 0.5, true), claim(4, 0.5, true)], &[3, 4]),
+            // Remainders: 5 over thirds is 1.67 each, so 2, 2, 1.
+            (
+                5,
+                &[
+                    claim(8, 0.3, true),
+                    claim(8, 0.3, true),
+                    claim(8, 0.3, true),
+                ],
+                &[2, 2, 1],
+            ),
+            // No room anywhere.
+            (4, &[claim(0, 1.0, true)], &[0]),
+        ];
+        for (total, claims, want) in cases {
+            assert_eq!(split(*total, claims), *want, "{total} over {claims:?}");
+        }
+        assert_eq!(claims_max(&[claim(3, 0.5, true), claim(4, 0.5, false)]), 3);
+        // Whatever the numbers, the parts add up and respect every max.
+        for total in 0..30 {
+            for a in 0..6 {
+                for b in 0..6 {
+                    let c = [
+                        claim(a, 0.2, true),
+                        claim(b, 0.7, true),
+                        claim(5, 0.1, b % 2 == 0),
+                    ];
+                    let got = split(total, &c);
+                    assert_eq!(got.iter().sum::<usize>(), total.min(claims_max(&c)));
+                    assert!(got
+                        .iter()
+                        .zip(&c)
+                        .all(|(g, c)| *g <= c.max && (c.open || *g == 0)));
+                }
+            }
         }
     }
 
