@@ -267,3 +267,158 @@ fn support_chat_answers_from_the_faq_end_to_end() {
         "{battery}"
     );
 }
+
+/// `std.text.compress_prompt` with the real scorer: the instruction and the question stay
+/// verbatim, about `ratio` of the passages' tokens go, `ratio = 0` changes nothing, and the
+/// passages' facts (numbers: high surprisal) survive.
+#[test]
+fn compress_prompt_drops_the_least_informative_context_words_and_keeps_the_question() {
+    use mars_stdlib::models::compress::Compressor;
+    let Some(path) = model_path() else { return };
+    let faq = std::fs::read_to_string(root().join("pipelines/data/faq_long.jsonl")).expect("faq");
+    let passages: Vec<String> = faq
+        .lines()
+        .take(4)
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["text"].as_str().expect("text").to_string()
+        })
+        .collect();
+    let mut prompt = format!("{}\n", mars_stdlib::vector::DEFAULT_INSTRUCTION);
+    for p in &passages {
+        prompt.push_str(&format!("- {p}\n"));
+    }
+    prompt.push_str("\nQuestion: How long does standard shipping take?");
+    let mut none = Compressor::load(&path, 0.0, true).expect("load");
+    assert_eq!(none.compress(&prompt).expect("compress"), prompt);
+    let mut c = Compressor::load(&path, 0.4, true).expect("load");
+    let short = c.compress(&prompt).expect("compress");
+    let lines: Vec<&str> = short.lines().collect();
+    assert_eq!(lines[0], mars_stdlib::vector::DEFAULT_INSTRUCTION);
+    assert_eq!(
+        lines.last(),
+        Some(&"Question: How long does standard shipping take?")
+    );
+    assert_eq!(
+        lines.len(),
+        prompt.lines().count(),
+        "one line per passage still"
+    );
+    // Tokens of the passages before and after: at least 40% of them are gone, and not much
+    // more (a dropped word takes all of its tokens).
+    let context_tokens = |text: &str| -> usize {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("- "))
+            .map(|l| c.tokens(l).expect("tokens"))
+            .sum()
+    };
+    let (before, after) = (context_tokens(&prompt), context_tokens(&short));
+    let dropped = 1.0 - after as f64 / before as f64;
+    assert!(
+        (0.35..0.5).contains(&dropped),
+        "{dropped:.3} of {before} context tokens dropped:\n{short}"
+    );
+    // Every kept word is a word of its passage, in order.
+    for (orig, kept) in passages.iter().zip(lines[1..].iter()) {
+        let kept = kept.strip_prefix("- ").expect("a passage line");
+        let mut words = orig.split_whitespace();
+        for w in kept.split_whitespace() {
+            assert!(words.any(|o| o == w), "`{w}` is not next in `{orig}`");
+        }
+    }
+    // The facts of the shipping passage survive: words with digits are kept.
+    for fact in ["3", "5", "1", "2"] {
+        assert!(
+            lines[1]
+                .split_whitespace()
+                .any(|w| w.trim_matches(|c: char| !c.is_ascii_digit()) == fact),
+            "{fact} lost: {}",
+            lines[1]
+        );
+    }
+    // Scores are kept per passage: the same prompt again scores nothing.
+    let scored = c.scored;
+    assert_eq!(c.compress(&prompt).expect("again"), short);
+    assert_eq!(c.scored, scored);
+    assert!(c.cached >= passages.len() as u64);
+}
+
+/// `pipelines/support_chat_long.mars` compiles and runs end to end: the compressed prompt keeps
+/// the question, is shorter than the full one would be, and the answer is there.
+#[test]
+fn support_chat_long_compresses_its_prompt_before_the_generator() {
+    if model_path().is_none() || !embedder_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipelines = root().join("pipelines");
+    let plan = dir.path().join("support_chat_long.plan.yaml");
+    marsc(&pipelines)
+        .args([
+            "compile",
+            "support_chat_long.mars",
+            "--target",
+            "targets/local.yaml",
+            "-o",
+        ])
+        .arg(&plan)
+        .assert()
+        .success();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"question\": \"How long does the battery last?\"}\n",
+    )
+    .expect("writes");
+    let out = dir.path().join("out.jsonl");
+    marsc(&pipelines)
+        .arg("run")
+        .arg(&plan)
+        .arg("--input")
+        .arg(&input)
+        .args(["--quiet", "--output"])
+        .arg(&out)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&out).expect("output");
+    let r: serde_json::Value = serde_json::from_str(text.trim()).expect("record");
+    let ok = &r["ok"];
+    let prompt = ok["prompt"].as_str().expect("prompt");
+    assert!(
+        prompt.ends_with("\nQuestion: How long does the battery last?"),
+        "{prompt}"
+    );
+    assert_eq!(
+        prompt.lines().filter(|l| l.starts_with("- ")).count(),
+        14,
+        "{prompt}"
+    );
+    // Each passage line is a passage of the corpus with words left out, in order; together
+    // they keep well under 80% of their passages' words.
+    let corpus: Vec<String> = std::fs::read_to_string(pipelines.join("data/faq_long.jsonl"))
+        .expect("faq")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["text"].as_str().expect("text").to_string()
+        })
+        .collect();
+    let subsequence = |kept: &str, of: &str| {
+        let mut words = of.split_whitespace();
+        kept.split_whitespace().all(|w| words.any(|o| o == w))
+    };
+    let (mut kept, mut source) = (0, 0);
+    for line in prompt.lines().filter_map(|l| l.strip_prefix("- ")) {
+        let from = corpus
+            .iter()
+            .find(|p| subsequence(line, p))
+            .unwrap_or_else(|| panic!("`{line}` is no passage with words left out"));
+        kept += line.split_whitespace().count();
+        source += from.split_whitespace().count();
+    }
+    assert!(
+        kept * 10 < source * 8,
+        "{kept} of {source} words kept: {prompt}"
+    );
+    assert!(!ok["answer"].as_str().expect("answer").is_empty(), "{r}");
+}

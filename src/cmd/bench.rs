@@ -137,6 +137,9 @@ pub enum Which {
     Priority(super::bench_priority::Args),
     /// SmolLM2 in each `quantize` mode: decode/prefill speed, perplexity, KL, agreement.
     Llm(super::bench_llm::Args),
+    /// `compress_prompt` on long support-chat prompts: time to first token and whether the
+    /// answers still state the fact, against the uncompressed prompts.
+    Compress(super::bench_compress::Args),
     /// SmolLM2's KV options on long prompts: pruning (`kv_keep`) and int8 KV, decode speed,
     /// agreement with the unpruned f32 cache, sequences per KV memory.
     LlmKv(super::bench_llm_kv::Args),
@@ -176,6 +179,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         Which::Elastic(a) => super::bench_elastic::bench(a)?,
         Which::Priority(a) => super::bench_priority::bench(a)?,
         Which::Llm(a) => return super::bench_llm::run(a, args.json),
+        Which::Compress(a) => return super::bench_compress::run(a, args.json),
         Which::LlmKv(a) => return super::bench_llm_kv::run(a, args.json),
         Which::Pipelining { requests } => {
             let plan = delay_chain("pipelining", &[2.0, 8.0, 4.0, 1.0], batch_none(), 1);

@@ -1,6 +1,7 @@
 //! One module per `marsc` command. Each exposes `Args` (clap) and `run(Args)`.
 
 pub mod bench;
+pub mod bench_compress;
 pub mod bench_elastic;
 pub mod bench_llm;
 pub mod bench_llm_kv;

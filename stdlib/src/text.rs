@@ -1,6 +1,8 @@
 //! `std.text` implementations: `lower`, `normalize` (Unicode NFKC, whitespace collapsed and
 //! trimmed), `truncate` (to at most `max_chars` characters), `split` and `join`; and the
-//! title pipeline's `text.split_numbers` / `text.fill` (number phrases out of a text and back).
+//! title pipeline's `text.split_numbers` / `text.fill` (number phrases out of a text and back);
+//! and `text.compress_prompt` (a small LM drops a prompt's least informative context words:
+//! [`crate::models::compress`]).
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use crate::params::{int_param, text_param};
 /// Register this module's nodes under `text.lower`, `text.normalize`, `text.truncate`,
 /// `text.split`, `text.join`, `text.split_numbers` and `text.fill`.
 pub fn register(registry: &mut Registry) {
+    registry.builtin("text.compress_prompt", Arc::new(compress_prompt));
     registry.builtin(
         "text.lower",
         Arc::new(|_: &NodeContext| Ok(per_item(|i| one_text(i, |t| t.to_lowercase())))),
@@ -270,4 +273,50 @@ mod tests {
             Ok(vec![Value::Text("a b".into())])
         );
     }
+}
+
+/// The default scorer of `compress_prompt`.
+pub const COMPRESS_WEIGHTS: &str = "model:smollm2-135m-instruct";
+
+/// `text.compress_prompt(prompt; ratio, keep_digits, weights)`: the scorer loads with the node (one per
+/// replica, its cache of passage scores with it).
+fn compress_prompt(ctx: &NodeContext) -> Result<Box<dyn Node>, NodeError> {
+    let fail = |m: String| NodeError::new(format!("node `{}`: {m}", ctx.node.id));
+    let ratio = match ctx.node.params.get("ratio") {
+        None | Some(serde_json::Value::Null) => 0.4,
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| fail(format!("parameter `ratio` must be a number, got `{v}`")))?,
+    };
+    let ratio = crate::models::compress::check_ratio(ratio)
+        .map_err(|m| fail(format!("parameter `ratio`: {m}")))?;
+    let weights = text_param(ctx, "weights", Some(COMPRESS_WEIGHTS))?;
+    let keep_digits = match ctx.node.params.get("keep_digits") {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(fail(format!(
+                "parameter `keep_digits` must be true or false, got `{v}`"
+            )))
+        }
+    };
+    let path = if weights.starts_with(crate::store::MODEL_PREFIX) {
+        crate::store::Store::from_env()
+            .and_then(|s| s.resolve(&weights))
+            .map_err(|e| fail(e.0))?
+            .path
+    } else {
+        ctx.base_dir.join(&weights)
+    };
+    let mut c = crate::models::compress::Compressor::load(&path, ratio, keep_digits)
+        .map_err(|m| fail(format!("{weights}: {m}")))?;
+    Ok(per_item(move |item| {
+        let text = item
+            .first()
+            .ok_or_else(|| NodeError::new("compress_prompt: no prompt"))?
+            .as_text()?;
+        c.compress(text)
+            .map(|t| vec![Value::Text(t)])
+            .map_err(NodeError::new)
+    }))
 }

@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod chat;
+pub mod compress;
 pub mod gemma3;
 pub mod gguf;
 pub mod kv;
