@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 mod cmd;
 mod shutdown;
 
+/// mimalloc rather than glibc's malloc: the dataflow allocates on one thread and frees on
+/// another (records, batches), and glibc's arena lock made that a third of the hot path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Mars: compile pipelines of ML models and functions into planned, batched, pipelined dataflows.
 ///
 /// Try it: `marsc demo` compiles and runs a built-in translation pipeline.
