@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::gguf::Gguf;
 use super::kv::KvOptions;
+use super::kv::KvStore;
 use super::llama::{rope_tables, Cache, Llama, LlamaState};
 
 /// Rotary base of the sliding-window layers (llama.cpp's and Hugging Face's constant; the GGUF
@@ -336,25 +337,30 @@ impl Gemma3 {
                 let qs = rope_halves(&qs, &cos, &sin)?;
                 let ks = rope_halves(&ks, &cos, &sin)?;
                 let vs = heads(&v, kvh)?;
-                if let Some(cache) = s.caches.get_mut(li) {
-                    cache.k = Tensor::cat(&[&cache.k, &ks], 1)?;
-                    cache.v = Tensor::cat(&[&cache.v, &vs], 1)?;
-                } else {
-                    s.caches.push(Cache {
-                        k: ks,
-                        v: vs,
-                        scales: None,
-                    });
+                let flat = |t: &Tensor| -> Result<Vec<f32>> {
+                    t.transpose(0, 1)?
+                        .contiguous()?
+                        .flatten_all()?
+                        .to_vec1::<f32>()
+                };
+                if s.caches.len() <= li {
+                    s.caches.push(Cache::new(KvStore::F32, kvh, hd));
                 }
-                let cache = &s.caches[li];
-                let len = cache.k.dim(1)?;
+                let cache = &mut s.caches[li];
+                cache.push(&flat(&ks)?, &flat(&vs)?, m);
+                let len = cache.len();
                 // A window layer decoding one token reads only the window's end of its cache.
                 let from = match window {
                     Some(w) if m == 1 && len > w => len - w,
                     _ => 0,
                 };
-                let kk = cache.k.narrow(1, from, len - from)?;
-                let vv = cache.v.narrow(1, from, len - from)?;
+                if m == 1 {
+                    let q1 = qs.flatten_all()?.to_vec1::<f32>()?;
+                    let y = cache.attend(&q1, h / kvh, scale as f32, from);
+                    rows.push(Tensor::from_vec(y, (1, h * hd), dev)?);
+                    continue;
+                }
+                let (kk, vv) = cache.tensors(from)?;
                 let kk = kk.index_select(&self.kv_of_head, 0)?;
                 let vv = vv.index_select(&self.kv_of_head, 0)?;
                 let mut att = (qs.matmul(&kk.t()?)? * scale)?;

@@ -1,10 +1,8 @@
 //! The KV cache options of `arch = "llama"` (SPEC §4.9.2): token pruning after prefill
 //! (`kv_keep`, attention-score eviction in the manner of H2O and SnapKV) and int8 storage
 //! (`kv = "int8"`, one scale per token and KV head). This module holds the pure parts: the
-//! options and their checks, which positions a pruned cache keeps, and the int8 codes; the
-//! forward pass that applies them is [`super::llama`]'s.
-
-use candle_core::{DType, Result, Tensor, D};
+//! options and their checks and which positions a pruned cache keeps; the cache itself (and
+//! its int8 codes) is [`super::kv_cache`], the forward pass that applies them [`super::llama`].
 
 /// The first positions of a prompt that pruning always keeps (attention sinks: StreamingLLM
 /// shows that most heads park attention there).
@@ -132,25 +130,9 @@ pub fn keep_positions(scores: &[f32], sinks: usize, window: usize, budget: usize
     kept
 }
 
-/// Int8 codes and scales of `x: [heads, len, dim]`: codes `[heads, len, dim]` as u8
-/// (`round(x/d) + 128`), scales `d = max|x|/127` as `[heads, len, 1]`.
-pub fn quantize(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let d = (x.abs()?.max_keepdim(D::Minus1)? / 127.0)?.clamp(1e-12f32, f32::MAX)?;
-    let codes = (x.broadcast_div(&d)?.round()? + 128.0)?
-        .clamp(1f32, 255f32)?
-        .to_dtype(DType::U8)?;
-    Ok((codes, d))
-}
-
-/// The f32 values of int8 codes and their scales.
-pub fn dequantize(codes: &Tensor, scales: &Tensor) -> Result<Tensor> {
-    (codes.to_dtype(DType::F32)? - 128.0)?.broadcast_mul(scales)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     #[test]
     fn pruning_keeps_the_sinks_the_window_and_the_heaviest_of_the_rest() {
@@ -200,28 +182,5 @@ mod tests {
         // SmolLM2-135M: 30 layers, 3 KV heads of 64.
         assert_eq!(KvOptions::default().bytes_per_token(30, 3, 64), 46_080);
         assert_eq!(i8.bytes_per_token(30, 3, 64), 12_240);
-    }
-
-    #[test]
-    fn int8_codes_round_trip_within_half_a_step() {
-        let x = Tensor::new(
-            &[[[0.5f32, -1.0, 0.25, 0.0], [3.0, 2.0, -3.0, 0.001]]],
-            &Device::Cpu,
-        )
-        .unwrap();
-        let (c, d) = quantize(&x).unwrap();
-        assert_eq!(c.dtype(), DType::U8);
-        let back = dequantize(&c, &d).unwrap();
-        let (x, back, d) = (
-            x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            back.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            d.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        );
-        for (i, (a, b)) in x.iter().zip(&back).enumerate() {
-            assert!((a - b).abs() <= d[i / 4] / 2.0 + 1e-7, "{x:?} vs {back:?}");
-        }
-        // The largest magnitude of a row is exact.
-        assert_eq!(back[1], -1.0);
-        assert_eq!(back[4], 3.0);
     }
 }

@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::gguf::Gguf;
-use super::kv::{self, KvOptions, KvStore};
+use super::kv::{self, KvOptions};
+pub use super::kv_cache::Cache;
 use super::llm_quant::{quantize_layer, sites, LlmQuant};
-use super::qlinear::{self, Format, QLinear};
+use super::qlinear::{self, Format, QLinear, KERNEL_ROWS};
 use super::quant::ActStats;
 
 /// A linear layer: f32 (`[in, out]`, one `x.matmul(w)`) or quantized.
@@ -30,6 +31,33 @@ impl Lin {
         match self {
             Lin::F32(w) => x.matmul(w),
             Lin::Q(q) => qlinear::forward(q, x),
+        }
+    }
+
+    /// `y = x W` of `m` rows of `x` laid out flat: the quantized kernels straight on the
+    /// slice when they run (decoding), else through [`Lin::forward`].
+    fn rows(&self, xs: &[f32], m: usize) -> Result<Vec<f32>> {
+        match self {
+            Lin::Q(q) if m <= KERNEL_ROWS => {
+                if xs.len() != m * q.inp {
+                    candle_core::bail!(
+                        "a layer of {} inputs got {} values for {m} rows",
+                        q.inp,
+                        xs.len()
+                    );
+                }
+                let mut xs = xs.to_vec();
+                q.prepare(&mut xs);
+                Ok(q.kernel(&xs, m))
+            }
+            _ => self
+                .forward(&Tensor::from_slice(
+                    xs,
+                    (m, xs.len() / m.max(1)),
+                    &Device::Cpu,
+                )?)?
+                .flatten_all()?
+                .to_vec1::<f32>(),
         }
     }
 
@@ -103,12 +131,12 @@ impl LlamaConfig {
 }
 
 struct Block {
-    attn_norm: Tensor,
+    attn_norm: Vec<f32>,
     q: Lin,
     k: Lin,
     v: Lin,
     o: Lin,
-    ffn_norm: Tensor,
+    ffn_norm: Vec<f32>,
     gate: Lin,
     up: Lin,
     down: Lin,
@@ -122,57 +150,13 @@ pub struct Llama {
     head: Lin,
     /// The mode the layers were built in.
     pub quant: LlmQuant,
-    norm: Tensor,
+    norm: Vec<f32>,
     blocks: Vec<Block>,
     /// `[positions, head_dim / 2]`.
-    cos: Tensor,
-    sin: Tensor,
-    /// Which KV head each query head reads.
-    kv_of_head: Tensor,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
     /// Pruning and storage of the KV cache (SPEC §4.9.2).
     pub kv: KvOptions,
-}
-
-/// One layer's cache: keys and values `[kv_heads, len, head_dim]`, f32, or (`kv = "int8"`)
-/// u8 codes with the scales of keys and values, `[kv_heads, len, 1]` each.
-#[derive(Debug, Clone)]
-pub struct Cache {
-    pub k: Tensor,
-    pub v: Tensor,
-    pub scales: Option<(Tensor, Tensor)>,
-}
-
-impl Cache {
-    /// Keys and values in f32.
-    fn f32(&self) -> Result<(Tensor, Tensor)> {
-        match &self.scales {
-            None => Ok((self.k.clone(), self.v.clone())),
-            Some((dk, dv)) => Ok((kv::dequantize(&self.k, dk)?, kv::dequantize(&self.v, dv)?)),
-        }
-    }
-
-    /// Keep positions `keep[h]` of KV head `h`.
-    fn retain(&mut self, keep: &[Tensor]) -> Result<()> {
-        let pick = |t: &Tensor| -> Result<Tensor> {
-            let rows = keep
-                .iter()
-                .enumerate()
-                .map(|(h, idx)| t.get(h)?.index_select(idx, 0))
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::stack(&rows, 0)
-        };
-        self.k = pick(&self.k)?;
-        self.v = pick(&self.v)?;
-        if let Some((dk, dv)) = &self.scales {
-            self.scales = Some((pick(dk)?, pick(dv)?));
-        }
-        Ok(())
-    }
-
-    fn bytes(&self) -> usize {
-        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        t(&self.k) + t(&self.v) + self.scales.as_ref().map_or(0, |(a, b)| t(a) + t(b))
-    }
 }
 
 /// A sequence's caches (one per layer) and the logits of its next token.
@@ -187,7 +171,7 @@ pub struct LlamaState {
 impl LlamaState {
     /// Positions the caches hold (KV tokens).
     pub fn cached(&self) -> usize {
-        self.caches.first().map_or(0, |c| c.k.dims()[1])
+        self.caches.first().map_or(0, Cache::len)
     }
 
     /// The position of the next token: cached plus evicted.
@@ -201,9 +185,22 @@ impl LlamaState {
     }
 }
 
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+/// RMSNorm of each row of `x` (rows of `w.len()`), times `w`.
+fn rms_rows(x: &[f32], w: &[f32], eps: f64) -> Vec<f32> {
+    let d = w.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(d) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let r = (ms + eps as f32).sqrt();
+        out.extend(row.iter().zip(w).map(|(v, w)| v / r * w));
+    }
+    out
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
 }
 
 fn softmax_last(x: &Tensor) -> Result<Tensor> {
@@ -224,19 +221,52 @@ fn chunk_mask(m: usize, len: usize, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(mask, (m, len), device)
 }
 
-/// Rotary embedding on adjacent pairs (`x[2i]`, `x[2i+1]`): llama.cpp's "normal" mode, which
-/// GGUF files of Llama models are converted for. `x`: `[heads, m, head_dim]`; `cos`, `sin`:
-/// `[m, head_dim / 2]`.
-fn rope_pairs(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (h, m, hd) = x.dims3()?;
-    let x = x.reshape((h, m, hd / 2, 2))?;
-    let x0 = x.narrow(3, 0, 1)?;
-    let x1 = x.narrow(3, 1, 1)?;
-    let c = cos.reshape((1, m, hd / 2, 1))?;
-    let s = sin.reshape((1, m, hd / 2, 1))?;
-    let r0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
-    let r1 = (x0.broadcast_mul(&s)? + x1.broadcast_mul(&c)?)?;
-    Tensor::cat(&[r0, r1], 3)?.reshape((h, m, hd))
+/// Rotary embedding on adjacent pairs (`x[2i]`, `x[2i+1]`) of every head of one position:
+/// llama.cpp's "normal" mode, which GGUF files of Llama models are converted for. `x`:
+/// `[heads, head_dim]`; `cos`, `sin`: the position's `[head_dim / 2]`.
+fn rope_pairs(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    for head in x.chunks_mut(head_dim) {
+        for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+            let (x0, x1) = (pair[0], pair[1]);
+            pair[0] = x0 * cos[i] - x1 * sin[i];
+            pair[1] = x0 * sin[i] + x1 * cos[i];
+        }
+    }
+}
+
+/// A prompt chunk's attention (`m > 1` new positions at the end of the cache) with candle's
+/// batched matmuls: `q` is `[m, heads, head_dim]`, the result goes to `out` in the same layout.
+/// Query heads are grouped by their KV head (`[kv_heads, group · m, head_dim]`), so the cache
+/// is not expanded. Returns the probabilities `[heads, m, len]` (for pruning).
+fn attend_chunk(
+    q: &[f32],
+    m: usize,
+    heads: usize,
+    cache: &Cache,
+    scale: f64,
+    out: &mut [f32],
+) -> Result<Tensor> {
+    let dev = &Device::Cpu;
+    let kvh = cache.heads();
+    let (group, hd) = (heads / kvh, q.len() / (m * heads));
+    let qt = Tensor::from_slice(q, (m, heads, hd), dev)?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((kvh, group * m, hd))?;
+    let (kk, vv) = cache.tensors(0)?;
+    let len = kk.dim(1)?;
+    let att = (qt.matmul(&kk.t()?)? * scale)?
+        .reshape((kvh, group, m, len))?
+        .broadcast_add(&chunk_mask(m, len, dev)?)?;
+    let p = softmax_last(&att)?;
+    let y = p
+        .reshape((kvh, group * m, len))?
+        .matmul(&vv)?
+        .reshape((heads, m, hd))?
+        .transpose(0, 1)?
+        .contiguous()?;
+    out.copy_from_slice(&y.flatten_all()?.to_vec1::<f32>()?);
+    p.reshape((heads, m, len))
 }
 
 /// `[positions, dim/2]` cos and sin tables of rotary frequencies `base^(-2i/dim)`.
@@ -337,28 +367,32 @@ impl Llama {
                 None,
             )?)
         };
+        let vec = |t: Tensor| -> std::result::Result<Vec<f32>, String> {
+            t.to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(e)
+        };
         let mut blocks = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
             let p = |n: &str| format!("blk.{l}.{n}.weight");
             let [(a, _), (o, _), (f, _), (d, _)] = sites(l);
             blocks.push(Block {
-                attn_norm: g.take(&p("attn_norm"))?,
+                attn_norm: vec(g.take(&p("attn_norm"))?)?,
                 q: lin(&mut g, &p("attn_q"), &a)?,
                 k: lin(&mut g, &p("attn_k"), &a)?,
                 v: lin(&mut g, &p("attn_v"), &a)?,
                 o: lin(&mut g, &p("attn_output"), &o)?,
-                ffn_norm: g.take(&p("ffn_norm"))?,
+                ffn_norm: vec(g.take(&p("ffn_norm"))?)?,
                 gate: lin(&mut g, &p("ffn_gate"), &f)?,
                 up: lin(&mut g, &p("ffn_up"), &f)?,
                 down: lin(&mut g, &p("ffn_down"), &d)?,
             });
         }
-        let norm = g.take("output_norm.weight")?;
+        let norm = vec(g.take("output_norm.weight")?)?;
         let positions = positions.clamp(2, config.context.max(2));
         let (cos, sin) = rope_tables(positions, config.head_dim, config.rope_base).map_err(e)?;
-        let group = config.heads / config.kv_heads;
-        let kv_of_head: Vec<u32> = (0..config.heads).map(|h| (h / group) as u32).collect();
-        let kv_of_head = Tensor::from_vec(kv_of_head, config.heads, &Device::Cpu).map_err(e)?;
+        let (cos, sin) = (vec(cos)?, vec(sin)?);
         Ok(Llama {
             config,
             embed,
@@ -368,7 +402,6 @@ impl Llama {
             blocks,
             cos,
             sin,
-            kv_of_head,
             kv: KvOptions::default(),
         })
     }
@@ -396,7 +429,7 @@ impl Llama {
 
     /// The most positions a sequence can hold.
     pub fn positions(&self) -> usize {
-        self.cos.dims()[0]
+        self.cos.len() / (self.config.head_dim / 2)
     }
 
     /// Append `chunks[i]` (at least one token) to sequence `seqs[i]` and run all of them in
@@ -468,106 +501,95 @@ impl Llama {
         let n = ids.len();
         let mut x = self
             .embed
-            .index_select(&Tensor::from_vec(ids, n, dev)?, 0)?;
+            .index_select(&Tensor::from_vec(ids, n, dev)?, 0)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let rows = |v: &[f32]| -> Result<Tensor> { Tensor::from_slice(v, (n, v.len() / n), dev) };
         let scale = 1.0 / (hd as f64).sqrt();
+        let group = h / kvh;
+        let half = hd / 2;
+        let (qw, kw) = (h * hd, kvh * hd);
         for (li, blk) in self.blocks.iter().enumerate() {
-            let a = rms_norm(&x, &blk.attn_norm, c.eps)?;
+            let a = rms_rows(&x, &blk.attn_norm, c.eps);
             if let Some(f) = observe.as_mut() {
-                f(li, Site::AttnIn, &a)?;
+                f(li, Site::AttnIn, &rows(&a)?)?;
             }
-            let q = blk.q.forward(&a)?;
-            let k = blk.k.forward(&a)?;
-            let v = blk.v.forward(&a)?;
-            let mut rows = Vec::with_capacity(b);
+            let mut q = blk.q.rows(&a, n)?;
+            let mut k = blk.k.rows(&a, n)?;
+            let v = blk.v.rows(&a, n)?;
+            let mut y = vec![0f32; n * qw];
             for ((s, &(off, start, m)), &budget) in seqs.iter_mut().zip(&spans).zip(&budgets) {
-                let heads = |t: &Tensor, nh: usize| -> Result<Tensor> {
-                    t.narrow(0, off, m)?
-                        .reshape((m, nh, hd))?
-                        .transpose(0, 1)?
-                        .contiguous()
-                };
-                let cos = self.cos.narrow(0, start, m)?;
-                let sin = self.sin.narrow(0, start, m)?;
-                let qs = rope_pairs(&heads(&q, h)?, &cos, &sin)?;
-                let ks = rope_pairs(&heads(&k, kvh)?, &cos, &sin)?;
-                let vs = heads(&v, kvh)?;
-                let new = match self.kv.store {
-                    KvStore::F32 => Cache {
-                        k: ks,
-                        v: vs,
-                        scales: None,
-                    },
-                    KvStore::Int8 => {
-                        let (k, dk) = kv::quantize(&ks)?;
-                        let (v, dv) = kv::quantize(&vs)?;
-                        Cache {
-                            k,
-                            v,
-                            scales: Some((dk, dv)),
-                        }
-                    }
-                };
-                if let Some(cache) = s.caches.get_mut(li) {
-                    cache.k = Tensor::cat(&[&cache.k, &new.k], 1)?;
-                    cache.v = Tensor::cat(&[&cache.v, &new.v], 1)?;
-                    if let (Some((dk, dv)), Some((nk, nv))) = (&mut cache.scales, &new.scales) {
-                        *dk = Tensor::cat(&[&*dk, nk], 1)?;
-                        *dv = Tensor::cat(&[&*dv, nv], 1)?;
-                    }
-                } else {
-                    s.caches.push(new);
+                for t in 0..m {
+                    let (p, r) = ((start + t) * half, off + t);
+                    let (cos, sin) = (&self.cos[p..p + half], &self.sin[p..p + half]);
+                    rope_pairs(&mut q[r * qw..(r + 1) * qw], hd, cos, sin);
+                    rope_pairs(&mut k[r * kw..(r + 1) * kw], hd, cos, sin);
+                }
+                if s.caches.len() <= li {
+                    s.caches.push(Cache::new(self.kv.store, kvh, hd));
                 }
                 let cache = &mut s.caches[li];
-                let (kf, vf) = cache.f32()?;
-                let len = kf.dim(1)?;
-                let kk = kf.index_select(&self.kv_of_head, 0)?;
-                let vv = vf.index_select(&self.kv_of_head, 0)?;
-                let mut att = (qs.matmul(&kk.t()?)? * scale)?;
-                if m > 1 {
-                    att = att.broadcast_add(&chunk_mask(m, len, dev)?)?;
+                cache.push(
+                    &k[off * kw..(off + m) * kw],
+                    &v[off * kw..(off + m) * kw],
+                    m,
+                );
+                let (qs, out) = (
+                    &q[off * qw..(off + m) * qw],
+                    &mut y[off * qw..(off + m) * qw],
+                );
+                if m == 1 {
+                    out.copy_from_slice(&cache.attend(qs, group, scale as f32, 0));
+                    continue;
                 }
-                let p = softmax_last(&att)?;
-                let y = p.matmul(&vv)?;
-                rows.push(y.transpose(0, 1)?.reshape((m, h * hd))?);
+                let p = attend_chunk(qs, m, h, cache, scale, out)?;
                 if let Some(budget) = budget {
-                    cache.retain(&self.kept(&p, budget)?)?;
+                    cache.retain(&self.kept(&p, budget)?);
                 }
             }
-            let y = Tensor::cat(&rows, 0)?;
             if let Some(f) = observe.as_mut() {
-                f(li, Site::OIn, &y)?;
+                f(li, Site::OIn, &rows(&y)?)?;
             }
-            x = (x + blk.o.forward(&y)?)?;
-            let f = rms_norm(&x, &blk.ffn_norm, c.eps)?;
+            add_into(&mut x, &blk.o.rows(&y, n)?);
+            let f = rms_rows(&x, &blk.ffn_norm, c.eps);
             if let Some(o) = observe.as_mut() {
-                o(li, Site::FfnIn, &f)?;
+                o(li, Site::FfnIn, &rows(&f)?)?;
             }
-            let g = blk.gate.forward(&f)?.silu()?;
-            let u = blk.up.forward(&f)?;
-            let gu = (g * u)?;
+            let g = blk.gate.rows(&f, n)?;
+            let u = blk.up.rows(&f, n)?;
+            let gu: Vec<f32> = g
+                .iter()
+                .zip(&u)
+                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
             if let Some(o) = observe.as_mut() {
-                o(li, Site::DownIn, &gu)?;
+                o(li, Site::DownIn, &rows(&gu)?)?;
             }
-            x = (x + blk.down.forward(&gu)?)?;
+            add_into(&mut x, &blk.down.rows(&gu, n)?);
         }
         if all_logits {
-            let logits = self.head.forward(&rms_norm(&x, &self.norm, c.eps)?)?;
+            let logits = self
+                .head
+                .forward(&rows(&rms_rows(&x, &self.norm, c.eps))?)?;
             if let Some(s) = seqs.first_mut() {
                 let n = logits.dim(0)?;
                 s.logits = logits.get(n - 1)?.to_vec1::<f32>()?;
             }
             return Ok(Some(logits));
         }
-        let last: Vec<u32> = spans.iter().map(|&(o, _, m)| (o + m - 1) as u32).collect();
-        let last = x.index_select(&Tensor::from_vec(last, b, dev)?, 0)?;
-        let logits = self
-            .head
-            .forward(&rms_norm(&last, &self.norm, c.eps)?)?
-            .to_vec2::<f32>()?;
-        for ((s, l), (budget, &(_, _, m))) in
-            seqs.iter_mut().zip(logits).zip(budgets.iter().zip(&spans))
+        let d = c.hidden;
+        let last: Vec<f32> = spans
+            .iter()
+            .flat_map(|&(o, _, m)| &x[(o + m - 1) * d..(o + m) * d])
+            .copied()
+            .collect();
+        let logits = self.head.rows(&rms_rows(&last, &self.norm, c.eps), b)?;
+        for ((s, l), (budget, &(_, _, m))) in seqs
+            .iter_mut()
+            .zip(logits.chunks(c.vocab))
+            .zip(budgets.iter().zip(&spans))
         {
-            s.logits = l;
+            s.logits = l.to_vec();
             if let Some(b) = budget {
                 s.evicted += m - b;
             }
@@ -579,7 +601,7 @@ impl Llama {
     /// probabilities `p: [heads, m, m]`: the observation window's (last `WINDOW` queries')
     /// probabilities summed over its rows and the KV head's query heads, pooled, then
     /// [`kv::keep_positions`].
-    fn kept(&self, p: &Tensor, budget: usize) -> Result<Vec<Tensor>> {
+    fn kept(&self, p: &Tensor, budget: usize) -> Result<Vec<Vec<u32>>> {
         let c = &self.config;
         let (_, m, len) = p.dims3()?;
         let w = kv::WINDOW.min(m);
@@ -592,9 +614,12 @@ impl Llama {
         scores
             .iter()
             .map(|s| {
-                let keep = kv::keep_positions(&kv::pool(s), kv::SINKS, kv::WINDOW, budget);
-                let n = keep.len();
-                Tensor::from_vec(keep, n, &Device::Cpu)
+                Ok(kv::keep_positions(
+                    &kv::pool(s),
+                    kv::SINKS,
+                    kv::WINDOW,
+                    budget,
+                ))
             })
             .collect()
     }

@@ -11,6 +11,7 @@ pub mod compress;
 pub mod gemma3;
 pub mod gguf;
 pub mod kv;
+pub mod kv_cache;
 pub mod linear;
 pub mod llama;
 pub mod llm_eval;
