@@ -52,6 +52,10 @@ pub struct Args {
     /// Decode steps timed per mode and round (rounds: `--rounds`).
     #[arg(long, default_value_t = 16)]
     decode_steps: usize,
+    /// Sequences decoded together for the concurrent figure (one pass of all of them a step,
+    /// as continuous batching runs them; each starts from the same prefilled prompt).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
     /// Rounds of the timing measurements; the modes take turns within each.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -109,6 +113,8 @@ struct Mode {
     model: ChatModel,
     load_s: f64,
     decode_ms: Vec<f64>,
+    /// Times of a step of `--concurrency` sequences.
+    batch_ms: Vec<f64>,
     prefill_ms: Vec<f64>,
     text: Scores,
     answers: Scores,
@@ -135,6 +141,24 @@ fn decode_round(m: &Llama, prompt: &[u32], steps: usize) -> miette::Result<Vec<f
         let t = argmax(&st.logits);
         let t0 = Instant::now();
         m.extend(&mut [&mut st], &[vec![t]]).map_err(forward)?;
+        out.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}
+
+/// Step times of `n` sequences decoded together, each from `prompt` prefilled once (states
+/// cloned), greedy.
+fn batch_round(m: &Llama, prompt: &[u32], n: usize, steps: usize) -> miette::Result<Vec<f64>> {
+    let mut first = LlamaState::default();
+    m.extend(&mut [&mut first], &[prompt.to_vec()])
+        .map_err(forward)?;
+    let mut states = vec![first; n];
+    let mut out = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let next: Vec<Vec<u32>> = states.iter().map(|s| vec![argmax(&s.logits)]).collect();
+        let mut refs: Vec<&mut LlamaState> = states.iter_mut().collect();
+        let t0 = Instant::now();
+        m.extend(&mut refs, &next).map_err(forward)?;
         out.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     Ok(out)
@@ -232,6 +256,7 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
             load_s: t0.elapsed().as_secs_f64(),
             model,
             decode_ms: Vec::new(),
+            batch_ms: Vec::new(),
             prefill_ms: Vec::new(),
             text: Scores::default(),
             answers: Scores::default(),
@@ -260,6 +285,10 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
         for m in modes.iter_mut() {
             let d = decode_round(llama(&m.model)?, &prompts[0], a.decode_steps)?;
             m.decode_ms.extend(d);
+            if a.concurrency > 1 {
+                let b = batch_round(llama(&m.model)?, &prompts[0], a.concurrency, a.decode_steps)?;
+                m.batch_ms.extend(b);
+            }
             let mut st = LlamaState::default();
             let t0 = Instant::now();
             llama(&m.model)?
@@ -336,11 +365,12 @@ fn report(
         a.window, a.questions, a.answer_tokens
     );
     println!(
-        "{:<18} {:>8} {:>9} {:>6} {:>9} {:>6} {:>8} {:>7} {:>9} {:>7} {:>7} {:>9} {:>6}",
+        "{:<18} {:>8} {:>9} {:>6} {:>9} {:>9} {:>6} {:>8} {:>7} {:>9} {:>7} {:>7} {:>9} {:>6}",
         "mode",
         "MB",
         "decode/s",
         "×f32",
+        &format!("{}×dec/s", a.concurrency),
         "prefill",
         "×f32",
         "ppl",
@@ -359,11 +389,12 @@ fn report(
         let mb = llama(&m.model)?.weight_bytes() as f64 / 1e6;
         let n = a.questions.min(56).max(1);
         println!(
-            "{:<18} {:>8.1} {:>9.1} {:>6.2} {:>7.0}ms {:>6.2} {:>8.3} {:>6.2}% {:>9.5} {:>3}/{:<3} {:>7.3} {:>9.5} {:>5.1}s",
+            "{:<18} {:>8.1} {:>9.1} {:>6.2} {:>9.1} {:>7.0}ms {:>6.2} {:>8.3} {:>6.2}% {:>9.5} {:>3}/{:<3} {:>7.3} {:>9.5} {:>5.1}s",
             mode_name(m.quant, m.prune),
             mb,
             1e3 / dec,
             f_dec / dec,
+            a.concurrency as f64 * 1e3 / median(&m.batch_ms),
             pre,
             f_pre / pre,
             ppl,
@@ -377,7 +408,10 @@ fn report(
         );
         rows.push(serde_json::json!({
             "mode": mode_name(m.quant, m.prune), "weight_mb": mb, "decode_ms": dec, "decode_tok_s": 1e3 / dec,
-            "decode_speedup": f_dec / dec, "prefill_512_ms": pre, "prefill_speedup": f_pre / pre,
+            "decode_speedup": f_dec / dec,
+            "concurrency": a.concurrency, "concurrent_step_ms": median(&m.batch_ms),
+            "concurrent_tok_s": a.concurrency as f64 * 1e3 / median(&m.batch_ms),
+            "prefill_512_ms": pre, "prefill_speedup": f_pre / pre,
             "perplexity": ppl, "ppl_change": ppl / f_ppl - 1.0, "kl_text": m.text.kl_per_token(),
             "text_tokens": m.text.tokens, "agree_exact": m.exact, "questions": n,
             "agree_prefix": m.prefix, "kl_answers": m.answers.kl_per_token(),

@@ -25,9 +25,23 @@
 use rayon::prelude::*;
 
 /// Rows of `x` up to which the quantized kernels run; above, dequantize + f32 matmul.
-pub const KERNEL_ROWS: usize = 16;
+pub const KERNEL_ROWS: usize = 64;
 /// Output rows per parallel task.
 const ROWS_PER_TASK: usize = 32;
+/// Rows of `x` from which a kernel widens each weight row to f32 once (into a buffer that stays
+/// in L1) and dots it with every row of `x`, four at a time, instead of converting the codes
+/// again for each row.
+const WIDEN_FROM: usize = 2;
+/// Weights × rows from which a kernel splits its output rows over rayon's threads.
+const PAR_MIN: usize = 1 << 18;
+
+/// `f(t)` for every task `t < tasks`, over rayon's threads when `par`.
+fn for_tasks(tasks: usize, par: bool, f: impl Fn(usize) + Sync + Send) {
+    match par {
+        true => (0..tasks).into_par_iter().for_each(f),
+        false => (0..tasks).for_each(f),
+    }
+}
 
 /// The stored weights of one layer.
 #[derive(Debug, Clone)]
@@ -227,6 +241,32 @@ impl QLinear {
         }
     }
 
+    /// Weight row `o` in f32, into `w` (`[in]`).
+    fn widen_row(&self, o: usize, w: &mut [f32]) {
+        let inp = self.inp;
+        match &self.w {
+            QWeights::Int8 { q, d, .. } => {
+                for (w, &q) in w.iter_mut().zip(&q[o * inp..(o + 1) * inp]) {
+                    *w = d[o] * f32::from(q);
+                }
+            }
+            QWeights::Int4 { q, d, lo, group } => {
+                let ng = inp.div_ceil(*group);
+                let qr = &q[o * inp / 2..(o + 1) * inp / 2];
+                for (g, (a, b)) in groups(inp, *group).enumerate() {
+                    let (dg, lg) = (d[o * ng + g], lo[o * ng + g]);
+                    for c in (a..b).step_by(32) {
+                        let bytes = &qr[c / 2..c / 2 + 16];
+                        for j in 0..16 {
+                            w[c + j] = lg + dg * f32::from(bytes[j] & 15);
+                            w[c + j + 16] = lg + dg * f32::from(bytes[j] >> 4);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether activations are quantized too (W8A8).
     pub fn act8(&self) -> bool {
         matches!(self.w, QWeights::Int8 { act8: true, .. })
@@ -239,9 +279,24 @@ impl QLinear {
         let dst = SendPtr(y.as_mut_ptr());
         let simd = avx2();
         let tasks = out.div_ceil(ROWS_PER_TASK);
+        // A small product runs on this thread: waking rayon's workers costs more than it saves.
+        let par = out * inp * m >= PAR_MIN;
+        if m >= WIDEN_FROM && !self.act8() {
+            for_tasks(tasks, par, |t| {
+                let mut w = vec![0f32; inp];
+                for o in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(out) {
+                    self.widen_row(o, &mut w);
+                    dot_rows(&w, xs, m, simd, |r, v| {
+                        // SAFETY: each (r, o) is written by exactly one task.
+                        unsafe { dst.write(r * out + o, v) }
+                    });
+                }
+            });
+            return y;
+        }
         match &self.w {
             QWeights::Int8 { q, d, act8: false } => {
-                (0..tasks).into_par_iter().for_each(|t| {
+                for_tasks(tasks, par, |t| {
                     for o in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(out) {
                         let qr = &q[o * inp..(o + 1) * inp];
                         for r in 0..m {
@@ -254,7 +309,7 @@ impl QLinear {
             }
             QWeights::Int8 { q, d, act8: true } => {
                 let acts: Vec<(Vec<i8>, f32)> = xs.chunks(inp).map(quantize_act).collect();
-                (0..tasks).into_par_iter().for_each(|t| {
+                for_tasks(tasks, par, |t| {
                     for o in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(out) {
                         let qr = &q[o * inp..(o + 1) * inp];
                         for (r, (p, e)) in acts.iter().enumerate() {
@@ -272,7 +327,7 @@ impl QLinear {
                     .chunks(inp)
                     .flat_map(|row| groups(inp, *group).map(|(a, b)| row[a..b].iter().sum::<f32>()))
                     .collect();
-                (0..tasks).into_par_iter().for_each(|t| {
+                for_tasks(tasks, par, |t| {
                     for o in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(out) {
                         let qr = &q[o * inp / 2..(o + 1) * inp / 2];
                         let (dr, lr) = (&d[o * ng..(o + 1) * ng], &lo[o * ng..(o + 1) * ng]);
@@ -346,6 +401,36 @@ pub fn dot_i8_i8(q: &[i8], p: &[i8], simd: bool) -> i32 {
         .zip(p)
         .map(|(&a, &b)| i32::from(a) * i32::from(b))
         .sum()
+}
+
+/// `put(r, Σ_i w_i x_ri)` for every row `r` of `xs` (`[m, w.len()]`), `w.len()` a multiple
+/// of 32: four rows at a time (the weight vector loaded once for them), then one by one.
+pub fn dot_rows(w: &[f32], xs: &[f32], m: usize, simd: bool, mut put: impl FnMut(usize, f32)) {
+    let n = w.len();
+    debug_assert!(xs.len() >= m * n);
+    let mut r = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        while r + 4 <= m {
+            // SAFETY: AVX2 and FMA are present, four rows of `n` (a multiple of 16) in bounds.
+            let v = unsafe { x86::dot4_f32(w.as_ptr(), xs.as_ptr().add(r * n), n) };
+            for (k, v) in v.into_iter().enumerate() {
+                put(r + k, v);
+            }
+            r += 4;
+        }
+        while r < m {
+            // SAFETY: as above, one row.
+            put(r, unsafe { x86::dot_f32(w.as_ptr(), xs.as_ptr().add(r * n), n) });
+            r += 1;
+        }
+        return;
+    }
+    let _ = simd;
+    while r < m {
+        put(r, w.iter().zip(&xs[r * n..(r + 1) * n]).map(|(a, b)| a * b).sum());
+        r += 1;
+    }
 }
 
 /// `Σ_groups d_g · Σ_{i∈g} q_i x_i` of one packed row.
@@ -435,6 +520,47 @@ mod x86 {
         let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
         let s = _mm_hadd_epi32(s, s);
         _mm_cvtsi128_si32(_mm_hadd_epi32(s, s))
+    }
+
+    /// `Σ w_i x_i`, `n` a multiple of 16.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(w: *const f32, x: *const f32, n: usize) -> f32 {
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i < n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(i)), _mm256_loadu_ps(x.add(i)), a0);
+            a1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(w.add(i + 8)),
+                _mm256_loadu_ps(x.add(i + 8)),
+                a1,
+            );
+            i += 16;
+        }
+        hsum(_mm256_add_ps(a0, a1))
+    }
+
+    /// `Σ w_i x_ri` for the four rows `r` of `x` (`[4, n]`), `n` a multiple of 16: each weight
+    /// vector loaded once for the four, two vectors a step (eight independent accumulators).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4_f32(w: *const f32, x: *const f32, n: usize) -> [f32; 4] {
+        let mut a = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < n {
+            let w0 = _mm256_loadu_ps(w.add(i));
+            let w1 = _mm256_loadu_ps(w.add(i + 8));
+            for r in 0..4 {
+                let xr = x.add(r * n + i);
+                a[2 * r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), a[2 * r]);
+                a[2 * r + 1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr.add(8)), a[2 * r + 1]);
+            }
+            i += 16;
+        }
+        [
+            hsum(_mm256_add_ps(a[0], a[1])),
+            hsum(_mm256_add_ps(a[2], a[3])),
+            hsum(_mm256_add_ps(a[4], a[5])),
+            hsum(_mm256_add_ps(a[6], a[7])),
+        ]
     }
 
     /// Eight u8 as f32.

@@ -82,7 +82,7 @@ mod tests {
         ] {
             let l = QLinear::new(&w, inp, fmt, None).map_err(candle_core::Error::Msg)?;
             let deq = l.dequantize();
-            for m in [1, 3, KERNEL_ROWS + 1] {
+            for m in [1, 3, 6, KERNEL_ROWS, KERNEL_ROWS + 1] {
                 let x = weights(m, inp, 9 + m as u64);
                 let want = reference(&deq, &x, inp);
                 let xt = Tensor::from_vec(x.clone(), (m, inp), &Device::Cpu)?;
