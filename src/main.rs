@@ -68,6 +68,7 @@ enum Command {
 fn main() -> ExitCode {
     // First, before any thread starts: every thread inherits the blocked signals.
     shutdown::install();
+    mars_stdlib::models::fix_thread_count();
     let cli = Cli::parse();
     // A server logs one access line per request unless MARS_LOG says otherwise.
     let filter = match (&cli.command, std::env::var_os("MARS_LOG")) {

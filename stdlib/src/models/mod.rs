@@ -46,6 +46,18 @@ use transformer_lm::{
 };
 
 /// Register this module's architectures (`transformer_lm`, `unet_tiny`, `crnn_tiny`).
+/// Fix `RAYON_NUM_THREADS` to the thread count candle would choose, unless it is set. candle
+/// asks for its count on every matmul, and without the variable that reads `/proc/cpuinfo`
+/// each time (`num_cpus::get_physical`: 5% of a SmolLM2 decode step here). The rayon pool the
+/// quantized kernels use then has as many threads as candle's matmuls. Call it first thing in
+/// `main`, before any thread starts (setting a variable races with threads reading them).
+pub fn fix_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 pub fn register(registry: &mut Registry) {
     registry.model(
         "unet_tiny",
