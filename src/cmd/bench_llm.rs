@@ -192,6 +192,12 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
             "--modes must start with f32 (the reference)"
         ));
     }
+    if a.questions == 0 {
+        return Err(miette!(
+            code = "mars::bench::llm",
+            "--questions must be at least 1 (the first question's prompt is the timing prompt)"
+        ));
+    }
     let path = match a.weights.strip_prefix("model:") {
         Some(_) => {
             let store = mars_stdlib::store::Store::from_env().map_err(|e| miette!("{}", e.0))?;
