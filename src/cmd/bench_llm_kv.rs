@@ -25,6 +25,10 @@ pub struct Args {
     /// (`f32`, `int8`; `X` the `kv_keep` share).
     #[arg(long, default_value = "f32,f32/keep0.5,int8,int8/keep0.5")]
     modes: String,
+    /// The weights' `quantize` mode for every KV option: `none` (f32) or `int8` (modes that
+    /// need calibration statistics are refused here).
+    #[arg(long, default_value = "none")]
+    quantize: String,
     /// Prompt tokens (the FAQ passages repeated up to this length, with the question).
     #[arg(long, default_value_t = 2048)]
     context: usize,
@@ -184,8 +188,11 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
         }
         None => PathBuf::from(&a.weights),
     };
+    let quant = mars_stdlib::models::llm_quant::LlmQuant::parse(&a.quantize, None)
+        .map_err(|e| miette!(code = "mars::bench::llm_kv", "--quantize: {e}"))?;
     let mut model =
-        ChatModel::load(&path, a.context + a.answer_tokens + 8).map_err(|e| miette!("{e}"))?;
+        ChatModel::load_quantized(&path, a.context + a.answer_tokens + 8, quant, None)
+            .map_err(|e| miette!("{e}"))?;
     let prompts = prompts(&model, &a)?;
     let mut modes: Vec<Mode> = kvs
         .iter()
@@ -244,8 +251,9 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
     let n = prompts.len().max(1);
     let ctx = prompts.iter().map(|(_, p)| p.len()).sum::<usize>() / n;
     println!(
-        "SmolLM2-135M-Instruct ({}), {} long support prompts (mean {ctx} tokens), {} answer tokens; modes in turn on every question",
+        "SmolLM2-135M-Instruct ({}, weights {}), {} long support prompts (mean {ctx} tokens), {} answer tokens; modes in turn on every question",
         path.display(),
+        a.quantize,
         prompts.len(),
         a.answer_tokens
     );
@@ -305,7 +313,7 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
         }));
     }
     let out = serde_json::json!({
-        "bench": "llm-kv", "model": path.display().to_string(), "context": ctx,
+        "bench": "llm-kv", "model": path.display().to_string(), "quantize": a.quantize, "context": ctx,
         "answer_tokens": a.answer_tokens, "kv_mib": a.kv_mib, "modes": rows,
     });
     if let Some(p) = json {
