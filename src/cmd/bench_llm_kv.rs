@@ -190,9 +190,8 @@ pub fn run(a: Args, json: Option<PathBuf>) -> miette::Result<ExitCode> {
     };
     let quant = mars_stdlib::models::llm_quant::LlmQuant::parse(&a.quantize, None)
         .map_err(|e| miette!(code = "mars::bench::llm_kv", "--quantize: {e}"))?;
-    let mut model =
-        ChatModel::load_quantized(&path, a.context + a.answer_tokens + 8, quant, None)
-            .map_err(|e| miette!("{e}"))?;
+    let mut model = ChatModel::load_quantized(&path, a.context + a.answer_tokens + 8, quant, None)
+        .map_err(|e| miette!("{e}"))?;
     let prompts = prompts(&model, &a)?;
     let mut modes: Vec<Mode> = kvs
         .iter()
