@@ -152,20 +152,33 @@ pub fn int4_roundtrip(w: &[f32], inp: usize, group: usize) -> Vec<f32> {
 }
 
 pub fn dequant_int4(q: &[u8], d: &[f32], lo: &[f32], inp: usize, group: usize, out: &mut [f32]) {
+    out.par_chunks_mut(inp)
+        .enumerate()
+        .for_each(|(o, row)| dequant_row_int4(q, d, lo, inp, group, o, row));
+}
+
+/// Row `o` of packed int4 weights (`[out, in]`) in f32, into `row` (`[in]`).
+fn dequant_row_int4(
+    q: &[u8],
+    d: &[f32],
+    lo: &[f32],
+    inp: usize,
+    group: usize,
+    o: usize,
+    row: &mut [f32],
+) {
     let ng = inp.div_ceil(group);
-    out.par_chunks_mut(inp).enumerate().for_each(|(o, row)| {
-        let qr = &q[o * inp / 2..(o + 1) * inp / 2];
-        for (g, (a, b)) in groups(inp, group).enumerate() {
-            let (dg, lg) = (d[o * ng + g], lo[o * ng + g]);
-            for c in (a..b).step_by(32) {
-                let bytes = &qr[c / 2..c / 2 + 16];
-                for j in 0..16 {
-                    row[c + j] = lg + dg * f32::from(bytes[j] & 15);
-                    row[c + j + 16] = lg + dg * f32::from(bytes[j] >> 4);
-                }
+    let qr = &q[o * inp / 2..(o + 1) * inp / 2];
+    for (g, (a, b)) in groups(inp, group).enumerate() {
+        let (dg, lg) = (d[o * ng + g], lo[o * ng + g]);
+        for c in (a..b).step_by(32) {
+            let bytes = &qr[c / 2..c / 2 + 16];
+            for j in 0..16 {
+                row[c + j] = lg + dg * f32::from(bytes[j] & 15);
+                row[c + j + 16] = lg + dg * f32::from(bytes[j] >> 4);
             }
         }
-    });
+    }
 }
 
 impl QLinear {
@@ -250,20 +263,7 @@ impl QLinear {
                     *w = d[o] * f32::from(q);
                 }
             }
-            QWeights::Int4 { q, d, lo, group } => {
-                let ng = inp.div_ceil(*group);
-                let qr = &q[o * inp / 2..(o + 1) * inp / 2];
-                for (g, (a, b)) in groups(inp, *group).enumerate() {
-                    let (dg, lg) = (d[o * ng + g], lo[o * ng + g]);
-                    for c in (a..b).step_by(32) {
-                        let bytes = &qr[c / 2..c / 2 + 16];
-                        for j in 0..16 {
-                            w[c + j] = lg + dg * f32::from(bytes[j] & 15);
-                            w[c + j + 16] = lg + dg * f32::from(bytes[j] >> 4);
-                        }
-                    }
-                }
-            }
+            QWeights::Int4 { q, d, lo, group } => dequant_row_int4(q, d, lo, inp, *group, o, w),
         }
     }
 
@@ -334,7 +334,7 @@ impl QLinear {
                         for r in 0..m {
                             let x = &xs[r * inp..(r + 1) * inp];
                             let s = &sums[r * ng..(r + 1) * ng];
-                            let v = dot_i4_f32(qr, dr, x, *group, simd) + dot_short(lr, s);
+                            let v = dot_i4_f32(qr, dr, x, *group, simd) + dot_plain(lr, s);
                             // SAFETY: as above.
                             unsafe { dst.write(r * out + o, v) };
                         }
@@ -438,11 +438,11 @@ pub fn dot_rows(w: &[f32], xs: &[f32], m: usize, simd: bool, mut put: impl FnMut
     }
 }
 
-/// `Σ a_i b_i` of a short pair (a row's groups) in four independent sums: one serial chain of
-/// adds over a row's 18 groups cost as much as the row's dot product.
-pub fn dot_short(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+/// `Σ a_i b_i` in eight independent sums (so that it vectorizes, and so that no serial chain of
+/// adds bounds it: over a row's 18 int4 groups one chain cost as much as the row's dot product).
+pub fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
         .remainder()
         .iter()
@@ -450,11 +450,11 @@ pub fn dot_short(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     for (x, y) in ca.zip(cb) {
-        for k in 0..4 {
+        for k in 0..8 {
             acc[k] += x[k] * y[k];
         }
     }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    acc.iter().sum::<f32>() + tail
 }
 
 /// `Σ_groups d_g · Σ_{i∈g} q_i x_i` of one packed row.

@@ -10,6 +10,8 @@
 
 use candle_core::{Device, Result, Tensor};
 
+use mars_qkernels::dot_plain as dot;
+
 use super::kv::KvStore;
 
 /// One KV head's rows.
@@ -49,25 +51,6 @@ fn dequantize_row(codes: &[u8], d: f32, out: &mut [f32]) {
     }
 }
 
-/// `Σ a_i b_i` in eight lanes (so that it vectorizes).
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 impl Rows {
     fn new(store: KvStore) -> Rows {
         match store {
@@ -98,21 +81,17 @@ impl Rows {
     }
 
     fn retain(&mut self, keep: &[u32], dim: usize) {
-        let pick = |v: &[f32], w: usize| -> Vec<f32> {
+        fn pick<T: Copy>(v: &[T], keep: &[u32], w: usize) -> Vec<T> {
             keep.iter()
                 .flat_map(|&p| &v[p as usize * w..(p as usize + 1) * w])
                 .copied()
                 .collect()
-        };
+        }
         match self {
-            Rows::F32(v) => *v = pick(v, dim),
+            Rows::F32(v) => *v = pick(v, keep, dim),
             Rows::Int8 { codes, scales } => {
-                *codes = keep
-                    .iter()
-                    .flat_map(|&p| &codes[p as usize * dim..(p as usize + 1) * dim])
-                    .copied()
-                    .collect();
-                *scales = pick(scales, 1);
+                *codes = pick(codes, keep, dim);
+                *scales = pick(scales, keep, 1);
             }
         }
     }
